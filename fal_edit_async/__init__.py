@@ -1,0 +1,117 @@
+"""fal_edit_async: an asyncio, queue-aware client for fal's gpt-image-1 edit endpoint.
+
+Import everything from here; the underscore modules are private and may move.
+"""
+
+from __future__ import annotations
+
+from ._config import (
+    DEFAULT_LIMITS as DEFAULT_LIMITS,
+    DEFAULT_POLLING as DEFAULT_POLLING,
+    DEFAULT_QUEUE_URL as DEFAULT_QUEUE_URL,
+    DEFAULT_REST_URL as DEFAULT_REST_URL,
+    DEFAULT_RETRY as DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS as DEFAULT_TIMEOUTS,
+    ClientConfig as ClientConfig,
+    Credentials as Credentials,
+    Limits as Limits,
+    Polling as Polling,
+    RetryPolicy as RetryPolicy,
+    Timeouts as Timeouts,
+)
+from ._converter import input_from_dict as input_from_dict
+from ._endpoint import EndpointId as EndpointId
+from ._exceptions import (
+    APIError as APIError,
+    AuthError as AuthError,
+    BudgetExceededError as BudgetExceededError,
+    DownloadError as DownloadError,
+    FalEditError as FalEditError,
+    InputError as InputError,
+    JobCancelledError as JobCancelledError,
+    JobFailedError as JobFailedError,
+    JobTimeoutError as JobTimeoutError,
+    NotFoundError as NotFoundError,
+    ProtocolError as ProtocolError,
+    RateLimitError as RateLimitError,
+    ServerError as ServerError,
+    TransportError as TransportError,
+    ValidationError as ValidationError,
+)
+from ._models import (
+    Background as Background,
+    CancelOutcome as CancelOutcome,
+    Completed as Completed,
+    EditImageInput as EditImageInput,
+    EditImageOutput as EditImageOutput,
+    ImageFile as ImageFile,
+    ImageSize as ImageSize,
+    ImageSource as ImageSource,
+    InProgress as InProgress,
+    InputFidelity as InputFidelity,
+    JobStatus as JobStatus,
+    LogEntry as LogEntry,
+    OutputFormat as OutputFormat,
+    Quality as Quality,
+    Queued as Queued,
+    SubmitReceipt as SubmitReceipt,
+    UnknownStatus as UnknownStatus,
+)
+from ._version import __version__ as __version__
+
+__all__ = [
+    "APIError",
+    "AuthError",
+    "Background",
+    "BudgetExceededError",
+    "CancelOutcome",
+    "ClientConfig",
+    "Completed",
+    "Credentials",
+    "DEFAULT_LIMITS",
+    "DEFAULT_POLLING",
+    "DEFAULT_QUEUE_URL",
+    "DEFAULT_REST_URL",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
+    "DownloadError",
+    "EditImageInput",
+    "EditImageOutput",
+    "EndpointId",
+    "FalEditError",
+    "ImageFile",
+    "ImageSize",
+    "ImageSource",
+    "InProgress",
+    "InputError",
+    "InputFidelity",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobStatus",
+    "JobTimeoutError",
+    "Limits",
+    "LogEntry",
+    "NotFoundError",
+    "OutputFormat",
+    "Polling",
+    "ProtocolError",
+    "Quality",
+    "Queued",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerError",
+    "SubmitReceipt",
+    "Timeouts",
+    "TransportError",
+    "UnknownStatus",
+    "ValidationError",
+    "__version__",
+    "input_from_dict",
+]
+
+# Reprs and tracebacks say fal_edit_async.X, not fal_edit_async._models.X (as httpx does).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,207 @@
+"""Client configuration: small frozen value objects with named defaults.
+
+Environment variables are read here and nowhere else, once, by :meth:`ClientConfig.from_env`:
+``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``, joined as fal-client joins them),
+``FAL_QUEUE_URL`` and ``FAL_REST_URL``. The key is held by :class:`Credentials`, whose repr
+and str never show it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._exceptions import InputError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_POLLING",
+    "DEFAULT_QUEUE_URL",
+    "DEFAULT_REST_URL",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
+    "ClientConfig",
+    "Credentials",
+    "Limits",
+    "Polling",
+    "RetryPolicy",
+    "Timeouts",
+]
+
+DEFAULT_QUEUE_URL = "https://queue.fal.run"
+DEFAULT_REST_URL = "https://rest.fal.ai"
+
+
+def _positive(name: str) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is not None and (isinstance(value, bool) or value <= 0):
+            raise InputError(f"{name}.{attribute.name}", value, "a positive number")
+
+    return check
+
+
+def _non_negative(name: str) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+        if isinstance(value, bool) or value < 0:
+            raise InputError(f"{name}.{attribute.name}", value, "zero or a positive number")
+
+    return check
+
+
+@attrs.frozen(repr=False)
+class Credentials:
+    """An API key (``FAL_KEY``, or ``id:secret``). Its repr and str never show the key.
+
+    Usage::
+
+        Credentials("my-key").header_value  # "Key my-key", for the Authorization header
+    """
+
+    key: str = attrs.field()
+
+    @key.validator
+    def _check(self, _: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value.strip() or "\n" in value:
+            raise InputError("api_key", "<redacted>", "a non-empty key on one line")
+
+    @property
+    def header_value(self) -> str:
+        """The value of the ``Authorization`` header: ``Key <key>``."""
+        return f"Key {self.key}"
+
+    def __repr__(self) -> str:
+        return "Credentials(key=<redacted>)"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Credentials | None:
+        """Read ``FAL_KEY``, or ``FAL_KEY_ID`` and ``FAL_KEY_SECRET``; None when neither is set."""
+        env = os.environ if environ is None else environ
+        if env.get("FAL_KEY"):
+            return cls(env["FAL_KEY"])
+        key_id, secret = env.get("FAL_KEY_ID"), env.get("FAL_KEY_SECRET")
+        if key_id and secret:
+            return cls(f"{key_id}:{secret}")
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Network timeouts in seconds.
+
+    ``read`` bounds each wait for bytes, never a whole response, so a long status stream or a
+    large download is not cut off while data keeps arriving. ``stream_idle`` must exceed fal's
+    15 s keep-alive interval. ``cancel`` bounds the shielded cancel sent on the way out.
+    """
+
+    connect: float = attrs.field(default=10.0, validator=_positive("Timeouts"))
+    read: float = attrs.field(default=60.0, validator=_positive("Timeouts"))
+    stream_idle: float = attrs.field(default=45.0, validator=_positive("Timeouts"))
+    cancel: float = attrs.field(default=10.0, validator=_positive("Timeouts"))
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Concurrency bounds: connections per client, and a batch's uploads, jobs and downloads.
+
+    ``jobs`` is how many jobs a batch keeps on fal at once (fal queues beyond your account's
+    concurrency, so more only adds queue time); uploads and downloads are bounded separately
+    so memory stays flat however large the batch.
+    """
+
+    max_connections: int = attrs.field(default=100, validator=_positive("Limits"))
+    jobs: int = attrs.field(default=16, validator=_positive("Limits"))
+    uploads: int = attrs.field(default=4, validator=_positive("Limits"))
+    downloads: int = attrs.field(default=8, validator=_positive("Limits"))
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter; ``Retry-After`` wins when fal sends it.
+
+    ``wait=False`` turns every wait off (tests); attempts are still counted and capped.
+    ``retry_ambiguous_submit`` lets a submit be sent again after a failure that may have
+    enqueued it (a reset or timeout after the body was sent). Off by default: a second POST
+    is a second paid job.
+    """
+
+    max_attempts: int = attrs.field(default=6, validator=_positive("RetryPolicy"))
+    base_delay: float = attrs.field(default=0.25, validator=_non_negative("RetryPolicy"))
+    max_delay: float = attrs.field(default=20.0, validator=_non_negative("RetryPolicy"))
+    max_retry_after: float = attrs.field(default=120.0, validator=_non_negative("RetryPolicy"))
+    wait: bool = True
+    retry_ambiguous_submit: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Polling:
+    """Status polling, used when the SSE status stream is refused or keeps dropping.
+
+    The interval starts at the state's value and grows by ``backoff`` up to ``max_interval``
+    while nothing changes; any change resets it. ``stream_failures`` dropped streams in a row
+    make the client fall back to polling for the rest of that job.
+    """
+
+    queued_interval: float = attrs.field(default=1.0, validator=_non_negative("Polling"))
+    in_progress_interval: float = attrs.field(default=0.25, validator=_non_negative("Polling"))
+    max_interval: float = attrs.field(default=5.0, validator=_non_negative("Polling"))
+    backoff: float = attrs.field(default=1.5, validator=_positive("Polling"))
+    use_stream: bool = True
+    stream_failures: int = attrs.field(default=3, validator=_positive("Polling"))
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_LIMITS = Limits()
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_POLLING = Polling()
+
+
+def _base_url(name: str) -> Any:
+    def convert(value: str) -> str:
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise InputError(name, value, "an http(s) base URL")
+        return value.rstrip("/")
+
+    return convert
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """Everything an :class:`AsyncClient` needs; build it with :meth:`from_env`.
+
+    Usage::
+
+        config = ClientConfig.from_env(limits=Limits(jobs=64))
+    """
+
+    credentials: Credentials | None = None
+    queue_url: str = attrs.field(default=DEFAULT_QUEUE_URL, converter=_base_url("queue_url"))
+    rest_url: str = attrs.field(default=DEFAULT_REST_URL, converter=_base_url("rest_url"))
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    limits: Limits = DEFAULT_LIMITS
+    retry: RetryPolicy = DEFAULT_RETRY
+    polling: Polling = DEFAULT_POLLING
+    user_agent: str = "fal-edit-async"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        api_key: str | None = None,
+        **overrides: Any,
+    ) -> ClientConfig:
+        """Read credentials and base URLs from the environment; arguments win over it."""
+        env = os.environ if environ is None else environ
+        creds = Credentials(api_key) if api_key is not None else Credentials.from_env(env)
+        values: dict[str, Any] = {"credentials": creds}
+        if env.get("FAL_QUEUE_URL"):
+            values["queue_url"] = env["FAL_QUEUE_URL"]
+        if env.get("FAL_REST_URL"):
+            values["rest_url"] = env["FAL_REST_URL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

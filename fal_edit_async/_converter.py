@@ -1,0 +1,181 @@
+"""The one cattrs converter that owns the wire format, and the few functions that use it.
+
+Models know nothing about JSON. This module maps wire names (``queue_position``), parses ISO
+timestamps, dispatches status payloads on their ``status`` tag (unknown tags become
+:class:`UnknownStatus` instead of an error, so a new server status never breaks an old client),
+and turns any structuring failure into a :class:`ProtocolError` that names the bad field's path.
+Server payloads are parsed tolerantly (unknown keys ignored); :func:`make_converter` with
+``strict=True`` forbids them, which tests use against our own emulator to catch drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.strategies import configure_tagged_union
+
+from ._exceptions import InputError, ProtocolError
+from ._models import (
+    Completed,
+    EditImageInput,
+    InProgress,
+    JobStatus,
+    LogEntry,
+    Queued,
+    UnknownStatus,
+)
+
+__all__ = [
+    "STATUS_TAGS",
+    "converter",
+    "input_from_dict",
+    "input_to_wire",
+    "make_converter",
+    "parse",
+    "parse_status",
+    "to_wire",
+]
+
+T = TypeVar("T")
+
+#: The ``status`` value that tags each known status class on the wire.
+STATUS_TAGS: Mapping[type, str] = {
+    Queued: "IN_QUEUE",
+    InProgress: "IN_PROGRESS",
+    Completed: "COMPLETED",
+    UnknownStatus: "",  # never matched: the default for tags we do not know
+}
+
+
+def _parse_datetime(value: Any, _: type) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO 8601 string, got {value!r}")
+    # Python 3.11's fromisoformat reads a trailing "Z"; fal sends it.
+    return datetime.fromisoformat(value)
+
+
+def _format_datetime(value: datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _logs(value: Any, _: type) -> tuple[LogEntry, ...]:
+    if value is None:  # fal sends "logs": null when logs were not asked for
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of log entries or null, got {value!r}")
+    return converter.structure(value, tuple[LogEntry, ...])
+
+
+def _unknown_status(payload: Any, _: type) -> UnknownStatus:
+    status = payload.get("status") if isinstance(payload, Mapping) else None
+    if not isinstance(status, str):
+        raise ValueError(f"a status payload needs a string 'status', got {payload!r}")
+    return UnknownStatus(status=status, payload=dict(payload))
+
+
+def make_converter(*, strict: bool = False) -> cattrs.Converter:
+    """Build a converter configured for fal's wire format.
+
+    Args:
+        strict: forbid unknown keys in server payloads (for tests against our emulator).
+    """
+    conv = cattrs.Converter(forbid_extra_keys=strict)
+    conv.register_structure_hook(datetime, _parse_datetime)
+    conv.register_unstructure_hook(datetime, _format_datetime)
+    # StrEnum members are str already; send their plain value, not the member.
+    conv.register_unstructure_hook(StrEnum, lambda member: member.value)
+    conv.register_structure_hook(UnknownStatus, _unknown_status)
+    for cls in (InProgress, Completed):
+        conv.register_structure_hook(
+            cls,
+            make_dict_structure_fn(
+                cls, conv, logs=override(struct_hook=_logs), _cattrs_forbid_extra_keys=False
+            ),
+        )
+    conv.register_structure_hook(
+        Queued,
+        make_dict_structure_fn(
+            Queued, conv, position=override(rename="queue_position"), _cattrs_forbid_extra_keys=False
+        ),
+    )
+    conv.register_unstructure_hook(
+        Queued, make_dict_unstructure_fn(Queued, conv, position=override(rename="queue_position"))
+    )
+    configure_tagged_union(
+        JobStatus,
+        conv,
+        tag_name="status",
+        tag_generator=lambda cls: STATUS_TAGS[cls],
+        default=UnknownStatus,
+    )
+    return conv
+
+
+converter = make_converter()
+
+
+def parse(payload: Any, cls: type[T], *, conv: cattrs.Converter | None = None) -> T:
+    """Structure a server payload into ``cls``, or raise :class:`ProtocolError` with paths."""
+    try:
+        return (conv or converter).structure(payload, cls)
+    except cattrs.BaseValidationError as exc:
+        details = cattrs.transform_error(exc, path="$")
+        raise ProtocolError(f"unexpected {_name(cls)} payload", details=details, payload=payload)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ProtocolError(
+            f"unexpected {_name(cls)} payload", details=[str(exc)], payload=payload
+        ) from exc
+
+
+def _name(cls: Any) -> str:
+    return getattr(cls, "__name__", "status")
+
+
+def parse_status(payload: Any, *, conv: cattrs.Converter | None = None) -> JobStatus:
+    """Structure one status payload (polled or streamed) into its status class."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("status"), str):
+        raise ProtocolError(
+            "unexpected status payload", details=["$.status: missing or not a string"],
+            payload=payload,
+        )
+    return parse(payload, JobStatus, conv=conv)  # type: ignore[arg-type]
+
+
+def to_wire(value: Any) -> Any:
+    """Unstructure any model to plain JSON-ready data."""
+    return converter.unstructure(value)
+
+
+def input_to_wire(value: EditImageInput) -> dict[str, Any]:
+    """The JSON body for a submit; every image must already be a URL or data URI."""
+    for i, url in enumerate(value.image_urls):
+        if not isinstance(url, str):
+            raise InputError(f"image_urls[{i}]", url, "a URL; upload local files before submit")
+    return {a.name: converter.unstructure(getattr(value, a.name)) for a in attrs.fields(type(value))}
+
+
+def input_from_dict(data: Mapping[str, Any]) -> EditImageInput:
+    """Build an input from a JSON-like mapping (a manifest line, a journal row).
+
+    Unknown keys are an :class:`InputError`, because a misspelt option silently ignored would
+    be paid for with the wrong settings.
+    """
+    if not isinstance(data, Mapping):
+        raise InputError("input", data, "a JSON object")
+    known = {a.name for a in attrs.fields(EditImageInput)}
+    for key in data:
+        if key not in known:
+            raise InputError(str(key), data[key], "no such field; known: " + ", ".join(sorted(known)))
+    for key in ("prompt", "image_urls"):
+        if key not in data:
+            raise InputError(key, None, "a value (the field is required)")
+    return EditImageInput(**data)

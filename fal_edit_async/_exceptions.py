@@ -1,0 +1,229 @@
+"""Every error this package raises, under one base class.
+
+::
+
+    FalEditError
+    ├── InputError            a request failed local validation; nothing was sent
+    ├── TransportError        connection failed, was reset or timed out
+    ├── APIError              fal answered with a non-2xx status
+    │   ├── AuthError           401 / 403: the key is missing, wrong or not allowed
+    │   ├── NotFoundError       404: unknown endpoint or request id
+    │   ├── RateLimitError      429: too many requests; ``retry_after`` when fal said
+    │   ├── ValidationError     422: the model rejected the input; ``field_errors``
+    │   └── ServerError         5xx: fal or the runner failed
+    ├── ProtocolError         a payload did not match our models; the path to the bad field
+    ├── JobFailedError        the job ended COMPLETED with an error; detail and logs attached
+    ├── JobCancelledError     the job was cancelled before it produced a result
+    ├── JobTimeoutError       a deadline passed while waiting (also a ``TimeoutError``)
+    ├── DownloadError         one output file could not be downloaded or verified
+    └── BudgetExceededError   submitting would cross the configured budget
+
+Messages never contain the API key: nothing in this module is ever given one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "AuthError",
+    "BudgetExceededError",
+    "DownloadError",
+    "FalEditError",
+    "InputError",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobTimeoutError",
+    "NotFoundError",
+    "ProtocolError",
+    "RateLimitError",
+    "ServerError",
+    "TransportError",
+    "ValidationError",
+]
+
+
+def _with_request_id(message: str, request_id: str | None) -> str:
+    return f"{message} (request_id={request_id})" if request_id else message
+
+
+class FalEditError(Exception):
+    """Base class of every error raised by fal_edit_async."""
+
+
+class InputError(FalEditError, ValueError):
+    """A request failed local validation before anything was sent or paid for."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}: invalid value {_short_repr(value)}; expected {allowed}")
+
+
+class TransportError(FalEditError):
+    """The connection failed, was reset, or timed out before an answer arrived."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(f"{message} ({url})" if url else message)
+
+
+class APIError(FalEditError):
+    """fal answered with a non-2xx HTTP status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: Any = None,
+        request_id: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.request_id = request_id
+        self.error_type = error_type
+        kind = f", {error_type}" if error_type else ""
+        super().__init__(_with_request_id(f"HTTP {status}{kind}: {message}", request_id))
+
+
+class AuthError(APIError):
+    """fal refused the credentials (401 or 403): set FAL_KEY to a valid key."""
+
+
+class NotFoundError(APIError):
+    """fal does not know the endpoint or request id (404)."""
+
+
+class RateLimitError(APIError):
+    """fal asked us to slow down (429); ``retry_after`` is in seconds when fal said."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+
+class ValidationError(APIError):
+    """The model rejected the input (422); ``field_errors`` lists each bad field."""
+
+    @property
+    def field_errors(self) -> list[Mapping[str, Any]]:
+        """The ``detail`` entries fal sent, each with ``loc``, ``msg`` and ``type``."""
+        return field_errors_of(self.body)
+
+
+class ServerError(APIError):
+    """fal or its runner failed (5xx)."""
+
+
+class ProtocolError(FalEditError):
+    """A payload from the server did not match the shape we expect."""
+
+    def __init__(self, message: str, *, details: Sequence[str] = (), payload: Any = None) -> None:
+        self.details = list(details)
+        self.payload = payload
+        text = message if not self.details else f"{message}: " + "; ".join(self.details)
+        super().__init__(text)
+
+
+class JobFailedError(FalEditError):
+    """The job ended COMPLETED with an error; ``detail`` is the result endpoint's body."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        error: str | None,
+        error_type: str | None = None,
+        detail: Any = None,
+        status: int | None = None,
+        logs: Sequence[Any] = (),
+        retryable: bool | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.error = error
+        self.error_type = error_type
+        self.detail = detail
+        self.status = status
+        self.logs = list(logs)
+        self.retryable = retryable
+        text = error or "job failed"
+        if error_type:
+            text = f"{text} [{error_type}]"
+        if detail is not None:
+            text = f"{text}: {describe_detail(detail)}"
+        super().__init__(_with_request_id(text, request_id))
+
+
+class JobCancelledError(FalEditError):
+    """The job was cancelled before it produced a result."""
+
+    def __init__(self, request_id: str, message: str = "job was cancelled") -> None:
+        self.request_id = request_id
+        super().__init__(_with_request_id(message, request_id))
+
+
+class JobTimeoutError(FalEditError, TimeoutError):
+    """A deadline passed while waiting for a job; the job was asked to cancel."""
+
+    def __init__(self, request_id: str | None, timeout: float) -> None:
+        self.request_id = request_id
+        self.timeout = timeout
+        super().__init__(_with_request_id(f"no result within {timeout:g} s", request_id))
+
+
+class DownloadError(FalEditError):
+    """One output file could not be downloaded or failed verification."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(f"{message} ({_redact_data_uri(url)})" if url else message)
+
+
+class BudgetExceededError(FalEditError):
+    """Submitting this job would cross the configured budget, so it was not sent."""
+
+    def __init__(self, *, estimate: float, spent: float, budget: float) -> None:
+        self.estimate = estimate
+        self.spent = spent
+        self.budget = budget
+        super().__init__(
+            f"estimated ${estimate:.3f} on top of ${spent:.3f} would cross the ${budget:.2f} budget"
+        )
+
+
+def field_errors_of(body: Any) -> list[Mapping[str, Any]]:
+    """The list of field errors in a 422 body; a string ``detail`` becomes one entry."""
+    detail = body.get("detail") if isinstance(body, Mapping) else None
+    if isinstance(detail, list):
+        return [d for d in detail if isinstance(d, Mapping)]
+    if isinstance(detail, str):
+        return [{"loc": [], "msg": detail, "type": "value_error"}]
+    return []
+
+
+def describe_detail(detail: Any) -> str:
+    """One line for a fal error body: field errors as ``loc: msg``, else ``detail`` or the body."""
+    errors = field_errors_of(detail)
+    if errors:
+        parts = []
+        for err in errors:
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return "; ".join(parts)
+    if isinstance(detail, Mapping) and "detail" in detail:
+        return str(detail["detail"])
+    return _short_repr(detail, 300)
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _redact_data_uri(url: str) -> str:
+    return url[:40] + "..." if url.startswith("data:") and len(url) > 40 else url
