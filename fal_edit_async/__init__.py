@@ -5,6 +5,7 @@ Import everything from here; the underscore modules are private and may move.
 
 from __future__ import annotations
 
+from ._client import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, AsyncClient as AsyncClient
 from ._config import (
     DEFAULT_LIMITS as DEFAULT_LIMITS,
     DEFAULT_POLLING as DEFAULT_POLLING,
@@ -38,6 +39,7 @@ from ._exceptions import (
     TransportError as TransportError,
     ValidationError as ValidationError,
 )
+from ._job import JobHandle as JobHandle, UpdateCallback as UpdateCallback
 from ._models import (
     Background as Background,
     CancelOutcome as CancelOutcome,
@@ -61,6 +63,7 @@ from ._version import __version__ as __version__
 
 __all__ = [
     "APIError",
+    "AsyncClient",
     "AuthError",
     "Background",
     "BudgetExceededError",
@@ -68,6 +71,7 @@ __all__ = [
     "ClientConfig",
     "Completed",
     "Credentials",
+    "DEFAULT_ENDPOINT",
     "DEFAULT_LIMITS",
     "DEFAULT_POLLING",
     "DEFAULT_QUEUE_URL",
@@ -87,6 +91,7 @@ __all__ = [
     "InputFidelity",
     "JobCancelledError",
     "JobFailedError",
+    "JobHandle",
     "JobStatus",
     "JobTimeoutError",
     "Limits",
@@ -104,6 +109,7 @@ __all__ = [
     "Timeouts",
     "TransportError",
     "UnknownStatus",
+    "UpdateCallback",
     "ValidationError",
     "__version__",
     "input_from_dict",

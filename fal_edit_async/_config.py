@@ -160,13 +160,18 @@ DEFAULT_RETRY = RetryPolicy()
 DEFAULT_POLLING = Polling()
 
 
-def _base_url(name: str) -> Any:
-    def convert(value: str) -> str:
-        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-            raise InputError(name, value, "an http(s) base URL")
-        return value.rstrip("/")
+def _base_url(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise InputError(name, value, "an http(s) base URL")
+    return value.rstrip("/")
 
-    return convert
+
+def _queue_url(value: object) -> str:
+    return _base_url("queue_url", value)
+
+
+def _rest_url(value: object) -> str:
+    return _base_url("rest_url", value)
 
 
 @attrs.frozen(kw_only=True)
@@ -179,8 +184,8 @@ class ClientConfig:
     """
 
     credentials: Credentials | None = None
-    queue_url: str = attrs.field(default=DEFAULT_QUEUE_URL, converter=_base_url("queue_url"))
-    rest_url: str = attrs.field(default=DEFAULT_REST_URL, converter=_base_url("rest_url"))
+    queue_url: str = attrs.field(default=DEFAULT_QUEUE_URL, converter=_queue_url)
+    rest_url: str = attrs.field(default=DEFAULT_REST_URL, converter=_rest_url)
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     limits: Limits = DEFAULT_LIMITS
     retry: RetryPolicy = DEFAULT_RETRY

@@ -104,7 +104,10 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
     conv.register_structure_hook(
         Queued,
         make_dict_structure_fn(
-            Queued, conv, position=override(rename="queue_position"), _cattrs_forbid_extra_keys=False
+            Queued,
+            conv,
+            position=override(rename="queue_position"),
+            _cattrs_forbid_extra_keys=False,
         ),
     )
     conv.register_unstructure_hook(
@@ -129,7 +132,9 @@ def parse(payload: Any, cls: type[T], *, conv: cattrs.Converter | None = None) -
         return (conv or converter).structure(payload, cls)
     except cattrs.BaseValidationError as exc:
         details = cattrs.transform_error(exc, path="$")
-        raise ProtocolError(f"unexpected {_name(cls)} payload", details=details, payload=payload)
+        raise ProtocolError(
+            f"unexpected {_name(cls)} payload", details=details, payload=payload
+        ) from exc
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ProtocolError(
             f"unexpected {_name(cls)} payload", details=[str(exc)], payload=payload
@@ -144,7 +149,8 @@ def parse_status(payload: Any, *, conv: cattrs.Converter | None = None) -> JobSt
     """Structure one status payload (polled or streamed) into its status class."""
     if not isinstance(payload, Mapping) or not isinstance(payload.get("status"), str):
         raise ProtocolError(
-            "unexpected status payload", details=["$.status: missing or not a string"],
+            "unexpected status payload",
+            details=["$.status: missing or not a string"],
             payload=payload,
         )
     return parse(payload, JobStatus, conv=conv)  # type: ignore[arg-type]
@@ -160,7 +166,9 @@ def input_to_wire(value: EditImageInput) -> dict[str, Any]:
     for i, url in enumerate(value.image_urls):
         if not isinstance(url, str):
             raise InputError(f"image_urls[{i}]", url, "a URL; upload local files before submit")
-    return {a.name: converter.unstructure(getattr(value, a.name)) for a in attrs.fields(type(value))}
+    return {
+        a.name: converter.unstructure(getattr(value, a.name)) for a in attrs.fields(type(value))
+    }
 
 
 def input_from_dict(data: Mapping[str, Any]) -> EditImageInput:
@@ -174,7 +182,9 @@ def input_from_dict(data: Mapping[str, Any]) -> EditImageInput:
     known = {a.name for a in attrs.fields(EditImageInput)}
     for key in data:
         if key not in known:
-            raise InputError(str(key), data[key], "no such field; known: " + ", ".join(sorted(known)))
+            raise InputError(
+                str(key), data[key], "no such field; known: " + ", ".join(sorted(known))
+            )
     for key in ("prompt", "image_urls"):
         if key not in data:
             raise InputError(key, None, "a value (the field is required)")

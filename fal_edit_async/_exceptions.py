@@ -64,10 +64,15 @@ class InputError(FalEditError, ValueError):
 
 
 class TransportError(FalEditError):
-    """The connection failed, was reset, or timed out before an answer arrived."""
+    """The connection failed, was reset, or timed out before an answer arrived.
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    ``sent`` is False only when the request surely never reached the server (the connection
+    could not be opened), which is what makes a retried submit safe.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, sent: bool = True) -> None:
         self.url = url
+        self.sent = sent
         super().__init__(f"{message} ({url})" if url else message)
 
 
@@ -82,11 +87,13 @@ class APIError(FalEditError):
         body: Any = None,
         request_id: str | None = None,
         error_type: str | None = None,
+        timeout_type: str | None = None,
     ) -> None:
         self.status = status
         self.body = body
         self.request_id = request_id
         self.error_type = error_type
+        self.timeout_type = timeout_type
         kind = f", {error_type}" if error_type else ""
         super().__init__(_with_request_id(f"HTTP {status}{kind}: {message}", request_id))
 

@@ -1,0 +1,213 @@
+"""JobHandle: one fal job, followed to its result, cancelled when its waiter goes away."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import anyio
+import attrs
+
+from ._converter import parse
+from ._endpoint import EndpointId
+from ._exceptions import FalEditError, JobCancelledError, JobFailedError, JobTimeoutError
+from ._models import (
+    CancelOutcome,
+    Completed,
+    EditImageOutput,
+    InProgress,
+    JobStatus,
+    LogEntry,
+    Queued,
+    SubmitReceipt,
+    UnknownStatus,
+)
+from ._protocol import JobUrls, api_error, cancel_outcome
+from ._retry import with_retries
+from ._status_stream import fetch_status, raw_statuses
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient
+
+__all__ = ["JobHandle", "UpdateCallback"]
+
+#: Called with each status update; may be a plain function or a coroutine function.
+UpdateCallback: TypeAlias = Callable[[JobStatus], "Awaitable[Any] | Any"]
+
+_LogKey: TypeAlias = tuple[Any, ...]
+
+
+def _log_key(entry: LogEntry) -> _LogKey:
+    # fal's own CLI de-duplicates by (timestamp, message); level and source only sharpen it.
+    return (entry.timestamp, entry.message, entry.level, entry.source)
+
+
+def _same_state(a: JobStatus | None, b: JobStatus) -> bool:
+    if a is None or type(a) is not type(b):
+        return False
+    if isinstance(a, Queued) and isinstance(b, Queued):
+        return a.position == b.position
+    if isinstance(a, UnknownStatus) and isinstance(b, UnknownStatus):
+        return a.status == b.status
+    return True
+
+
+async def call_back(callback: UpdateCallback | None, update: JobStatus) -> None:
+    """Call a sync or async update callback."""
+    if callback is not None:
+        result = callback(update)
+        if inspect.isawaitable(result):
+            await result
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class JobHandle:
+    """One submitted job: follow it, wait for it, fetch its result, or cancel it.
+
+    Get one from :meth:`AsyncClient.submit`, or re-attach to any job with
+    :meth:`AsyncClient.handle` and its request id.
+    """
+
+    request_id: str
+    endpoint: EndpointId
+    urls: JobUrls
+    receipt: SubmitReceipt | None = None
+    _client: AsyncClient = attrs.field(alias="client", repr=False)
+
+    async def status(self, *, logs: bool = False) -> JobStatus:
+        """Poll the job's status once."""
+        c = self._client
+        return await fetch_status(c.transport, self.urls, logs=logs, config=c.config, stats=c.stats)
+
+    async def updates(self, *, logs: bool = True) -> AsyncGenerator[JobStatus, None]:
+        """Yield Queued / InProgress / Completed updates until the job completes.
+
+        Reads fal's server-sent events stream, reconnecting when it drops and polling when it
+        is refused or keeps dropping. An update is yielded only when something changed, never
+        twice across reconnects, and its ``logs`` hold only the entries not yielded before.
+        Use ``contextlib.aclosing`` when breaking out early.
+        """
+        c = self._client
+        seen: set[_LogKey] = set()
+        last: JobStatus | None = None
+        statuses = raw_statuses(c.transport, self.urls, logs=logs, config=c.config, stats=c.stats)
+        async with aclosing(statuses):
+            async for status in statuses:
+                if isinstance(status, InProgress | Completed):
+                    fresh = tuple(e for e in status.logs if _log_key(e) not in seen)
+                    seen.update(_log_key(e) for e in fresh)
+                    status = attrs.evolve(status, logs=fresh)
+                if _same_state(last, status) and not getattr(status, "logs", ()):
+                    continue
+                last = status
+                yield status
+
+    async def logs(self) -> AsyncGenerator[LogEntry, None]:
+        """Yield each log line once, as it arrives, until the job completes."""
+        async with aclosing(self.updates(logs=True)) as updates:
+            async for update in updates:
+                for entry in getattr(update, "logs", ()):
+                    yield entry
+
+    async def wait(
+        self, *, timeout: float | None = None, on_update: UpdateCallback | None = None
+    ) -> Completed:
+        """Wait until the job completes; return its final status with every log line.
+
+        When ``timeout`` passes, or the calling task is cancelled, the job is cancelled on
+        fal (a shielded, time-bounded PUT) before :class:`JobTimeoutError` or the
+        cancellation propagates, so an abandoned job is not paid for.
+        """
+        collected: list[LogEntry] = []
+        try:
+            with anyio.fail_after(timeout):
+                async with aclosing(self.updates(logs=True)) as updates:
+                    async for update in updates:
+                        collected.extend(getattr(update, "logs", ()))
+                        await call_back(on_update, update)
+                        if isinstance(update, Completed):
+                            return attrs.evolve(update, logs=tuple(collected))
+        except TimeoutError as exc:
+            if isinstance(exc, FalEditError):
+                raise
+            await self.cancel_quietly()
+            raise JobTimeoutError(self.request_id, timeout or 0.0) from exc
+        except anyio.get_cancelled_exc_class():
+            await self.cancel_quietly()
+            raise
+        raise AssertionError("unreachable: raw_statuses ends only after COMPLETED")
+
+    async def result(
+        self, *, timeout: float | None = None, on_update: UpdateCallback | None = None
+    ) -> EditImageOutput:
+        """Wait for the job and return its typed output.
+
+        Raises:
+            JobFailedError: the job completed with an error; the result endpoint's detail,
+                fal's error type and the job's logs are attached.
+            JobCancelledError: the job was cancelled.
+            JobTimeoutError: ``timeout`` passed; the job was asked to cancel.
+        """
+        completed = await self.wait(timeout=timeout, on_update=on_update)
+        return await self.fetch_result(completed)
+
+    async def fetch_result(self, completed: Completed | None = None) -> EditImageOutput:
+        """Fetch the output of a completed job (no waiting)."""
+        c = self._client
+
+        async def once() -> EditImageOutput:
+            resp = await c.transport.request("GET", self.urls.response_url)
+            if resp.ok:
+                return parse(resp.json("result"), EditImageOutput)
+            error = api_error(resp.status, resp.headers, resp.body)
+            failed = completed is not None and completed.failed
+            if error.error_type == "client_cancelled" or resp.status == 499:
+                raise JobCancelledError(self.request_id)
+            if failed or resp.status in (400, 422) or error.error_type:
+                raise JobFailedError(
+                    request_id=self.request_id,
+                    error=(completed.error if completed else None) or str(error.args[0]),
+                    error_type=(completed.error_type if completed else None) or error.error_type,
+                    detail=error.body,
+                    status=resp.status,
+                    logs=completed.logs if completed else (),
+                    retryable=_retryable_header(resp.headers.get("x-fal-retryable")),
+                )
+            raise error
+
+        return await with_retries(once, policy=c.config.retry, stats=c.stats)
+
+    async def cancel(self) -> CancelOutcome:
+        """Ask fal to cancel the job; returns what fal answered (not found is not an error)."""
+        c = self._client
+
+        async def once() -> CancelOutcome:
+            resp = await c.transport.request("PUT", self.urls.cancel_url)
+            return cancel_outcome(resp.status, resp.headers, resp.body)
+
+        c.stats["cancels_sent"] += 1
+        return await with_retries(once, policy=c.config.retry, stats=c.stats)
+
+    async def cancel_quietly(self) -> CancelOutcome | None:
+        """Cancel, shielded from the caller's cancellation and bounded by ``Timeouts.cancel``.
+
+        Used on the way out of a deadline or a cancelled task, where raising would hide the
+        original reason; returns None when the cancel could not be delivered in time.
+        """
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(self._client.config.timeouts.cancel),
+        ):
+            try:
+                return await self.cancel()
+            except FalEditError:
+                return None
+        return None
+
+
+def _retryable_header(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return value.strip().lower() in ("1", "true", "yes")

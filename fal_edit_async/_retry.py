@@ -1,0 +1,111 @@
+"""Retries: which failures are worth another try, and how long to wait before it.
+
+Backoff is capped exponential with full jitter (a uniform draw between zero and the cap), so a
+batch that hits a limit does not come back in lockstep. A ``Retry-After`` from fal wins over
+the computed delay, up to ``RetryPolicy.max_retry_after``. ``RetryPolicy(wait=False)`` keeps
+every decision but skips the sleeps, for tests.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import anyio
+
+from ._config import RetryPolicy
+from ._exceptions import APIError, FalEditError, RateLimitError, TransportError
+
+__all__ = ["RetryKind", "backoff_delay", "parse_retry_after", "retry_kind", "with_retries"]
+
+T = TypeVar("T")
+
+#: A short label for each kind of retried failure, used in statistics.
+RetryKind = str
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Full-jitter delay before retry number ``attempt`` (0-based)."""
+    cap = min(policy.max_delay, policy.base_delay * 2**attempt)
+    return (rng or random).uniform(0, cap)
+
+
+def retry_kind(exc: BaseException, *, submit: bool, policy: RetryPolicy) -> RetryKind | None:
+    """The kind of a retryable failure, or None when it must not be retried.
+
+    A submit is retried only when fal cannot have enqueued it: a 429, an ingress 502/503/504
+    (no ``x-fal-request-id``: the gateway never reached the queue), or a connection that
+    failed before the request was sent. Anything ambiguous (a reset or timeout after sending,
+    a 5xx from fal itself) is retried only when the policy opts in, since a second POST may
+    be a second paid job. Other calls are idempotent and retry on 408, 429, 5xx and
+    transport errors, except a 504 that reports the caller's own start timeout.
+    """
+    if isinstance(exc, TransportError):
+        if submit and exc.sent and not policy.retry_ambiguous_submit:
+            return None
+        return "transport"
+    if isinstance(exc, RateLimitError):
+        return "rate_limit"
+    if not isinstance(exc, APIError):
+        return None
+    if exc.timeout_type == "user":
+        return None  # the caller's own start_timeout expired: trying again cannot help
+    if submit:
+        ingress = exc.status in (502, 503, 504) and exc.request_id is None
+        if ingress or (policy.retry_ambiguous_submit and exc.status >= 500):
+            return "server_error"
+        return None
+    if exc.status == 408:
+        return "timeout"
+    if exc.status >= 500:
+        return "server_error"
+    return None
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    submit: bool = False,
+    stats: Counter[str] | None = None,
+    rng: random.Random | None = None,
+) -> T:
+    """Await ``call()`` until it succeeds, a failure is not retryable, or attempts run out."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except FalEditError as exc:
+            kind = retry_kind(exc, submit=submit, policy=policy)
+            attempt += 1
+            if kind is None or attempt >= policy.max_attempts:
+                raise
+            if stats is not None:
+                stats[kind] += 1
+            delay = backoff_delay(policy, attempt - 1, rng)
+            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+                delay = min(exc.retry_after, policy.max_retry_after)
+            if policy.wait and delay > 0:
+                await anyio.sleep(delay)

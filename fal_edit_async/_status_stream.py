@@ -1,0 +1,157 @@
+"""Raw status updates for one job: the SSE status stream, with polling as the fallback.
+
+:func:`raw_statuses` yields every status payload it receives, as parsed models, until one is
+COMPLETED. It prefers fal's server-sent events stream; it reconnects a dropped stream, and
+falls back to polling for the rest of the job when the stream is refused (404, 405, 501, not
+``text/event-stream``) or drops ``Polling.stream_failures`` times in a row without progress.
+De-duplication across reconnects is the caller's job (``JobHandle.updates``), because only
+the caller knows what it has already shown.
+
+Each generator holds at most one response open and starts no tasks, so breaking out of an
+``async for`` (or ``aclosing``) releases everything.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncGenerator
+
+import anyio
+
+from ._config import ClientConfig
+from ._converter import parse_status
+from ._exceptions import APIError, AuthError, NotFoundError, TransportError
+from ._models import Completed, JobStatus, Queued
+from ._protocol import JobUrls, api_error, decode_json
+from ._retry import backoff_delay, with_retries
+from ._sse import SSEDecoder
+from ._transport import HttpTransport
+
+__all__ = ["fetch_status", "raw_statuses"]
+
+_REFUSED = (404, 405, 501)
+
+
+class _StreamRefused(Exception):
+    """The server does not offer the status stream for this job."""
+
+
+def _logs_param(logs: bool) -> dict[str, str]:
+    return {"logs": "1" if logs else "0"}
+
+
+async def fetch_status(
+    transport: HttpTransport,
+    urls: JobUrls,
+    *,
+    logs: bool,
+    config: ClientConfig,
+    stats: Counter[str],
+) -> JobStatus:
+    """One status poll, retried on transient failures."""
+
+    async def once() -> JobStatus:
+        resp = await transport.request("GET", urls.status_url, params=_logs_param(logs))
+        if resp.status == 404:
+            raise NotFoundError(
+                "unknown request id for this endpoint",
+                status=404,
+                body=resp.body,
+                request_id=urls.request_id,
+            )
+        resp.raise_for_status()
+        return parse_status(resp.json("status"))
+
+    return await with_retries(once, policy=config.retry, stats=stats)
+
+
+async def _stream_once(
+    transport: HttpTransport, urls: JobUrls, *, logs: bool, config: ClientConfig
+) -> AsyncGenerator[JobStatus, None]:
+    async with transport.open_stream(
+        urls.stream_url,
+        params=_logs_param(logs),
+        headers={"Accept": "text/event-stream"},
+        read_timeout=config.timeouts.stream_idle,
+    ) as resp:
+        if resp.status in _REFUSED:
+            raise _StreamRefused
+        if resp.status != 200:
+            raise api_error(resp.status, resp.headers, await resp.read())
+        if resp.content_type != "text/event-stream":
+            raise _StreamRefused
+        decoder = SSEDecoder()
+        async for chunk in resp.content.iter_any():
+            for event in decoder.feed(chunk):
+                yield parse_status(decode_json(event.data.encode(), what="status event"))
+
+
+async def _poll(
+    transport: HttpTransport,
+    urls: JobUrls,
+    *,
+    logs: bool,
+    config: ClientConfig,
+    stats: Counter[str],
+) -> AsyncGenerator[JobStatus, None]:
+    polling = config.polling
+    previous: JobStatus | None = None
+    interval = 0.0
+    while True:
+        status = await fetch_status(transport, urls, logs=logs, config=config, stats=stats)
+        stats["status_polls"] += 1
+        yield status
+        if isinstance(status, Completed):
+            return
+        base = (
+            polling.queued_interval if isinstance(status, Queued) else polling.in_progress_interval
+        )
+        changed = previous is None or type(status) is not type(previous) or status != previous
+        interval = (
+            base if changed else min(max(interval, base) * polling.backoff, polling.max_interval)
+        )
+        previous = status
+        await anyio.sleep(interval)
+
+
+async def raw_statuses(
+    transport: HttpTransport,
+    urls: JobUrls,
+    *,
+    logs: bool,
+    config: ClientConfig,
+    stats: Counter[str],
+) -> AsyncGenerator[JobStatus, None]:
+    """Every status update received for one job, ending after the first COMPLETED."""
+    failures = 0
+    use_stream = config.polling.use_stream
+    last_kind: type | None = None
+    while use_stream:
+        try:
+            stats["streams_opened"] += 1
+            async for status in _stream_once(transport, urls, logs=logs, config=config):
+                # A stream that moves the job on is healthy, however often it drops.
+                if type(status) is not last_kind:
+                    failures = 0
+                last_kind = type(status)
+                yield status
+                if isinstance(status, Completed):
+                    return
+            stats["stream_drops"] += 1  # the body ended before COMPLETED
+        except _StreamRefused:
+            stats["stream_refused"] += 1
+            break
+        except AuthError:
+            raise
+        except (TransportError, APIError) as exc:
+            if isinstance(exc, APIError) and exc.status < 500 and exc.status not in (408, 429):
+                raise
+            stats["stream_errors"] += 1
+        failures += 1
+        if failures >= config.polling.stream_failures:
+            break
+        if config.retry.wait:
+            await anyio.sleep(backoff_delay(config.retry, failures - 1))
+    stats["polling_fallbacks"] += use_stream
+    async for status in _poll(transport, urls, logs=logs, config=config, stats=stats):
+        yield status
