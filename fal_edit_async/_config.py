@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -36,16 +37,18 @@ DEFAULT_REST_URL = "https://rest.fal.ai"
 
 
 def _positive(name: str) -> Any:
-    def check(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-        if value is not None and (isinstance(value, bool) or value <= 0):
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise InputError(f"{name}.{attribute.name}", value, "a positive number")
+        if attribute.type in ("int", int) and not isinstance(value, int):
+            raise InputError(f"{name}.{attribute.name}", value, "a positive whole number")
 
     return check
 
 
 def _non_negative(name: str) -> Any:
-    def check(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-        if isinstance(value, bool) or value < 0:
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise InputError(f"{name}.{attribute.name}", value, "zero or a positive number")
 
     return check
@@ -163,7 +166,18 @@ DEFAULT_POLLING = Polling()
 def _base_url(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise InputError(name, value, "an http(s) base URL")
+    if not urlsplit(value).hostname:
+        raise InputError(name, value, "an http(s) base URL")
     return value.rstrip("/")
+
+
+def _credentials(value: object) -> Credentials | None:
+    # A plain string is wrapped at once, so the key is never held where a repr could show it.
+    if value is None or isinstance(value, Credentials):
+        return value
+    if isinstance(value, str):
+        return Credentials(value)
+    raise InputError("credentials", type(value).__name__, "a Credentials, a key string or None")
 
 
 def _queue_url(value: object) -> str:
@@ -183,7 +197,7 @@ class ClientConfig:
         config = ClientConfig.from_env(limits=Limits(jobs=64))
     """
 
-    credentials: Credentials | None = None
+    credentials: Credentials | None = attrs.field(default=None, converter=_credentials)
     queue_url: str = attrs.field(default=DEFAULT_QUEUE_URL, converter=_queue_url)
     rest_url: str = attrs.field(default=DEFAULT_REST_URL, converter=_rest_url)
     timeouts: Timeouts = DEFAULT_TIMEOUTS

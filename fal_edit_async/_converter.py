@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from cattrs.strategies import configure_tagged_union
 
 from ._exceptions import InputError, ProtocolError
 from ._models import (
@@ -67,12 +66,23 @@ def _format_datetime(value: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def _logs(value: Any, _: type) -> tuple[LogEntry, ...]:
-    if value is None:  # fal sends "logs": null when logs were not asked for
-        return ()
-    if not isinstance(value, list):
-        raise ValueError(f"expected a list of log entries or null, got {value!r}")
-    return converter.structure(value, tuple[LogEntry, ...])
+def _strict_int(value: Any, _: type) -> int:
+    # cattrs would int() anything: "3" or True is not what fal sends, so it is a drift to report.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
 
 
 def _unknown_status(payload: Any, _: type) -> UnknownStatus:
@@ -82,6 +92,13 @@ def _unknown_status(payload: Any, _: type) -> UnknownStatus:
     return UnknownStatus(status=status, payload=dict(payload))
 
 
+#: Keys every status payload may carry that the models do not keep (the tag and the URLs,
+#: which the handle already has); dropped before structuring so strict mode sees only drift.
+_STATUS_ENVELOPE = ("status", "response_url", "status_url", "cancel_url")
+#: Attribute names that differ from their wire names, for error paths users can match.
+_RENAMES: Mapping[type, Mapping[str, str]] = {Queued: {"position": "queue_position"}}
+
+
 def make_converter(*, strict: bool = False) -> cattrs.Converter:
     """Build a converter configured for fal's wire format.
 
@@ -89,38 +106,59 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
         strict: forbid unknown keys in server payloads (for tests against our emulator).
     """
     conv = cattrs.Converter(forbid_extra_keys=strict)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(datetime, _parse_datetime)
     conv.register_unstructure_hook(datetime, _format_datetime)
     # StrEnum members are str already; send their plain value, not the member.
     conv.register_unstructure_hook(StrEnum, lambda member: member.value)
+
+    def logs(value: Any, _: type) -> tuple[LogEntry, ...]:
+        if value is None:  # fal sends "logs": null when logs were not asked for
+            return ()
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of log entries or null, got {value!r}")
+        return conv.structure(value, tuple[LogEntry, ...])
+
+    tag_to_class: dict[str, type] = {}
+    for cls, tag in STATUS_TAGS.items():
+        if cls is UnknownStatus:
+            continue
+        tag_to_class[tag] = cls
+        fields = {a.name for a in attrs.fields(cls)}
+        overrides = {a: override(rename=w) for a, w in _RENAMES.get(cls, {}).items()}
+        if "logs" in fields:
+            overrides["logs"] = override(struct_hook=logs)
+        structure: Any = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+        unstructure: Any = make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+        conv.register_structure_hook(cls, _without_envelope(structure))
+        conv.register_unstructure_hook(cls, _with_tag(unstructure, tag))
     conv.register_structure_hook(UnknownStatus, _unknown_status)
-    for cls in (InProgress, Completed):
-        conv.register_structure_hook(
-            cls,
-            make_dict_structure_fn(
-                cls, conv, logs=override(struct_hook=_logs), _cattrs_forbid_extra_keys=False
-            ),
-        )
-    conv.register_structure_hook(
-        Queued,
-        make_dict_structure_fn(
-            Queued,
-            conv,
-            position=override(rename="queue_position"),
-            _cattrs_forbid_extra_keys=False,
-        ),
-    )
-    conv.register_unstructure_hook(
-        Queued, make_dict_unstructure_fn(Queued, conv, position=override(rename="queue_position"))
-    )
-    configure_tagged_union(
-        JobStatus,
-        conv,
-        tag_name="status",
-        tag_generator=lambda cls: STATUS_TAGS[cls],
-        default=UnknownStatus,
+    conv.register_unstructure_hook(UnknownStatus, lambda v: {**v.payload, "status": v.status})
+
+    def status(payload: Any, _: type) -> JobStatus:
+        tag = payload.get("status") if isinstance(payload, Mapping) else None
+        return conv.structure(payload, tag_to_class.get(tag, UnknownStatus))  # type: ignore[arg-type]
+
+    conv.register_structure_hook_func(lambda t: t == JobStatus, status)
+    conv.register_unstructure_hook_func(
+        lambda t: t == JobStatus, lambda v: conv.unstructure(v, unstructure_as=type(v))
     )
     return conv
+
+
+def _without_envelope(structure: Any) -> Any:
+    def hook(payload: Any, cls: type) -> Any:
+        if isinstance(payload, Mapping):
+            payload = {k: v for k, v in payload.items() if k not in _STATUS_ENVELOPE}
+        return structure(payload, cls)
+
+    return hook
+
+
+def _with_tag(unstructure: Any, tag: str) -> Any:
+    return lambda value: {"status": tag, **unstructure(value)}
 
 
 converter = make_converter()
@@ -131,7 +169,7 @@ def parse(payload: Any, cls: type[T], *, conv: cattrs.Converter | None = None) -
     try:
         return (conv or converter).structure(payload, cls)
     except cattrs.BaseValidationError as exc:
-        details = cattrs.transform_error(exc, path="$")
+        details = [_wire_path(d) for d in cattrs.transform_error(exc, path="$")]
         raise ProtocolError(
             f"unexpected {_name(cls)} payload", details=details, payload=payload
         ) from exc
@@ -139,6 +177,13 @@ def parse(payload: Any, cls: type[T], *, conv: cattrs.Converter | None = None) -
         raise ProtocolError(
             f"unexpected {_name(cls)} payload", details=[str(exc)], payload=payload
         ) from exc
+
+
+def _wire_path(detail: str) -> str:
+    for renames in _RENAMES.values():
+        for attr, wire in renames.items():
+            detail = detail.replace(f"$.{attr}", f"$.{wire}")
+    return detail
 
 
 def _name(cls: Any) -> str:

@@ -242,6 +242,7 @@ class SubmitReceipt:
     status_url: str
     cancel_url: str
     queue_position: int | None = None
+    status: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,165 @@
+"""The queue protocol's pure parts: URLs, submit headers, answers turned into errors."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from fal_edit_async import (
+    APIError,
+    AuthError,
+    CancelOutcome,
+    EndpointId,
+    InputError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    SubmitReceipt,
+    ValidationError,
+)
+from fal_edit_async._protocol import JobUrls, api_error, cancel_outcome, origin, submit_headers
+
+EDIT = EndpointId.parse("fal-ai/gpt-image-1/edit-image")
+
+
+def test_built_urls_drop_the_sub_path() -> None:
+    """Re-attached jobs live under owner/alias/requests/<id>, without the sub-path."""
+    urls = JobUrls.build("https://queue.fal.run", EDIT, "abc")
+    assert "https://queue.fal.run/fal-ai/gpt-image-1/requests/abc/status" == urls.status_url
+    assert "https://queue.fal.run/fal-ai/gpt-image-1/requests/abc" == urls.response_url
+    assert "https://queue.fal.run/fal-ai/gpt-image-1/requests/abc/cancel" == urls.cancel_url
+    assert urls.stream_url.endswith("/requests/abc/status/stream")
+
+
+@pytest.mark.parametrize("request_id", ["", "a/b", "..", "."])
+def test_bad_request_ids_are_input_errors(request_id: str) -> None:
+    """A request id that would change the URL's path is refused before any request."""
+    with pytest.raises(InputError, match="request_id"):
+        JobUrls.build("https://queue.fal.run", EDIT, request_id)
+
+
+def test_receipt_urls_used_when_on_the_queue_origin() -> None:
+    """The server's URLs are used verbatim when they point at the configured queue host."""
+    receipt = SubmitReceipt(
+        request_id="r1",
+        response_url="http://127.0.0.1:9/x/requests/r1",
+        status_url="http://127.0.0.1:9/x/requests/r1/status",
+        cancel_url="http://127.0.0.1:9/x/requests/r1/cancel",
+    )
+    urls = JobUrls.from_receipt("http://127.0.0.1:9", EDIT, receipt)
+    assert receipt.status_url == urls.status_url
+
+
+def test_receipt_urls_on_another_origin_are_not_trusted() -> None:
+    """A receipt naming another host is replaced by locally built URLs, so the key stays."""
+    receipt = SubmitReceipt(
+        request_id="r1",
+        response_url="https://evil.example/requests/r1",
+        status_url="https://evil.example/requests/r1/status",
+        cancel_url="https://evil.example/requests/r1/cancel",
+    )
+    urls = JobUrls.from_receipt("https://queue.fal.run", EDIT, receipt)
+    assert urls.status_url.startswith("https://queue.fal.run/fal-ai/gpt-image-1/")
+
+
+def test_origin_normalises_default_ports_and_case() -> None:
+    """Origins compare scheme, host and port, with default ports filled in."""
+    assert origin("https://Queue.fal.run/x") == origin("https://queue.fal.run:443/y")
+    assert origin("http://127.0.0.1:80/") != origin("http://127.0.0.1:81/")
+
+
+def test_submit_headers_are_validated_and_formatted() -> None:
+    """Priority, hint and start timeout become fal's headers, formatted as fal-client does."""
+    headers = submit_headers(priority="low", hint="gpu-a", start_timeout=30, headers={"X-A": "1"})
+    assert {
+        "X-A": "1",
+        "X-Fal-Queue-Priority": "low",
+        "X-Fal-Runner-Hint": "gpu-a",
+        "X-Fal-Request-Timeout": "30.0",
+    } == headers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        pytest.param({"priority": "high"}, "priority", id="priority"),
+        pytest.param({"start_timeout": 1}, "start_timeout", id="timeout-too-small"),
+        pytest.param({"start_timeout": True}, "start_timeout", id="timeout-bool"),
+        pytest.param({"hint": ""}, "hint", id="empty-hint"),
+        pytest.param({"headers": {"authorization": "Key x"}}, "headers", id="auth-header"),
+    ],
+)
+def test_bad_submit_options(kwargs: dict[str, object], field: str) -> None:
+    """Bad submit options raise InputError naming the option."""
+    with pytest.raises(InputError) as info:
+        submit_headers(**kwargs)  # type: ignore[arg-type]
+    assert field == info.value.field
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (401, AuthError),
+        (403, AuthError),
+        (404, NotFoundError),
+        (422, ValidationError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (503, ServerError),
+        (400, APIError),
+    ],
+)
+def test_api_error_classes(status: int, cls: type[APIError]) -> None:
+    """Each status maps to its error class, carrying status, body and request id."""
+    headers = CIMultiDict({"x-fal-request-id": "req-9"})
+    err = api_error(status, headers, b'{"detail": "nope"}')
+    assert type(err) is cls
+    assert (status, {"detail": "nope"}, "req-9") == (err.status, err.body, err.request_id)
+    assert "req-9" in str(err)
+
+
+def test_auth_error_tells_the_user_what_to_do() -> None:
+    """A 401 message names FAL_KEY."""
+    assert "FAL_KEY" in str(api_error(401, CIMultiDict(), b'{"detail":"Unauthorized"}'))
+
+
+def test_validation_error_lists_fields() -> None:
+    """A 422 detail list is summarised as loc: msg and exposed as field_errors."""
+    body = b'{"detail":[{"loc":["body","prompt"],"msg":"field required","type":"missing"}]}'
+    err = api_error(422, CIMultiDict(), body)
+    assert isinstance(err, ValidationError)
+    assert "prompt: field required" in str(err)
+    assert "prompt" == err.field_errors[0]["loc"][1]
+
+
+def test_rate_limit_reads_retry_after_and_error_type() -> None:
+    """429 carries Retry-After; error_type comes from the body or X-Fal-Error-Type."""
+    err = api_error(429, CIMultiDict({"Retry-After": "2", "X-Fal-Error-Type": "x"}), b"")
+    assert isinstance(err, RateLimitError)
+    assert (2.0, "x") == (err.retry_after, err.error_type)
+
+
+def test_non_json_error_body_is_kept_as_text() -> None:
+    """An nginx HTML page becomes the message text rather than a JSON error."""
+    err = api_error(502, CIMultiDict(), b"<html>502 Bad Gateway nginx</html>")
+    assert "nginx" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (202, b'{"status":"CANCELLATION_REQUESTED"}', CancelOutcome.REQUESTED),
+        (200, b'{"status":"OK"}', CancelOutcome.OK),
+        (400, b'{"status":"ALREADY_COMPLETED"}', CancelOutcome.ALREADY_COMPLETED),
+        (404, b'{"status":"NOT_FOUND"}', CancelOutcome.NOT_FOUND),
+    ],
+)
+def test_cancel_outcomes(status: int, body: bytes, expected: CancelOutcome) -> None:
+    """fal's cancel answers become outcomes; 400 and 404 are not errors here."""
+    assert expected == cancel_outcome(status, CIMultiDict(), body)
+
+
+def test_cancel_other_errors_raise() -> None:
+    """A cancel answered 401 raises the auth error."""
+    with pytest.raises(AuthError):
+        cancel_outcome(401, CIMultiDict(), b'{"detail":"no"}')

@@ -1,0 +1,121 @@
+"""Type-checked only, never run: ``mypy --strict tests/typing/api.py`` pins the public signatures.
+
+Each line uses the public API the way a user would; ``assert_type`` fails the type check when a
+signature or an attribute's type drifts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import assert_never, assert_type
+
+import fal_edit_async as fal
+
+# --- the edit input --------------------------------------------------------------------------
+
+inp = fal.EditImageInput(
+    prompt="Make this pixel-art style.",
+    image_urls=["https://example.com/cat.png", Path("photo.png"), b"\x89PNG"],
+    image_size=fal.ImageSize.SQUARE,
+    background="transparent",
+    quality=fal.Quality.LOW,
+    input_fidelity=fal.InputFidelity.HIGH,
+    num_images=2,
+    output_format=fal.OutputFormat.WEBP,
+    sync_mode=False,
+)
+assert_type(inp.prompt, str)
+assert_type(inp.image_urls, tuple[fal.ImageSource, ...])
+assert_type(inp.image_size, fal.ImageSize)
+assert_type(inp.background, fal.Background)
+assert_type(inp.quality, fal.Quality)
+assert_type(inp.input_fidelity, fal.InputFidelity)
+assert_type(inp.num_images, int)
+assert_type(inp.output_format, fal.OutputFormat)
+assert_type(inp.sync_mode, bool)
+assert_type(inp.is_resolved, bool)
+assert_type(
+    fal.input_from_dict({"prompt": "p", "image_urls": ["https://x/y.png"]}), fal.EditImageInput
+)
+
+source: fal.ImageSource = Path("photo.png")
+source = b"raw bytes"
+source = "data:image/png;base64,AAAA"
+
+# --- outputs and statuses ----------------------------------------------------------------------
+
+out = fal.EditImageOutput(images=(fal.ImageFile(url="https://v3.fal.media/files/a.png"),))
+assert_type(out.images, tuple[fal.ImageFile, ...])
+assert_type(out.images[0].url, str)
+assert_type(out.images[0].width, int | None)
+
+receipt = fal.SubmitReceipt(request_id="r", response_url="u", status_url="s", cancel_url="c")
+assert_type(receipt.request_id, str)
+assert_type(receipt.queue_position, int | None)
+
+
+def describe(status: fal.JobStatus) -> str:
+    """JobStatus is exactly these four classes: a fifth would fail assert_never."""
+    if isinstance(status, fal.Queued):
+        assert_type(status.position, int)
+        return f"queued at {status.position}"
+    if isinstance(status, fal.InProgress):
+        assert_type(status.logs, tuple[fal.LogEntry, ...])
+        return "running"
+    if isinstance(status, fal.Completed):
+        assert_type(status.failed, bool)
+        assert_type(status.error, str | None)
+        return "done"
+    if isinstance(status, fal.UnknownStatus):
+        assert_type(status.status, str)
+        return status.status
+    assert_never(status)
+
+
+assert_type(fal.CancelOutcome("OK"), fal.CancelOutcome)
+
+# --- endpoint ids -------------------------------------------------------------------------------
+
+endpoint = fal.EndpointId.parse("fal-ai/gpt-image-1/edit-image")
+assert_type(endpoint, fal.EndpointId)
+assert_type(endpoint.app_root, str)
+assert_type(endpoint.submit_path, str)
+assert_type(endpoint.path, str | None)
+
+# --- configuration ------------------------------------------------------------------------------
+
+config = fal.ClientConfig.from_env(
+    {"FAL_KEY": "k"},
+    api_key="k",
+    limits=fal.Limits(jobs=64),
+    timeouts=fal.Timeouts(connect=5.0, read=30.0),
+    retry=fal.RetryPolicy(max_attempts=3, wait=False),
+    polling=fal.Polling(queued_interval=0.5),
+)
+assert_type(config, fal.ClientConfig)
+assert_type(config.credentials, fal.Credentials | None)
+assert_type(config.queue_url, str)
+assert_type(config.timeouts, fal.Timeouts)
+assert_type(fal.Credentials.from_env({}), fal.Credentials | None)
+assert_type(fal.Credentials("k").header_value, str)
+assert_type(fal.DEFAULT_LIMITS, fal.Limits)
+assert_type(fal.DEFAULT_TIMEOUTS.read, float)
+assert_type(fal.DEFAULT_QUEUE_URL, str)
+
+# --- errors -------------------------------------------------------------------------------------
+
+input_error = fal.InputError("num_images", 5, "an integer from 1 to 4")
+assert_type(input_error.field, str)
+assert_type(input_error.value, object)
+assert_type(input_error.allowed, str)
+base: fal.FalEditError = input_error
+value_error: ValueError = input_error
+timeout: TimeoutError = fal.JobTimeoutError("r", 1.0)
+api_error: fal.APIError = fal.RateLimitError("slow", status=429, retry_after=1.0)
+assert_type(fal.RateLimitError("slow", status=429).retry_after, float | None)
+assert_type(fal.APIError("x", status=500).status, int)
+assert_type(fal.APIError("x", status=500).request_id, str | None)
+assert_type(fal.ProtocolError("x").details, list[str])
+assert_type(fal.JobFailedError(request_id="r", error=None).request_id, str)
+
+assert_type(fal.__version__, str)
