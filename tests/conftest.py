@@ -1,14 +1,76 @@
-"""Shared pytest configuration: what to skip collecting, and the one async backend we run on."""
+"""Shared pytest configuration: the async backend, the emulator, and a client pointed at it."""
 
 from __future__ import annotations
 
+import base64
+import io
+from collections.abc import AsyncIterator
+
 import pytest
+from PIL import Image
+
+from fal_edit_async import AsyncClient, Polling, RetryPolicy, Timeouts
+from fal_edit_async.emulator import Emulator
 
 # tests/typing/ is only type-checked (``mypy --strict tests/typing/api.py``), never run.
 collect_ignore = ["typing"]
+
+#: Retries keep every decision but never sleep; polling (when used) spins briefly.
+FAST_RETRY = RetryPolicy(wait=False, max_attempts=4)
+FAST_POLLING = Polling(queued_interval=0.01, in_progress_interval=0.01, max_interval=0.02)
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     """Run async tests on asyncio only: aiohttp, our transport, is asyncio-only."""
     return "asyncio"
+
+
+def make_png(
+    size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 40, 40)
+) -> bytes:
+    """A small real PNG, made in memory."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def png_bytes() -> bytes:
+    """A small real PNG input image."""
+    return make_png()
+
+
+@pytest.fixture(scope="session")
+def png_data_uri(png_bytes: bytes) -> str:
+    """The input image as a data URI, which the emulator reads without any fetch."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes).decode()
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """A fresh emulator on ephemeral loopback ports, stopped after the test."""
+    async with Emulator(workers=4, fast_images=True) as emu:
+        yield emu
+        assert [] == emu.internal_errors
+
+
+def client_for(emu: Emulator, **overrides: object) -> AsyncClient:
+    """A client pointed at ``emu``, with retries that never sleep."""
+    options: dict[str, object] = {
+        "api_key": emu.api_key,
+        "queue_url": emu.queue_url,
+        "rest_url": emu.rest_url,
+        "retry": FAST_RETRY,
+        "polling": FAST_POLLING,
+        "timeouts": Timeouts(cancel=5.0),
+    }
+    options.update(overrides)
+    return AsyncClient(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[AsyncClient]:
+    """A client pointed at the emulator, closed after the test."""
+    async with client_for(emulator) as c:
+        yield c
