@@ -150,7 +150,9 @@ class JobFailedError(FalEditError):
         status: int | None = None,
         logs: Sequence[Any] = (),
         retryable: bool | None = None,
+        timeout_type: str | None = None,
     ) -> None:
+        self.timeout_type = timeout_type
         self.request_id = request_id
         self.error = error
         self.error_type = error_type

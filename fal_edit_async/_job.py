@@ -174,6 +174,7 @@ class JobHandle:
                     status=resp.status,
                     logs=completed.logs if completed else (),
                     retryable=_retryable_header(resp.headers.get("x-fal-retryable")),
+                    timeout_type=error.timeout_type,
                 )
             raise error
 

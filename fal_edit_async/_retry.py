@@ -91,8 +91,13 @@ async def with_retries(
     submit: bool = False,
     stats: Counter[str] | None = None,
     rng: random.Random | None = None,
+    on_retry: Callable[[RetryKind], None] | None = None,
 ) -> T:
-    """Await ``call()`` until it succeeds, a failure is not retryable, or attempts run out."""
+    """Await ``call()`` until it succeeds, a failure is not retryable, or attempts run out.
+
+    ``on_retry`` hears the kind of each failure about to be retried (a batch lowers its
+    concurrency on ``"rate_limit"``).
+    """
     attempt = 0
     while True:
         try:
@@ -104,6 +109,8 @@ async def with_retries(
                 raise
             if stats is not None:
                 stats[kind] += 1
+            if on_retry is not None:
+                on_retry(kind)
             delay = backoff_delay(policy, attempt - 1, rng)
             if isinstance(exc, RateLimitError) and exc.retry_after is not None:
                 delay = min(exc.retry_after, policy.max_retry_after)
