@@ -1,0 +1,54 @@
+"""A fal-compatible emulator: test your code against a local fal queue, storage and CDN.
+
+It speaks fal's queue protocol for ``fal-ai/gpt-image-1/edit-image`` (and any endpoint id)
+closely enough that the official ``fal_client`` runs against it unchanged, renders real
+images, injects faults on demand, and lets tests hold and release jobs and downloads instead
+of sleeping. Needs the ``emulator`` extra (Pillow).
+
+Usage::
+
+    from fal_edit_async.emulator import Emulator, Faults
+
+    async with Emulator(workers=4, faults=Faults(seed=1, rate_limit=0.05)) as emu:
+        print(emu.queue_url, emu.cdn_url, emu.api_key)
+
+From a shell: ``python -m fal_edit_async.emulator --port 8080``.
+"""
+
+from __future__ import annotations
+
+from ._emulator import DEFAULT_MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES, Emulator as Emulator
+from ._faults import (
+    ERROR_TYPES as ERROR_TYPES,
+    QUEUE_ROUTES as QUEUE_ROUTES,
+    ROUTES as ROUTES,
+    Faults as Faults,
+)
+from ._state import (
+    Counters as Counters,
+    EmulatedJob as EmulatedJob,
+    JobState as JobState,
+    input_key as input_key,
+)
+from ._validation import validate_input as validate_input
+
+__all__ = [
+    "Counters",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "ERROR_TYPES",
+    "EmulatedJob",
+    "Emulator",
+    "Faults",
+    "JobState",
+    "QUEUE_ROUTES",
+    "ROUTES",
+    "input_key",
+    "validate_input",
+]
+
+# Reprs and tracebacks say fal_edit_async.emulator.X, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj

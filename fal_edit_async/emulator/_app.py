@@ -1,0 +1,293 @@
+"""The queue API and the REST storage API: one aiohttp application on the queue origin.
+
+It has one catch-all handler that classifies the request itself, because fal's
+paths have variable depth (``owner/alias/sub/path`` on submit, ``[namespace/]owner/alias`` on
+the rest) and the router's patterns cannot express "namespace means three segments".
+
+Choices where fal's behaviour is unconfirmed (protocol reference, "Open uncertainties"):
+
+* unknown request id: 404 ``{"detail": "Request not found"}`` on status, stream and result;
+  a request id looked up under another app's root is unknown there;
+* result before completion: 400 ``{"detail": "Request is still in progress"}``;
+* a body that is not JSON: 422 at submit (nothing is queued); any JSON is queued and the model
+  validates it when it runs, so input errors surface the way fal shows them, as a COMPLETED
+  job with an error whose result endpoint answers 422 with a ``detail`` list;
+* the SSE stream pushes an event on every state change or new log line, not on queue position
+  changes; a job already complete at connect gets one COMPLETED event, then the body ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from ._engine import Engine
+from ._http import BaseApp, drop, json_response, safe_name
+from ._state import EmulatedJob, JobState
+from ._stream import StatusStream
+
+__all__ = ["NAMESPACES", "QueueApp", "Route", "build_queue_app", "classify"]
+
+#: First path segments that make the app root three segments long.
+NAMESPACES = frozenset({"workflows", "comfy"})
+_LEGACY_ID = re.compile(r"^[0-9]+-[A-Za-z0-9-]+$")
+_STORAGE_ROUTES = {"/storage/auth/token": "token", "/storage/upload/initiate": "initiate"}
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """What a queue-origin request is for.
+
+    ``name`` is the fault-injection route (``submit``, ``status``, ``stream``, ``result``,
+    ``cancel``, ``storage``); ``action`` refines ``storage`` into ``token`` or ``initiate``.
+    """
+
+    name: str
+    action: str = ""
+    app_root: str = ""
+    endpoint_id: str = ""
+    request_id: str = ""
+
+
+def classify(method: str, path: str) -> Route | None:
+    """Map a queue-origin request to its :class:`Route`, or None for a 404."""
+    if method == "POST" and path in _STORAGE_ROUTES:
+        return Route(name="storage", action=_STORAGE_ROUTES[path])
+    segments = path.strip("/").split("/")
+    if len(segments) == 1 and _LEGACY_ID.match(segments[0]):
+        # A legacy ``123-my-app`` id: its root is ``123/my-app``.
+        segments = segments[0].split("-", 1)
+    root_len = 3 if segments[0] in NAMESPACES else 2
+    if len(segments) < root_len or not all(segments[:root_len]):
+        return None
+    app_root = "/".join(segments[:root_len])
+    if method == "POST":
+        if not all(segments):
+            return None
+        return Route(name="submit", app_root=app_root, endpoint_id=path.strip("/"))
+    rest = segments[root_len:]
+    if len(rest) < 2 or rest[0] != "requests" or not rest[1]:
+        return None
+    suffix = rest[2:]
+    if suffix and suffix[-1] == "":
+        suffix = suffix[:-1]  # trailing slash, as the fal CLI sends
+    name = _REQUEST_ROUTES.get((method, tuple(suffix)))
+    if name is None:
+        return None
+    return Route(name=name, app_root=app_root, request_id=rest[1])
+
+
+_REQUEST_ROUTES = {
+    ("GET", ()): "result",
+    ("GET", ("response",)): "result",
+    ("GET", ("status",)): "status",
+    ("GET", ("status", "stream")): "stream",
+    ("PUT", ("cancel",)): "cancel",
+}
+
+
+def _wants_logs(request: web.Request) -> bool:
+    # fal documents 1/0; fal_client sends true/false (httpx renders bools in lowercase).
+    return request.query.get("logs", "0").lower() in ("1", "true")
+
+
+class QueueApp(BaseApp):
+    """The queue API and the REST storage API, on one origin.
+
+    Args:
+        engine: the job engine.
+        accepts: decides whether an Authorization header value is a valid ``Key``.
+    """
+
+    def __init__(self, engine: Engine, accepts: Callable[[str | None], bool]) -> None:
+        super().__init__(engine)
+        self._accepts = accepts
+        self._handlers: dict[str, Callable[[web.Request, Route], Awaitable[web.StreamResponse]]]
+        self._handlers = {
+            "submit": self._submit,
+            "status": self._status,
+            "stream": self._stream,
+            "result": self._result,
+            "cancel": self._cancel,
+            "storage": self._storage,
+        }
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Classify, authenticate, maybe inject a fault, then answer."""
+        route = classify(request.method, request.path)
+        if route is None:
+            return json_response(404, {"detail": "Not Found"}, None)
+        if not self._accepts(request.headers.get("Authorization")):
+            self.engine.counters.unauthorized += 1
+            detail = "Missing or invalid credentials: send 'Authorization: Key <FAL_KEY>'"
+            return json_response(401, {"detail": detail}, None)
+        fault = self.engine.plan.http_fault(route.name)
+        if fault is not None:
+            if route.name == "submit" and fault.kind == "connection_reset" and fault.after_enqueue:
+                return await self._submit(request, route, hang_up=True)
+            answer = await self.http_fault(fault, request)
+            if answer is not None:
+                return answer
+        return await self._handlers[route.name](request, route)
+
+    def _find(self, route: Route) -> EmulatedJob | None:
+        job = self.engine.jobs.get(route.request_id)
+        return job if job is not None and job.app_root == route.app_root else None
+
+    async def _submit(
+        self, request: web.Request, route: Route, *, hang_up: bool = False
+    ) -> web.StreamResponse:
+        engine = self.engine
+        engine.counters.submit_attempts += 1
+        try:
+            body, timeout = await self._read_submit(request)
+        except _Refused as refused:
+            return refused.response
+        job = engine.submit(
+            endpoint_id=route.endpoint_id,
+            app_root=route.app_root,
+            body=body,
+            headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+            webhook_url=request.query.get("fal_webhook"),
+            timeout=timeout,
+        )
+        if hang_up:  # the job is queued, but the client never hears about it
+            return drop(request)
+        answer: dict[str, Any] = {"status": "IN_QUEUE", "request_id": job.request_id}
+        answer.update(engine.urls(job))
+        answer["queue_position"] = engine.queue.position(job)
+        if job.webhook_url:
+            answer["gateway_request_id"] = job.request_id
+        return json_response(200, answer, job.request_id)
+
+    async def _read_submit(self, request: web.Request) -> tuple[Any, float | None]:
+        """The body and start timeout of a submit; raises _Refused when it is not accepted."""
+        try:
+            body = json.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refused(413, {"detail": "Request body too large"}) from None
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+            detail = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
+            raise _Refused(422, {"detail": detail}) from None
+        try:
+            timeout = _start_timeout(request.headers.get("X-Fal-Request-Timeout"))
+            limit = _queue_limit(request.query.get("fal_max_queue_length"))
+        except ValueError as exc:
+            raise _Refused(400, {"detail": str(exc)}) from None
+        # fal: "reject with 429 if more than N requests are already waiting".
+        if limit is not None and len(self.engine.queue) > limit:
+            raise _Refused(429, {"detail": f"Queue is full (more than {limit} waiting)"})
+        return body, timeout
+
+    async def _status(self, request: web.Request, route: Route) -> web.StreamResponse:
+        self.engine.counters.status_polls += 1
+        job = self._find(route)
+        if job is None:
+            return json_response(404, {"detail": "Request not found"}, route.request_id)
+        payload = self.engine.status_payload(job, _wants_logs(request))
+        code = 200 if job.state is JobState.COMPLETED else 202
+        return json_response(code, payload, job.request_id)
+
+    async def _result(self, request: web.Request, route: Route) -> web.StreamResponse:
+        self.engine.counters.result_fetches += 1
+        job = self._find(route)
+        if job is None:
+            return json_response(404, {"detail": "Request not found"}, route.request_id)
+        if job.state is not JobState.COMPLETED:
+            return json_response(400, {"detail": "Request is still in progress"}, job.request_id)
+        if job.result_fetched_at is None:
+            job.result_fetched_at = time.monotonic()
+        return json_response(
+            job.result_status or 200, job.result_body, job.request_id, job.result_headers
+        )
+
+    async def _cancel(self, request: web.Request, route: Route) -> web.StreamResponse:
+        job = self._find(route)
+        if job is None:
+            self.engine.counters.cancels += 1
+            return json_response(404, {"status": "NOT_FOUND"}, route.request_id)
+        outcome = self.engine.cancel(job)
+        code = 400 if outcome == "ALREADY_COMPLETED" else 202
+        return json_response(code, {"status": outcome}, job.request_id)
+
+    async def _storage(self, request: web.Request, route: Route) -> web.StreamResponse:
+        engine = self.engine
+        if route.action == "token":
+            engine.counters.token_requests += 1
+            return json_response(200, engine.store.issue_token(), None)
+        engine.counters.upload_initiates += 1
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            detail = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
+            return json_response(422, {"detail": detail}, None)
+        name = safe_name(str(body.get("file_name") or "upload.bin"))
+        content_type = str(body.get("content_type") or "application/octet-stream")
+        return json_response(200, engine.store.initiate(name, content_type), None)
+
+    async def _stream(self, request: web.Request, route: Route) -> web.StreamResponse:
+        job = self._find(route)
+        if job is None:
+            return json_response(404, {"detail": "Request not found"}, route.request_id)
+        refused = self.engine.plan.take("refuse_stream")
+        if refused is not None:
+            status = refused.status or 405
+            detail = "Not Found" if status == 404 else "Streaming is not available"
+            return json_response(status, {"detail": detail}, job.request_id)
+        return await StatusStream(self.engine, job, _wants_logs(request)).serve(request)
+
+
+class _Refused(Exception):
+    """A submit refused before anything was queued; carries the answer to send."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(status)
+        self.response = json_response(status, body, None)
+
+
+def _start_timeout(value: str | None) -> float | None:
+    """The ``X-Fal-Request-Timeout`` header in seconds (``"30"`` or ``"30.0"``).
+
+    Raises:
+        ValueError: the header is not a positive number.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:  # also refuses nan
+        raise ValueError("X-Fal-Request-Timeout must be a positive number of seconds")
+    return seconds
+
+
+def _queue_limit(value: str | None) -> int | None:
+    """The ``fal_max_queue_length`` query parameter.
+
+    Raises:
+        ValueError: it is not a non-negative integer.
+    """
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError("fal_max_queue_length must be a non-negative integer")
+    return int(value)
+
+
+def build_queue_app(
+    engine: Engine, accepts: Callable[[str | None], bool], max_body: int
+) -> web.Application:
+    """The queue + REST application."""
+    app = web.Application(client_max_size=max_body)
+    app.router.add_route("*", "/{tail:.*}", QueueApp(engine, accepts).handle)
+    return app

@@ -1,0 +1,145 @@
+"""``python -m fal_edit_async.emulator``: serve the emulator in the foreground until a signal.
+
+:func:`add_arguments` and :func:`run` let another CLI (``fal-edit emulator``) reuse the same
+options; :func:`main` is the standalone entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from ._emulator import Emulator
+from ._faults import MODEL_FAILURE_KINDS, Faults
+
+__all__ = ["add_arguments", "main", "run"]
+
+_RATES = (
+    ("rate_limit", "429 with Retry-After"),
+    ("server_error", "5xx from fal itself"),
+    ("ingress_error", "502 nginx page without x-fal-request-id"),
+    ("connection_reset", "drop the connection without an answer"),
+    ("slow_response", "delay the answer by --slow-delay seconds"),
+    ("stream_drop", "end status streams before COMPLETED"),
+    ("refuse_stream", "answer status streams with 405"),
+    ("truncated_download", "send half of a download, then close"),
+    ("model_failure", "end jobs with a model error (--model-failure-kind)"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="queue/REST port (default: any)")
+    parser.add_argument("--cdn-port", type=int, default=0, help="CDN port (default: any)")
+    parser.add_argument("--workers", type=int, default=4, help="jobs run at once (default 4)")
+    parser.add_argument(
+        "--processing-time", type=float, default=1.0, help="seconds each job runs (default 1.0)"
+    )
+    parser.add_argument("--log-lines", type=int, default=3, help="log lines per job")
+    parser.add_argument(
+        "--api-key", default=None, help="the only key accepted (default: any non-empty key)"
+    )
+    parser.add_argument(
+        "--fast-images", action="store_true", help="serve cached placeholder images (benchmarks)"
+    )
+    parser.add_argument(
+        "--output-bytes", type=int, default=None, help="pad output images to about this many bytes"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fault RNG seed (default 0)")
+    for name, text in _RATES:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_rate,
+            default=0.0,
+            metavar="R",
+            help=f"rate 0..1: {text}",
+        )
+    parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds")
+    parser.add_argument("--slow-delay", type=float, default=1.0, help="slow_response seconds")
+    parser.add_argument(
+        "--model-failure-kind",
+        default="validation",
+        choices=sorted(MODEL_FAILURE_KINDS),
+        metavar="KIND",
+        help="error of failed jobs: validation (422) or a fal error type such as "
+        "runner_disconnected (default validation)",
+    )
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must be from 0 to 1, got {text}")
+    return value
+
+
+def _emulator(args: argparse.Namespace) -> Emulator:
+    rates = {name: getattr(args, name) for name, _ in _RATES}
+    faults = Faults(
+        seed=args.seed,
+        retry_after=args.retry_after,
+        slow_delay=args.slow_delay,
+        model_failure_kind=args.model_failure_kind,
+        **rates,
+    )
+    return Emulator(
+        host=args.host,
+        port=args.port,
+        cdn_port=args.cdn_port,
+        workers=args.workers,
+        processing_time=args.processing_time,
+        log_lines=args.log_lines,
+        api_key=args.api_key,
+        fast_images=args.fast_images,
+        output_bytes=args.output_bytes,
+        faults=faults,
+    )
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; print the URLs and key first. Returns the exit code."""
+    try:
+        emulator = _emulator(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(emulator, out or sys.stdout))
+
+
+async def _serve(emulator: Emulator, out: TextIO) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with emulator as emu:
+            print(f"emulator queue URL: {emu.queue_url}", file=out)
+            print(f"emulator CDN URL:   {emu.cdn_url}", file=out)
+            print(f"emulator API key:   {emu.api_key}", file=out)
+            print(
+                "fal_edit_async emulator: a local stand-in for fal.ai, not the real service. "
+                "REST storage is on the queue URL. Ctrl-C to stop.",
+                file=out,
+                flush=True,
+            )
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print("emulator stopped", file=out, flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and serve; the ``python -m fal_edit_async.emulator`` entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fal_edit_async.emulator",
+        description="Serve a local fal-compatible emulator (queue, storage, CDN).",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,255 @@
+"""Fault injection: random faults at configured rates, and exact schedules for tests.
+
+:class:`Faults` is the frozen configuration (rates 0..1 drawn from one seeded RNG);
+:class:`FaultPlan` is the live object that decides, per request, whether to misbehave. A
+scheduled fault (``Emulator.schedule_fault``) always wins over a random one, so a test can say
+"the next submit gets an ingress error" and know it will.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ERROR_TYPES",
+    "FAULT_KINDS",
+    "QUEUE_ROUTES",
+    "ROUTES",
+    "Fault",
+    "FaultPlan",
+    "Faults",
+]
+
+#: The queue API routes; HTTP-level faults apply to these unless ``Faults.routes`` says else.
+QUEUE_ROUTES = frozenset({"submit", "status", "stream", "result", "cancel"})
+#: Every route name: the queue routes, ``storage`` (CDN token, upload initiate), ``upload``
+#: (bytes sent to the CDN), ``download`` (CDN file GETs) and ``job`` (the model run itself).
+ROUTES = QUEUE_ROUTES | {"storage", "upload", "download", "job"}
+
+#: Faults that replace or delay an HTTP answer, in the order random draws are made.
+HTTP_KINDS = ("connection_reset", "ingress_error", "rate_limit", "server_error", "slow_response")
+#: Faults that only make sense on one route.
+ROUTE_KINDS = {
+    "stream_drop": "stream",
+    "refuse_stream": "stream",
+    "truncated_download": "download",
+    "model_failure": "job",
+}
+FAULT_KINDS = frozenset(HTTP_KINDS) | frozenset(ROUTE_KINDS)
+_ALIASES = {"truncated": "truncated_download", "reset": "connection_reset"}
+
+#: fal's request error types: HTTP status, ``detail`` text, and whether a retry may help.
+ERROR_TYPES: dict[str, tuple[int, str, bool]] = {
+    "request_timeout": (504, "Request timed out", False),
+    "startup_timeout": (504, "Runner startup timed out", True),
+    "runner_scheduling_failure": (503, "Could not schedule a runner", True),
+    "runner_connection_timeout": (503, "Connection to the runner timed out", True),
+    "runner_disconnected": (503, "Runner disconnected", True),
+    "runner_connection_refused": (503, "Runner refused the connection", True),
+    "runner_connection_error": (503, "Runner connection error", True),
+    "runner_incomplete_response": (502, "Runner sent an incomplete response", True),
+    "runner_server_error": (500, "Runner server error", False),
+    "internal_error": (500, "Internal server error", True),
+    "client_disconnected": (499, "Client disconnected", False),
+    "client_cancelled": (499, "Request cancelled by the client", False),
+    "bad_request": (400, "Bad request", False),
+}
+#: ``model_failure_kind`` values besides the error types: a 422 with a ``detail`` list.
+MODEL_FAILURE_KINDS = frozenset(ERROR_TYPES) | {"validation"}
+
+
+def _rate(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"Faults.{attribute.name} must be a rate from 0 to 1, got {value!r}")
+
+
+def _routes(value: Iterable[str]) -> frozenset[str]:
+    routes = frozenset(value)
+    if not routes <= ROUTES:
+        raise ValueError(f"unknown routes {sorted(routes - ROUTES)}; known: {sorted(ROUTES)}")
+    return routes
+
+
+def _status_in(*allowed: int) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+        if value not in allowed:
+            raise ValueError(f"Faults.{attribute.name} must be one of {allowed}, got {value!r}")
+
+    return check
+
+
+def _model_kind(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in MODEL_FAILURE_KINDS:
+        raise ValueError(
+            f"Faults.model_failure_kind must be 'validation' or one of the "
+            f"error types {sorted(ERROR_TYPES)}, got {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Faults:
+    """How often the emulator misbehaves: each field a rate from 0 to 1, drawn per request.
+
+    Rates apply per request on the routes in ``routes`` (the five queue routes by default)
+    for the HTTP-level faults; ``stream_drop`` and ``refuse_stream`` apply to status streams,
+    ``truncated_download`` to CDN downloads and ``model_failure`` to each job run. The same
+    ``seed`` gives the same sequence of draws.
+
+    Usage::
+
+        Faults(seed=1, rate_limit=0.05, server_error=0.01, routes={"submit", "status"})
+    """
+
+    seed: int | None = 0
+    routes: frozenset[str] = attrs.field(default=QUEUE_ROUTES, converter=_routes)
+    #: 429 with ``Retry-After: retry_after`` (whole seconds are sent as an integer).
+    rate_limit: float = attrs.field(default=0.0, validator=_rate)
+    retry_after: float = 1.0
+    #: A 5xx from fal itself, with ``x-fal-request-id`` (not retried by fal_client).
+    server_error: float = attrs.field(default=0.0, validator=_rate)
+    server_error_status: int = attrs.field(default=500, validator=_status_in(500, 502, 503, 504))
+    #: A 502/503/504 nginx page without ``x-fal-request-id`` (retried by fal_client).
+    ingress_error: float = attrs.field(default=0.0, validator=_rate)
+    ingress_status: int = attrs.field(default=502, validator=_status_in(502, 503, 504))
+    #: The connection is dropped without an answer; on submit, ``reset_after_enqueue``
+    #: decides whether the job was queued before the drop.
+    connection_reset: float = attrs.field(default=0.0, validator=_rate)
+    reset_after_enqueue: bool = False
+    #: The answer waits ``slow_delay`` seconds, or until ``Emulator.release_slow()``.
+    slow_response: float = attrs.field(default=0.0, validator=_rate)
+    slow_delay: float = 1.0
+    #: The status stream ends cleanly after its first event, before COMPLETED.
+    stream_drop: float = attrs.field(default=0.0, validator=_rate)
+    #: The status stream is answered with ``refuse_stream_status`` (clients should poll).
+    refuse_stream: float = attrs.field(default=0.0, validator=_rate)
+    refuse_stream_status: int = attrs.field(default=405, validator=_status_in(404, 405, 501))
+    #: The download announces its full Content-Length, sends half, then closes.
+    truncated_download: float = attrs.field(default=0.0, validator=_rate)
+    #: The job completes with an error: ``validation`` (422 with a detail list) or an
+    #: error type from ``ERROR_TYPES`` such as ``runner_disconnected`` (503).
+    model_failure: float = attrs.field(default=0.0, validator=_rate)
+    model_failure_kind: str = attrs.field(default="validation", validator=_model_kind)
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """One fault to inject now, with its parameters resolved."""
+
+    kind: str
+    status: int | None = None
+    retry_after: float | None = None
+    after_enqueue: bool = False
+    delay: float | None = None
+    error_type: str | None = None
+
+
+@attrs.define
+class _Scheduled:
+    kind: str
+    remaining: int
+    options: dict[str, Any]
+
+
+def normalize_kind(route: str, kind: str) -> str:
+    """Check a (route, kind) pair for ``schedule_fault`` and return the canonical kind."""
+    kind = _ALIASES.get(kind, kind)
+    if route not in ROUTES:
+        raise ValueError(f"unknown route {route!r}; known: {sorted(ROUTES)}")
+    if kind in ROUTE_KINDS:
+        if ROUTE_KINDS[kind] != route:
+            raise ValueError(f"fault {kind!r} applies to route {ROUTE_KINDS[kind]!r} only")
+    elif kind not in HTTP_KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
+    elif route == "job":
+        raise ValueError("the job route only takes 'model_failure'")
+    return kind
+
+
+class FaultPlan:
+    """Decides which fault, if any, each request gets; counts what it injects.
+
+    Args:
+        faults: the configured rates.
+        injected: the counter to add each injected fault's kind to.
+    """
+
+    def __init__(self, faults: Faults, injected: Counter[str]) -> None:
+        self.faults = faults
+        self._rng = random.Random(faults.seed)
+        self._injected = injected
+        # Per route, in the order they were scheduled: the head applies to the next request.
+        self._scheduled: dict[str, deque[_Scheduled]] = {}
+
+    def schedule(self, route: str, kind: str, times: int, options: dict[str, Any]) -> None:
+        """Inject ``kind`` on the next ``times`` requests of ``route`` (before random ones)."""
+        kind = normalize_kind(route, kind)
+        if times < 1:
+            raise ValueError(f"times must be at least 1, got {times}")
+        error_type = options.get("error_type")
+        if error_type is not None and error_type not in MODEL_FAILURE_KINDS:
+            raise ValueError(
+                f"unknown error_type {error_type!r}; known: validation and {sorted(ERROR_TYPES)}"
+            )
+        self._scheduled.setdefault(route, deque()).append(_Scheduled(kind, times, options))
+
+    def clear(self) -> None:
+        """Forget every scheduled fault (random rates stay)."""
+        self._scheduled.clear()
+
+    def http_fault(self, route: str) -> Fault | None:
+        """The HTTP-level fault for this request of ``route``, if any."""
+        scheduled = self._take_scheduled(route, HTTP_KINDS)
+        if scheduled is not None:
+            return self._inject(*scheduled)
+        if route not in self.faults.routes:
+            return None
+        for kind in HTTP_KINDS:
+            if self._draw(getattr(self.faults, kind)):
+                return self._inject(kind, {})
+        return None
+
+    def take(self, kind: str) -> Fault | None:
+        """The route-specific fault ``kind`` for this request, if scheduled or drawn."""
+        scheduled = self._take_scheduled(ROUTE_KINDS[kind], (kind,))
+        if scheduled is not None:
+            return self._inject(*scheduled)
+        if self._draw(getattr(self.faults, kind)):
+            return self._inject(kind, {})
+        return None
+
+    def _take_scheduled(
+        self, route: str, kinds: tuple[str, ...]
+    ) -> tuple[str, dict[str, Any]] | None:
+        queue = self._scheduled.get(route)
+        if not queue or queue[0].kind not in kinds:
+            return None
+        head = queue[0]
+        head.remaining -= 1
+        if head.remaining == 0:
+            queue.popleft()
+        return head.kind, head.options
+
+    def _draw(self, rate: float) -> bool:
+        # No draw at rate 0, so enabling one fault does not reshuffle another's sequence
+        # when only that fault is configured.
+        return rate > 0.0 and self._rng.random() < rate
+
+    def _inject(self, kind: str, options: dict[str, Any]) -> Fault:
+        self._injected[kind] += 1
+        f = self.faults
+        defaults: dict[str, dict[str, Any]] = {
+            "rate_limit": {"status": 429, "retry_after": f.retry_after},
+            "server_error": {"status": f.server_error_status},
+            "ingress_error": {"status": f.ingress_status},
+            "connection_reset": {"after_enqueue": f.reset_after_enqueue},
+            "slow_response": {"delay": f.slow_delay},
+            "refuse_stream": {"status": f.refuse_stream_status},
+            "model_failure": {"error_type": f.model_failure_kind},
+        }
+        values = {**defaults.get(kind, {}), **options}
+        return Fault(kind=kind, **values)

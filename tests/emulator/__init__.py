@@ -1,0 +1,1 @@
+"""Tests of fal_edit_async.emulator."""

@@ -1,0 +1,59 @@
+"""``python -m fal_edit_async.emulator``: serves in the foreground until a signal."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+import aiohttp
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from fal_edit_async.emulator._cli import main
+
+
+async def test_serves_until_sigint() -> None:
+    """The first lines name the queue URL, CDN URL and key; SIGINT stops it with status 0."""
+    command = [
+        sys.executable,
+        "-m",
+        "fal_edit_async.emulator",
+        "--processing-time",
+        "0",
+        "--api-key",
+        "cli-key",
+        "--rate-limit",
+        "0.0",
+    ]
+    async with await anyio.open_process(command) as process:
+        assert process.stdout is not None
+        stdout = BufferedByteReceiveStream(process.stdout)
+        lines = [(await stdout.receive_until(b"\n", 4096)).decode() for _ in range(4)]
+        queue_url = lines[0].split(": ", 1)[1].strip()
+        assert lines[0].startswith("emulator queue URL: http://127.0.0.1:")
+        assert lines[1].startswith("emulator CDN URL:")
+        assert "cli-key" in lines[2]
+        assert "not the real service" in lines[3]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(queue_url + "/a/b/requests/x/status") as resp:
+                assert 401 == resp.status
+            headers = {"Authorization": "Key cli-key"}
+            async with http.get(queue_url + "/a/b/requests/x/status", headers=headers) as resp:
+                assert 404 == resp.status
+        process.send_signal(signal.SIGINT)
+        assert 0 == await process.wait()
+        rest = b""
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                rest += await stdout.receive()
+        assert b"emulator stopped" in rest
+
+
+def test_bad_options_exit_with_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A rate outside 0..1 is an argparse error (exit status 2)."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--rate-limit", "2"])
+    assert 2 == caught.value.code
+    assert "rate" in capsys.readouterr().err
