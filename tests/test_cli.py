@@ -12,7 +12,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as caught:
         main([])
     assert 2 == caught.value.code
-    assert "emulator" in capsys.readouterr().err
+    assert "COMMAND" in capsys.readouterr().err
 
 
 def test_emulator_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
