@@ -8,7 +8,7 @@ redirects but never carry the key at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import Any
@@ -107,9 +107,13 @@ class HttpTransport:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | AsyncIterable[bytes | memoryview] | None = None,
+        auth: bool = True,
     ) -> HttpResponse:
-        """Send one API request and read the whole answer (never follows redirects)."""
+        """Send one request and read the whole answer (never follows redirects).
+
+        ``auth=False`` never sends the key, even to a fal origin (a presigned upload URL).
+        """
         session = self._open()
         self.requests_sent += 1
         with _mapped_errors(url):
@@ -119,7 +123,7 @@ class HttpTransport:
                 json=json,
                 data=data,
                 params=params,
-                headers=self._headers(url, headers, auth=True),
+                headers=self._headers(url, headers, auth=auth),
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()

@@ -1,0 +1,499 @@
+"""Output images to disk: streamed, verified, and renamed into place only when whole.
+
+Each file is written to a temp file in the target folder (``.<stem>_<index>.<random>.part``),
+checked (status, ``Content-Type``, length, magic bytes, ``max_bytes``) and only then renamed
+over its final name with ``os.replace``. Whatever goes wrong, cancellation included, the temp
+file is removed, so the folder never holds a partial file under either name.
+
+The final name is ``<safe(stem)>_<index>.<ext>``, with the extension taken from the format the
+bytes really are. The server's ``file_name`` never reaches the path. An existing file with that
+name is replaced, so running the same batch again rewrites the same names (idempotent).
+
+No ``Authorization`` header is ever sent: downloads go through ``open_stream(auth=False)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, Literal, TypeVar, overload
+from urllib.parse import unquote_to_bytes
+
+import anyio
+import anyio.to_thread
+import attrs
+from aiohttp import ClientResponse
+
+from ._config import DEFAULT_LIMITS, RetryPolicy
+from ._exceptions import DownloadError, TransportError
+from ._models import ImageFile
+from ._retry import backoff_delay, parse_retry_after
+from ._transport import HttpTransport
+
+__all__ = [
+    "DownloadedFile",
+    "download_all",
+    "download_image",
+    "safe_stem",
+    "sniff_image_format",
+]
+
+T = TypeVar("T")
+
+#: Extension and content type of each format we write; the model outputs only these.
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_ACCEPTED_TYPES = frozenset({*_CONTENT_TYPES.values(), "image/jpg"})
+_CHUNK = 256 * 1024
+# Bytes gathered before one hop to a worker thread. A hop costs more CPU than writing a few
+# MiB, and the loop thread is the bottleneck; memory stays bounded per download in flight.
+_FLUSH = 4 * 1024 * 1024
+_SNIFF_LEN = 12
+_MAX_STEM = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_RETRY_STATUSES = frozenset({408, 429})
+
+
+@attrs.frozen(kw_only=True)
+class DownloadedFile:
+    """One image written to disk and verified.
+
+    ``content_type`` is the format the bytes really are, not what the server claimed;
+    ``sha256`` is the hex digest of the file, or None when downloaded with ``checksum=False``.
+    """
+
+    path: Path
+    size: int
+    sha256: str | None
+    content_type: str
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """The image format named by a file's first bytes (12 are enough), or None.
+
+    Returns:
+        ``"png"``, ``"jpeg"``, ``"webp"``, ``"gif"``, or None for anything else.
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    return None
+
+
+def safe_stem(stem: str) -> str:
+    """A file name stem that stays inside its folder: ``[A-Za-z0-9._-]`` only, never empty.
+
+    Other characters (separators, NUL, spaces) become ``_``, leading dots are dropped (no
+    hidden files, no ``..``), and the result is capped at 100 characters.
+    """
+    cleaned = _UNSAFE.sub("_", stem).lstrip(".")[:_MAX_STEM]
+    return cleaned or "image"
+
+
+class _Transient(Exception):
+    """A failure another attempt may fix (truncated body, 408/429/5xx); never escapes."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class _TempFile:
+    """A ``.part`` file next to its final name; every method blocks and runs in a thread.
+
+    The file is created by the first write, and the last batch is written by ``commit``:
+    thread hops cost more than the writes, so a small image takes exactly one.
+    """
+
+    def __init__(self, folder: Path, prefix: str, *, fsync: bool, checksum: bool) -> None:
+        self.path = folder / f".{prefix}.{secrets.token_hex(6)}.part"
+        self.committed = False
+        self._fsync = fsync
+        self._hash = hashlib.sha256() if checksum else None
+        self._file: BinaryIO | None = None
+
+    def write(self, chunks: list[bytes]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Exclusive create: a clash with another download fails, never interleaves.
+            self._file = open(self.path, "xb")
+        if self._hash is not None:
+            for chunk in chunks:
+                self._hash.update(chunk)  # releases the GIL, like the write
+        self._file.writelines(chunks)
+
+    def commit(self, chunks: list[bytes], final: Path) -> str | None:
+        """Write the last batch and rename the file over ``final``; returns the SHA-256."""
+        self.write(chunks)
+        assert self._file is not None
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.path, final)
+        self.committed = True
+        return None if self._hash is None else self._hash.hexdigest()
+
+    @property
+    def left_behind(self) -> bool:
+        """True while a temp file exists that nobody will rename."""
+        return self._file is not None and not self.committed
+
+    def discard(self) -> None:
+        """Close and delete the temp file; best effort, so the original error stays visible."""
+        with contextlib.suppress(OSError):
+            if self._file is not None:
+                self._file.close()
+            if not self.committed:
+                self.path.unlink(missing_ok=True)
+
+
+@attrs.frozen
+class _Target:
+    """Where one image goes and what it must satisfy."""
+
+    folder: Path
+    prefix: str
+    url: str
+    file_size: int | None
+    max_bytes: int | None
+    fsync: bool
+    checksum: bool
+
+    def temp_file(self) -> _TempFile:
+        return _TempFile(self.folder, self.prefix, fsync=self.fsync, checksum=self.checksum)
+
+    def final_path(self, fmt: str) -> Path:
+        return self.folder / f"{self.prefix}.{_EXTENSIONS[fmt]}"
+
+    def result(self, fmt: str, size: int, digest: str | None) -> DownloadedFile:
+        return DownloadedFile(
+            path=self.final_path(fmt), size=size, sha256=digest, content_type=_CONTENT_TYPES[fmt]
+        )
+
+    def check_announced(self, size: int | None, what: str) -> None:
+        if size is not None and self.max_bytes is not None and size > self.max_bytes:
+            msg = f"{what} is {size} bytes, over max_bytes={self.max_bytes}"
+            raise DownloadError(msg, url=self.url)
+
+
+async def download_image(
+    transport: HttpTransport,
+    image: ImageFile,
+    dest: Path,
+    stem: str,
+    index: int,
+    *,
+    retry: RetryPolicy,
+    max_bytes: int | None = None,
+    stats: Counter[str] | None = None,
+    fsync: bool = False,
+    checksum: bool = True,
+) -> DownloadedFile:
+    """Download one output image into ``dest`` as ``<safe(stem)>_<index>.<ext>``.
+
+    http(s) URLs are streamed without any ``Authorization`` header, following redirects;
+    ``data:`` URIs (sync mode) are decoded. Either way the file must be a PNG, JPEG or WebP
+    whose length matches ``Content-Length`` and ``image.file_size`` when given. Truncated
+    bodies, connection failures and 408/429/5xx are retried per ``retry``, each retry counted
+    in ``stats["download_retry"]``; anything else fails at once. ``dest`` is created if
+    missing; an existing file with the final name is replaced atomically.
+
+    Args:
+        transport: the client's transport.
+        image: the image as fal described it.
+        dest: the folder to write into.
+        stem: the name to give the file, made safe by :func:`safe_stem`.
+        index: the image's position, appended to the stem.
+        retry: attempts and backoff.
+        max_bytes: refuse (without retrying) a file larger than this.
+        stats: a counter for ``download_retry`` and ``downloads``.
+        fsync: flush the file to the disk before renaming it into place, so that it survives
+            a power loss too (not only a crash of this process). Slower.
+        checksum: compute the file's SHA-256 while writing it (``sha256`` is None without).
+            It costs about as much CPU as the download itself.
+
+    Returns:
+        The verified file on disk.
+
+    Raises:
+        DownloadError: the image could not be downloaded, verified or written; no file is
+            left behind.
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a non-negative integer, not {index!r}")
+    prefix = f"{safe_stem(stem)}_{index}"
+    target = _Target(Path(dest), prefix, image.url, image.file_size, max_bytes, fsync, checksum)
+    target.check_announced(image.file_size, "file_size")
+    if image.url.startswith("data:"):
+        result = await anyio.to_thread.run_sync(_write_data_uri, target)
+    elif image.url.startswith(("http://", "https://")):
+        fetch = functools.partial(_fetch, transport, target)
+        result = await _retrying(fetch, policy=retry, stats=stats, url=image.url)
+    else:
+        raise DownloadError("not an http(s) URL or a data: URI", url=image.url)
+    if stats is not None:
+        stats["downloads"] += 1
+    return result
+
+
+async def _retrying(
+    call: Callable[[], Awaitable[T]], *, policy: RetryPolicy, stats: Counter[str] | None, url: str
+) -> T:
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except (_Transient, TransportError) as exc:
+            attempt += 1
+            reason = _reason(exc)
+            if attempt >= policy.max_attempts:
+                raise DownloadError(f"{reason} (gave up after {attempt} tries)", url=url) from exc
+            if stats is not None:
+                stats["download_retry"] += 1
+            delay = backoff_delay(policy, attempt - 1)
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                delay = min(exc.retry_after, policy.max_retry_after)
+            if policy.wait and delay > 0:
+                await anyio.sleep(delay)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, TransportError) and exc.url:
+        return text.removesuffix(f" ({exc.url})")
+    return text
+
+
+async def _fetch(transport: HttpTransport, target: _Target) -> DownloadedFile:
+    # identity: Content-Length must count the bytes we write, not a compressed form of them.
+    headers = {"Accept-Encoding": "identity"}
+    async with transport.open_stream(target.url, auth=False, headers=headers) as resp:
+        status = resp.status
+        if status in _RETRY_STATUSES or status >= 500:
+            raise _Transient(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
+        if status != 200:
+            raise DownloadError(f"HTTP {status}", url=target.url)
+        if resp.content_type not in _ACCEPTED_TYPES:
+            msg = f"Content-Type {resp.content_type!r} is not an image"
+            raise DownloadError(msg, url=target.url)
+        target.check_announced(resp.content_length, "Content-Length")
+        temp = target.temp_file()
+        try:
+            return await _stream_to(temp, resp.content.iter_chunked(_CHUNK), target, resp)
+        finally:
+            # A write in a worker thread always runs to its end, even when this task is
+            # cancelled, so the file's state is settled here; the cleanup must finish too.
+            if temp.left_behind:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(temp.discard)
+
+
+async def _stream_to(
+    temp: _TempFile, chunks: AsyncIterable[bytes], target: _Target, resp: ClientResponse
+) -> DownloadedFile:
+    """Write the body to ``temp`` in batches, verify it, and rename it into place."""
+    fmt: str | None = None
+    head = b""
+    pending: list[bytes] = []
+    buffered = received = 0
+    async for chunk in chunks:
+        if fmt is None:
+            head += chunk[:_SNIFF_LEN]
+            if len(head) >= _SNIFF_LEN:
+                fmt = _format_of(head, target.url)  # refuse a non-image at its first bytes
+        received += len(chunk)
+        if target.max_bytes is not None and received > target.max_bytes:
+            raise DownloadError(f"body exceeds max_bytes={target.max_bytes}", url=target.url)
+        pending.append(chunk)
+        buffered += len(chunk)
+        if buffered >= _FLUSH:
+            await _on_disk(target, temp.write, pending)
+            pending, buffered = [], 0
+    fmt = fmt or _format_of(head, target.url)
+    # aiohttp raises on a body cut short of Content-Length; this also covers file_size.
+    for expected in (resp.content_length, target.file_size):
+        if expected is not None and received != expected:
+            raise _Transient(f"body has {received} bytes, expected {expected}")
+    digest = await _on_disk(target, temp.commit, pending, target.final_path(fmt))
+    return target.result(fmt, received, digest)
+
+
+async def _on_disk(target: _Target, func: Callable[..., T], *args: object) -> T:
+    """Run a blocking file operation in a thread; a disk error is this image's failure.
+
+    Only here: a network ``OSError`` raised while reading the body must stay retryable.
+    """
+    try:
+        return await anyio.to_thread.run_sync(func, *args)
+    except OSError as exc:
+        raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
+
+
+def _format_of(head: bytes, url: str) -> str:
+    fmt = sniff_image_format(head)
+    if fmt not in _EXTENSIONS:
+        raise DownloadError("body is not a PNG, JPEG or WebP image", url=url)
+    return fmt
+
+
+def _write_data_uri(target: _Target) -> DownloadedFile:
+    """Decode a ``data:`` URI and write it like a download (blocking: runs in a thread)."""
+    data = _decode_data_uri(target)
+    target.check_announced(len(data), "decoded data")
+    if target.file_size is not None and len(data) != target.file_size:
+        msg = f"data has {len(data)} bytes, but fal reported file_size={target.file_size}"
+        raise DownloadError(msg, url=target.url)
+    fmt = _format_of(data[:_SNIFF_LEN], target.url)
+    temp = target.temp_file()
+    try:
+        digest = temp.commit([data], target.final_path(fmt))
+    except OSError as exc:
+        raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
+    finally:
+        temp.discard()
+    return target.result(fmt, len(data), digest)
+
+
+def _decode_data_uri(target: _Target) -> bytes:
+    header, comma, payload = target.url[len("data:") :].partition(",")
+    if not comma:
+        raise DownloadError("malformed data: URI (no comma)", url=target.url)
+    mime, *params = (p.strip().lower() for p in header.split(";"))
+    if mime not in _ACCEPTED_TYPES:
+        msg = f"data: URI type {mime or 'text/plain'!r} is not an image"
+        raise DownloadError(msg, url=target.url)
+    if "base64" in params:
+        # 4 base64 characters carry 3 bytes: refuse an oversized payload before decoding it.
+        target.check_announced(len(payload) * 3 // 4, "decoded data")
+        try:
+            return base64.b64decode(b"".join(unquote_to_bytes(payload).split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DownloadError(f"data: URI has invalid base64: {exc}", url=target.url) from exc
+    return unquote_to_bytes(payload)
+
+
+@overload
+async def download_all(
+    transport: HttpTransport,
+    images: Sequence[ImageFile],
+    dest: Path,
+    stem: str,
+    *,
+    retry: RetryPolicy,
+    limit: int | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    max_bytes: int | None = None,
+    stats: Counter[str] | None = None,
+    fsync: bool = False,
+    checksum: bool = True,
+    return_exceptions: Literal[False] = False,
+) -> list[DownloadedFile]: ...
+
+
+@overload
+async def download_all(
+    transport: HttpTransport,
+    images: Sequence[ImageFile],
+    dest: Path,
+    stem: str,
+    *,
+    retry: RetryPolicy,
+    limit: int | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    max_bytes: int | None = None,
+    stats: Counter[str] | None = None,
+    fsync: bool = False,
+    checksum: bool = True,
+    return_exceptions: Literal[True],
+) -> list[DownloadedFile | DownloadError]: ...
+
+
+async def download_all(
+    transport: HttpTransport,
+    images: Sequence[ImageFile],
+    dest: Path,
+    stem: str,
+    *,
+    retry: RetryPolicy,
+    limit: int | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    max_bytes: int | None = None,
+    stats: Counter[str] | None = None,
+    fsync: bool = False,
+    checksum: bool = True,
+    return_exceptions: bool = False,
+) -> list[DownloadedFile] | list[DownloadedFile | DownloadError]:
+    """Download several images concurrently; image ``i`` becomes ``<stem>_<i>.<ext>``.
+
+    At most ``limit`` downloads run at once (default ``Limits().downloads``), or pass a shared
+    ``limiter`` to bound several batches together. One failure never stops the others.
+
+    Args:
+        transport: the client's transport.
+        images: the images, in output order.
+        dest: the folder to write into.
+        stem: the common name stem.
+        retry: attempts and backoff, per image.
+        limit: how many downloads may run at once.
+        limiter: a limiter to share instead of ``limit``.
+        max_bytes: refuse any file larger than this.
+        stats: a counter for ``download_retry`` and ``downloads``.
+        fsync: flush each file to the disk before renaming it into place.
+        checksum: compute each file's SHA-256.
+        return_exceptions: return each failure in its slot instead of raising, as
+            ``asyncio.gather`` does.
+
+    Returns:
+        One entry per image, in order: the file, or (with ``return_exceptions``) its error.
+
+    Raises:
+        ExceptionGroup: of the :class:`DownloadError` of each failed image, raised after every
+            download ended; the files that succeeded stay on disk.
+    """
+    if limit is not None and limiter is not None:
+        raise ValueError("pass limit or limiter, not both")
+    lim = limiter or anyio.CapacityLimiter(limit or DEFAULT_LIMITS.downloads)
+    results: list[DownloadedFile | DownloadError | None] = [None] * len(images)
+    fetch = functools.partial(
+        download_image,
+        transport,
+        retry=retry,
+        max_bytes=max_bytes,
+        stats=stats,
+        fsync=fsync,
+        checksum=checksum,
+    )
+
+    async def one(i: int, image: ImageFile) -> None:
+        async with lim:
+            try:
+                results[i] = await fetch(image, dest, stem, i)
+            except DownloadError as exc:
+                exc.add_note(f"image {i} of {len(images)} (stem {stem!r})")
+                results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, image in enumerate(images):
+            tg.start_soon(one, i, image)
+    done = [r for r in results if r is not None]
+    if return_exceptions:
+        return done
+    errors = [r for r in done if isinstance(r, DownloadError)]
+    if errors:
+        raise ExceptionGroup(f"{len(errors)} of {len(images)} downloads failed", errors)
+    return [r for r in done if isinstance(r, DownloadedFile)]
