@@ -5,6 +5,15 @@ Import everything from here; the underscore modules are private and may move.
 
 from __future__ import annotations
 
+from ._batch import (
+    Batch as Batch,
+    BatchItem as BatchItem,
+    BatchSummary as BatchSummary,
+    EventCallback as EventCallback,
+    ItemResult as ItemResult,
+    ItemState as ItemState,
+    item_key as item_key,
+)
 from ._client import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, AsyncClient as AsyncClient
 from ._config import (
     DEFAULT_LIMITS as DEFAULT_LIMITS,
@@ -21,7 +30,18 @@ from ._config import (
     Timeouts as Timeouts,
 )
 from ._converter import input_from_dict as input_from_dict
+from ._downloads import DownloadedFile as DownloadedFile
 from ._endpoint import EndpointId as EndpointId
+from ._events import (
+    BatchEvent as BatchEvent,
+    ItemCompleted as ItemCompleted,
+    ItemDownloaded as ItemDownloaded,
+    ItemFailed as ItemFailed,
+    ItemLog as ItemLog,
+    ItemQueued as ItemQueued,
+    ItemStarted as ItemStarted,
+    ItemSubmitted as ItemSubmitted,
+)
 from ._exceptions import (
     APIError as APIError,
     AuthError as AuthError,
@@ -59,6 +79,7 @@ from ._models import (
     SubmitReceipt as SubmitReceipt,
     UnknownStatus as UnknownStatus,
 )
+from ._pricing import CostEstimate as CostEstimate, estimate_cost as estimate_cost
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -66,10 +87,15 @@ __all__ = [
     "AsyncClient",
     "AuthError",
     "Background",
+    "Batch",
+    "BatchEvent",
+    "BatchItem",
+    "BatchSummary",
     "BudgetExceededError",
     "CancelOutcome",
     "ClientConfig",
     "Completed",
+    "CostEstimate",
     "Credentials",
     "DEFAULT_ENDPOINT",
     "DEFAULT_LIMITS",
@@ -79,9 +105,11 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "DownloadError",
+    "DownloadedFile",
     "EditImageInput",
     "EditImageOutput",
     "EndpointId",
+    "EventCallback",
     "FalEditError",
     "ImageFile",
     "ImageSize",
@@ -89,6 +117,15 @@ __all__ = [
     "InProgress",
     "InputError",
     "InputFidelity",
+    "ItemCompleted",
+    "ItemDownloaded",
+    "ItemFailed",
+    "ItemLog",
+    "ItemQueued",
+    "ItemResult",
+    "ItemStarted",
+    "ItemState",
+    "ItemSubmitted",
     "JobCancelledError",
     "JobFailedError",
     "JobHandle",
@@ -112,7 +149,9 @@ __all__ = [
     "UpdateCallback",
     "ValidationError",
     "__version__",
+    "estimate_cost",
     "input_from_dict",
+    "item_key",
 ]
 
 # Reprs and tracebacks say fal_edit_async.X, not fal_edit_async._models.X (as httpx does).

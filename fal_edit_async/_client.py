@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
 
+from ._batch import Batch, BatchItem, EventCallback, edit_many
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
 from ._converter import input_to_wire
+from ._downloads import DownloadedFile, download_all
 from ._endpoint import EndpointId
 from ._exceptions import JobTimeoutError, ProtocolError
 from ._job import JobHandle, UpdateCallback
-from ._models import CancelOutcome, EditImageInput, EditImageOutput, JobStatus, SubmitReceipt
+from ._models import (
+    CancelOutcome,
+    EditImageInput,
+    EditImageOutput,
+    ImageFile,
+    JobStatus,
+    SubmitReceipt,
+)
 from ._protocol import JobUrls, submit_headers
 from ._retry import with_retries
 from ._transport import HttpTransport
+from ._uploads import Uploader
 
 __all__ = ["DEFAULT_ENDPOINT", "AsyncClient"]
 
@@ -66,6 +80,9 @@ class AsyncClient:
         self.transport = HttpTransport(config)
         #: Counts of retries by kind, streams, polls and cancels, for reports and tests.
         self.stats: Counter[str] = Counter()
+        #: Turns local files and bytes into URLs (inline or uploaded), once per content.
+        self.uploader = Uploader(self.transport, config, stats=self.stats)
+        self._downloads = anyio.CapacityLimiter(config.limits.downloads)
 
     def __repr__(self) -> str:
         return f"AsyncClient(queue_url={self.config.queue_url!r})"
@@ -105,10 +122,14 @@ class AsyncClient:
         hint: str | None = None,
         start_timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> JobHandle:
         """Enqueue one edit job and return its handle.
 
-        Everything is validated before the request is sent. The POST is retried only when
+        Local files and bytes in ``image_urls`` are inlined as data URIs when small and
+        uploaded to fal storage otherwise (once per content per client); an unreadable,
+        empty or non-image file raises :class:`InputError`. Everything is validated before
+        the request is sent. The POST is retried only when
         fal cannot have enqueued the job (a 429, a gateway 502/503/504 without a request id,
         or a connection that never opened). After an ambiguous failure (a reset or timeout
         once the body was sent) it is **not** retried unless
@@ -125,14 +146,17 @@ class AsyncClient:
             hint: a runner routing hint.
             start_timeout: seconds (above 1) the job may wait to start before fal gives up.
             headers: extra request headers (never ``Authorization``).
+            on_retry: hears the kind of each retried failure (``"rate_limit"``, ...).
         """
         ep = EndpointId.parse(endpoint)
         if not isinstance(input, EditImageInput):
             raise TypeError(f"submit() takes an EditImageInput, not {type(input).__name__}")
-        body = input_to_wire(input)
         extra = submit_headers(
             priority=priority, hint=hint, start_timeout=start_timeout, headers=headers
         )
+        if not input.is_resolved:
+            input = await self.uploader.resolve_input(input)
+        body = input_to_wire(input)
         params = {"fal_webhook": webhook_url} if webhook_url else None
         url = f"{self.config.queue_url}/{ep.submit_path}"
 
@@ -144,7 +168,9 @@ class AsyncClient:
             resp.raise_for_status()
             return _receipt(resp.json("submit"), self.config.queue_url, ep)
 
-        receipt = await with_retries(post, policy=self.config.retry, submit=True, stats=self.stats)
+        receipt = await with_retries(
+            post, policy=self.config.retry, submit=True, stats=self.stats, on_retry=on_retry
+        )
         self.stats["submits"] += 1
         handle = JobHandle(
             request_id=receipt.request_id,
@@ -202,6 +228,92 @@ class AsyncClient:
             return await handle.result(timeout=remaining, on_update=on_update)
         except JobTimeoutError as exc:
             raise JobTimeoutError(handle.request_id, timeout or 0.0) from exc  # the caller's figure
+
+    async def download(
+        self,
+        images: EditImageOutput | Sequence[ImageFile],
+        dest: str | os.PathLike[str],
+        *,
+        stem: str = "image",
+        max_bytes: int | None = None,
+    ) -> list[DownloadedFile]:
+        """Download output images into ``dest`` as ``<stem>_<n>.<ext>``, atomically.
+
+        Each file is streamed to a temporary file in ``dest``, checked (length, real image
+        format) and renamed into place; truncated or failed downloads are retried. No key is
+        ever sent with a download. At most ``Limits.downloads`` run at once per client.
+
+        Raises:
+            ExceptionGroup: of :class:`DownloadError`, after every download has ended, when
+                any failed; the others are on disk.
+        """
+        items = images.images if isinstance(images, EditImageOutput) else images
+        return await download_all(
+            self.transport,
+            list(items),
+            Path(dest),
+            stem,
+            retry=self.config.retry,
+            limiter=self._downloads,
+            max_bytes=max_bytes,
+            stats=self.stats,
+        )
+
+    def edit_many(
+        self,
+        items: Iterable[BatchItem] | AsyncIterable[BatchItem],
+        *,
+        concurrency: int | None = None,
+        download_to: str | os.PathLike[str] | None = None,
+        downloads: int | None = None,
+        job_retries: int = 1,
+        budget: float | Decimal | None = None,
+        adaptive: bool = True,
+        on_event: EventCallback | None = None,
+        **submit_options: Any,
+    ) -> AbstractAsyncContextManager[Batch]:
+        """Edit many images in parallel; results arrive as items finish.
+
+        An async context manager yielding a :class:`Batch` to iterate. Items are inputs,
+        JSON-like mappings of inputs, or ``(key, input)`` pairs, from a list or an async
+        iterable of any length: items are pulled only as capacity frees up, so memory stays
+        flat. One bad item (invalid input, unreadable file, model refusal, failed download)
+        yields a failed :class:`ItemResult` with its cause and never stops the others.
+        Leaving the block early cancels the items still running, on fal too.
+
+        Args:
+            items: what to edit.
+            concurrency: jobs in flight on fal at most (default ``Limits.jobs``). Lowered
+                on 429 and raised back gradually when ``adaptive``, never above this.
+            download_to: a folder to download outputs into, as ``<input stem>_<n>.<ext>``,
+                written atomically; None keeps only the URLs.
+            downloads: files downloaded at once (default ``Limits.downloads``).
+            job_retries: new jobs for an item whose job failed on fal's side (a runner
+                failure), never for the model's refusals or validation errors.
+            budget: USD; items whose estimated cost would cross it are not submitted.
+            adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
+            on_event: called with each progress event (a plain or async function).
+            submit_options: passed to :meth:`submit` (``endpoint``, ``priority``, ...).
+
+        Usage::
+
+            async with fal.edit_many(inputs, download_to="out") as batch:
+                async for result in batch:
+                    print(result.key, result.state, result.error or "")
+            print(batch.summary())
+        """
+        return edit_many(
+            self,
+            items,
+            concurrency=concurrency,
+            download_to=download_to,
+            downloads=downloads,
+            job_retries=job_retries,
+            budget=budget,
+            adaptive=adaptive,
+            on_event=on_event,
+            **submit_options,
+        )
 
 
 def _receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:

@@ -1,0 +1,492 @@
+"""Many edits at once: bounded, streamed to disk, one failure never stopping the rest.
+
+The shape is anyio's ``as_completed``: :func:`edit_many` is an async context manager that
+owns the task group and yields a :class:`Batch`, which is iterated for results as items
+finish. Leaving the ``async with`` block early cancels what is still running, on fal too.
+
+Each item flows through: validate, upload local files (bounded by ``uploads``), submit and
+wait (bounded by the adaptive jobs limit), download (bounded by ``downloads``). The next item
+is pulled from the caller's iterable only when a pipeline slot frees up, so a batch of
+millions holds only about ``jobs + uploads + downloads`` items in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from enum import StrEnum
+from functools import partial
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._adaptive import AdaptiveLimiter
+from ._converter import input_from_dict, to_wire
+from ._downloads import DownloadedFile, download_image, safe_stem
+from ._events import (
+    BatchEvent,
+    ItemCompleted,
+    ItemDownloaded,
+    ItemFailed,
+    ItemLog,
+    ItemQueued,
+    ItemStarted,
+    ItemSubmitted,
+)
+from ._exceptions import (
+    BudgetExceededError,
+    FalEditError,
+    InputError,
+    JobCancelledError,
+    JobFailedError,
+)
+from ._job import JobHandle, call_back
+from ._models import Completed, EditImageInput, EditImageOutput, InProgress, JobStatus, Queued
+from ._pricing import estimate_cost
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient
+
+__all__ = [
+    "Batch",
+    "BatchItem",
+    "BatchSummary",
+    "EventCallback",
+    "ItemResult",
+    "ItemState",
+    "edit_many",
+    "item_key",
+]
+
+#: What a batch accepts per item: an input (or a JSON-like mapping of one), or a key with it.
+BatchItem: TypeAlias = (
+    EditImageInput | Mapping[str, Any] | tuple[str, EditImageInput | Mapping[str, Any]]
+)
+#: Called with each progress event; may be a plain function or a coroutine function.
+EventCallback: TypeAlias = Callable[[BatchEvent], Any]
+
+#: fal request-error types worth a second job: the runner failed, not the request.
+RETRYABLE_ERROR_TYPES = frozenset(
+    {
+        "request_timeout",
+        "startup_timeout",
+        "runner_scheduling_failure",
+        "runner_connection_timeout",
+        "runner_disconnected",
+        "runner_connection_refused",
+        "runner_connection_error",
+        "runner_incomplete_response",
+        "runner_server_error",
+        "internal_error",
+    }
+)
+
+
+class ItemState(StrEnum):
+    """How an item ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    NOT_SUBMITTED = "not_submitted"
+
+
+@attrs.frozen(kw_only=True)
+class ItemResult:
+    """One item's outcome: its output and files, or the error that stopped it."""
+
+    key: str
+    index: int
+    state: ItemState
+    input: EditImageInput | None = None
+    request_id: str | None = None
+    output: EditImageOutput | None = None
+    files: tuple[DownloadedFile, ...] = ()
+    error: FalEditError | None = None
+    attempts: int = 0
+    cost: Decimal = Decimal(0)
+
+    @property
+    def ok(self) -> bool:
+        """True when the item completed (and downloaded, if asked)."""
+        return self.state is ItemState.COMPLETED
+
+
+@attrs.frozen(kw_only=True)
+class BatchSummary:
+    """What a batch did: counts, bytes, estimated cost, retries, and the concurrency it found."""
+
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    not_submitted: int
+    bytes_downloaded: int
+    estimated_cost: Decimal
+    job_retries: int
+    request_retries: Mapping[str, int]
+    concurrency: int
+    lowest_concurrency: int
+    elapsed: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.completed} completed, {self.failed} failed, {self.cancelled} cancelled, "
+            f"{self.not_submitted} not submitted of {self.total}; "
+            f"{self.bytes_downloaded / 1e6:.1f} MB; ~${self.estimated_cost}; "
+            f"{self.elapsed:.1f} s; concurrency settled at {self.concurrency}"
+        )
+
+
+def item_key(input: EditImageInput) -> str:
+    """A stable key for an input: a hash of its options and image sources.
+
+    Files are keyed by their resolved path and bytes by their hash, so the same manifest run
+    again yields the same keys, and any change to the prompt or an option a new one.
+    """
+    wire: dict[str, Any] = {
+        a.name: to_wire(getattr(input, a.name)) for a in attrs.fields(type(input))
+    }
+    wire["image_urls"] = [_source_id(s) for s in input.image_urls]
+    digest = hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def _source_id(source: str | os.PathLike[str] | bytes) -> str:
+    if isinstance(source, bytes):
+        return "sha256:" + hashlib.sha256(source).hexdigest()
+    if isinstance(source, str):
+        return source
+    return "file:" + str(Path(source).resolve())
+
+
+def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
+    if keyed or input is None:
+        return safe_stem(key)
+    first = input.image_urls[0]
+    if isinstance(first, PurePath | os.PathLike):
+        return safe_stem(Path(first).stem)
+    if isinstance(first, str) and not first.startswith("data:"):
+        name = PurePath(urlsplit(first).path).stem
+        if name:
+            return safe_stem(name)
+    return safe_stem("image-" + key[:8])
+
+
+class Batch:
+    """A running batch: iterate it for :class:`ItemResult` as items finish.
+
+    Usage::
+
+        async with client.edit_many(inputs, download_to="out/") as batch:
+            async for result in batch:
+                print(result.key, result.state)
+        print(batch.summary())
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult], jobs: AdaptiveLimiter):
+        self._receive = receive
+        self._jobs = jobs
+        self._started = time.monotonic()
+        self._finished: float | None = None
+        self._counts: Counter[ItemState] = Counter()
+        self._bytes = 0
+        self._cost = Decimal(0)
+        self._job_retries = 0
+        self._cancelled_in_flight = 0
+
+    def __aiter__(self) -> AsyncIterator[ItemResult]:
+        return self._results()
+
+    async def _results(self) -> AsyncIterator[ItemResult]:
+        async for result in self._receive:
+            yield result
+        self._finished = time.monotonic()
+
+    def _record(self, result: ItemResult) -> None:
+        self._counts[result.state] += 1
+        self._bytes += sum(f.size for f in result.files)
+        self._cost += result.cost
+        self._job_retries += max(0, result.attempts - 1)
+
+    @property
+    def concurrency(self) -> int:
+        """The jobs-in-flight level now (lowered on 429, raised back on success)."""
+        return self._jobs.level
+
+    def summary(self, request_retries: Mapping[str, int] | None = None) -> BatchSummary:
+        """Counts so far (final once iteration ended)."""
+        end = self._finished or time.monotonic()
+        return BatchSummary(
+            total=sum(self._counts.values()),
+            completed=self._counts[ItemState.COMPLETED],
+            failed=self._counts[ItemState.FAILED],
+            cancelled=self._counts[ItemState.CANCELLED] + self._cancelled_in_flight,
+            not_submitted=self._counts[ItemState.NOT_SUBMITTED],
+            bytes_downloaded=self._bytes,
+            estimated_cost=self._cost,
+            job_retries=self._job_retries,
+            request_retries=dict(request_retries or {}),
+            concurrency=self._jobs.level,
+            lowest_concurrency=self._jobs.lowest,
+            elapsed=end - self._started,
+        )
+
+
+@attrs.define
+class _Budget:
+    limit: Decimal | None
+    committed: Decimal = Decimal(0)
+
+    def reserve(self, cost: Decimal) -> None:
+        if self.limit is not None and self.committed + cost > self.limit:
+            raise BudgetExceededError(
+                estimate=float(cost), spent=float(self.committed), budget=float(self.limit)
+            )
+        self.committed += cost
+
+
+@attrs.define
+class _Runner:
+    client: AsyncClient
+    jobs: AdaptiveLimiter
+    downloads: anyio.CapacityLimiter
+    download_to: Path | None
+    job_retries: int
+    on_event: EventCallback | None
+    budget: _Budget
+    submit_options: Mapping[str, Any]
+    stems: set[str] = attrs.field(factory=set)
+
+    async def emit(self, event: BatchEvent) -> None:
+        await call_back(self.on_event, event)  # type: ignore[arg-type]
+
+    def claim_stem(self, stem: str, key: str) -> str:
+        """A stem no other item of this batch writes to, so no output overwrites another."""
+        candidate, n = stem, 1
+        while candidate in self.stems:
+            n += 1
+            candidate = f"{stem}-{key[:8]}" if n == 2 else f"{stem}-{key[:8]}-{n}"
+        self.stems.add(candidate)
+        return candidate
+
+    async def run(self, index: int, item: Any) -> ItemResult:
+        key, keyed, raw = _split(item)
+        input: EditImageInput | None = None
+        try:
+            input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
+            key = key or item_key(input)
+        except InputError as exc:
+            key = key or f"item-{index}"
+            await self.emit(ItemFailed(key=key, request_id=None, error=exc))
+            return ItemResult(key=key, index=index, state=ItemState.FAILED, error=exc)
+        stem = self.claim_stem(_stem_of(input, key, keyed), key)
+        return await self._run_valid(index, key, stem, input)
+
+    async def _run_valid(
+        self, index: int, key: str, stem: str, input: EditImageInput
+    ) -> ItemResult:
+        result = partial(ItemResult, key=key, index=index, input=input)
+        cost = estimate_cost(input).usd
+        try:
+            self.budget.reserve(cost)
+        except BudgetExceededError as exc:
+            return result(state=ItemState.NOT_SUBMITTED, error=exc)
+        request_id: str | None = None
+        attempts = 0
+        try:
+            if not input.is_resolved:  # bounded by the client's Limits.uploads
+                input = await self.client.uploader.resolve_input(input)
+            while True:
+                attempts += 1
+                try:
+                    handle, output = await self._job(key, input, attempts)
+                    request_id = handle.request_id
+                    break
+                except JobFailedError as exc:
+                    request_id = exc.request_id
+                    if attempts > self.job_retries or not _worth_retrying(exc):
+                        raise
+                    self.budget.reserve(cost)
+            files = await self._download(key, stem, request_id, output)
+        except FalEditError as exc:
+            await self.emit(ItemFailed(key=key, request_id=request_id, error=exc))
+            cancelled = isinstance(exc, JobCancelledError)
+            return result(
+                state=ItemState.CANCELLED if cancelled else ItemState.FAILED,
+                error=exc,
+                request_id=request_id,
+                attempts=attempts,
+                cost=cost * attempts,
+            )
+        return result(
+            state=ItemState.COMPLETED,
+            request_id=request_id,
+            output=output,
+            files=files,
+            attempts=attempts,
+            cost=cost * attempts,
+        )
+
+    async def _job(
+        self, key: str, input: EditImageInput, attempt: int
+    ) -> tuple[JobHandle, EditImageOutput]:
+        async with self.jobs.slot() as epoch:
+
+            def on_retry(kind: str) -> None:
+                if kind == "rate_limit":
+                    self.jobs.rate_limited(epoch)
+
+            handle = await self.client.submit(input, on_retry=on_retry, **self.submit_options)
+            self.jobs.succeeded()
+            await self.emit(ItemSubmitted(key=key, request_id=handle.request_id, attempt=attempt))
+            progress = _Progress(self, key, handle.request_id)
+            completed = await handle.wait(on_update=progress.update)
+            output = await handle.fetch_result(completed)
+        await self.emit(ItemCompleted(key=key, request_id=handle.request_id))
+        return handle, output
+
+    async def _download(
+        self, key: str, stem: str, request_id: str | None, output: EditImageOutput
+    ) -> tuple[DownloadedFile, ...]:
+        if self.download_to is None:
+            return ()
+        files = []
+        for n, image in enumerate(output.images):
+            async with self.downloads:
+                files.append(
+                    await download_image(
+                        self.client.transport,
+                        image,
+                        self.download_to,
+                        stem,
+                        n,
+                        retry=self.client.config.retry,
+                        stats=self.client.stats,
+                    )
+                )
+        await self.emit(ItemDownloaded(key=key, request_id=request_id or "", files=tuple(files)))
+        return tuple(files)
+
+
+@attrs.define
+class _Progress:
+    """Turns one job's status updates into progress events."""
+
+    runner: _Runner
+    key: str
+    request_id: str
+    started: bool = False
+
+    async def update(self, update: JobStatus) -> None:
+        key, rid, emit = self.key, self.request_id, self.runner.emit
+        if isinstance(update, Queued):
+            await emit(ItemQueued(key=key, request_id=rid, position=update.position))
+        if isinstance(update, InProgress | Completed) and not self.started:
+            self.started = True
+            await emit(ItemStarted(key=key, request_id=rid))
+        if isinstance(update, InProgress | Completed):
+            for entry in update.logs:
+                await emit(ItemLog(key=key, request_id=rid, entry=entry))
+
+
+def _worth_retrying(exc: JobFailedError) -> bool:
+    """Infrastructure failures get another job; the model's own refusals never do."""
+    if exc.status == 422 or exc.timeout_type == "user":
+        return False
+    if exc.retryable is not None:
+        return exc.retryable
+    return exc.error_type in RETRYABLE_ERROR_TYPES
+
+
+def _split(item: Any) -> tuple[str | None, bool, Any]:
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return item[0], True, item[1]
+    return None, False, item
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+@asynccontextmanager
+async def edit_many(
+    client: AsyncClient,
+    items: Iterable[BatchItem] | AsyncIterable[BatchItem],
+    *,
+    concurrency: int | None = None,
+    download_to: str | os.PathLike[str] | None = None,
+    downloads: int | None = None,
+    job_retries: int = 1,
+    budget: float | Decimal | None = None,
+    adaptive: bool = True,
+    on_event: EventCallback | None = None,
+    **submit_options: Any,
+) -> AsyncIterator[Batch]:
+    """Run many edits; see :meth:`AsyncClient.edit_many`."""
+    limits = client.config.limits
+    jobs = AdaptiveLimiter(concurrency or limits.jobs, adaptive=adaptive)
+    runner = _Runner(
+        client=client,
+        jobs=jobs,
+        downloads=anyio.CapacityLimiter(downloads or limits.downloads),
+        download_to=Path(download_to) if download_to is not None else None,
+        job_retries=job_retries,
+        on_event=on_event,
+        budget=_Budget(Decimal(str(budget)) if budget is not None else None),
+        submit_options=submit_options,
+    )
+    pipeline = jobs.limit + limits.uploads + runner.downloads.total_tokens
+    send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
+    batch = Batch(receive, jobs)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_feed, runner, batch, items, send, int(pipeline))
+        try:
+            yield batch
+        finally:
+            tg.cancel_scope.cancel()
+            receive.close()
+
+
+async def _feed(
+    runner: _Runner,
+    batch: Batch,
+    items: Iterable[Any] | AsyncIterable[Any],
+    send: MemoryObjectSendStream[ItemResult],
+    pipeline: int,
+) -> None:
+    slots = anyio.CapacityLimiter(pipeline)
+
+    async def one(index: int, item: Any, token: object) -> None:
+        try:
+            result = await runner.run(index, item)
+        except anyio.get_cancelled_exc_class():
+            batch._cancelled_in_flight += 1  # its fal job, if any, was cancelled on the way out
+            raise
+        finally:
+            slots.release_on_behalf_of(token)
+        batch._record(result)
+        await send.send(result)
+
+    async with send, anyio.create_task_group() as tg:
+        index = 0
+        async for item in _aiter(items):
+            token = object()
+            await slots.acquire_on_behalf_of(token)
+            tg.start_soon(one, index, item, token)
+            index += 1

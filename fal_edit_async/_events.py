@@ -1,0 +1,94 @@
+"""Progress events of a batch, for a console display, a log, or a journal.
+
+Each is a small frozen record naming the item by its ``key``. A batch calls its ``on_event``
+callback with them in order per item; an async callback is awaited before the item moves on,
+which is how a journal records a request id before anything else happens to the job.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import attrs
+
+from ._downloads import DownloadedFile
+from ._exceptions import FalEditError
+from ._models import LogEntry
+
+__all__ = [
+    "BatchEvent",
+    "ItemCompleted",
+    "ItemDownloaded",
+    "ItemFailed",
+    "ItemLog",
+    "ItemQueued",
+    "ItemStarted",
+    "ItemSubmitted",
+]
+
+
+@attrs.frozen(kw_only=True)
+class ItemSubmitted:
+    """fal accepted the item's job; ``attempt`` counts job-level retries from 1."""
+
+    key: str
+    request_id: str
+    attempt: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class ItemQueued:
+    """The job waits in fal's queue with ``position`` requests ahead."""
+
+    key: str
+    request_id: str
+    position: int
+
+
+@attrs.frozen(kw_only=True)
+class ItemStarted:
+    """A runner started the job."""
+
+    key: str
+    request_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ItemLog:
+    """The model emitted a log line for the job."""
+
+    key: str
+    request_id: str
+    entry: LogEntry
+
+
+@attrs.frozen(kw_only=True)
+class ItemCompleted:
+    """The job finished on fal and its output is known (downloads may follow)."""
+
+    key: str
+    request_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ItemDownloaded:
+    """Every output of the item is on disk and verified."""
+
+    key: str
+    request_id: str
+    files: tuple[DownloadedFile, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ItemFailed:
+    """The item failed; ``request_id`` is set when a job was submitted for it."""
+
+    key: str
+    request_id: str | None
+    error: FalEditError
+
+
+#: Any progress event.
+BatchEvent: TypeAlias = (
+    ItemSubmitted | ItemQueued | ItemStarted | ItemLog | ItemCompleted | ItemDownloaded | ItemFailed
+)
