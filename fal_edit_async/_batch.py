@@ -92,6 +92,17 @@ RETRYABLE_ERROR_TYPES = frozenset(
 )
 
 
+#: The client's counters that count retried requests, by kind.
+_RETRY_KINDS = (
+    "rate_limit",
+    "server_error",
+    "transport",
+    "timeout",
+    "download_retry",
+    "upload_retry",
+)
+
+
 class ItemState(StrEnum):
     """How an item ended."""
 
@@ -194,16 +205,16 @@ class Batch:
         print(batch.summary())
     """
 
-    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult], jobs: AdaptiveLimiter):
+    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult], runner: _Runner):
         self._receive = receive
-        self._jobs = jobs
+        self._runner = runner
+        self._jobs = runner.jobs
         self._started = time.monotonic()
         self._finished: float | None = None
         self._counts: Counter[ItemState] = Counter()
         self._bytes = 0
         self._cost = Decimal(0)
         self._job_retries = 0
-        self._cancelled_in_flight = 0
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
         return self._results()
@@ -224,19 +235,20 @@ class Batch:
         """The jobs-in-flight level now (lowered on 429, raised back on success)."""
         return self._jobs.level
 
-    def summary(self, request_retries: Mapping[str, int] | None = None) -> BatchSummary:
+    def summary(self) -> BatchSummary:
         """Counts so far (final once iteration ended)."""
         end = self._finished or time.monotonic()
+        stats = self._runner.client.stats
         return BatchSummary(
             total=sum(self._counts.values()),
             completed=self._counts[ItemState.COMPLETED],
             failed=self._counts[ItemState.FAILED],
-            cancelled=self._counts[ItemState.CANCELLED] + self._cancelled_in_flight,
+            cancelled=self._counts[ItemState.CANCELLED] + self._runner.cancelled_on_fal,
             not_submitted=self._counts[ItemState.NOT_SUBMITTED],
             bytes_downloaded=self._bytes,
             estimated_cost=self._cost,
             job_retries=self._job_retries,
-            request_retries=dict(request_retries or {}),
+            request_retries={k: stats[k] for k in _RETRY_KINDS if stats[k]},
             concurrency=self._jobs.level,
             lowest_concurrency=self._jobs.lowest,
             elapsed=end - self._started,
@@ -267,6 +279,7 @@ class _Runner:
     budget: _Budget
     submit_options: Mapping[str, Any]
     stems: set[str] = attrs.field(factory=set)
+    cancelled_on_fal: int = 0
 
     async def emit(self, event: BatchEvent) -> None:
         await call_back(self.on_event, event)  # type: ignore[arg-type]
@@ -351,7 +364,11 @@ class _Runner:
             self.jobs.succeeded()
             await self.emit(ItemSubmitted(key=key, request_id=handle.request_id, attempt=attempt))
             progress = _Progress(self, key, handle.request_id)
-            completed = await handle.wait(on_update=progress.update)
+            try:
+                completed = await handle.wait(on_update=progress.update)
+            except anyio.get_cancelled_exc_class():
+                self.cancelled_on_fal += 1  # wait() cancelled the fal job on its way out
+                raise
             output = await handle.fetch_result(completed)
         await self.emit(ItemCompleted(key=key, request_id=handle.request_id))
         return handle, output
@@ -453,7 +470,7 @@ async def edit_many(
     )
     pipeline = jobs.limit + limits.uploads + runner.downloads.total_tokens
     send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
-    batch = Batch(receive, jobs)
+    batch = Batch(receive, runner)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_feed, runner, batch, items, send, int(pipeline))
         try:
@@ -475,9 +492,6 @@ async def _feed(
     async def one(index: int, item: Any, token: object) -> None:
         try:
             result = await runner.run(index, item)
-        except anyio.get_cancelled_exc_class():
-            batch._cancelled_in_flight += 1  # its fal job, if any, was cancelled on the way out
-            raise
         finally:
             slots.release_on_behalf_of(token)
         batch._record(result)

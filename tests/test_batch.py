@@ -1,0 +1,333 @@
+"""edit_many against the emulator: limits, failures, retries, cancellation, files on disk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from PIL import Image
+
+from fal_edit_async import (
+    AsyncClient,
+    BatchEvent,
+    DownloadError,
+    EditImageInput,
+    InputError,
+    ItemCompleted,
+    ItemDownloaded,
+    ItemFailed,
+    ItemResult,
+    ItemStarted,
+    ItemState,
+    ItemSubmitted,
+    JobFailedError,
+)
+from fal_edit_async.emulator import Emulator
+
+from .conftest import client_for
+
+
+def item(uri: str, n: int = 0, **options: Any) -> dict[str, Any]:
+    """One manifest-style item; ``n`` makes the prompt (and so the key) unique."""
+    return {"prompt": f"make it pixel art #{n}", "image_urls": [uri], **options}
+
+
+async def run_all(client: AsyncClient, items: Any, **options: Any) -> list[ItemResult]:
+    """Run a batch to the end and return every result."""
+    async with client.edit_many(items, **options) as batch:
+        return [result async for result in batch]
+
+
+async def test_jobs_in_flight_never_exceed_concurrency(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """With jobs held, exactly `concurrency` are submitted; the rest wait their turn."""
+    emulator.hold_jobs()
+    items = [item(png_data_uri, n) for n in range(10)]
+    async with client.edit_many(items, concurrency=3) as batch:
+        await emulator.wait_in_flight(3)
+        await emulator.wait_until(lambda: emulator.counters.streams_opened >= 3)
+        await anyio.wait_all_tasks_blocked()
+        assert 3 == emulator.counters.submits
+        emulator.release_jobs()
+        results = [r async for r in batch]
+
+    assert 10 == sum(r.ok for r in results)
+    assert 3 == emulator.counters.peak_in_flight
+
+
+async def test_downloads_never_exceed_their_limit(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """With downloads held, exactly `downloads` are in progress at once."""
+    emulator.hold_downloads()
+    items = [item(png_data_uri, n) for n in range(6)]
+    async with client.edit_many(items, concurrency=6, downloads=2, download_to=tmp_path) as batch:
+        await emulator.wait_downloads_held(2)
+        await anyio.wait_all_tasks_blocked()
+        assert 2 == emulator.downloads_held
+        emulator.release_downloads()
+        results = [r async for r in batch]
+
+    assert 6 == sum(r.ok for r in results)
+    assert 2 == emulator.counters.peak_downloads
+    assert 6 == len(list(tmp_path.glob("*.png")))
+
+
+async def test_bad_items_and_server_failures_never_stop_the_rest(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """Of 1,000 items, 5% invalid and 5% refused by the model fail with causes; the rest pass."""
+    items = [
+        item(png_data_uri, n, num_images=0) if n % 20 == 7 else item(png_data_uri, n)
+        for n in range(1000)
+    ]
+    emulator.schedule_fault("job", "model_failure", times=50, error_type="validation")
+
+    results = await run_all(client, items, concurrency=32)
+
+    assert 1000 == len(results)
+    by_state = {s: [r for r in results if r.state is s] for s in ItemState}
+    assert 900 == len(by_state[ItemState.COMPLETED])
+    invalid = [r for r in by_state[ItemState.FAILED] if isinstance(r.error, InputError)]
+    refused = [r for r in by_state[ItemState.FAILED] if isinstance(r.error, JobFailedError)]
+    assert 50 == len(invalid)
+    assert all("num_images" in str(r.error) and r.request_id is None for r in invalid)
+    assert 50 == len(refused)
+    assert all(r.request_id and 1 == r.attempts for r in refused)
+    assert 950 == emulator.counters.submits  # invalid items were never sent
+
+
+async def test_outputs_land_on_disk_named_after_inputs(
+    client: AsyncClient, png_bytes: bytes, tmp_path: Path
+) -> None:
+    """Local files go in; real images come out, named <input stem>_<n>.<ext>."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("cat", "dog"):
+        (inputs / f"{name}.png").write_bytes(png_bytes)
+    out = tmp_path / "out"
+    items = [
+        EditImageInput(prompt="black and white", image_urls=[p], num_images=2, output_format="webp")
+        for p in sorted(inputs.iterdir())
+    ]
+
+    results = await run_all(client, items, download_to=out)
+
+    assert ["cat_0.webp", "cat_1.webp", "dog_0.webp", "dog_1.webp"] == sorted(
+        p.name for p in out.iterdir()
+    )
+    for result in results:
+        for file in result.files:
+            assert file.size == file.path.stat().st_size
+            with Image.open(file.path) as image:
+                assert "WEBP" == image.format
+
+
+async def test_truncated_downloads_are_retried_and_never_left_partial(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """Truncated downloads are retried; only complete files remain, no temp files."""
+    emulator.schedule_fault("download", "truncated_download", times=2)
+
+    results = await run_all(client, [item(png_data_uri, n) for n in range(3)], download_to=tmp_path)
+
+    assert all(r.ok for r in results)
+    assert 2 == client.statistics()["download_retry"]
+    assert 3 == len(list(tmp_path.glob("*.png")))
+    assert [] == [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+async def test_download_that_keeps_failing_fails_only_its_item(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A download failing past its retries fails that item, keeps its request id, and no file."""
+    emulator.schedule_fault("download", "truncated_download", times=10)
+    items = [("doomed", item(png_data_uri, 1))]
+
+    (result,) = await run_all(client, items, download_to=tmp_path)
+
+    assert ItemState.FAILED == result.state
+    assert isinstance(result.error, DownloadError)
+    assert result.request_id in emulator.jobs
+    assert [] == list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("key", ["../../escape", "/abs/path", "a\0b", "..", "dir/../x"])
+async def test_hostile_keys_stay_inside_the_folder(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path, key: str
+) -> None:
+    """Item keys that look like paths still produce files inside the download folder."""
+    out = tmp_path / "out"
+
+    (result,) = await run_all(client, [(key, item(png_data_uri))], download_to=out)
+
+    assert result.ok
+    assert all(f.path.parent == out for f in result.files)
+    assert [out] == [p.parent for p in out.iterdir()]
+    assert ["out"] == [p.name for p in tmp_path.iterdir()]
+
+
+async def test_same_stem_never_overwrites_another_output(
+    client: AsyncClient, png_bytes: bytes, tmp_path: Path
+) -> None:
+    """Two items from the same input file get distinct output names."""
+    source = tmp_path / "photo.png"
+    source.write_bytes(png_bytes)
+    out = tmp_path / "out"
+    items = [EditImageInput(prompt=p, image_urls=[source]) for p in ("pixel art", "tint")]
+
+    results = await run_all(client, items, download_to=out)
+
+    paths = [f.path for r in results for f in r.files]
+    assert 2 == len(set(paths))
+    assert "photo_0.png" in {p.name for p in paths}
+
+
+async def test_leaving_early_cancels_every_job(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """Leaving the batch block cancels every in-flight job on fal and leaves no temp file."""
+    emulator.hold_jobs()
+    items = [item(png_data_uri, n) for n in range(10)]
+    async with client.edit_many(items, concurrency=4, download_to=tmp_path) as batch:
+        await emulator.wait_in_flight(4)
+        await emulator.wait_until(lambda: emulator.counters.streams_opened >= 4)
+    summary = batch.summary()
+
+    assert 4 == emulator.counters.submits
+    assert 4 == emulator.counters.cancels
+    for job in emulator.jobs.values():
+        await emulator.wait_for_state(job.request_id, "COMPLETED")
+        assert "client_cancelled" == job.error_type
+    assert 4 == summary.cancelled
+    assert [] == list(tmp_path.iterdir())
+
+
+async def test_rate_limit_burst_lowers_then_restores_concurrency(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """A burst of 429s on submit halves jobs in flight once; successes bring it back."""
+    emulator.schedule_fault("submit", "rate_limit", times=3, retry_after=0)
+    items = [item(png_data_uri, n) for n in range(40)]
+
+    async with client.edit_many(items, concurrency=8) as batch:
+        results = [r async for r in batch]
+    summary = batch.summary()
+
+    assert all(r.ok for r in results)
+    assert 4 == summary.lowest_concurrency
+    assert 8 == summary.concurrency
+    assert 3 == client.statistics()["rate_limit"]
+    assert 40 == emulator.counters.submits
+
+
+async def test_infrastructure_failure_retried_once_validation_never(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """A runner failure gets one more job; a model refusal gets none."""
+    emulator.schedule_fault("job", "model_failure", error_type="runner_disconnected")
+    (flaky,) = await run_all(client, [("flaky", item(png_data_uri, 1))])
+    emulator.schedule_fault("job", "model_failure", error_type="validation")
+    (refused,) = await run_all(client, [("refused", item(png_data_uri, 2))])
+    emulator.schedule_fault("job", "model_failure", error_type="runner_disconnected", times=2)
+    (hopeless,) = await run_all(client, [("hopeless", item(png_data_uri, 3))])
+
+    assert (ItemState.COMPLETED, 2) == (flaky.state, flaky.attempts)
+    assert (ItemState.FAILED, 1) == (refused.state, refused.attempts)
+    assert (ItemState.FAILED, 2) == (hopeless.state, hopeless.attempts)
+    assert [2, 1, 2] == list(emulator.counters.submits_by_input.values())
+
+
+async def test_progress_events_in_order(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """Each item reports submitted, started, completed and downloaded, in that order."""
+    events: list[BatchEvent] = []
+
+    await run_all(
+        client, [("one", item(png_data_uri))], download_to=tmp_path, on_event=events.append
+    )
+
+    kinds = [type(e) for e in events if not type(e).__name__.startswith(("ItemLog", "ItemQ"))]
+    assert [ItemSubmitted, ItemStarted, ItemCompleted, ItemDownloaded] == kinds
+    assert {"one"} == {e.key for e in events}
+
+
+async def test_unreadable_file_fails_only_its_item(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A missing or non-image file is an input error for that item; nothing is sent for it."""
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    items = [
+        ("missing", item(png_data_uri) | {"image_urls": [tmp_path / "nope.png"]}),
+        ("text", item(png_data_uri) | {"image_urls": [text]}),
+        ("good", item(png_data_uri)),
+    ]
+    events: list[BatchEvent] = []
+
+    results = {r.key: r for r in await run_all(client, items, on_event=events.append)}
+
+    assert results["good"].ok
+    assert isinstance(results["missing"].error, InputError)
+    assert isinstance(results["text"].error, InputError)
+    assert 1 == emulator.counters.submits
+    assert {"missing", "text"} == {e.key for e in events if isinstance(e, ItemFailed)}
+
+
+async def test_async_iterable_is_pulled_only_as_capacity_frees(
+    emulator: Emulator, png_data_uri: str
+) -> None:
+    """A long async source is read lazily: pulled items stay within the pipeline size."""
+    pulled = 0
+
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        nonlocal pulled
+        for n in range(10_000):
+            pulled += 1
+            yield item(png_data_uri, n)
+
+    emulator.hold_jobs()
+    async with client_for(emulator) as client, client.edit_many(source(), concurrency=2):
+        await emulator.wait_in_flight(2)
+        await anyio.wait_all_tasks_blocked()
+        limits = client.config.limits
+        assert pulled <= 2 + limits.uploads + limits.downloads + 1
+
+
+async def test_budget_is_never_crossed(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """Items whose estimate would cross the budget are not submitted and say why."""
+    cheap = {"quality": "low", "image_size": "1024x1024", "input_fidelity": "low"}
+    items = [item(png_data_uri, n, **cheap) for n in range(5)]  # $0.02 each, estimated
+
+    async with client.edit_many(items, budget=0.05, concurrency=1) as batch:
+        results = [r async for r in batch]
+
+    assert 2 == emulator.counters.submits
+    assert 3 == sum(r.state is ItemState.NOT_SUBMITTED for r in results)
+    assert batch.summary().estimated_cost <= 0.05
+
+
+async def test_summary_counts_everything(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """The summary adds up items, bytes, estimated cost and retried requests by kind."""
+    emulator.schedule_fault("status", "server_error")
+    emulator.schedule_fault("stream", "refuse_stream")
+    items = [item(png_data_uri, n) for n in range(3)] + [item(png_data_uri, 9, num_images=9)]
+
+    async with client.edit_many(items, download_to=tmp_path) as batch:
+        results = [r async for r in batch]
+    summary = batch.summary()
+
+    assert (4, 3, 1) == (summary.total, summary.completed, summary.failed)
+    assert sum(f.size for r in results for f in r.files) == summary.bytes_downloaded > 0
+    assert sum(r.cost for r in results) == summary.estimated_cost > 0
+    assert {"server_error": 1} == dict(summary.request_retries)
+    assert "3 completed, 1 failed" in str(summary)
