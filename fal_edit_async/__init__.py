@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from ._batch import (
     Batch as Batch,
+    BatchEstimate as BatchEstimate,
     BatchItem as BatchItem,
     BatchSummary as BatchSummary,
     EventCallback as EventCallback,
     ItemResult as ItemResult,
     ItemState as ItemState,
+    estimate_batch as estimate_batch,
     item_key as item_key,
 )
 from ._client import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, AsyncClient as AsyncClient
@@ -60,6 +62,11 @@ from ._exceptions import (
     ValidationError as ValidationError,
 )
 from ._job import JobHandle as JobHandle, UpdateCallback as UpdateCallback
+from ._journal import (
+    Journal as Journal,
+    JournalEntry as JournalEntry,
+    JournalState as JournalState,
+)
 from ._models import (
     Background as Background,
     CancelOutcome as CancelOutcome,
@@ -88,6 +95,7 @@ __all__ = [
     "AuthError",
     "Background",
     "Batch",
+    "BatchEstimate",
     "BatchEvent",
     "BatchItem",
     "BatchSummary",
@@ -131,6 +139,9 @@ __all__ = [
     "JobHandle",
     "JobStatus",
     "JobTimeoutError",
+    "Journal",
+    "JournalEntry",
+    "JournalState",
     "Limits",
     "LogEntry",
     "NotFoundError",
@@ -149,6 +160,7 @@ __all__ = [
     "UpdateCallback",
     "ValidationError",
     "__version__",
+    "estimate_batch",
     "estimate_cost",
     "input_from_dict",
     "item_key",

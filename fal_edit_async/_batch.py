@@ -17,11 +17,10 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
 from enum import StrEnum
-from functools import partial
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
@@ -31,8 +30,9 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._adaptive import AdaptiveLimiter
-from ._converter import input_from_dict, to_wire
-from ._downloads import DownloadedFile, download_image, safe_stem
+from ._converter import input_from_dict, parse, to_wire
+from ._downloads import DownloadedFile, download_image, remove_stale_parts, safe_stem
+from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._events import (
     BatchEvent,
     ItemCompleted,
@@ -51,6 +51,7 @@ from ._exceptions import (
     JobFailedError,
 )
 from ._job import JobHandle, call_back
+from ._journal import Journal, JournalEntry, JournalState
 from ._models import Completed, EditImageInput, EditImageOutput, InProgress, JobStatus, Queued
 from ._pricing import estimate_cost
 
@@ -59,12 +60,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Batch",
+    "BatchEstimate",
     "BatchItem",
     "BatchSummary",
     "EventCallback",
     "ItemResult",
     "ItemState",
+    "describe_input",
     "edit_many",
+    "estimate_batch",
     "item_key",
 ]
 
@@ -126,6 +130,7 @@ class ItemResult:
     error: FalEditError | None = None
     attempts: int = 0
     cost: Decimal = Decimal(0)
+    resumed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -159,18 +164,26 @@ class BatchSummary:
         )
 
 
+def describe_input(input: EditImageInput) -> dict[str, Any]:
+    """An input as JSON-ready data, with files by resolved path and bytes by their hash."""
+    wire: dict[str, Any] = {
+        a.name: to_wire(getattr(input, a.name)) for a in attrs.fields(type(input))
+    }
+    wire["image_urls"] = [_source_id(s) for s in input.image_urls]
+    return wire
+
+
+def _fingerprint(description: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def item_key(input: EditImageInput) -> str:
     """A stable key for an input: a hash of its options and image sources.
 
     Files are keyed by their resolved path and bytes by their hash, so the same manifest run
     again yields the same keys, and any change to the prompt or an option a new one.
     """
-    wire: dict[str, Any] = {
-        a.name: to_wire(getattr(input, a.name)) for a in attrs.fields(type(input))
-    }
-    wire["image_urls"] = [_source_id(s) for s in input.image_urls]
-    digest = hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
-    return digest[:16]
+    return _fingerprint(describe_input(input))
 
 
 def _source_id(source: str | os.PathLike[str] | bytes) -> str:
@@ -192,6 +205,46 @@ def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
         if name:
             return safe_stem(name)
     return safe_stem("image-" + key[:8])
+
+
+@attrs.frozen(kw_only=True)
+class BatchEstimate:
+    """What a batch would cost, worked out before anything is sent (a dry run)."""
+
+    total_usd: Decimal
+    items: int
+    worst_case: int
+    invalid: tuple[tuple[str, InputError], ...] = ()
+
+    def __str__(self) -> str:
+        text = f"{self.items} items, estimated ${self.total_usd}"
+        if self.worst_case:
+            text += f" ({self.worst_case} priced at their worst case: quality or size is auto)"
+        if self.invalid:
+            text += f"; {len(self.invalid)} invalid items would fail before submitting"
+        return text
+
+
+def estimate_batch(items: Iterable[BatchItem]) -> BatchEstimate:
+    """Price a batch without sending anything: the dry run behind ``--dry-run``.
+
+    Invalid items are listed with their error rather than raised, as a batch would report
+    them; they cost nothing.
+    """
+    total, count, worst = Decimal(0), 0, 0
+    invalid: list[tuple[str, InputError]] = []
+    for index, item in enumerate(items):
+        key, _, raw = _split(item)
+        try:
+            input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
+        except InputError as exc:
+            invalid.append((key or f"item-{index}", exc))
+            continue
+        estimate = estimate_cost(input)
+        total += estimate.usd
+        count += 1
+        worst += estimate.worst_case
+    return BatchEstimate(total_usd=total, items=count, worst_case=worst, invalid=tuple(invalid))
 
 
 class Batch:
@@ -269,6 +322,35 @@ class _Budget:
 
 
 @attrs.define
+class _Item:
+    """One valid item on its way through the pipeline."""
+
+    index: int
+    key: str
+    journal_key: str
+    stem: str
+    input: EditImageInput
+    description: Mapping[str, Any]
+    cost: Decimal
+    attempts: int = 0
+    request_id: str | None = None
+    resumed: bool = False
+
+    def result(self, state: ItemState, **values: Any) -> ItemResult:
+        return ItemResult(
+            key=self.key,
+            index=self.index,
+            state=state,
+            input=self.input,
+            request_id=self.request_id,
+            attempts=self.attempts,
+            cost=self.cost * self.attempts,
+            resumed=self.resumed,
+            **values,
+        )
+
+
+@attrs.define
 class _Runner:
     client: AsyncClient
     jobs: AdaptiveLimiter
@@ -277,6 +359,7 @@ class _Runner:
     job_retries: int
     on_event: EventCallback | None
     budget: _Budget
+    journal: Journal | None
     submit_options: Mapping[str, Any]
     stems: set[str] = attrs.field(factory=set)
     cancelled_on_fal: int = 0
@@ -295,87 +378,133 @@ class _Runner:
 
     async def run(self, index: int, item: Any) -> ItemResult:
         key, keyed, raw = _split(item)
-        input: EditImageInput | None = None
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
-            key = key or item_key(input)
         except InputError as exc:
             key = key or f"item-{index}"
             await self.emit(ItemFailed(key=key, request_id=None, error=exc))
             return ItemResult(key=key, index=index, state=ItemState.FAILED, error=exc)
-        stem = self.claim_stem(_stem_of(input, key, keyed), key)
-        return await self._run_valid(index, key, stem, input)
-
-    async def _run_valid(
-        self, index: int, key: str, stem: str, input: EditImageInput
-    ) -> ItemResult:
-        result = partial(ItemResult, key=key, index=index, input=input)
-        cost = estimate_cost(input).usd
-        try:
-            self.budget.reserve(cost)
-        except BudgetExceededError as exc:
-            return result(state=ItemState.NOT_SUBMITTED, error=exc)
-        request_id: str | None = None
-        attempts = 0
-        try:
-            if not input.is_resolved:  # bounded by the client's Limits.uploads
-                input = await self.client.uploader.resolve_input(input)
-            while True:
-                attempts += 1
-                try:
-                    handle, output = await self._job(key, input, attempts)
-                    request_id = handle.request_id
-                    break
-                except JobFailedError as exc:
-                    request_id = exc.request_id
-                    if attempts > self.job_retries or not _worth_retrying(exc):
-                        raise
-                    self.budget.reserve(cost)
-            files = await self._download(key, stem, request_id, output)
-        except FalEditError as exc:
-            await self.emit(ItemFailed(key=key, request_id=request_id, error=exc))
-            cancelled = isinstance(exc, JobCancelledError)
-            return result(
-                state=ItemState.CANCELLED if cancelled else ItemState.FAILED,
-                error=exc,
-                request_id=request_id,
-                attempts=attempts,
-                cost=cost * attempts,
-            )
-        return result(
-            state=ItemState.COMPLETED,
-            request_id=request_id,
-            output=output,
-            files=files,
-            attempts=attempts,
-            cost=cost * attempts,
+        description = describe_input(input)
+        fingerprint = _fingerprint(description)
+        key = key or fingerprint
+        it = _Item(
+            index=index,
+            key=key,
+            # A caller's key plus the fingerprint: a changed prompt is a new row, not a reuse.
+            journal_key=f"{key}@{fingerprint}" if keyed else key,
+            stem=self.claim_stem(_stem_of(input, key, keyed), key),
+            input=input,
+            description=description,
+            cost=estimate_cost(input).usd,
         )
+        try:
+            return await self._process(it)
+        except FalEditError as exc:
+            await self.emit(ItemFailed(key=key, request_id=it.request_id, error=exc))
+            cancelled = isinstance(exc, JobCancelledError)
+            if self.journal is not None and it.request_id is not None and not cancelled:
+                await self.journal.record_failed(it.journal_key, exc)
+            return it.result(ItemState.CANCELLED if cancelled else ItemState.FAILED, error=exc)
 
-    async def _job(
-        self, key: str, input: EditImageInput, attempt: int
-    ) -> tuple[JobHandle, EditImageOutput]:
-        async with self.jobs.slot() as epoch:
+    async def _process(self, it: _Item) -> ItemResult:
+        entry = await self.journal.get(it.journal_key) if self.journal is not None else None
+        if entry is not None:
+            resumed = await self._resume(it, entry)
+            if resumed is not None:
+                return resumed
+        try:
+            self.budget.reserve(it.cost)
+        except BudgetExceededError as exc:
+            return it.result(ItemState.NOT_SUBMITTED, error=exc)
+        wire_input = it.input
+        if not wire_input.is_resolved:  # bounded by the client's Limits.uploads
+            wire_input = await self.client.uploader.resolve_input(wire_input)
+        output = await self._submit_and_follow(it, wire_input)
+        return await self._finish(it, output)
 
-            def on_retry(kind: str) -> None:
-                if kind == "rate_limit":
-                    self.jobs.rate_limited(epoch)
-
-            handle = await self.client.submit(input, on_retry=on_retry, **self.submit_options)
-            self.jobs.succeeded()
-            await self.emit(ItemSubmitted(key=key, request_id=handle.request_id, attempt=attempt))
-            progress = _Progress(self, key, handle.request_id)
+    async def _submit_and_follow(self, it: _Item, wire_input: EditImageInput) -> EditImageOutput:
+        while True:
+            it.attempts += 1
             try:
-                completed = await handle.wait(on_update=progress.update)
-            except anyio.get_cancelled_exc_class():
-                self.cancelled_on_fal += 1  # wait() cancelled the fal job on its way out
-                raise
-            output = await handle.fetch_result(completed)
-        await self.emit(ItemCompleted(key=key, request_id=handle.request_id))
-        return handle, output
+                async with self.jobs.slot() as epoch:
 
-    async def _download(
-        self, key: str, stem: str, request_id: str | None, output: EditImageOutput
-    ) -> tuple[DownloadedFile, ...]:
+                    def on_retry(kind: str) -> None:
+                        if kind == "rate_limit":
+                            self.jobs.rate_limited(epoch)
+
+                    handle = await self.client.submit(
+                        wire_input, on_retry=on_retry, **self.submit_options
+                    )
+                    self.jobs.succeeded()
+                    it.request_id = handle.request_id
+                    if self.journal is not None:
+                        await self.journal.record_submitted(
+                            it.journal_key,
+                            handle.urls,
+                            endpoint=str(handle.endpoint),
+                            input=it.description,
+                            attempts=it.attempts,
+                            cost=it.cost,
+                        )
+                    await self.emit(
+                        ItemSubmitted(key=it.key, request_id=handle.request_id, attempt=it.attempts)
+                    )
+                    return await self._follow(it, handle)
+            except JobFailedError as exc:
+                if it.attempts > self.job_retries or not _worth_retrying(exc):
+                    raise
+                self.budget.reserve(it.cost)
+
+    async def _follow(self, it: _Item, handle: JobHandle) -> EditImageOutput:
+        progress = _Progress(self, it.key, handle.request_id)
+        try:
+            completed = await handle.wait(on_update=progress.update)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled_on_fal += 1  # wait() cancelled the fal job on its way out
+            if self.journal is not None:
+                await self.journal.record_cancelled(it.journal_key)
+            raise
+        output = await handle.fetch_result(completed)
+        if self.journal is not None:
+            await self.journal.record_completed(it.journal_key, output)
+        await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
+        return output
+
+    async def _finish(self, it: _Item, output: EditImageOutput) -> ItemResult:
+        files = await self._download(it, output)
+        if self.journal is not None:
+            await self.journal.record_downloaded(it.journal_key, files)
+        return it.result(ItemState.COMPLETED, output=output, files=files)
+
+    async def _resume(self, it: _Item, entry: JournalEntry) -> ItemResult | None:
+        """Finish a journaled item without paying again; None when it must be submitted."""
+        if entry.state is JournalState.CANCELLED or entry.urls is None:
+            return None
+        it.attempts, it.request_id, it.resumed = entry.attempts, entry.request_id, True
+        self.budget.committed += entry.cost * entry.attempts
+        if entry.state is JournalState.DOWNLOADED and (
+            self.download_to is None or await anyio.to_thread.run_sync(_intact, entry.files)
+        ):
+            output = parse(entry.output, EditImageOutput) if entry.output else None
+            return it.result(ItemState.COMPLETED, output=output, files=entry.files)
+        if entry.state is JournalState.FAILED:
+            error = JobFailedError(
+                request_id=entry.urls.request_id, error=entry.error, error_type=entry.error_type
+            )
+            await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=error))
+            return it.result(ItemState.FAILED, error=error)
+        # Submitted, completed, or downloaded with files gone: re-attach and finish.
+        handle = JobHandle(
+            request_id=entry.urls.request_id,
+            endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
+            urls=entry.urls,
+            client=self.client,
+        )
+        async with self.jobs.slot():
+            output = await self._follow(it, handle)
+        return await self._finish(it, output)
+
+    async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
             return ()
         files = []
@@ -386,14 +515,30 @@ class _Runner:
                         self.client.transport,
                         image,
                         self.download_to,
-                        stem,
+                        it.stem,
                         n,
                         retry=self.client.config.retry,
                         stats=self.client.stats,
                     )
                 )
-        await self.emit(ItemDownloaded(key=key, request_id=request_id or "", files=tuple(files)))
+        event = ItemDownloaded(key=it.key, request_id=it.request_id or "", files=tuple(files))
+        await self.emit(event)
         return tuple(files)
+
+
+def _intact(files: Sequence[DownloadedFile]) -> bool:
+    """True when every journaled file is still on disk with its size and checksum."""
+    for file in files:
+        try:
+            if file.path.stat().st_size != file.size:
+                return False
+            if file.sha256 is not None:
+                with file.path.open("rb") as f:
+                    if hashlib.file_digest(f, "sha256").hexdigest() != file.sha256:
+                        return False
+        except OSError:
+            return False
+    return True
 
 
 @attrs.define
@@ -451,6 +596,7 @@ async def edit_many(
     downloads: int | None = None,
     job_retries: int = 1,
     budget: float | Decimal | None = None,
+    journal: str | os.PathLike[str] | Journal | None = None,
     adaptive: bool = True,
     on_event: EventCallback | None = None,
     **submit_options: Any,
@@ -466,18 +612,29 @@ async def edit_many(
         job_retries=job_retries,
         on_event=on_event,
         budget=_Budget(Decimal(str(budget)) if budget is not None else None),
+        journal=None,
         submit_options=submit_options,
     )
     pipeline = jobs.limit + limits.uploads + runner.downloads.total_tokens
     send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
     batch = Batch(receive, runner)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_feed, runner, batch, items, send, int(pipeline))
-        try:
-            yield batch
-        finally:
-            tg.cancel_scope.cancel()
-            receive.close()
+    async with AsyncExitStack() as stack:
+        if isinstance(journal, Journal):
+            runner.journal = journal  # the caller's: they close it
+        elif journal is not None:
+            runner.journal = Journal(journal)
+            stack.push_async_callback(runner.journal.aclose)
+        if runner.journal is not None:
+            await runner.journal.open()
+        if runner.download_to is not None:
+            await anyio.to_thread.run_sync(remove_stale_parts, runner.download_to)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_feed, runner, batch, items, send, int(pipeline))
+            try:
+                yield batch
+            finally:
+                tg.cancel_scope.cancel()
+                receive.close()
 
 
 async def _feed(

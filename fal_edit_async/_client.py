@@ -18,9 +18,10 @@ from ._batch import Batch, BatchItem, EventCallback, edit_many
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
 from ._converter import input_to_wire
 from ._downloads import DownloadedFile, download_all
-from ._endpoint import EndpointId
+from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._exceptions import JobTimeoutError, ProtocolError
 from ._job import JobHandle, UpdateCallback
+from ._journal import Journal
 from ._models import (
     CancelOutcome,
     EditImageInput,
@@ -35,9 +36,6 @@ from ._transport import HttpTransport
 from ._uploads import Uploader
 
 __all__ = ["DEFAULT_ENDPOINT", "AsyncClient"]
-
-#: The endpoint this package is built for.
-DEFAULT_ENDPOINT = "fal-ai/gpt-image-1/edit-image"
 
 
 class AsyncClient:
@@ -268,6 +266,7 @@ class AsyncClient:
         downloads: int | None = None,
         job_retries: int = 1,
         budget: float | Decimal | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
         adaptive: bool = True,
         on_event: EventCallback | None = None,
         **submit_options: Any,
@@ -290,7 +289,13 @@ class AsyncClient:
             downloads: files downloaded at once (default ``Limits.downloads``).
             job_retries: new jobs for an item whose job failed on fal's side (a runner
                 failure), never for the model's refusals or validation errors.
-            budget: USD; items whose estimated cost would cross it are not submitted.
+            budget: USD; items whose estimated cost would cross it are not submitted
+                (reported as ``not_submitted``); jobs already in flight finish.
+            journal: a SQLite journal file (or an open :class:`Journal`). Each job's request
+                id is recorded as soon as fal accepts it; running the same batch again with
+                the same journal re-attaches to those jobs, skips items already downloaded
+                (after checking their files) and submits only the rest, so a crash or
+                Ctrl-C never pays twice for an item.
             adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
             on_event: called with each progress event (a plain or async function).
             submit_options: passed to :meth:`submit` (``endpoint``, ``priority``, ...).
@@ -310,6 +315,7 @@ class AsyncClient:
             downloads=downloads,
             job_retries=job_retries,
             budget=budget,
+            journal=journal,
             adaptive=adaptive,
             on_event=on_event,
             **submit_options,

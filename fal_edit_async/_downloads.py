@@ -77,6 +77,26 @@ class DownloadedFile:
     content_type: str
 
 
+_STALE_PART = re.compile(r"^\.[A-Za-z0-9._-]+_\d+\.[0-9a-f]{12}\.part$")
+
+
+def remove_stale_parts(folder: Path) -> int:
+    """Delete temp files a killed run left in ``folder``; returns how many.
+
+    Only names this module writes (``.<stem>_<index>.<12 hex>.part``) are touched.
+    """
+    removed = 0
+    try:
+        candidates = list(folder.iterdir())
+    except OSError:
+        return 0
+    for path in candidates:
+        if _STALE_PART.match(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def sniff_image_format(head: bytes) -> str | None:
     """The image format named by a file's first bytes (12 are enough), or None.
 
@@ -319,6 +339,11 @@ async def _stream_to(
         received += len(chunk)
         if target.max_bytes is not None and received > target.max_bytes:
             raise DownloadError(f"body exceeds max_bytes={target.max_bytes}", url=target.url)
+        # Stop at once when the body outgrows the size fal announced, rather than writing an
+        # endless body to disk before the length check below (there may be no max_bytes).
+        if target.file_size is not None and received > target.file_size:
+            msg = f"body exceeds the file_size={target.file_size} fal reported"
+            raise DownloadError(msg, url=target.url)
         pending.append(chunk)
         buffered += len(chunk)
         if buffered >= _FLUSH:

@@ -13,7 +13,10 @@ import attrs
 
 from ._exceptions import InputError
 
-__all__ = ["NAMESPACES", "EndpointId"]
+__all__ = ["DEFAULT_ENDPOINT", "NAMESPACES", "EndpointId"]
+
+#: The endpoint this package is built for.
+DEFAULT_ENDPOINT = "fal-ai/gpt-image-1/edit-image"
 
 #: First segments that name a namespace rather than an owner (fal-client's ``APP_NAMESPACES``).
 NAMESPACES = frozenset({"workflows", "comfy"})
