@@ -49,6 +49,7 @@ from ._exceptions import (
     InputError,
     JobCancelledError,
     JobFailedError,
+    ProtocolError,
 )
 from ._job import JobHandle, call_back
 from ._journal import Journal, JournalEntry, JournalState
@@ -471,6 +472,7 @@ class _Runner:
         return output
 
     async def _finish(self, it: _Item, output: EditImageOutput) -> ItemResult:
+        check_image_count(it.input, output, it.request_id)
         files = await self._download(it, output)
         if self.journal is not None:
             await self.journal.record_downloaded(it.journal_key, files)
@@ -524,6 +526,20 @@ class _Runner:
         event = ItemDownloaded(key=it.key, request_id=it.request_id or "", files=tuple(files))
         await self.emit(event)
         return tuple(files)
+
+
+def check_image_count(
+    input: EditImageInput, output: EditImageOutput, request_id: str | None
+) -> EditImageOutput:
+    """Refuse a result with more images than asked for: a hostile or broken server must not
+    make us download (or pay attention to) an unbounded number of files."""
+    if len(output.images) > input.num_images:
+        raise ProtocolError(
+            f"result has {len(output.images)} images but num_images={input.num_images}"
+            + (f" (request_id={request_id})" if request_id else ""),
+            payload=None,
+        )
+    return output
 
 
 def _intact(files: Sequence[DownloadedFile]) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Self
 import anyio
 import anyio.lowlevel
 
-from ._batch import Batch, BatchItem, EventCallback, edit_many
+from ._batch import Batch, BatchItem, EventCallback, check_image_count, edit_many
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
 from ._converter import input_to_wire
 from ._downloads import DownloadedFile, download_all
@@ -223,9 +223,10 @@ class AsyncClient:
         handle = await self.submit(input, **submit_options)
         remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
         try:
-            return await handle.result(timeout=remaining, on_update=on_update)
+            output = await handle.result(timeout=remaining, on_update=on_update)
         except JobTimeoutError as exc:
             raise JobTimeoutError(handle.request_id, timeout or 0.0) from exc  # the caller's figure
+        return check_image_count(input, output, handle.request_id)
 
     async def download(
         self,
