@@ -12,7 +12,14 @@ import attrs
 
 from ._converter import parse
 from ._endpoint import EndpointId
-from ._exceptions import FalEditError, JobCancelledError, JobFailedError, JobTimeoutError
+from ._exceptions import (
+    APIError,
+    FalEditError,
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    ProtocolError,
+)
 from ._models import (
     CancelOutcome,
     Completed,
@@ -160,11 +167,13 @@ class JobHandle:
         async def once() -> EditImageOutput:
             resp = await c.transport.request("GET", self.urls.response_url)
             if resp.ok:
-                return parse(resp.json("result"), EditImageOutput)
+                return self._output(resp.json("result"))
             error = api_error(resp.status, resp.headers, resp.body)
             failed = completed is not None and completed.failed
             if error.error_type == "client_cancelled" or resp.status == 499:
                 raise JobCancelledError(self.request_id)
+            if _not_the_jobs_answer(completed, resp.status, error):
+                raise error  # retried like any failed GET
             if failed or resp.status in (400, 422) or error.error_type:
                 raise JobFailedError(
                     request_id=self.request_id,
@@ -179,6 +188,13 @@ class JobHandle:
             raise error
 
         return await with_retries(once, policy=c.config.retry, stats=c.stats)
+
+    def _output(self, payload: object) -> EditImageOutput:
+        output = parse(payload, EditImageOutput)
+        if not output.images:  # a paid job that produced nothing must not pass as done
+            message = f"the result has no images (request_id={self.request_id})"
+            raise ProtocolError(message, payload=payload)
+        return output
 
     async def cancel(self) -> CancelOutcome:
         """Ask fal to cancel the job; returns what fal answered (not found is not an error)."""
@@ -206,6 +222,18 @@ class JobHandle:
             except FalEditError:
                 return None
         return None
+
+
+def _not_the_jobs_answer(completed: Completed | None, status: int, error: APIError) -> bool:
+    """True for a 429 or 5xx on the result GET that the gateway sent, not the job.
+
+    A job whose status said it succeeded answers 200; one that failed answers with its
+    status's error type. Taking the gateway's failure for the job's would start a second,
+    paid job (or give a model's refusal the gateway's reason, and a retry it must not get).
+    """
+    if completed is None or not (status == 429 or status >= 500):
+        return False
+    return status == 429 or not completed.failed or error.error_type != completed.error_type
 
 
 def _retryable_header(value: str | None) -> bool | None:

@@ -161,6 +161,10 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
         "timeout_type": headers.get("x-fal-request-timeout-type"),
     }
     message = _message(parsed, status)
+    if 300 <= status < 400:
+        # API calls never follow redirects: the key would travel to wherever they point.
+        where = headers.get("location") or headers.get("Location") or "nowhere"
+        message = f"redirect to {where} not followed; the key goes only to the configured hosts"
     if status in (401, 403):
         return AuthError(f"{message}. Set FAL_KEY to a valid fal API key", **kw)
     if status == 404:
@@ -177,7 +181,11 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
 
 def cancel_outcome(status: int, headers: Mapping[str, str], body: bytes) -> CancelOutcome:
     """What a cancel PUT achieved; 400 and 404 are outcomes here, not errors."""
-    parsed = decode_json(body, what="cancel") if body else {}
+    try:
+        parsed = json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError):
+        # A gateway's HTML error page: the status decides (a 502 must stay retryable).
+        parsed = None
     value = parsed.get("status") if isinstance(parsed, Mapping) else None
     if 200 <= status < 300:
         return CancelOutcome.OK if value == "OK" else CancelOutcome.REQUESTED

@@ -3,11 +3,12 @@
 Follows the WHATWG event-stream rules that matter for fal's status stream: LF, CRLF and CR
 line endings; ``:`` comments (keep-alives) ignored; ``data:`` lines of one event joined with
 newlines; ``event:``, ``id:`` and ``retry:`` kept; unknown fields ignored; an event ends at
-a blank line. Chunks may split lines (or a CRLF pair) anywhere.
+a blank line. Chunks may split lines (or a CRLF pair, or a UTF-8 character) anywhere.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 
 import attrs
@@ -36,10 +37,14 @@ class SSEDecoder:
     _id: str | None = None
     _retry: int | None = None
     _has_fields: bool = False
+    # Incremental: a multi-byte character split across two chunks must not become two U+FFFD.
+    _utf8: codecs.IncrementalDecoder = attrs.field(
+        factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"), repr=False
+    )
 
     def feed(self, chunk: bytes | str) -> Iterator[ServerSentEvent]:
         """Decode one chunk and yield the events it completes."""
-        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
+        text = self._utf8.decode(chunk) if isinstance(chunk, bytes) else chunk
         if self._pending_cr and text.startswith("\n"):
             text = text[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False

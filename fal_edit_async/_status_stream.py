@@ -77,7 +77,7 @@ async def _stream_once(
         if resp.status in _REFUSED:
             raise _StreamRefused
         if resp.status != 200:
-            raise api_error(resp.status, resp.headers, await resp.read())
+            raise api_error(resp.status, resp.headers, transport.scrub(await resp.read()))
         if resp.content_type != "text/event-stream":
             raise _StreamRefused
         decoder = SSEDecoder()

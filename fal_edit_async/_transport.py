@@ -88,6 +88,15 @@ class HttpTransport:
             with anyio.CancelScope(shield=True):
                 await session.close()
 
+    def scrub(self, body: bytes) -> bytes:
+        """``body`` with the key blanked out, should a server quote it back in an answer.
+
+        Error bodies end up in exception messages, logs and journals; the key must not.
+        """
+        creds = self._config.credentials
+        key = creds.key.encode() if creds is not None else b""
+        return body.replace(key, b"<redacted>") if key and key in body else body
+
     def may_authorize(self, url: str) -> bool:
         """True when ``url`` is on an origin the key may be sent to."""
         return origin(url) in self._auth_origins
@@ -126,7 +135,7 @@ class HttpTransport:
                 headers=self._headers(url, headers, auth=auth),
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
+                body = self.scrub(await resp.read())
                 return HttpResponse(status=resp.status, headers=resp.headers, body=body, url=url)
 
     @asynccontextmanager

@@ -193,7 +193,8 @@ class Uploader:
             raise self._too_big(field, source)
         try:
             with open(path, "rb") as f:
-                data = f.read(self.inline_threshold + 1)
+                # At least _HEAD bytes: the format is sniffed from them (inline_threshold=0).
+                data = f.read(max(self.inline_threshold + 1, _HEAD))
                 if not data:
                     raise InputError(field, source, f"{_ALLOWED} file (the file is empty)")
                 fmt = _image_format(data[:_HEAD], field, source)

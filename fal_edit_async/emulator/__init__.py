@@ -3,7 +3,9 @@
 It speaks fal's queue protocol for ``fal-ai/gpt-image-1/edit-image`` (and any endpoint id)
 closely enough that the official ``fal_client`` runs against it unchanged, renders real
 images, injects faults on demand, and lets tests hold and release jobs and downloads instead
-of sleeping. Needs the ``emulator`` extra (Pillow).
+of sleeping, and plays a hostile server on request (``HOSTILE_KINDS``: redirects, bodies that
+are not JSON, unknown statuses, odd SSE framing, hostile file names...). Needs the
+``emulator`` extra (Pillow).
 
 Usage::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 from ._emulator import DEFAULT_MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES, Emulator as Emulator
 from ._faults import (
     ERROR_TYPES as ERROR_TYPES,
+    HOSTILE_KINDS as HOSTILE_KINDS,
     QUEUE_ROUTES as QUEUE_ROUTES,
     ROUTES as ROUTES,
     Faults as Faults,
@@ -39,6 +42,7 @@ __all__ = [
     "EmulatedJob",
     "Emulator",
     "Faults",
+    "HOSTILE_KINDS",
     "JobState",
     "QUEUE_ROUTES",
     "ROUTES",

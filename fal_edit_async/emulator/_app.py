@@ -28,7 +28,9 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from . import _hostile
 from ._engine import Engine
+from ._faults import Fault
 from ._http import BaseApp, drop, json_response, safe_name
 from ._state import EmulatedJob, JobState
 from ._stream import StatusStream
@@ -109,7 +111,7 @@ class QueueApp(BaseApp):
     def __init__(self, engine: Engine, accepts: Callable[[str | None], bool]) -> None:
         super().__init__(engine)
         self._accepts = accepts
-        self._handlers: dict[str, Callable[[web.Request, Route], Awaitable[web.StreamResponse]]]
+        self._handlers: dict[str, _Handler]
         self._handlers = {
             "submit": self._submit,
             "status": self._status,
@@ -131,18 +133,23 @@ class QueueApp(BaseApp):
         fault = self.engine.plan.http_fault(route.name)
         if fault is not None:
             if route.name == "submit" and fault.kind == "connection_reset" and fault.after_enqueue:
-                return await self._submit(request, route, hang_up=True)
+                return await self._submit(request, route, None, hang_up=True)
             answer = await self.http_fault(fault, request)
             if answer is not None:
                 return answer
-        return await self._handlers[route.name](request, route)
+        hostile = self.engine.plan.hostile(route.name)
+        if hostile is not None:
+            early = _hostile.early_answer(hostile, request)
+            if early is not None:
+                return early
+        return await self._handlers[route.name](request, route, hostile)
 
     def _find(self, route: Route) -> EmulatedJob | None:
         job = self.engine.jobs.get(route.request_id)
         return job if job is not None and job.app_root == route.app_root else None
 
     async def _submit(
-        self, request: web.Request, route: Route, *, hang_up: bool = False
+        self, request: web.Request, route: Route, hostile: Fault | None, *, hang_up: bool = False
     ) -> web.StreamResponse:
         engine = self.engine
         engine.counters.submit_attempts += 1
@@ -165,6 +172,8 @@ class QueueApp(BaseApp):
         answer["queue_position"] = engine.queue.position(job)
         if job.webhook_url:
             answer["gateway_request_id"] = job.request_id
+        if hostile is not None and hostile.kind == "foreign_urls" and hostile.location:
+            answer = _hostile.foreign_urls(answer, hostile.location)
         return json_response(200, answer, job.request_id)
 
     async def _read_submit(self, request: web.Request) -> tuple[Any, float | None]:
@@ -186,16 +195,26 @@ class QueueApp(BaseApp):
             raise _Refused(429, {"detail": f"Queue is full (more than {limit} waiting)"})
         return body, timeout
 
-    async def _status(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _status(
+        self, request: web.Request, route: Route, hostile: Fault | None
+    ) -> web.StreamResponse:
         self.engine.counters.status_polls += 1
         job = self._find(route)
         if job is None:
             return json_response(404, {"detail": "Request not found"}, route.request_id)
         payload = self.engine.status_payload(job, _wants_logs(request))
         code = 200 if job.state is JobState.COMPLETED else 202
+        if hostile is not None:
+            if hostile.kind == "invalid_json":
+                return _raw_json(code, _hostile.INVALID_JSON, job.request_id)
+            if hostile.kind == "unknown_status":
+                code = 202  # an unknown status is not a completed one
+            payload = _hostile.status_payload(payload, hostile.kind)
         return json_response(code, payload, job.request_id)
 
-    async def _result(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _result(
+        self, request: web.Request, route: Route, hostile: Fault | None
+    ) -> web.StreamResponse:
         self.engine.counters.result_fetches += 1
         job = self._find(route)
         if job is None:
@@ -204,11 +223,16 @@ class QueueApp(BaseApp):
             return json_response(400, {"detail": "Request is still in progress"}, job.request_id)
         if job.result_fetched_at is None:
             job.result_fetched_at = time.monotonic()
-        return json_response(
-            job.result_status or 200, job.result_body, job.request_id, job.result_headers
-        )
+        status, body = job.result_status or 200, job.result_body
+        if hostile is not None:
+            if hostile.kind == "invalid_json":
+                return _raw_json(status, _hostile.INVALID_JSON, job.request_id)
+            body = _hostile.result_body(body, hostile.kind, status)
+        return json_response(status, body, job.request_id, job.result_headers)
 
-    async def _cancel(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _cancel(
+        self, request: web.Request, route: Route, hostile: Fault | None
+    ) -> web.StreamResponse:
         job = self._find(route)
         if job is None:
             self.engine.counters.cancels += 1
@@ -217,7 +241,9 @@ class QueueApp(BaseApp):
         code = 400 if outcome == "ALREADY_COMPLETED" else 202
         return json_response(code, {"status": outcome}, job.request_id)
 
-    async def _storage(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _storage(
+        self, request: web.Request, route: Route, hostile: Fault | None
+    ) -> web.StreamResponse:
         engine = self.engine
         if route.action == "token":
             engine.counters.token_requests += 1
@@ -234,7 +260,9 @@ class QueueApp(BaseApp):
         content_type = str(body.get("content_type") or "application/octet-stream")
         return json_response(200, engine.store.initiate(name, content_type), None)
 
-    async def _stream(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, route: Route, hostile: Fault | None
+    ) -> web.StreamResponse:
         job = self._find(route)
         if job is None:
             return json_response(404, {"detail": "Request not found"}, route.request_id)
@@ -243,7 +271,18 @@ class QueueApp(BaseApp):
             status = refused.status or 405
             detail = "Not Found" if status == 404 else "Streaming is not available"
             return json_response(status, {"detail": detail}, job.request_id)
-        return await StatusStream(self.engine, job, _wants_logs(request)).serve(request)
+        framing = _hostile.SseFraming(hostile.kind if hostile else None)
+        return await StatusStream(self.engine, job, _wants_logs(request), framing).serve(request)
+
+
+#: A queue route's handler; ``hostile`` is the hostile behaviour scheduled for this request.
+_Handler = Callable[[web.Request, Route, Fault | None], Awaitable[web.StreamResponse]]
+
+
+def _raw_json(status: int, body: bytes, request_id: str) -> web.Response:
+    """An answer labelled JSON whose body may not be."""
+    headers = {"x-fal-request-id": request_id}
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 class _Refused(Exception):

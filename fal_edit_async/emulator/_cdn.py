@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import _hostile
 from ._engine import Engine
 from ._http import BaseApp, abort, json_response, safe_name
 
@@ -45,12 +46,19 @@ class CdnApp(BaseApp):
         faulted = await self._faulted(request, "download")
         if faulted is not None:
             return faulted
+        hostile = self.engine.plan.hostile("download")
+        kind = hostile.kind if hostile is not None else None
+        if hostile is not None and (early := _hostile.early_answer(hostile, request)):
+            return early
         truncate = self.engine.plan.take("truncated_download") is not None
+        content_type = "text/html" if kind == "wrong_content_type" else stored.content_type
         counters = self.engine.counters
         counters.download_started()
         self.engine.notify()
         try:
-            return await self._send(request, stored.data, stored.content_type, truncate)
+            if kind == "oversized":
+                return await _hostile.send_oversized(request, stored.data, content_type)
+            return await self._send(request, stored.data, content_type, truncate)
         finally:
             counters.downloads_in_flight -= 1
             self.engine.notify()

@@ -347,6 +347,7 @@ class Emulator:
         after_enqueue: bool | None = None,
         delay: float | None = None,
         error_type: str | None = None,
+        location: str | None = None,
     ) -> None:
         """Inject ``kind`` on the next ``times`` requests of ``route``, before random faults.
 
@@ -356,7 +357,16 @@ class Emulator:
             kind: ``rate_limit``, ``server_error``, ``ingress_error``, ``connection_reset``,
                 ``slow_response`` on any route but ``job``; ``stream_drop`` and
                 ``refuse_stream`` on ``stream``; ``truncated_download`` (or ``truncated``)
-                on ``download``; ``model_failure`` on ``job``.
+                on ``download``; ``model_failure`` on ``job``. A hostile server, only ever
+                scheduled: ``redirect`` (302 to ``location``) on submit, status, stream,
+                result, cancel and download; ``echo_key`` (a 401 quoting the Authorization
+                header) on the queue routes and storage; ``foreign_urls`` (the submit
+                answer's URLs on ``location``) on submit; ``invalid_json`` on status, stream
+                and result; ``unknown_status`` on status and stream; ``unknown_fields`` on
+                status, stream and result; ``sse_split``, ``sse_crlf``, ``sse_noise`` and
+                ``sse_hostile`` (all three) on stream; ``zero_images``, ``extra_images`` and
+                ``hostile_names`` on result; ``wrong_content_type`` and ``oversized`` on
+                download (see ``HOSTILE_KINDS``).
             times: how many requests (or jobs) get the fault.
             status: the HTTP status for ``server_error``, ``ingress_error``,
                 ``refuse_stream``.
@@ -365,6 +375,7 @@ class Emulator:
             delay: the seconds a ``slow_response`` waits (unless :meth:`release_slow`).
             error_type: for ``model_failure``, ``validation`` or an error type such as
                 ``runner_disconnected``.
+            location: the target URL of ``redirect`` and the origin of ``foreign_urls``.
         """
         given = {
             "status": status,
@@ -372,6 +383,7 @@ class Emulator:
             "after_enqueue": after_enqueue,
             "delay": delay,
             "error_type": error_type,
+            "location": location,
         }
         options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         self._engine.plan.schedule(route, kind, times, options)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -18,6 +18,7 @@ import attrs
 __all__ = [
     "ERROR_TYPES",
     "FAULT_KINDS",
+    "HOSTILE_KINDS",
     "QUEUE_ROUTES",
     "ROUTES",
     "Fault",
@@ -40,7 +41,40 @@ ROUTE_KINDS = {
     "truncated_download": "download",
     "model_failure": "job",
 }
-FAULT_KINDS = frozenset(HTTP_KINDS) | frozenset(ROUTE_KINDS)
+#: A hostile server: answers that are well-formed HTTP but test the client's defences. Each
+#: is only ever scheduled (``Emulator.schedule_fault``), never drawn at random, and applies
+#: to the routes listed.
+HOSTILE_KINDS: dict[str, frozenset[str]] = {
+    # 302 to ``location`` (another origin, typically), instead of the answer.
+    "redirect": frozenset({"submit", "status", "stream", "result", "cancel", "download"}),
+    # A 401 whose body quotes the Authorization header it received.
+    "echo_key": QUEUE_ROUTES | {"storage"},
+    # The submit answer's URLs all point at ``location`` instead of the queue origin.
+    "foreign_urls": frozenset({"submit"}),
+    # A 2xx body (or the first event) that is not JSON.
+    "invalid_json": frozenset({"status", "stream", "result"}),
+    # A status value no client knows, once (the next answer or event is the real one).
+    "unknown_status": frozenset({"status", "stream"}),
+    # Extra fields in the status, its log lines, the result and its images.
+    "unknown_fields": frozenset({"status", "stream", "result"}),
+    # Status stream framing: bytes in 1-3 byte pieces; CRLF line endings; comments,
+    # ``event:``, ``id:``, ``retry:``, unknown fields and data split over several lines;
+    # ``sse_hostile`` is all three at once.
+    "sse_split": frozenset({"stream"}),
+    "sse_crlf": frozenset({"stream"}),
+    "sse_noise": frozenset({"stream"}),
+    "sse_hostile": frozenset({"stream"}),
+    # A successful result with no images, or three times as many as asked for.
+    "zero_images": frozenset({"result"}),
+    "extra_images": frozenset({"result"}),
+    # ``file_name`` values with ``../``, absolute paths, backslashes and NUL bytes.
+    "hostile_names": frozenset({"result"}),
+    # The file served as ``text/html``.
+    "wrong_content_type": frozenset({"download"}),
+    # The file followed by 1 MiB of junk, chunked (no Content-Length).
+    "oversized": frozenset({"download"}),
+}
+FAULT_KINDS = frozenset(HTTP_KINDS) | frozenset(ROUTE_KINDS) | frozenset(HOSTILE_KINDS)
 _ALIASES = {"truncated": "truncated_download", "reset": "connection_reset"}
 
 #: fal's request error types: HTTP status, ``detail`` text, and whether a retry may help.
@@ -75,6 +109,13 @@ def _routes(value: Iterable[str]) -> frozenset[str]:
     return routes
 
 
+def _routes_by_kind(value: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
+    unknown = set(value) - set(HTTP_KINDS)
+    if unknown:
+        raise ValueError(f"routes_by_kind: unknown HTTP fault kinds {sorted(unknown)}")
+    return {kind: _routes(routes) for kind, routes in value.items()}
+
+
 def _status_in(*allowed: int) -> Any:
     def check(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
         if value not in allowed:
@@ -96,17 +137,25 @@ class Faults:
     """How often the emulator misbehaves: each field a rate from 0 to 1, drawn per request.
 
     Rates apply per request on the routes in ``routes`` (the five queue routes by default)
-    for the HTTP-level faults; ``stream_drop`` and ``refuse_stream`` apply to status streams,
-    ``truncated_download`` to CDN downloads and ``model_failure`` to each job run. The same
-    ``seed`` gives the same sequence of draws.
+    for the HTTP-level faults, or on ``routes_by_kind[kind]`` for a kind listed there (so a
+    chaos run can send gateway 502s to submits and fal's own 500s elsewhere);
+    ``stream_drop`` and ``refuse_stream`` apply to status streams, ``truncated_download`` to
+    CDN downloads and ``model_failure`` to each job run. The same ``seed`` gives the same
+    sequence of draws.
 
     Usage::
 
         Faults(seed=1, rate_limit=0.05, server_error=0.01, routes={"submit", "status"})
+        Faults(server_error=0.1, ingress_error=0.1, routes_by_kind={
+            "server_error": {"status", "result"}, "ingress_error": {"submit"}})
     """
 
     seed: int | None = 0
     routes: frozenset[str] = attrs.field(default=QUEUE_ROUTES, converter=_routes)
+    #: Routes for one HTTP-level kind, replacing ``routes`` for that kind only.
+    routes_by_kind: Mapping[str, frozenset[str]] = attrs.field(
+        factory=dict, converter=_routes_by_kind, hash=False
+    )
     #: 429 with ``Retry-After: retry_after`` (whole seconds are sent as an integer).
     rate_limit: float = attrs.field(default=0.0, validator=_rate)
     retry_after: float = 1.0
@@ -146,6 +195,7 @@ class Fault:
     after_enqueue: bool = False
     delay: float | None = None
     error_type: str | None = None
+    location: str | None = None
 
 
 @attrs.define
@@ -163,6 +213,9 @@ def normalize_kind(route: str, kind: str) -> str:
     if kind in ROUTE_KINDS:
         if ROUTE_KINDS[kind] != route:
             raise ValueError(f"fault {kind!r} applies to route {ROUTE_KINDS[kind]!r} only")
+    elif kind in HOSTILE_KINDS:
+        if route not in HOSTILE_KINDS[kind]:
+            raise ValueError(f"fault {kind!r} applies to routes {sorted(HOSTILE_KINDS[kind])}")
     elif kind not in HTTP_KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
     elif route == "job":
@@ -190,6 +243,8 @@ class FaultPlan:
         kind = normalize_kind(route, kind)
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times}")
+        if kind in ("redirect", "foreign_urls") and not options.get("location"):
+            raise ValueError(f"fault {kind!r} needs a location (an http(s) URL)")
         error_type = options.get("error_type")
         if error_type is not None and error_type not in MODEL_FAILURE_KINDS:
             raise ValueError(
@@ -206,12 +261,19 @@ class FaultPlan:
         scheduled = self._take_scheduled(route, HTTP_KINDS)
         if scheduled is not None:
             return self._inject(*scheduled)
-        if route not in self.faults.routes:
-            return None
+        by_kind = self.faults.routes_by_kind
         for kind in HTTP_KINDS:
+            if route not in by_kind.get(kind, self.faults.routes):
+                continue
             if self._draw(getattr(self.faults, kind)):
                 return self._inject(kind, {})
         return None
+
+    def hostile(self, route: str) -> Fault | None:
+        """The hostile behaviour scheduled for this request of ``route``, if any."""
+        kinds = tuple(k for k, routes in HOSTILE_KINDS.items() if route in routes)
+        scheduled = self._take_scheduled(route, kinds)
+        return None if scheduled is None else self._inject(*scheduled)
 
     def take(self, kind: str) -> Fault | None:
         """The route-specific fault ``kind`` for this request, if scheduled or drawn."""

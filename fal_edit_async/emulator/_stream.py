@@ -14,6 +14,7 @@ import json
 from aiohttp import web
 
 from ._engine import Engine
+from ._hostile import SseFraming
 from ._state import EmulatedJob, JobState
 
 __all__ = ["StatusStream"]
@@ -22,11 +23,18 @@ __all__ = ["StatusStream"]
 class StatusStream:
     """One SSE connection: an event per change, only new log lines each time."""
 
-    def __init__(self, engine: Engine, job: EmulatedJob, with_logs: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        job: EmulatedJob,
+        with_logs: bool,
+        framing: SseFraming | None = None,
+    ) -> None:
         self.engine = engine
         self.job = job
         self.with_logs = with_logs
         self.sent_logs = 0
+        self.framing = framing or SseFraming(None)
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """Send events until COMPLETED (then end the body), a drop fault, or shutdown."""
@@ -66,10 +74,15 @@ class StatusStream:
     async def _events(self, response: web.StreamResponse) -> None:
         job, engine = self.job, self.engine
         drop_checked = False
+        for event in self.framing.first_events():
+            await self._write(response, event)
         while not engine.closing:
             changed = job.changed_event()
-            await response.write(self._event())
-            if job.state is JobState.COMPLETED:
+            # The state the events describe: the job may complete while they are written.
+            completed = job.state is JobState.COMPLETED
+            for event in self._events_now():
+                await self._write(response, event)
+            if completed:
                 return
             if not drop_checked:
                 drop_checked = True
@@ -77,10 +90,20 @@ class StatusStream:
                     return  # end the body cleanly before COMPLETED
             await self._wait(changed, response)
 
-    def _event(self) -> bytes:
+    def _events_now(self) -> list[bytes]:
         payload = self.engine.status_payload(self.job, self.with_logs, self.sent_logs)
         self.sent_logs = len(self.job.logs)
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+        if self.framing.kind is None:
+            return [b"data: " + json.dumps(payload).encode() + b"\n\n"]
+        return [self.framing.event(p) for p in self.framing.payload(payload)]
+
+    async def _write(self, response: web.StreamResponse, event: bytes) -> None:
+        pieces = self.framing.pieces(event)
+        for piece in pieces:
+            await response.write(piece)
+            if len(pieces) > 1:
+                # Let the loop send this piece on its own, so the client reads it on its own.
+                await asyncio.sleep(0)
 
     async def _wait(self, changed: asyncio.Event, response: web.StreamResponse) -> None:
         interval = self.engine.keepalive_interval

@@ -1,0 +1,427 @@
+"""A hostile server: the client stays correct, or fails that item with a clear error.
+
+The emulator's hostile modes (``schedule_fault`` kinds such as ``sse_hostile``,
+``zero_images``, ``hostile_names``, ``redirect``) bend every answer a client relies on. A
+second loopback origin, :class:`Recorder`, stands for "somewhere else": it records every
+request, and the tests check that it never sees the key. Every download test also checks that
+nothing is written outside the output folder.
+
+Decisions these tests pin down:
+
+* unknown fields are ignored, an unknown status value is passed on as ``UnknownStatus``;
+* a body or event that is not JSON fails that item with ``ProtocolError`` (the job keeps its
+  request id, so it can be re-attached);
+* a result with no images is a ``ProtocolError``: a paid job that produced nothing must not
+  pass as done. So is a result with more images than ``num_images`` (a hostile server must
+  not make a batch download any number of files);
+* API calls never follow a redirect (``APIError`` saying so); downloads follow one, without
+  the key, which never travels with a download anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from aiohttp import web
+
+from fal_edit_async import (
+    APIError,
+    AsyncClient,
+    AuthError,
+    CancelOutcome,
+    Completed,
+    DownloadError,
+    EditImageInput,
+    ItemResult,
+    ItemState,
+    JobStatus,
+    ProtocolError,
+    UnknownStatus,
+)
+from fal_edit_async._sse import SSEDecoder
+from fal_edit_async.emulator import Emulator
+
+from .conftest import FAST_POLLING, client_for
+
+#: A log line with characters of 2, 3 and 4 bytes in UTF-8, to be split mid-character.
+UNICODE_LOG = "café ☕ über 🎨"
+POLL_ONLY = attrs.evolve(FAST_POLLING, use_stream=False)
+
+
+@attrs.define
+class Recorder:
+    """Another origin: records every request, serves a PNG for ``*.png``, JSON otherwise."""
+
+    png: bytes
+    requests: list[tuple[str, str, dict[str, str]]] = attrs.field(factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Record the request; answer it."""
+        await request.read()
+        self.requests.append((request.method, request.path_qs, dict(request.headers)))
+        if request.path.endswith(".png"):
+            return web.Response(body=self.png, content_type="image/png")
+        return web.json_response({"status": "COMPLETED", "images": []})
+
+    def saw(self, secret: str) -> bool:
+        """True when ``secret`` appeared in any request line or header."""
+        return any(
+            secret in path or any(secret in f"{k}: {v}" for k, v in headers.items())
+            for _, path, headers in self.requests
+        )
+
+
+@asynccontextmanager
+async def recording_origin(png: bytes) -> AsyncIterator[Recorder]:
+    """A running Recorder on an ephemeral loopback port."""
+    rec = Recorder(png)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def recorder(png_bytes: bytes) -> AsyncIterator[Recorder]:
+    """Another origin, recording what reaches it."""
+    async with recording_origin(png_bytes) as rec:
+        yield rec
+
+
+@pytest.fixture
+def edit_input(png_data_uri: str) -> EditImageInput:
+    """A valid edit of the test image, asking for two outputs."""
+    return EditImageInput(prompt="make it pixel art", image_urls=[png_data_uri], num_images=2)
+
+
+def only_folder(root: Path, folder: str) -> None:
+    """``root`` holds nothing but ``folder`` (and what is inside it)."""
+    assert [folder] == sorted(p.name for p in root.iterdir())
+    assert [] == [p for p in (root / folder).rglob("*") if p.parent != root / folder]
+
+
+async def batch_of(client: AsyncClient, items: Any, **options: Any) -> list[ItemResult]:
+    """Run a batch to its end."""
+    async with client.edit_many(items, **options) as batch:
+        return [r async for r in batch]
+
+
+# -- status bodies and events -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["status", "stream"])
+@pytest.mark.parametrize("kind", ["unknown_fields", "unknown_status"])
+async def test_unknown_fields_and_statuses_are_tolerated(
+    emulator: Emulator, edit_input: EditImageInput, route: str, kind: str
+) -> None:
+    """Unknown fields are ignored; an unknown status is passed on, then the job completes."""
+    polling = POLL_ONLY if route == "status" else FAST_POLLING
+    emulator.schedule_fault(route, kind, times=3)
+    seen: list[JobStatus] = []
+    async with client_for(emulator, polling=polling) as client:
+        output = await client.edit(edit_input, on_update=seen.append)
+
+    assert 2 == len(output.images)
+    assert emulator.counters.faults_injected[kind] > 0
+    assert isinstance(seen[-1], Completed)
+    if kind == "unknown_status":
+        unknown = [s for s in seen if isinstance(s, UnknownStatus)]
+        assert ["PAUSED_FOR_MAINTENANCE"] == [s.status for s in unknown][:1]
+
+
+@pytest.mark.parametrize("kind", ["sse_split", "sse_crlf", "sse_noise", "sse_hostile"])
+async def test_hostile_sse_framing_is_read_correctly(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, kind: str
+) -> None:
+    """Split bytes, CRLF, comments, event/id/retry fields: every log line arrives once, intact."""
+    emulator.hold_jobs()
+    handle = await client.submit(edit_input)
+    await emulator.wait_jobs_held(1)
+    emulator.schedule_fault("stream", kind)
+    done: list[Completed] = []
+
+    async def wait() -> None:
+        done.append(await handle.wait())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await emulator.wait_status_stream_open(handle.request_id)
+        emulator.add_log(handle.request_id, UNICODE_LOG)
+        emulator.release_jobs()
+
+    messages = [entry.message for entry in done[0].logs]
+    assert ["[1/3] Preparing inputs", "[2/3] Editing image", "[3/3] Encoding outputs"] == (
+        messages[:3]
+    )
+    assert [UNICODE_LOG] == messages[3:]
+    assert 1 == emulator.counters.streams_opened  # read to the end: no reconnect, no polling
+    assert 1 == emulator.counters.faults_injected[kind]
+
+
+def test_decoder_byte_by_byte_with_every_sse_feature() -> None:
+    """Fed one byte at a time, the decoder keeps CRLF, comments, fields and UTF-8 intact."""
+    stream = (
+        ": keep-alive\r\n\r\n"
+        "event: status\r\nid: 7\r\nretry: 3000\r\nx-unknown: 1\r\n"
+        'data: {"message":\r\ndata:  "' + UNICODE_LOG + '"}\r\n\r\n'
+    ).encode()
+    decoder = SSEDecoder()
+    events = [e for i in range(len(stream)) for e in decoder.feed(stream[i : i + 1])]
+
+    assert 1 == len(events)
+    assert ("status", "7", 3000) == (events[0].event, events[0].id, events[0].retry)
+    assert '{"message":\n "' + UNICODE_LOG + '"}' == events[0].data
+
+
+@pytest.mark.parametrize("route", ["status", "stream", "result"])
+async def test_invalid_json_fails_that_item_clearly(
+    emulator: Emulator, edit_input: EditImageInput, png_data_uri: str, route: str
+) -> None:
+    """A body or event that is not JSON is a ProtocolError for that item; the job is kept."""
+    polling = POLL_ONLY if route == "status" else FAST_POLLING
+    async with client_for(emulator, polling=polling) as client:
+        emulator.schedule_fault(route, "invalid_json")
+        with pytest.raises(ProtocolError, match="not JSON"):
+            await client.edit(edit_input)
+
+        emulator.schedule_fault(route, "invalid_json")
+        items = [("bad", edit_input), ("good", attrs.evolve(edit_input, prompt="other"))]
+        results = {r.key: r for r in await batch_of(client, items, concurrency=1)}
+        bad = results["bad"]
+        assert results["good"].ok
+        assert isinstance(bad.error, ProtocolError)
+        assert bad.request_id is not None and bad.request_id in emulator.jobs
+        # Nothing lost: the paid job can be re-attached by its request id.
+        assert 2 == len((await client.result(bad.request_id)).images)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+async def test_result_with_zero_images_is_a_protocol_error(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """A successful result with no images is a ProtocolError naming the request, not a success."""
+    emulator.schedule_fault("result", "zero_images", times=2)
+    with pytest.raises(ProtocolError, match="no images") as caught:
+        await client.edit(edit_input)
+    assert next(iter(emulator.jobs)) in str(caught.value)
+
+    (result,) = await batch_of(client, [("empty", edit_input)], download_to=tmp_path / "out")
+    assert ItemState.FAILED == result.state
+    assert isinstance(result.error, ProtocolError)
+    assert 1 == result.attempts  # not a job failure: no second job
+    assert 2 == emulator.counters.submits
+
+
+async def test_edit_with_more_images_than_asked_is_a_protocol_error(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
+) -> None:
+    """A result with more images than num_images is a ProtocolError naming both numbers."""
+    emulator.schedule_fault("result", "extra_images")
+    with pytest.raises(ProtocolError, match="6 images but num_images=2"):
+        await client.edit(edit_input)
+
+
+async def test_batch_with_more_images_than_asked_fails_that_item(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """A result with more images than num_images fails its item, and nothing is downloaded."""
+    emulator.schedule_fault("result", "extra_images")
+    (result,) = await batch_of(client, [("extra", edit_input)], download_to=tmp_path)
+    assert isinstance(result.error, ProtocolError)
+    assert [] == list(tmp_path.iterdir())
+
+
+async def test_hostile_file_names_never_reach_the_disk(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """file_name values with ../, absolute paths or NUL never decide where a file is written."""
+    outside = [tmp_path.parent / "escape.png", Path("/tmp/absolute.png")]
+    before = {p: p.exists() for p in outside}
+    emulator.schedule_fault("result", "hostile_names", times=2)
+
+    (result,) = await batch_of(client, [("photo", edit_input)], download_to=tmp_path / "out")
+    output = await client.edit(edit_input)
+    files = await client.download(output, tmp_path / "out", stem="single")
+
+    assert result.ok
+    assert "../../escape.png" == result.output.images[0].file_name  # type: ignore[union-attr]
+    names = sorted(f.path.name for f in [*result.files, *files])
+    assert ["photo_0.png", "photo_1.png", "single_0.png", "single_1.png"] == names
+    only_folder(tmp_path, "out")
+    assert before == {p: p.exists() for p in outside}
+
+
+# -- downloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("wrong_content_type", "Content-Type 'text/html' is not an image"),
+        ("oversized", "body exceeds the file_size"),
+    ],
+)
+async def test_hostile_download_fails_only_its_item(
+    emulator: Emulator,
+    client: AsyncClient,
+    png_data_uri: str,
+    tmp_path: Path,
+    kind: str,
+    reason: str,
+) -> None:
+    """A download of the wrong type, or longer than announced, fails its item, leaving no file."""
+    emulator.schedule_fault("download", kind)
+    items = [("bad", EditImageInput(prompt="a", image_urls=[png_data_uri]))]
+    items.append(("good", EditImageInput(prompt="b", image_urls=[png_data_uri])))
+
+    results = {r.key: r for r in await batch_of(client, items, concurrency=1, download_to=tmp_path)}
+
+    assert results["good"].ok
+    assert isinstance(results["bad"].error, DownloadError)
+    assert reason in str(results["bad"].error)
+    assert results["bad"].request_id in emulator.jobs
+    assert ["good_0.png"] == [p.name for p in tmp_path.iterdir()]
+
+
+async def test_download_beyond_the_cap(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """client.download(max_bytes=) refuses a file announced or streamed beyond the cap."""
+    output = await client.edit(edit_input)
+    image = output.images[0]
+    assert image.file_size is not None
+    cap = image.file_size - 1
+    unannounced = attrs.evolve(image, file_size=None)
+    emulator.schedule_fault("download", "oversized")  # chunked: no Content-Length either
+
+    with pytest.raises(ExceptionGroup) as announced:
+        await client.download([image], tmp_path, max_bytes=cap)
+    with pytest.raises(ExceptionGroup) as streamed:
+        await client.download([unannounced], tmp_path, max_bytes=cap)
+
+    assert "over max_bytes" in str(announced.value.exceptions[0])
+    assert f"body exceeds max_bytes={cap}" in str(streamed.value.exceptions[0])
+    assert [] == list(tmp_path.iterdir())
+
+
+# -- redirects and foreign URLs: the key stays on the configured hosts ----------------------
+
+
+@pytest.mark.parametrize("route", ["submit", "status", "stream", "result", "cancel"])
+async def test_api_redirect_is_not_followed(
+    emulator: Emulator, recorder: Recorder, edit_input: EditImageInput, route: str
+) -> None:
+    """A 302 from the queue origin is an APIError saying so; the other origin sees nothing."""
+    polling = POLL_ONLY if route == "status" else FAST_POLLING
+    async with client_for(emulator, polling=polling) as client:
+        handle = await client.submit(edit_input) if route == "cancel" else None
+        emulator.schedule_fault(route, "redirect", location=f"{recorder.url}/steal?x=1")
+        with pytest.raises(APIError, match="not followed") as caught:
+            if handle is not None:
+                await handle.cancel()
+            else:
+                await client.edit(edit_input)
+
+    assert 302 == caught.value.status
+    assert [] == recorder.requests
+
+
+async def test_foreign_job_urls_in_a_submit_answer_are_not_used(
+    emulator: Emulator, client: AsyncClient, recorder: Recorder, edit_input: EditImageInput
+) -> None:
+    """A submit answer whose URLs point elsewhere is ignored: URLs are built on the queue origin."""
+    emulator.schedule_fault("submit", "foreign_urls", location=recorder.url)
+    handle = await client.submit(edit_input)
+    output = await handle.result()
+
+    assert 2 == len(output.images)
+    assert handle.urls.status_url.startswith(emulator.queue_url)
+    assert [] == recorder.requests
+
+
+async def test_download_redirect_is_followed_without_the_key(
+    emulator: Emulator, client: AsyncClient, recorder: Recorder, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A download redirected to another origin is fetched there, and that origin gets no key."""
+    emulator.schedule_fault("download", "redirect", location=f"{recorder.url}/moved.png")
+    item = EditImageInput(prompt="x", image_urls=[png_data_uri])
+
+    (result,) = await batch_of(client, [("moved", item)], download_to=tmp_path / "out")
+
+    # The recorder's PNG is not the file fal announced: refused, then fetched again from fal.
+    assert result.ok
+    assert 1 == client.statistics()["download_retry"]
+    assert [("GET", "/moved.png")] == [r[:2] for r in recorder.requests]
+    assert not recorder.saw(emulator.api_key)
+    assert "Authorization" not in recorder.requests[0][2]
+    assert 0 == emulator.counters.cdn_auth_requests
+    only_folder(tmp_path, "out")
+
+
+async def test_download_redirect_to_the_same_file_completes(
+    emulator: Emulator,
+    client: AsyncClient,
+    recorder: Recorder,
+    edit_input: EditImageInput,
+    tmp_path: Path,
+) -> None:
+    """Redirected to the very same bytes on another origin, the download completes, keyless."""
+    output = await client.edit(edit_input)
+    (direct,) = await client.download(output.images[:1], tmp_path / "direct")
+    recorder.png = direct.path.read_bytes()
+    emulator.schedule_fault("download", "redirect", location=f"{recorder.url}/same.png")
+
+    (moved,) = await client.download(output.images[:1], tmp_path / "moved")
+
+    assert direct.sha256 == moved.sha256
+    assert 1 == len(recorder.requests)
+    assert not recorder.saw(emulator.api_key)
+    assert 0 == emulator.counters.cdn_auth_requests
+
+
+async def test_gateway_error_page_on_cancel_is_retried(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
+) -> None:
+    """A 502 HTML page on cancel is retried like any gateway error; the job does get cancelled."""
+    emulator.hold_jobs()
+    handle = await client.submit(edit_input)
+    emulator.schedule_fault("cancel", "ingress_error", times=2)
+
+    assert CancelOutcome.REQUESTED == await handle.cancel()
+    assert 2 == client.statistics()["server_error"]
+    job = await emulator.wait_for_state(handle.request_id, "COMPLETED")
+    assert "client_cancelled" == job.error_type
+
+
+async def test_echoed_key_is_scrubbed_from_errors(
+    emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """A server that quotes the key back in an error body never gets it into the exception."""
+    async with client_for(emulator, polling=POLL_ONLY) as client:
+        for route in ("submit", "status", "result"):
+            emulator.schedule_fault(route, "echo_key")
+            with pytest.raises(AuthError) as caught:
+                await client.edit(edit_input)
+            assert emulator.api_key not in str(caught.value), route
+            assert "<redacted>" in str(caught.value), route
+    async with client_for(emulator) as client:
+        emulator.schedule_fault("stream", "echo_key")
+        with pytest.raises(AuthError) as caught:
+            await client.edit(edit_input)
+        assert emulator.api_key not in str(caught.value)
