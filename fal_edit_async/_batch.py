@@ -403,7 +403,9 @@ class _Runner:
         except FalEditError as exc:
             await self.emit(ItemFailed(key=key, request_id=it.request_id, error=exc))
             cancelled = isinstance(exc, JobCancelledError)
-            if self.journal is not None and it.request_id is not None and not cancelled:
+            # Only fal's verdict on the job is final. After a failed download or a garbled
+            # status the row stays submitted/completed, so a re-run re-attaches for free.
+            if self.journal is not None and it.request_id is not None and _final(exc):
                 await self.journal.record_failed(it.journal_key, exc)
             return it.result(ItemState.CANCELLED if cancelled else ItemState.FAILED, error=exc)
 
@@ -520,6 +522,7 @@ class _Runner:
                         it.stem,
                         n,
                         retry=self.client.config.retry,
+                        max_bytes=self.client.config.limits.max_output_bytes,
                         stats=self.client.stats,
                     )
                 )
@@ -576,6 +579,11 @@ class _Progress:
         if isinstance(update, InProgress | Completed):
             for entry in update.logs:
                 await emit(ItemLog(key=key, request_id=rid, entry=entry))
+
+
+def _final(exc: FalEditError) -> bool:
+    """True for a failure a re-run cannot undo without paying for a new job."""
+    return isinstance(exc, JobFailedError | BudgetExceededError)
 
 
 def _worth_retrying(exc: JobFailedError) -> bool:

@@ -79,7 +79,13 @@ class AsyncClient:
         #: Counts of retries by kind, streams, polls and cancels, for reports and tests.
         self.stats: Counter[str] = Counter()
         #: Turns local files and bytes into URLs (inline or uploaded), once per content.
-        self.uploader = Uploader(self.transport, config, stats=self.stats)
+        self.uploader = Uploader(
+            self.transport,
+            config,
+            inline_threshold=config.limits.inline_bytes,
+            max_bytes=config.limits.max_input_bytes,
+            stats=self.stats,
+        )
         self._downloads = anyio.CapacityLimiter(config.limits.downloads)
 
     def __repr__(self) -> str:
@@ -239,7 +245,8 @@ class AsyncClient:
         """Download output images into ``dest`` as ``<stem>_<n>.<ext>``, atomically.
 
         Each file is streamed to a temporary file in ``dest``, checked (length, real image
-        format) and renamed into place; truncated or failed downloads are retried. No key is
+        format) and renamed into place; truncated or failed downloads are retried; a file
+        over ``max_bytes`` (default ``Limits.max_output_bytes``) is refused. No key is
         ever sent with a download. At most ``Limits.downloads`` run at once per client.
 
         Raises:
@@ -254,7 +261,7 @@ class AsyncClient:
             stem,
             retry=self.config.retry,
             limiter=self._downloads,
-            max_bytes=max_bytes,
+            max_bytes=max_bytes or self.config.limits.max_output_bytes,
             stats=self.stats,
         )
 

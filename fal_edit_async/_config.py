@@ -114,12 +114,19 @@ class Limits:
     ``jobs`` is how many jobs a batch keeps on fal at once (fal queues beyond your account's
     concurrency, so more only adds queue time); uploads and downloads are bounded separately
     so memory stays flat however large the batch.
+
+    Sizes, in bytes: a local input image larger than ``max_input_bytes`` is an
+    :class:`InputError`; one up to ``inline_bytes`` is sent inline as a data URI rather than
+    uploaded; a download larger than ``max_output_bytes`` is refused.
     """
 
     max_connections: int = attrs.field(default=100, validator=_positive("Limits"))
     jobs: int = attrs.field(default=16, validator=_positive("Limits"))
     uploads: int = attrs.field(default=4, validator=_positive("Limits"))
     downloads: int = attrs.field(default=8, validator=_positive("Limits"))
+    max_input_bytes: int = attrs.field(default=50 * 2**20, validator=_positive("Limits"))
+    inline_bytes: int = attrs.field(default=256 * 2**10, validator=_non_negative("Limits"))
+    max_output_bytes: int = attrs.field(default=64 * 2**20, validator=_positive("Limits"))
 
 
 @attrs.frozen(kw_only=True)

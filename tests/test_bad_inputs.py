@@ -6,9 +6,8 @@ Two kinds of row: schema violations, refused while the input is built (``EditIma
 by ``submit`` while it prepares the upload, still before anything is sent. Every test runs
 against an emulator and proves "before any request" with its request counter.
 
-The input size cap is ``client.uploader.max_bytes`` (50 MiB by default). There is no
-``AsyncClient`` argument or ``ClientConfig`` field for it, so the tests set that attribute,
-which is the only way a user can today.
+The input size cap is ``Limits(max_input_bytes=...)`` (50 MiB by default); the tests use a
+client configured with a small one.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,12 @@ from fal_edit_async import (
     EditImageInput,
     InputError,
     ItemState,
+    Limits,
     input_from_dict,
 )
 from fal_edit_async.emulator import Emulator
+
+from .conftest import client_for
 
 #: The input size cap the tests configure (the real PNG inputs are far below it).
 CAP = 4096
@@ -162,10 +164,11 @@ def _mkfifo(path: Path) -> Path:
     return path
 
 
-def capped(client: AsyncClient) -> AsyncClient:
-    """The client with the input size cap set to CAP (see the module docstring)."""
-    client.uploader.max_bytes = CAP
-    return client
+@pytest.fixture
+async def capped(emulator: Emulator) -> AsyncIterator[AsyncClient]:
+    """A client whose input size cap is CAP, set as users set it: through Limits."""
+    async with client_for(emulator, limits=Limits(max_input_bytes=CAP)) as client:
+        yield client
 
 
 @pytest.mark.parametrize("bad", SCHEMA_CASES)
@@ -193,14 +196,14 @@ async def test_schema_violation_never_reaches_fal(
 
 @pytest.mark.parametrize("name", sorted(FILE_CASES) + sorted(BYTES_CASES))
 async def test_unusable_image_refused_before_any_request(
-    emulator: Emulator, client: AsyncClient, tmp_path: Path, name: str
+    emulator: Emulator, capped: AsyncClient, tmp_path: Path, name: str
 ) -> None:
     """A missing, unreadable, non-image, empty or oversized image fails submit, sending nothing."""
     source = FILE_CASES[name](tmp_path) if name in FILE_CASES else BYTES_CASES[name]
     edit = EditImageInput(prompt="put it on white", image_urls=[source])
 
     with pytest.raises(InputError) as caught:
-        await capped(client).edit(edit)
+        await capped.edit(edit)
 
     assert "image_urls[0]" == caught.value.field
     assert 0 == emulator.counters.requests_total
@@ -219,7 +222,7 @@ async def test_file_without_read_permission(
 
 
 async def test_in_a_batch_only_the_bad_items_fail(
-    emulator: Emulator, client: AsyncClient, tmp_path: Path, png_bytes: bytes
+    emulator: Emulator, capped: AsyncClient, tmp_path: Path, png_bytes: bytes
 ) -> None:
     """Every bad row and file in one batch fails alone; the good ones complete and download."""
     good = _write(tmp_path / "good.png", png_bytes)
@@ -236,7 +239,7 @@ async def test_in_a_batch_only_the_bad_items_fail(
     rows += [("good:input", EditImageInput(prompt="studio light", image_urls=[good]))]
     out = tmp_path / "out"
 
-    async with capped(client).edit_many(rows, download_to=out) as batch:
+    async with capped.edit_many(rows, download_to=out) as batch:
         results = {r.key: r for r in [r async for r in batch]}
 
     assert len(rows) == len(results)

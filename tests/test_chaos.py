@@ -246,12 +246,6 @@ async def test_journal_rerun_after_chaos_pays_nothing(png_data_uri: str, tmp_pat
         assert {1} == set(emu.counters.submits_by_input.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_batch.py _Runner.run records every post-submit FalEditError as FAILED in the "
-    "journal, and _resume returns FAILED without re-attaching: a paid job whose download "
-    "(or status stream) failed is never fetched again",
-)
 async def test_journal_rerun_downloads_what_failed_to_download(
     png_data_uri: str, tmp_path: Path
 ) -> None:
