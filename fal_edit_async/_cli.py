@@ -1,23 +1,214 @@
 """``fal-edit``: the command line (``python -m fal_edit_async``).
 
-A thin layer over the public API. For now it serves the emulator (``fal-edit emulator``);
-the edit, batch and re-attach commands build on the same parser.
+A thin layer over the public API: ``edit`` and ``batch`` run :meth:`AsyncClient.edit_many`
+with a live display (or JSON lines when piped); ``status``, ``logs``, ``result`` and
+``cancel`` re-attach to any job by its request id; ``emulator`` serves the local emulator.
+
+Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors, 130 interrupted.
+Errors are one line; ``--debug`` adds the traceback. The API key is never printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import _cli_jobs
+from ._cli_inputs import Planned, UsageError, expand, plan_edit, plan_manifest
+from ._cli_report import JsonReporter, LinesReporter, Progress, Reporter
+from ._cli_run import (
+    FAILED,
+    INTERRUPTED,
+    USAGE,
+    RunOptions,
+    auth_message,
+    check_credentials,
+    dry_run,
+    run_batch,
+)
+from ._endpoint import DEFAULT_ENDPOINT
+from ._exceptions import AuthError, FalEditError, InputError
+from ._models import Background, ImageSize, InputFidelity, OutputFormat, Quality
+from ._pricing import estimate_cost
 
 __all__ = ["main"]
+
+#: The schema options, as (flag, field, choices); each flag is left out of a request unless given.
+_ENUM_OPTIONS = (
+    ("--image-size", "image_size", ImageSize),
+    ("--background", "background", Background),
+    ("--quality", "quality", Quality),
+    ("--input-fidelity", "input_fidelity", InputFidelity),
+    ("--output-format", "output_format", OutputFormat),
+)
+
+
+def _positive(kind: Callable[[str], Any], text: str) -> Any:
+    try:
+        value = kind(text)
+        ok = value > 0
+    except (ValueError, InvalidOperation):  # Decimal("nan") > 0 raises InvalidOperation
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _out_folder(value: str) -> Path:
+    """An ``--out`` folder: it may not exist yet, but it may not be a file."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a folder: {value}")
+    return path
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoint", default=DEFAULT_ENDPOINT, help=f"fal endpoint id (default {DEFAULT_ENDPOINT})"
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return common
+
+
+def _run_options() -> argparse.ArgumentParser:
+    run = argparse.ArgumentParser(add_help=False)
+    schema = run.add_argument_group("edit options (sent to the model; its defaults if not given)")
+    for flag, field, choices in _ENUM_OPTIONS:
+        schema.add_argument(flag, dest=field, choices=[c.value for c in choices])
+    schema.add_argument("--num-images", type=int, choices=range(1, 5), metavar="{1..4}")
+    schema.add_argument(
+        "--sync-mode",
+        action=argparse.BooleanOptionalAction,
+        help="get images inline as data URIs instead of URLs",
+    )
+    how = run.add_argument_group("running")
+    how.add_argument(
+        "--out",
+        type=_out_folder,
+        default=Path("."),
+        metavar="DIR",
+        help="folder for the edited images, named after the inputs (default: current folder)",
+    )
+    how.add_argument(
+        "--no-download", action="store_true", help="keep the outputs on fal; print their URLs"
+    )
+    how.add_argument(
+        "--concurrency",
+        type=functools.partial(_positive, int),
+        metavar="N",
+        help="jobs on fal at once (default 16)",
+    )
+    how.add_argument(
+        "--budget",
+        type=functools.partial(_positive, Decimal),
+        metavar="USD",
+        help="never submit items whose estimated cost would cross this total",
+    )
+    how.add_argument(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="record every job in this file; run again with it to resume without paying twice",
+    )
+    how.add_argument(
+        "--dry-run", action="store_true", help="print the estimated cost; send nothing"
+    )
+    how.add_argument(
+        "--timeout",
+        type=functools.partial(_positive, float),
+        metavar="SECONDS",
+        help="stop after this long, cancelling the jobs still on fal",
+    )
+    how.add_argument(
+        "--json", action="store_true", help="one JSON object per finished item on stdout"
+    )
+    how.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run against a local fal emulator (no key, nothing paid) to try things out",
+    )
+    return run
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fal-edit", description="Edit images with fal's gpt-image-1 edit endpoint."
+        prog="fal-edit",
+        description="Edit images with fal's gpt-image-1 edit endpoint.",
+        epilog="Credentials: FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); FAL_QUEUE_URL to "
+        "point at another queue. Exit status: 0 all done, 1 some items failed, 2 usage or "
+        "credential error, 130 interrupted.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common, run = _common(), _run_options()
+    edit = commands.add_parser(
+        "edit",
+        parents=[common, run],
+        help="edit images: one job per input image",
+        description="Edit each INPUT (an image file, a folder of images, or an http(s) URL) "
+        "with PROMPT, one job per image (or one job for all with --together).",
+    )
+    edit.add_argument("prompt", metavar="PROMPT", help="what to do to the images")
+    edit.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="an image file, a folder, or an http(s) URL"
+    )
+    edit.add_argument(
+        "--together", action="store_true", help="send every input in one request's image_urls"
+    )
+    edit.set_defaults(handler=_edit)
+    batch = commands.add_parser(
+        "batch",
+        parents=[common, run],
+        help="run a JSON-lines manifest: one edit per line",
+        description='Run MANIFEST, one JSON object per line: {"prompt": ..., "inputs": [files, '
+        'folders or URLs] or "image_urls": [URLs], options..., "key": optional name}. Relative '
+        "paths are taken from the manifest's folder; flags set options lines leave out.",
+    )
+    batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="a .jsonl file")
+    batch.set_defaults(handler=_batch)
+    _add_job_commands(commands, common)
+    _add_emulator(commands)
+    return parser
+
+
+def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    specs = {
+        "status": "print a job's status",
+        "logs": "print a job's log lines (--follow streams them until it completes)",
+        "result": "wait for a job and print its output (--out downloads it)",
+        "cancel": "cancel a job on fal",
+    }
+    for name, text in specs.items():
+        sub = commands.add_parser(name, parents=[common], help=text, description=text + ".")
+        sub.add_argument("request_id", metavar="REQUEST_ID")
+        sub.set_defaults(handler=functools.partial(_job, getattr(_cli_jobs, name)))
+        if name != "result":
+            sub.add_argument("--json", action="store_true", help="print JSON")
+    commands.choices["status"].add_argument(
+        "--logs", action="store_true", help="include the log lines"
+    )
+    commands.choices["logs"].add_argument(
+        "--follow", "-f", action="store_true", help="stream until the job completes"
+    )
+    result = commands.choices["result"]
+    result.add_argument("--out", type=_out_folder, metavar="DIR", help="download here")
+    result.add_argument(
+        "--timeout",
+        type=functools.partial(_positive, float),
+        metavar="SECONDS",
+        help="stop waiting after this long (the job keeps running)",
+    )
+
+
+def _add_emulator(commands: Any) -> None:
     emulator = commands.add_parser(
         "emulator", help="serve the fal-compatible emulator in the foreground"
     )
@@ -27,20 +218,104 @@ def _parser() -> argparse.ArgumentParser:
         emulator.set_defaults(missing_extra=True)
     else:
         add_arguments(emulator)
-    return parser
+    emulator.set_defaults(handler=_emulator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 failures, 2 usage errors)."""
+    """Run the command line; returns the exit status (0 ok, 1 failures, 2 usage, 130 Ctrl-C)."""
     args = _parser().parse_args(argv)
-    if args.command == "emulator":
-        if getattr(args, "missing_extra", False):
-            print(
-                "fal-edit emulator needs Pillow: pip install 'fal-edit-async[emulator]'",
-                file=sys.stderr,
-            )
-            return 2
-        from .emulator._cli import run
+    try:
+        status: int = args.handler(args)
+    except BaseException as exc:  # one clear line per error; the traceback only with --debug
+        return _failure(exc, debug=getattr(args, "debug", False))
+    return status
 
-        return run(args)
-    return 2  # pragma: no cover - argparse rejects unknown commands first
+
+def _emulator(args: argparse.Namespace) -> int:
+    if getattr(args, "missing_extra", False):
+        raise UsageError("fal-edit emulator needs Pillow: pip install 'fal-edit-async[emulator]'")
+    from .emulator._cli import run
+
+    return run(args)
+
+
+def _edit(args: argparse.Namespace) -> int:
+    sources = expand(args.inputs)
+    planned = plan_edit(args.prompt, sources, _schema_options(args), together=args.together)
+    return _run(args, planned)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    return _run(args, plan_manifest(args.manifest, _schema_options(args)))
+
+
+def _schema_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = [field for _, field, _ in _ENUM_OPTIONS] + ["num_images", "sync_mode"]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
+    if args.dry_run:
+        return dry_run(planned, sys.stdout, sys.stderr, json_mode=args.json, budget=args.budget)
+    check_credentials(emulator=args.emulator)
+    options = RunOptions(
+        out=None if args.no_download else args.out,
+        endpoint=args.endpoint,
+        concurrency=args.concurrency,
+        budget=args.budget,
+        journal=args.journal,
+        timeout=args.timeout,
+        emulator=args.emulator,
+    )
+    reporter = _reporter(args, planned)
+    return anyio.run(run_batch, planned, reporter, options)
+
+
+def _reporter(args: argparse.Namespace, planned: list[Planned]) -> Reporter:
+    estimates = {p.key: estimate_cost(p.input).usd for p in planned if p.input is not None}
+    progress = Progress(len(planned), estimates)
+    if args.json or not sys.stdout.isatty():
+        return JsonReporter(progress, sys.stdout, sys.stderr, args.emulator, args.debug)
+    try:
+        from rich.console import Console
+
+        from ._cli_display import LiveDisplay
+    except ImportError:  # no `cli` extra: plain lines still work
+        return LinesReporter(progress, sys.stdout, args.debug)
+    return LiveDisplay(progress, Console(file=sys.stdout), args.debug)
+
+
+def _job(command: Callable[[argparse.Namespace, Any], Awaitable[int]], args: Any) -> int:
+    check_credentials(emulator=False)
+    return anyio.run(command, args, sys.stdout)
+
+
+def _failure(exc: BaseException, *, debug: bool) -> int:
+    """Print one line per error (and the traceback with ``--debug``); return the exit status."""
+    leaves = _leaves(exc)
+    if any(isinstance(e, SystemExit) for e in leaves):
+        raise exc
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    for leaf in leaves:
+        print(f"fal-edit: {_message(leaf)}", file=sys.stderr)
+    if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+        return INTERRUPTED
+    usage = (UsageError, InputError, AuthError)
+    return USAGE if any(isinstance(e, usage) for e in leaves) else FAILED
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, AuthError):
+        return f"error: {auth_message(exc)}"
+    if isinstance(exc, UsageError | FalEditError | OSError):
+        return f"error: {exc}"
+    return f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"

@@ -1,10 +1,41 @@
-"""The fal-edit command line, driven in-process."""
+"""The fal-edit command line, driven in-process against an emulator over loopback HTTP."""
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
 
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from fal_edit_async import (
+    ItemLog,
+    ItemQueued,
+    ItemStarted,
+    ItemSubmitted,
+    LogEntry,
+    estimate_cost,
+    input_from_dict,
+)
 from fal_edit_async._cli import main
+from fal_edit_async._cli_display import LiveDisplay
+from fal_edit_async._cli_report import Progress
+from fal_edit_async._cli_run import EMULATOR_BANNER
+
+from .test_cli_support import clear_fal_env, emulator_thread, json_lines, plain, write_images
+
+PROMPT = "Make this pixel-art style."
+
+
+class FakeTerminal(io.StringIO):
+    """A stdout that says it is a terminal, so the CLI draws its live display into it."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -22,3 +53,313 @@ def test_emulator_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> 
     assert 0 == caught.value.code
     out = capsys.readouterr().out
     assert "--port" in out and "--workers" in out and "--rate-limit" in out
+
+
+def test_folder_is_edited_into_image_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every image of a folder becomes a file of the asked size and format, one JSON line each."""
+    write_images(tmp_path / "photos", "cat.png", "dog.png", "owl.png")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    with emulator_thread(monkeypatch, fast_images=False) as (_, emu):
+        argv = ["edit", PROMPT, str(tmp_path / "photos"), "--out", str(out)]
+        argv += ["--image-size", "1536x1024", "--output-format", "webp", "--quality", "low"]
+        assert 0 == main(argv)
+    captured = capsys.readouterr()
+    records = json_lines(captured.out)
+    assert ["cat", "dog", "owl"] == sorted(r["input"] for r in records)
+    assert 3 == emu.counters.submits
+    for record in records:
+        assert "completed" == record["status"]
+        assert record["request_id"] in emu.jobs
+        assert record["error"] is None
+        input = input_from_dict(emu.jobs[record["request_id"]].input)
+        assert float(estimate_cost(input).usd) == record["cost"]
+        [path] = record["outputs"]
+        assert out / f"{record['input']}_0.webp" == Path(path)
+        with Image.open(path) as image:
+            assert ((1536, 1024), "WEBP") == (image.size, image.format)
+    assert "[cat] [1/3] Preparing inputs" in captured.err
+    assert "3 done of 3" in captured.err
+
+
+def test_together_sends_every_input_in_one_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--together makes one job whose image_urls hold every input, named after the first."""
+    a, b = write_images(tmp_path, "front.png", "back.png")
+    with emulator_thread(monkeypatch) as (_, emu):
+        assert 0 == main(["edit", PROMPT, str(a), str(b), "--together", "--out", str(tmp_path)])
+    [record] = json_lines(capsys.readouterr().out)
+    assert "front" == record["input"]
+    [job] = emu.jobs.values()
+    assert 2 == len(job.input["image_urls"])
+
+
+def test_same_names_get_unique_keys_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two inputs called photo.png are keyed photo and photo-2, so no output overwrites another."""
+    [first] = write_images(tmp_path / "a", "photo.png")
+    [second] = write_images(tmp_path / "b", "photo.png")
+    with emulator_thread(monkeypatch):
+        assert 0 == main(["edit", PROMPT, str(first), str(second), "--out", str(tmp_path / "o")])
+    records = json_lines(capsys.readouterr().out)
+    assert {"photo", "photo-2"} == {r["input"] for r in records}
+    assert {"photo_0.png", "photo-2_0.png"} == {p.name for p in (tmp_path / "o").iterdir()}
+
+
+def test_manifest_bad_lines_fail_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad JSON, an unknown option and a missing file each fail their own line; the rest runs."""
+    write_images(tmp_path / "in", "good.png")
+    lines = [
+        {"prompt": "pixel art", "inputs": ["in/good.png"], "quality": "low"},
+        "{not json",
+        {"prompt": "pixel art", "inputs": ["in/good.png"], "qualty": "low"},
+        {"prompt": "pixel art", "inputs": ["in/missing.png"], "key": "lost"},
+        {"prompt": "", "inputs": ["in/good.png"]},
+    ]
+    manifest = tmp_path / "jobs.jsonl"
+    text = [line if isinstance(line, str) else json.dumps(line) for line in lines]
+    manifest.write_text("\n".join(text) + "\n\n")
+    with emulator_thread(monkeypatch) as (_, emu):
+        assert 1 == main(["batch", str(manifest), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    records = {r["line"]: r for r in json_lines(captured.out)}
+    assert 1 == emu.counters.submits
+    assert "completed" == records[1]["status"] and "good" == records[1]["input"]
+    assert {2, 3, 4, 5} == {n for n, r in records.items() if r["status"] == "failed"}
+    assert "JSON object" in records[2]["error"]
+    assert "qualty" in records[3]["error"]
+    assert "lost" == records[4]["input"] and "missing.png" in records[4]["error"]
+    assert "prompt" in records[5]["error"]
+    assert "1 done, 4 failed (4 InputError) of 5" in captured.err
+
+
+def test_dry_run_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run prints each item's estimate and the total; the emulator sees no request."""
+    [photo] = write_images(tmp_path, "lighthouse.png")
+    url = "https://example.com/pics/cat.jpg?size=big"
+    with emulator_thread(monkeypatch) as (_, emu):
+        argv = ["edit", PROMPT, str(photo), url, "--quality", "low", "--image-size", "1024x1024"]
+        assert 0 == main([*argv, "--dry-run", "--json", "--budget", "0.05"])
+    assert 0 == emu.counters.submits and 0 == emu.counters.requests_total
+    captured = capsys.readouterr()
+    records = json_lines(captured.out)
+    assert ["lighthouse", "cat"] == [r["input"] for r in records]
+    assert all(r["status"] == "estimate" and not r["worst_case"] for r in records)
+    total = sum(Decimal(str(r["cost"])) for r in records)
+    assert f"Dry run: 2 items, estimated ${total};" in captured.err
+    assert "covers 1 of them" in captured.err and "Nothing was sent" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["edit", PROMPT, "there.png", "gone.png"], "no such file or folder: ", id="file"
+        ),
+        pytest.param(
+            ["edit", PROMPT, "empty"], "no images (jpeg, jpg, png, webp) in ", id="folder"
+        ),
+        pytest.param(["edit", PROMPT, "ftp://host/a.png"], "not an http(s) URL: ", id="url"),
+        pytest.param(["batch", "gone.jsonl"], "cannot read manifest ", id="manifest"),
+        pytest.param(["edit", " ", "there.png"], "prompt: invalid value ' '", id="prompt"),
+    ],
+)
+def test_bad_inputs_are_usage_errors(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A missing file, an empty folder or a bad prompt exits 2 in one line; nothing is sent."""
+    write_images(tmp_path, "there.png")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with emulator_thread(monkeypatch) as (_, emu):
+        assert 2 == main(argv)
+    assert 0 == emu.counters.requests_total
+    err = capsys.readouterr().err
+    assert err.startswith(f"fal-edit: error: {message}") and 1 == len(err.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        pytest.param("--quality", "ultra", "invalid choice: 'ultra'", id="enum"),
+        pytest.param("--num-images", "7", "invalid choice: 7", id="num-images"),
+        pytest.param("--concurrency", "0", "expected a positive number", id="concurrency"),
+        pytest.param("--budget", "lots", "expected a positive number", id="budget"),
+        pytest.param("--frobnicate", "1", "unrecognized arguments", id="unknown"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(
+    flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad flag value is an argparse usage error: exit 2 and a message naming the problem."""
+    with pytest.raises(SystemExit) as caught:
+        main(["edit", PROMPT, "photo.png", flag, value])
+    assert 2 == caught.value.code
+    assert expected in capsys.readouterr().err
+
+
+def test_no_key_exits_2_naming_fal_key_and_emulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without FAL_KEY and without --emulator nothing runs: exit 2, and the message says both."""
+    clear_fal_env(monkeypatch)
+    [photo] = write_images(tmp_path, "photo.png")
+    assert 2 == main(["edit", PROMPT, str(photo)])
+    err = capsys.readouterr().err
+    assert "FAL_KEY" in err and "--emulator" in err
+    assert 1 == len(err.splitlines())
+
+
+def test_wrong_key_exits_2_and_is_never_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key fal rejects stops the run with exit 2; the key appears nowhere, even with --debug."""
+    [photo] = write_images(tmp_path, "photo.png")
+    with emulator_thread(monkeypatch, api_key="the-right-key") as (_, emu):
+        monkeypatch.setenv("FAL_KEY", "wrong-secret-key-123")
+        assert 2 == main(["edit", PROMPT, str(photo), "--debug", "--out", str(tmp_path)])
+    assert 0 == emu.counters.submits
+    captured = capsys.readouterr()
+    assert "FAL_KEY" in captured.err
+    assert "wrong-secret-key-123" not in captured.out + captured.err
+
+
+def test_budget_stops_submitting_at_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Items whose estimate would cross --budget are not submitted, and the run exits 1."""
+    write_images(tmp_path / "in", "a.png", "b.png", "c.png")
+    with emulator_thread(monkeypatch) as (_, emu):
+        argv = ["edit", PROMPT, str(tmp_path / "in"), "--quality", "low", "--concurrency", "1"]
+        argv += ["--image-size", "1024x1024", "--no-download"]
+        assert 1 == main([*argv, "--budget", "0.05"])  # $0.03 each
+    assert 1 == emu.counters.submits
+    records = sorted(json_lines(capsys.readouterr().out), key=lambda r: r["status"])
+    assert ["completed", "not_submitted", "not_submitted"] == [r["status"] for r in records]
+    assert records[0]["outputs"][0].startswith(emu.cdn_url)  # URLs: nothing downloaded
+    assert "budget" in records[1]["error"]
+
+
+def test_model_refusal_is_a_failed_item_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused prompt fails its item (exit 1) and the summary names why; the others finish."""
+    write_images(tmp_path / "in", "a.png", "b.png")
+    with emulator_thread(monkeypatch) as (portal, emu):
+        portal.call(lambda: emu.schedule_fault("job", "model_failure"))
+        assert 1 == main(["edit", PROMPT, str(tmp_path / "in"), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    statuses = sorted(r["status"] for r in json_lines(captured.out))
+    assert ["completed", "failed"] == statuses
+    assert "1 done, 1 failed (1 content_policy_violation) of 2" in captured.err
+
+
+def test_timeout_cancels_the_jobs_still_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--timeout stops the run with exit 1 and cancels on fal every job it leaves behind."""
+    write_images(tmp_path / "in", "a.png", "b.png")
+    with emulator_thread(monkeypatch) as (portal, emu):
+        portal.call(emu.hold_jobs)
+        assert 1 == main(["edit", PROMPT, str(tmp_path / "in"), "--timeout", "0.3"])
+        assert 2 == emu.counters.cancels
+    captured = capsys.readouterr()
+    assert "Timed out after 0.3 s: cancelled 2 jobs on fal." in captured.err
+    assert ["cancelled", "cancelled"] == [r["status"] for r in json_lines(captured.out)]
+
+
+def test_journal_run_again_pays_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same command run again with --journal resumes every item without a new submit."""
+    write_images(tmp_path / "in", "a.png", "b.png")
+    argv = ["edit", PROMPT, str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    argv += ["--journal", str(tmp_path / "run.journal")]
+    with emulator_thread(monkeypatch) as (_, emu):
+        assert 0 == main(argv)
+        first = json_lines(capsys.readouterr().out)
+        assert 0 == main(argv)
+        assert 2 == emu.counters.submits
+    captured = capsys.readouterr()
+    again = json_lines(captured.out)
+    assert {r["request_id"] for r in first} == {r["request_id"] for r in again}
+    assert all(r["resumed"] for r in again)
+    assert "2 done (2 from the journal) of 2" in captured.err
+
+
+def test_emulator_flag_says_so_first_and_needs_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--emulator runs without any key, its banner is the first line, and records say emulator."""
+    clear_fal_env(monkeypatch)
+    [photo] = write_images(tmp_path, "photo.png")
+    assert 0 == main(["edit", PROMPT, str(photo), "--emulator", "--json", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert EMULATOR_BANNER == captured.err.splitlines()[0]
+    [record] = json_lines(captured.out)
+    assert record["emulator"] is True and "completed" == record["status"]
+
+
+def test_live_display_streams_logs_labelled_by_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the display shows the banner first, each log line as [input], and results."""
+    clear_fal_env(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    a, b = write_images(tmp_path, "harbour.png", "beach.png")
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert 0 == main(["edit", PROMPT, str(a), str(b), "--emulator", "--out", str(tmp_path / "o")])
+    shown = plain(terminal.getvalue())
+    assert shown.startswith("EMULATOR:")
+    for name in ("harbour", "beach"):
+        assert f"[{name}] [1/3] Preparing inputs" in shown
+        assert f"[{name}] [3/3] Encoding outputs" in shown
+        assert f"✓ {name} → {tmp_path / 'o' / name}_0.png" in shown
+    assert "2 done of 2" in shown
+
+
+def test_terminal_without_rich_gets_plain_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the cli extra a terminal still gets log lines labelled by input and a result."""
+    [photo] = write_images(tmp_path, "harbour.png")
+    terminal = FakeTerminal()
+    with emulator_thread(monkeypatch):
+        monkeypatch.setitem(sys.modules, "rich.console", None)  # import fails, as when missing
+        monkeypatch.setattr(sys, "stdout", terminal)
+        assert 0 == main(["edit", PROMPT, str(photo), "--out", str(tmp_path / "o")])
+    lines = terminal.getvalue().splitlines()
+    assert "[harbour] [1/3] Preparing inputs" == lines[0]
+    assert f"✓ harbour → {tmp_path / 'o' / 'harbour_0.png'}  [1/1]" in lines
+    assert lines[-1].startswith("1 done of 1")
+
+
+def test_display_shows_queue_positions_and_running_jobs() -> None:
+    """The display's bottom lines count jobs in flight and show each one's state."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    display = LiveDisplay(Progress(3, {"cat": Decimal("0.27"), "dog": Decimal("0.27")}), console)
+    display.event(ItemSubmitted(key="cat", request_id="req-cat"))
+    display.event(ItemSubmitted(key="dog", request_id="req-dog"))
+    display.event(ItemQueued(key="cat", request_id="req-cat", position=2))
+    display.event(ItemStarted(key="dog", request_id="req-dog"))
+    display.event(ItemLog(key="dog", request_id="req-dog", entry=LogEntry(message="step 1")))
+    console.print(display.render())
+    shown = plain(console.file.getvalue())  # type: ignore[attr-defined]
+    assert "[dog] step 1" in shown
+    assert "0/3" in shown and "2 in flight (1 queued)" in shown and "~$0.54 so far" in shown
+    assert "queued #3" in shown and "req-cat" in shown
+    assert "running" in shown and "req-dog" in shown

@@ -1,0 +1,231 @@
+"""What the command line edits: inputs from arguments or a manifest, turned into batch items.
+
+Every item gets a readable key (the input's file stem or URL basename, made unique), which
+names its outputs, labels its log lines, and keys its journal row. A mistake on the command
+line is a :class:`UsageError` (exit 2, nothing sent); a bad manifest line is an item that
+failed, so one typo never stops the other 4,999 lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._converter import input_from_dict
+from ._exceptions import FalEditError, InputError
+from ._models import EditImageInput, ImageSource, is_remote_url
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Planned",
+    "Source",
+    "UsageError",
+    "expand",
+    "plan_edit",
+    "plan_manifest",
+    "unique_keys",
+]
+
+#: The files a folder contributes: the formats the model accepts.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+
+
+class UsageError(Exception):
+    """A mistake on the command line: reported in one line, exit status 2, nothing sent."""
+
+
+@attrs.frozen
+class Source:
+    """One input image as given: a local file or a URL, and the name its outputs get."""
+
+    value: Path | str
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class Planned:
+    """One item of a run: a valid input with its key, or the error that makes it fail."""
+
+    key: str
+    input: EditImageInput | None = None
+    error: FalEditError | None = None
+    line: int | None = None
+
+
+def expand(arguments: Iterable[str], base: Path | None = None) -> list[Source]:
+    """Files, folders (every image in them) and http(s) URLs, in the order given.
+
+    Raises:
+        UsageError: a path that does not exist, or a folder without images.
+    """
+    sources: list[Source] = []
+    for argument in arguments:
+        if is_remote_url(argument):
+            sources.append(Source(argument, _url_name(argument)))
+            continue
+        path = Path(argument).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        sources.extend(_local(argument, path))
+    return sources
+
+
+def _local(argument: str, path: Path) -> list[Source]:
+    if path.is_dir():
+        images = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
+        if not images:
+            suffixes = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
+            raise UsageError(f"no images ({suffixes}) in folder {argument}")
+        return [Source(p, p.stem) for p in images]
+    if path.is_file():
+        return [Source(path, path.stem)]
+    if "://" in argument:
+        raise UsageError(f"not an http(s) URL: {argument}")
+    raise UsageError(f"no such file or folder: {argument}")
+
+
+def _url_name(url: str) -> str:
+    if url.startswith("data:"):
+        return "image"
+    parts = urlsplit(url)
+    return PurePosixPath(parts.path).stem or parts.hostname or "image"
+
+
+def unique_keys(names: Sequence[str], taken: Iterable[str] = ()) -> list[str]:
+    """``names`` with ``-2``, ``-3``... added to repeats (and to names already ``taken``)."""
+    used = set(taken)
+    keys = []
+    for name in names:
+        key, n = name, 1
+        while key in used:
+            n += 1
+            key = f"{name}-{n}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def plan_edit(
+    prompt: str, sources: Sequence[Source], options: Mapping[str, Any], *, together: bool
+) -> list[Planned]:
+    """One item per source, or one item of every source with ``together``.
+
+    Raises:
+        UsageError: the prompt or an option is invalid (it is the same for every item).
+    """
+    groups = [list(sources)] if together else [[s] for s in sources]
+    keys = unique_keys([group[0].name for group in groups])
+    planned = []
+    for key, group in zip(keys, groups, strict=True):
+        urls: list[ImageSource] = [s.value for s in group]
+        try:
+            input = input_from_dict({"prompt": prompt, "image_urls": urls, **options})
+        except InputError as exc:
+            raise UsageError(str(exc)) from exc
+        planned.append(Planned(key=key, input=input))
+    return planned
+
+
+def plan_manifest(path: Path, defaults: Mapping[str, Any]) -> list[Planned]:
+    """One item per non-blank line of a JSON-lines manifest; a bad line is a failed item.
+
+    A line is an object with ``prompt``, ``inputs`` (files, folders or URLs, relative paths
+    taken from the manifest's folder) or ``image_urls`` (URLs as sent), any option, and an
+    optional ``key``. Options given on the command line (``defaults``) apply where a line
+    does not set them.
+
+    Raises:
+        UsageError: the manifest cannot be read.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc}") from exc
+    rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    parsed = [_parse_line(n, line) for n, line in rows]
+    explicit = [_explicit_key(payload) for _, payload in parsed]
+    names = [_line_name(n, payload) for n, payload in parsed]
+    derived = iter(unique_keys([name for name in names if name], {k for k in explicit if k}))
+    seen: dict[str, int] = {}
+    planned = []
+    for (n, payload), key in zip(parsed, explicit, strict=True):
+        key = key or next(derived)
+        planned.append(_plan_line(n, key, payload, path.parent, defaults, seen))
+    return planned
+
+
+def _parse_line(n: int, line: str) -> tuple[int, object]:
+    try:
+        return n, json.loads(line)
+    except ValueError as exc:
+        return n, InputError(f"line {n}", line.strip(), f"a JSON object ({exc})")
+
+
+def _explicit_key(payload: object) -> str | None:
+    key = payload.get("key") if isinstance(payload, dict) else None
+    return key if isinstance(key, str) and key else None
+
+
+def _line_name(n: int, payload: object) -> str | None:
+    """The name a line's key is derived from; None when the line sets its own key."""
+    if _explicit_key(payload) is not None:
+        return None
+    if isinstance(payload, dict):
+        images = payload.get("inputs") or payload.get("image_urls")
+        first = images[0] if isinstance(images, list) and images else images
+        if isinstance(first, str) and first:
+            return _url_name(first) if is_remote_url(first) else Path(first).stem or f"line-{n}"
+    return f"line-{n}"
+
+
+def _plan_line(
+    n: int,
+    key: str,
+    payload: object,
+    base: Path,
+    defaults: Mapping[str, Any],
+    seen: dict[str, int],
+) -> Planned:
+    try:
+        if isinstance(payload, InputError):
+            raise payload
+        if key in seen:
+            raise InputError("key", key, f"a key not used before (line {seen[key]} has it)")
+        seen[key] = n
+        input = _line_input(payload, base, defaults)
+    except InputError as exc:
+        return Planned(key=key, error=exc, line=n)
+    return Planned(key=key, input=input, line=n)
+
+
+def _line_input(payload: object, base: Path, defaults: Mapping[str, Any]) -> EditImageInput:
+    if not isinstance(payload, dict):
+        raise InputError("line", payload, "a JSON object")
+    data = {**defaults, **{k: v for k, v in payload.items() if k not in ("key", "inputs")}}
+    if "key" in payload and not (isinstance(payload["key"], str) and payload["key"]):
+        raise InputError("key", payload["key"], "a non-empty string")
+    if "inputs" in payload:
+        if "image_urls" in payload:
+            raise InputError("inputs", payload["inputs"], "either inputs or image_urls, not both")
+        data["image_urls"] = _line_sources(payload["inputs"], base)
+    return input_from_dict(data)
+
+
+def _line_sources(inputs: object, base: Path) -> list[ImageSource]:
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        raise InputError("inputs", inputs, "a list of files, folders or http(s) URLs")
+    try:
+        return [s.value for s in expand(inputs, base)]
+    except UsageError as exc:
+        raise InputError("inputs", inputs, str(exc)) from exc

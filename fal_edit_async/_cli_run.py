@@ -1,0 +1,310 @@
+"""Running ``edit`` and ``batch``: the client (or the emulator), Ctrl-C, the deadline, the summary.
+
+The batch runs in a cancel scope inside a task group that also watches SIGINT. The first
+Ctrl-C cancels that scope: leaving ``edit_many`` cancels every job still on fal, and the
+run then says how many it cancelled. A second Ctrl-C exits at once (status 130), leaving
+whatever the journal recorded to re-attach to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+import anyio.abc
+import attrs
+
+from ._batch import Batch, ItemResult, ItemState, estimate_batch
+from ._cli_inputs import Planned, UsageError
+from ._cli_report import Reporter
+from ._client import AsyncClient
+from ._config import Credentials
+from ._exceptions import AuthError, JobCancelledError
+from ._models import EditImageInput
+from ._pricing import estimate_cost
+
+__all__ = [
+    "EMULATOR_BANNER",
+    "NO_CREDENTIALS",
+    "RunOptions",
+    "auth_message",
+    "check_credentials",
+    "dry_run",
+    "open_client",
+    "run_batch",
+]
+
+#: The first line of output of every ``--emulator`` run.
+EMULATOR_BANNER = (
+    "EMULATOR: using a local fal emulator, not fal.ai. Nothing is sent to fal or paid for, "
+    "and the edits are simple stand-ins made on this machine."
+)
+#: Seconds each emulated job runs, so the display and the streamed logs can be watched.
+EMULATOR_PROCESSING_TIME = 1.0
+NO_CREDENTIALS = (
+    "no fal credentials: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET), "
+    "or add --emulator to try it offline on a local emulator"
+)
+#: Exit statuses.
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+
+
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    """How a batch runs: where outputs go, limits, and what it talks to."""
+
+    out: Path | None
+    endpoint: str
+    concurrency: int | None = None
+    budget: Decimal | None = None
+    journal: Path | None = None
+    timeout: float | None = None
+    emulator: bool = False
+
+
+def check_credentials(*, emulator: bool) -> None:
+    """Refuse to run without a key unless on the emulator: never a silent fake.
+
+    Raises:
+        UsageError: no ``FAL_KEY`` (nor ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``) and no emulator.
+    """
+    if not emulator and Credentials.from_env() is None:
+        raise UsageError(NO_CREDENTIALS)
+
+
+@asynccontextmanager
+async def open_client(*, emulator: bool) -> AsyncIterator[AsyncClient]:
+    """A client for fal as the environment configures it, or for a fresh local emulator."""
+    if not emulator:
+        async with AsyncClient() as client:
+            yield client
+        return
+    try:
+        from .emulator import Emulator
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "PIL":
+            raise
+        raise UsageError("--emulator needs Pillow: pip install 'fal-edit-async[emulator]'") from exc
+    async with (
+        Emulator(processing_time=EMULATOR_PROCESSING_TIME) as emu,
+        AsyncClient(api_key=emu.api_key, queue_url=emu.queue_url, rest_url=emu.rest_url) as client,
+    ):
+        yield client
+
+
+@attrs.define
+class _Run:
+    """What happened to a run, as the signal watcher and the result loop see it."""
+
+    reporter: Reporter
+    options: RunOptions
+    #: Each key's position and manifest line, for the results edit_many does not yield.
+    places: Mapping[str, tuple[int, int | None]]
+    interrupted: bool = False
+    auth_error: AuthError | None = None
+    seen_cancelled: int = 0
+    batch: Batch | None = None
+
+    def cancelled_on_fal(self) -> int:
+        """Jobs the batch cancelled on fal on its way out (not those cancelled by others)."""
+        return self.batch.summary().cancelled - self.seen_cancelled if self.batch else 0
+
+    def report(self, result: ItemResult) -> None:
+        self.reporter.result(result, self.places.get(result.key, (-1, None))[1])
+
+
+async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: RunOptions) -> int:
+    """Edit every valid item, report each as it finishes, and return the exit status."""
+    places = {p.key: (i, p.line) for i, p in enumerate(planned)}
+    run = _Run(reporter, options, places)
+    if options.emulator:
+        reporter.notice(EMULATOR_BANNER)
+        if options.out is None:
+            reporter.notice("The emulator's image URLs stop working when fal-edit exits.")
+    reporter.start()
+    try:
+        for index, item in enumerate(planned):
+            if item.error is not None:
+                state = ItemState.FAILED
+                run.report(ItemResult(key=item.key, index=index, state=state, error=item.error))
+        valid = [(p.key, p.input) for p in planned if p.input is not None]
+        timed_out = await _run_valid(run, valid) if valid else False
+    finally:
+        reporter.close(reporter.progress.summary())
+    return _status(run, timed_out)
+
+
+def _status(run: _Run, timed_out: bool) -> int:
+    if run.auth_error is not None:
+        print(f"fal-edit: error: {auth_message(run.auth_error)}", file=sys.stderr)
+        return USAGE
+    if run.interrupted:
+        return INTERRUPTED
+    p = run.reporter.progress
+    return OK if p.done == p.total and not timed_out else FAILED
+
+
+async def _run_valid(run: _Run, items: list[tuple[str, EditImageInput]]) -> bool:
+    """Run the batch; True when the deadline cut it short."""
+    options, reporter = run.options, run.reporter
+    deadline = anyio.current_time() + options.timeout if options.timeout else math.inf
+    scope = anyio.CancelScope(deadline=deadline)
+    async with open_client(emulator=options.emulator) as client:
+        async with anyio.create_task_group() as tg:
+            await tg.start(_watch_sigint, run, scope)
+            tg.start_soon(reporter.animate)
+            with scope:
+                await _follow(run, client, items, scope)
+            tg.cancel_scope.cancel()
+    _report_stopped(run)
+    cancelled = _jobs(run.cancelled_on_fal())
+    timed_out = scope.cancelled_caught and not run.interrupted and run.auth_error is None
+    if timed_out:
+        reporter.notice(f"Timed out after {options.timeout:g} s: cancelled {cancelled} on fal.")
+    elif run.interrupted:
+        reporter.notice(f"Interrupted: cancelled {cancelled} on fal.")
+    return timed_out
+
+
+async def _follow(
+    run: _Run,
+    client: AsyncClient,
+    items: list[tuple[str, EditImageInput]],
+    scope: anyio.CancelScope,
+) -> None:
+    options = run.options
+    async with client.edit_many(
+        items,
+        download_to=options.out,
+        concurrency=options.concurrency,
+        budget=options.budget,
+        journal=options.journal,
+        on_event=run.reporter.event,
+        endpoint=options.endpoint,
+    ) as batch:
+        run.batch = batch
+        async for result in batch:
+            _take(run, scope, result)
+
+
+def auth_message(error: AuthError) -> str:
+    """The error fal gave for the key, with a pointer to where the key comes from."""
+    text = str(error)
+    return text if "FAL_KEY" in text else f"{text} (check FAL_KEY)"
+
+
+def _take(run: _Run, scope: anyio.CancelScope, result: ItemResult) -> None:
+    run.report(result)
+    if result.state is ItemState.CANCELLED:
+        run.seen_cancelled += 1
+    if isinstance(result.error, AuthError) and run.auth_error is None:
+        run.auth_error = result.error  # the key is wrong for every item: stop now
+        scope.cancel()
+
+
+def _report_stopped(run: _Run) -> None:
+    """Report the jobs a cut-short batch left behind as cancelled, with their request ids."""
+    progress = run.reporter.progress
+    for job in list(progress.active.values()):
+        message = "cancelled on fal before it finished"
+        if job.state == "downloading":  # paid for and done on fal: keep the way back to it
+            message = "interrupted while downloading; `fal-edit result REQUEST_ID --out DIR`"
+        error = JobCancelledError(job.request_id, message)
+        estimate = progress.estimates.get(job.key, Decimal(0))
+        result = ItemResult(
+            key=job.key,
+            index=run.places.get(job.key, (-1, None))[0],
+            state=ItemState.CANCELLED,
+            request_id=job.request_id,
+            error=error,
+            attempts=1,
+            cost=estimate,
+        )
+        run.report(result)
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
+async def _watch_sigint(
+    run: _Run,
+    scope: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """First Ctrl-C: cancel the batch (and its jobs on fal). Second: exit at once."""
+    try:
+        receiver = anyio.open_signal_receiver(signal.SIGINT)
+    except NotImplementedError:  # Windows: Ctrl-C stays a KeyboardInterrupt
+        task_status.started()
+        return
+    with receiver as signals:
+        task_status.started()
+        async for _ in signals:
+            if run.interrupted:
+                _exit_now(run)
+            run.interrupted = True
+            n = len(run.reporter.progress.active)
+            run.reporter.notice(
+                f"Ctrl-C: cancelling {_jobs(n)} on fal... (Ctrl-C again to quit at once)"
+            )
+            scope.cancel()
+
+
+def _exit_now(run: _Run) -> None:
+    """The second Ctrl-C: say which jobs may still run on fal, then leave without cleanup."""
+    ids = [job.request_id for job in run.reporter.progress.active.values()]
+    run.reporter.close("Interrupted again: exiting now.")
+    if ids:
+        where = "the journal has them" if run.options.journal else "fal-edit cancel REQUEST_ID"
+        print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)
+
+
+def dry_run(
+    planned: Sequence[Planned], out: TextIO, err: TextIO, *, json_mode: bool, budget: Decimal | None
+) -> int:
+    """Print what each item would cost, and the total; nothing is sent, no key is needed."""
+    committed, fits = Decimal(0), 0
+    for item in planned:
+        if item.input is None:
+            _print_invalid(item, out, json_mode)
+            continue
+        estimate = estimate_cost(item.input)
+        if budget is None or committed + estimate.usd <= budget:  # as edit_many's budget does
+            committed, fits = committed + estimate.usd, fits + 1
+        if json_mode:
+            record = {"input": item.key, "status": "estimate", "cost": float(estimate.usd)}
+            record |= {"worst_case": estimate.worst_case, "line": item.line}
+            print(json.dumps({k: v for k, v in record.items() if v is not None}), file=out)
+        else:
+            print(f"{item.key}: ~{estimate}", file=out)
+    total = estimate_batch([(p.key, p.input) for p in planned if p.input is not None])
+    text = f"Dry run: {total}"
+    invalid = sum(1 for p in planned if p.input is None)
+    if invalid:
+        text += f"; {invalid} invalid item(s) would fail before submitting"
+    if budget is not None:
+        text += f"; the ${budget:.2f} budget covers {fits} of them"
+    print(text + ". Nothing was sent.", file=err)
+    return FAILED if invalid else OK
+
+
+def _print_invalid(item: Planned, out: TextIO, json_mode: bool) -> None:
+    if json_mode:
+        record = {"input": item.key, "status": "failed", "error": str(item.error)}
+        print(json.dumps(record | ({"line": item.line} if item.line else {})), file=out)
+    else:
+        print(f"✗ {item.key}: {item.error}", file=out)

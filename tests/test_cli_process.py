@@ -1,0 +1,135 @@
+"""fal-edit as a separate process: the README's main command, and Ctrl-C during a batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from PIL import Image
+
+from fal_edit_async import AsyncClient, EditImageInput
+from fal_edit_async.emulator import Emulator
+
+from .test_cli_support import json_lines, write_images
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = "examples/lighthouse.png"
+PROMPT = "Make this pixel-art style."
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+    return {**env, **values}
+
+
+def _fal_env(emu: Emulator) -> Mapping[str, str]:
+    return _env(FAL_KEY=emu.api_key, FAL_QUEUE_URL=emu.queue_url, FAL_REST_URL=emu.rest_url)
+
+
+def test_readme_main_command_works_as_written(tmp_path: Path) -> None:
+    """The README's `fal-edit edit ... examples/lighthouse.png --emulator --out out/` works."""
+    command = [sys.executable, "-m", "fal_edit_async", "edit", PROMPT, EXAMPLE, "--emulator"]
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*command, "--out", f"{out}/"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr
+    assert done.stderr.startswith("EMULATOR: using a local fal emulator, not fal.ai.")
+    [record] = json_lines(done.stdout)
+    assert ("lighthouse", "completed", True) == (
+        record["input"],
+        record["status"],
+        record["emulator"],
+    )
+    assert [str(out / "lighthouse_0.png")] == record["outputs"]
+    with Image.open(out / "lighthouse_0.png") as image, Image.open(REPO / EXAMPLE) as source:
+        assert ("PNG", (1024, 1024)) == (image.format, image.size)
+        assert image.convert("RGB").resize(source.size) != source.convert("RGB")
+
+
+async def _run_until_cancelling(
+    emu: Emulator, tmp_path: Path, jobs: int
+) -> tuple[Process, list[str]]:
+    """Start a CLI batch of ``jobs`` held jobs, and send SIGINT once all are in flight."""
+    write_images(tmp_path / "in", *(f"p{n}.png" for n in range(jobs)))
+    command = [sys.executable, "-m", "fal_edit_async", "edit", PROMPT, str(tmp_path / "in")]
+    process = await anyio.open_process(
+        [*command, "--out", str(tmp_path / "out"), "--concurrency", str(jobs)],
+        env=_fal_env(emu),
+    )
+    await emu.wait_in_flight(jobs)
+    await emu.wait_until(lambda: emu.counters.streams_opened >= jobs)
+    process.send_signal(signal.SIGINT)
+    return process, list(emu.jobs)
+
+
+async def _output(process: Process) -> tuple[str, str]:
+    assert process.stdout is not None and process.stderr is not None
+    out = b"".join([chunk async for chunk in process.stdout])
+    err = b"".join([chunk async for chunk in process.stderr])
+    return out.decode(), err.decode()
+
+
+async def test_ctrl_c_cancels_the_jobs_on_fal(emulator: Emulator, tmp_path: Path) -> None:
+    """SIGINT cancels every in-flight job on fal, says how many, and exits 130."""
+    emulator.hold_jobs()
+    process, request_ids = await _run_until_cancelling(emulator, tmp_path, 3)
+    async with process:
+        out, err = await _output(process)
+        assert 130 == await process.wait()
+    assert 3 == emulator.counters.cancels
+    assert all(emulator.jobs[r].cancelled for r in request_ids)
+    assert "Ctrl-C: cancelling 3 jobs on fal" in err
+    assert "Interrupted: cancelled 3 jobs on fal." in err
+    records = json_lines(out)
+    assert sorted(request_ids) == sorted(r["request_id"] for r in records)
+    assert {"cancelled"} == {r["status"] for r in records}
+
+
+@pytest.mark.timeout(30)
+async def test_second_ctrl_c_exits_at_once(emulator: Emulator, tmp_path: Path) -> None:
+    """While the cancels hang, a second SIGINT exits 130 at once, naming the jobs left on fal."""
+    emulator.hold_jobs()
+    emulator.schedule_fault("cancel", "slow_response", times=2, delay=60)
+    process, request_ids = await _run_until_cancelling(emulator, tmp_path, 2)
+    async with process:
+        await emulator.wait_slow_held(2)
+        process.send_signal(signal.SIGINT)
+        out, err = await _output(process)
+        assert 130 == await process.wait()
+    assert "Interrupted again: exiting now." in err
+    assert all(r in err for r in request_ids)
+    assert "" == out
+
+
+async def test_ctrl_c_while_following_logs_never_cancels_the_job(
+    emulator: Emulator, client: AsyncClient, png_bytes: bytes
+) -> None:
+    """Ctrl-C on `logs --follow` only stops watching: exit 130, and the job runs on."""
+    emulator.hold_jobs()
+    handle = await client.submit(EditImageInput(prompt=PROMPT, image_urls=[png_bytes]))
+    command = [sys.executable, "-m", "fal_edit_async", "logs", handle.request_id, "--follow"]
+    async with await anyio.open_process(command, env=_fal_env(emulator)) as process:
+        assert process.stdout is not None
+        first = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 1000)
+        assert first.decode().endswith("INFO [1/3] Preparing inputs")
+        process.send_signal(signal.SIGINT)
+        _, err = await _output(process)
+        assert 130 == await process.wait()
+    assert "fal-edit: interrupted\n" == err
+    assert 0 == emulator.counters.cancels
+    assert not emulator.jobs[handle.request_id].cancelled
