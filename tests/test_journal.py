@@ -179,9 +179,22 @@ class _Worker:
             self._changed.set()
             self._changed = anyio.Event()
 
-    async def wait_for(self, condition: Callable[[], bool]) -> None:
+    async def wait_for(self, emulator: Emulator, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition`` holds, re-checked on each line and each emulator event
+        (it mixes both: a download may be held only after the worker's last line)."""
         while not condition():
-            await self._changed.wait()
+            async with anyio.create_task_group() as tg:
+
+                async def on_line() -> None:
+                    await self._changed.wait()
+                    tg.cancel_scope.cancel()
+
+                async def on_emulator() -> None:
+                    await emulator.wait_until(condition)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(on_line)
+                tg.start_soon(on_emulator)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -209,7 +222,7 @@ async def _phase(
             if ready is None:
                 assert 0 == await process.wait()
             else:
-                await worker.wait_for(lambda: ready(worker))
+                await worker.wait_for(emulator, lambda: ready(worker))
                 worker.kill()
                 await process.wait()
     return worker
