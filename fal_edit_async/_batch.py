@@ -334,6 +334,7 @@ class _Item:
     description: Mapping[str, Any]
     cost: Decimal
     attempts: int = 0
+    accepted: int = 0  # jobs fal accepted (and so may bill): what the cost counts
     request_id: str | None = None
     resumed: bool = False
 
@@ -345,7 +346,7 @@ class _Item:
             input=self.input,
             request_id=self.request_id,
             attempts=self.attempts,
-            cost=self.cost * self.attempts,
+            cost=self.cost * self.accepted,
             resumed=self.resumed,
             **values,
         )
@@ -439,7 +440,7 @@ class _Runner:
                         wire_input, on_retry=on_retry, **self.submit_options
                     )
                     self.jobs.succeeded()
-                    it.request_id = handle.request_id
+                    it.request_id, it.accepted = handle.request_id, it.accepted + 1
                     if self.journal is not None:
                         await self.journal.record_submitted(
                             it.journal_key,
@@ -485,6 +486,7 @@ class _Runner:
         if entry.state is JournalState.CANCELLED or entry.urls is None:
             return None
         it.attempts, it.request_id, it.resumed = entry.attempts, entry.request_id, True
+        it.accepted = entry.attempts
         self.budget.committed += entry.cost * entry.attempts
         if entry.state is JournalState.DOWNLOADED and (
             self.download_to is None or await anyio.to_thread.run_sync(_intact, entry.files)

@@ -331,3 +331,22 @@ async def test_summary_counts_everything(
     assert sum(r.cost for r in results) == summary.estimated_cost > 0
     assert {"server_error": 1} == dict(summary.request_retries)
     assert "3 completed, 1 failed" in str(summary)
+
+
+async def test_cost_counts_only_jobs_fal_accepted(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """An item whose submit never got through costs nothing; a retried job costs twice."""
+    emulator.schedule_fault("submit", "server_error", status=500)
+    (refused,) = await run_all(client, [("refused", item(png_data_uri, 1))])
+    emulator.schedule_fault("job", "model_failure", error_type="runner_disconnected")
+    (retried,) = await run_all(client, [("retried", item(png_data_uri, 2))])
+
+    assert (ItemState.FAILED, 0) == (refused.state, refused.cost)
+    assert retried.ok and 2 == retried.attempts
+    assert retried.cost == 2 * (await _one_job_cost(client, png_data_uri))
+
+
+async def _one_job_cost(client: AsyncClient, uri: str) -> Any:
+    (result,) = await run_all(client, [("plain", item(uri, 3))])
+    return result.cost
