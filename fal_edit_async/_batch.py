@@ -31,7 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._adaptive import AdaptiveLimiter
 from ._converter import input_from_dict, parse, to_wire
-from ._downloads import DownloadedFile, download_image, remove_stale_parts, safe_stem
+from ._downloads import DownloadedFile, download_all, remove_stale_parts, safe_stem
 from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._events import (
     BatchEvent,
@@ -45,6 +45,7 @@ from ._events import (
 )
 from ._exceptions import (
     BudgetExceededError,
+    DownloadError,
     FalEditError,
     InputError,
     JobCancelledError,
@@ -513,24 +514,23 @@ class _Runner:
     async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
             return ()
-        files = []
-        for n, image in enumerate(output.images):
-            async with self.downloads:
-                files.append(
-                    await download_image(
-                        self.client.transport,
-                        image,
-                        self.download_to,
-                        it.stem,
-                        n,
-                        retry=self.client.config.retry,
-                        max_bytes=self.client.config.limits.max_output_bytes,
-                        stats=self.client.stats,
-                    )
-                )
-        event = ItemDownloaded(key=it.key, request_id=it.request_id or "", files=tuple(files))
-        await self.emit(event)
-        return tuple(files)
+        done = await download_all(
+            self.client.transport,
+            output.images,
+            self.download_to,
+            it.stem,
+            retry=self.client.config.retry,
+            limiter=self.downloads,
+            max_bytes=self.client.config.limits.max_output_bytes,
+            stats=self.client.stats,
+            return_exceptions=True,
+        )
+        for outcome in done:
+            if isinstance(outcome, DownloadError):
+                raise outcome  # the item fails; its files that did arrive stay for a re-run
+        files = tuple(f for f in done if isinstance(f, DownloadedFile))
+        await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
+        return files
 
 
 def check_image_count(
