@@ -120,7 +120,11 @@ class ItemState(StrEnum):
 
 @attrs.frozen(kw_only=True)
 class ItemResult:
-    """One item's outcome: its output and files, or the error that stopped it."""
+    """One item's outcome: its output and files, or the error that stopped it.
+
+    ``key`` is the caller's key; for an unkeyed item it is the input's fingerprint
+    (:func:`item_key`) in a journaled batch, else ``item-<index>``.
+    """
 
     key: str
     index: int
@@ -206,7 +210,7 @@ def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
         name = PurePath(urlsplit(first).path).stem
         if name:
             return safe_stem(name)
-    return safe_stem("image-" + key[:8])
+    return "image"  # a data URI or bytes: claim_stem makes it unique
 
 
 @attrs.frozen(kw_only=True)
@@ -365,19 +369,28 @@ class _Runner:
     journal: Journal | None
     submit_options: Mapping[str, Any]
     stems: set[str] = attrs.field(factory=set)
+    stem_suffixes: dict[str, int] = attrs.field(factory=dict)
     cancelled_on_fal: int = 0
 
     async def emit(self, event: BatchEvent) -> None:
-        await call_back(self.on_event, event)  # type: ignore[arg-type]
+        if self.on_event is not None:
+            await call_back(self.on_event, event)  # type: ignore[arg-type]
 
     def claim_stem(self, stem: str, key: str) -> str:
         """A stem no other item of this batch writes to, so no output overwrites another."""
-        candidate, n = stem, 1
-        while candidate in self.stems:
+        if self.download_to is None:
+            return stem  # nothing is written: no need to keep thousands of names
+        candidate = stem
+        if candidate in self.stems:
+            candidate = f"{stem}-{key[:8]}"
+        # Remember where each stem's numbering got to: re-scanning from 1 made a batch of
+        # identical inputs quadratic.
+        n = self.stem_suffixes.get(candidate, 1)
+        while (numbered := candidate if n == 1 else f"{candidate}-{n}") in self.stems:
             n += 1
-            candidate = f"{stem}-{key[:8]}" if n == 2 else f"{stem}-{key[:8]}-{n}"
-        self.stems.add(candidate)
-        return candidate
+        self.stem_suffixes[candidate] = n
+        self.stems.add(numbered)
+        return numbered
 
     async def run(self, index: int, item: Any) -> ItemResult:
         key, keyed, raw = _split(item)
@@ -387,9 +400,11 @@ class _Runner:
             key = key or f"item-{index}"
             await self.emit(ItemFailed(key=key, request_id=None, error=exc))
             return ItemResult(key=key, index=index, state=ItemState.FAILED, error=exc)
-        description = describe_input(input)
-        fingerprint = _fingerprint(description)
-        key = key or fingerprint
+        # Only a journal needs the input's fingerprint: it is what makes a key stable across
+        # runs. Without one, an unkeyed item is simply known by its position.
+        description = describe_input(input) if self.journal is not None else {}
+        fingerprint = _fingerprint(description) if description else ""
+        key = key or fingerprint or f"item-{index}"
         it = _Item(
             index=index,
             key=key,
@@ -523,6 +538,7 @@ class _Runner:
             limiter=self.downloads,
             max_bytes=self.client.config.limits.max_output_bytes,
             stats=self.client.stats,
+            checksum=self.journal is not None,  # the journal re-checks files on a re-run
             return_exceptions=True,
         )
         for outcome in done:
@@ -572,6 +588,8 @@ class _Progress:
     started: bool = False
 
     async def update(self, update: JobStatus) -> None:
+        if self.runner.on_event is None:
+            return  # nobody listens: build no events
         key, rid, emit = self.key, self.request_id, self.runner.emit
         if isinstance(update, Queued):
             await emit(ItemQueued(key=key, request_id=rid, position=update.position))
@@ -675,10 +693,11 @@ async def _feed(
     async def one(index: int, item: Any, token: object) -> None:
         try:
             result = await runner.run(index, item)
+            batch._record(result)
+            # Deliver before freeing the slot: the consumer gets it before new items compete.
+            await send.send(result)
         finally:
             slots.release_on_behalf_of(token)
-        batch._record(result)
-        await send.send(result)
 
     async with send, anyio.create_task_group() as tg:
         index = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import anyio
 
@@ -129,14 +130,17 @@ async def raw_statuses(
     while use_stream:
         try:
             stats["streams_opened"] += 1
-            async for status in _stream_once(transport, urls, logs=logs, config=config):
-                # A stream that moves the job on is healthy, however often it drops.
-                if type(status) is not last_kind:
-                    failures = 0
-                last_kind = type(status)
-                yield status
-                if isinstance(status, Completed):
-                    return
+            # aclosing: on COMPLETED the stream is closed here and now, in this task, rather
+            # than by the garbage collector's finaliser in another one.
+            async with aclosing(_stream_once(transport, urls, logs=logs, config=config)) as stream:
+                async for status in stream:
+                    # A stream that moves the job on is healthy, however often it drops.
+                    if type(status) is not last_kind:
+                        failures = 0
+                    last_kind = type(status)
+                    yield status
+                    if isinstance(status, Completed):
+                        return
             stats["stream_drops"] += 1  # the body ended before COMPLETED
         except _StreamRefused:
             stats["stream_refused"] += 1

@@ -63,6 +63,8 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
         self._auth_origins = {origin(config.queue_url), origin(config.rest_url)}
+        # Fast path for the common case: a URL under a configured base is on its origin.
+        self._auth_prefixes = (config.queue_url + "/", config.rest_url + "/")
         self.requests_sent = 0
 
     def _open(self) -> aiohttp.ClientSession:
@@ -99,7 +101,7 @@ class HttpTransport:
 
     def may_authorize(self, url: str) -> bool:
         """True when ``url`` is on an origin the key may be sent to."""
-        return origin(url) in self._auth_origins
+        return url.startswith(self._auth_prefixes) or origin(url) in self._auth_origins
 
     def _headers(self, url: str, extra: Mapping[str, str] | None, auth: bool) -> dict[str, str]:
         headers = dict(extra or {})

@@ -175,7 +175,9 @@ async def test_download_writes_verified_bytes(
     image = server.image("/a.png", BIG)
     stats: Counter[str] = Counter()
 
-    got = await download_image(transport, image, dest, "cat", 2, retry=POLICY, stats=stats)
+    got = await download_image(
+        transport, image, dest, "cat", 2, retry=POLICY, stats=stats, checksum=True
+    )
 
     expected = DownloadedFile(
         path=dest / "cat_2.png",
@@ -486,7 +488,9 @@ async def test_data_uri_is_decoded_to_a_file(
     transport: HttpTransport, dest: Path, uri: str
 ) -> None:
     """A sync-mode data: URI is decoded and written like a download."""
-    got = await download_image(transport, ImageFile(url=uri), dest, "s", 1, retry=POLICY)
+    got = await download_image(
+        transport, ImageFile(url=uri), dest, "s", 1, retry=POLICY, checksum=True
+    )
 
     assert (dest / "s_1.png", PNG) == (got.path, got.path.read_bytes())
     assert hashlib.sha256(PNG).hexdigest() == got.sha256
