@@ -647,6 +647,15 @@ async def edit_many(
 ) -> AsyncIterator[Batch]:
     """Run many edits; see :meth:`AsyncClient.edit_many`."""
     limits = client.config.limits
+    needed = (concurrency or limits.jobs) + (downloads or limits.downloads) + limits.uploads
+    if needed > limits.max_connections:
+        # Jobs would queue for sockets behind each other's status streams: say so up front.
+        raise InputError(
+            "concurrency",
+            concurrency,
+            f"at most {limits.max_connections - needed + (concurrency or limits.jobs)} with "
+            f"Limits.max_connections={limits.max_connections} (raise it to go higher)",
+        )
     jobs = AdaptiveLimiter(concurrency or limits.jobs, adaptive=adaptive)
     runner = _Runner(
         client=client,

@@ -115,12 +115,16 @@ class Limits:
     concurrency, so more only adds queue time); uploads and downloads are bounded separately
     so memory stays flat however large the batch.
 
+    ``max_connections`` caps open sockets per client. Each job being followed holds one (its
+    status stream), so keep it above a batch's ``concurrency`` plus its downloads;
+    ``edit_many`` refuses a batch that would not fit.
+
     Sizes, in bytes: a local input image larger than ``max_input_bytes`` is an
     :class:`InputError`; one up to ``inline_bytes`` is sent inline as a data URI rather than
     uploaded; a download larger than ``max_output_bytes`` is refused.
     """
 
-    max_connections: int = attrs.field(default=100, validator=_positive("Limits"))
+    max_connections: int = attrs.field(default=512, validator=_positive("Limits"))
     jobs: int = attrs.field(default=16, validator=_positive("Limits"))
     uploads: int = attrs.field(default=4, validator=_positive("Limits"))
     downloads: int = attrs.field(default=8, validator=_positive("Limits"))

@@ -24,6 +24,7 @@ from fal_edit_async import (
     ItemState,
     ItemSubmitted,
     JobFailedError,
+    Limits,
 )
 from fal_edit_async.emulator import Emulator
 
@@ -350,3 +351,14 @@ async def test_cost_counts_only_jobs_fal_accepted(
 async def _one_job_cost(client: AsyncClient, uri: str) -> Any:
     (result,) = await run_all(client, [("plain", item(uri, 3))])
     return result.cost
+
+
+async def test_concurrency_beyond_the_connection_pool_is_refused(
+    emulator: Emulator, png_data_uri: str
+) -> None:
+    """A batch whose jobs and downloads cannot all have a socket is refused before sending."""
+    async with client_for(emulator, limits=Limits(max_connections=20)) as client:
+        with pytest.raises(InputError, match="max_connections=20"):
+            async with client.edit_many([item(png_data_uri)], concurrency=16):
+                pass
+    assert 0 == emulator.counters.requests_total
