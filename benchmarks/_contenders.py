@@ -276,9 +276,10 @@ class Floor(Contender):
 
 
 class OursDownload(_Ours):
-    """Only the download phase: ``fal_edit_async._downloads.download_image`` over N results."""
+    """Only the download phase: ``fal_edit_async._downloads.download_image`` over N results,
+    as the library downloads by default (no SHA-256)."""
 
-    checksum = True
+    checksum = False
 
     async def prepare(self, n: int) -> None:
         async with self.client.edit_many([self.input] * n, concurrency=self.concurrency) as batch:
@@ -316,10 +317,10 @@ class OursDownload(_Ours):
         return result
 
 
-class OursDownloadNoChecksum(OursDownload):
-    """:class:`OursDownload` with ``checksum=False``: what the SHA-256 costs."""
+class OursDownloadSha256(OursDownload):
+    """:class:`OursDownload` with ``checksum=True`` (as a journaled batch): what SHA-256 costs."""
 
-    checksum = False
+    checksum = True
 
 
 class BareDownload(Floor):
@@ -355,7 +356,7 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Contender]] = {
     "fal-client": FalClient,
     "floor": Floor,
     "ours-download": OursDownload,
-    "ours-download-nosum": OursDownloadNoChecksum,
+    "ours-download-sha256": OursDownloadSha256,
     "bare-download": BareDownload,
 }
 

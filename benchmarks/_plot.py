@@ -25,7 +25,7 @@ COLORS = {
     "fal-client": (255, 127, 14),
     "floor": (127, 127, 127),
     "ours-download": (24, 110, 24),
-    "ours-download-nosum": (152, 223, 138),
+    "ours-download-sha256": (152, 223, 138),
     "bare-download": (80, 80, 80),
 }
 _FALLBACK_COLORS = ((148, 103, 189), (140, 86, 75), (227, 119, 194), (23, 190, 207))

@@ -136,8 +136,9 @@ round only, while peak RSS is the process's whole life (interpreter and imports 
   `ours-batch` is `edit_many()`; `fal-client` is the official `fal_client.AsyncClient.subscribe`
   (its defaults: polling every 0.1 s); `floor` is bare aiohttp doing the fewest requests
   (submit, SSE status stream, result). In (d), `ours-download` is
-  `fal_edit_async._downloads.download_image` (default `checksum=True`), `ours-download-nosum`
-  the same with `checksum=False`, `bare-download` aiohttp `iter_chunked` with blocking writes.
+  `fal_edit_async._downloads.download_image` (its default, no SHA-256), `ours-download-sha256`
+  the same with `checksum=True` (as a journaled batch), `bare-download` aiohttp
+  `iter_chunked` with blocking writes.
 """
 
 
@@ -274,5 +275,5 @@ def figure(results: Results, caption: str) -> None:
 
 
 def _download_order(name: str) -> int:
-    order = ("ours-batch", "ours-download", "ours-download-nosum", "floor", "bare-download")
+    order = ("ours-batch", "ours-download", "ours-download-sha256", "floor", "bare-download")
     return order.index(name) if name in order else len(order)

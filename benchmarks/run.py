@@ -143,7 +143,7 @@ def build_cases(scenario: str, quick: bool) -> list[Case]:
         )
         for label, contenders in (
             ("end to end", ("ours-batch", "floor")),
-            ("download phase", ("ours-download", "ours-download-nosum", "bare-download")),
+            ("download phase", ("ours-download", "ours-download-sha256", "bare-download")),
         )
     ]
 

@@ -19,9 +19,9 @@ import binascii
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import re
-import secrets
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -75,6 +75,18 @@ class DownloadedFile:
     size: int
     sha256: str | None
     content_type: str
+
+
+_TEMP_COUNTER = itertools.count()
+
+
+def _temp_suffix() -> str:
+    """12 hex digits unique to this process and download: pid, then a counter.
+
+    Not random on purpose: ``secrets`` costs a getrandom syscall per file (measurable at
+    1 GB/s), and uniqueness is all that matters, since temp files are created exclusively.
+    """
+    return f"{os.getpid() & 0xFFFF:04x}{next(_TEMP_COUNTER) & 0xFFFFFFFF:08x}"
 
 
 _STALE_PART = re.compile(r"^\.[A-Za-z0-9._-]+_\d+\.[0-9a-f]{12}\.part$")
@@ -140,7 +152,7 @@ class _TempFile:
     """
 
     def __init__(self, folder: Path, prefix: str, *, fsync: bool, checksum: bool) -> None:
-        self.path = folder / f".{prefix}.{secrets.token_hex(6)}.part"
+        self.path = folder / f".{prefix}.{_temp_suffix()}.part"
         self.committed = False
         self._fsync = fsync
         self._hash = hashlib.sha256() if checksum else None
