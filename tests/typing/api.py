@@ -119,3 +119,39 @@ assert_type(fal.ProtocolError("x").details, list[str])
 assert_type(fal.JobFailedError(request_id="r", error=None).request_id, str)
 
 assert_type(fal.__version__, str)
+
+
+# --- the client, jobs and batches ------------------------------------------------------------
+
+
+async def client_api() -> None:
+    """The async surface apps and batch jobs use."""
+    async with fal.AsyncClient(api_key="k", limits=fal.Limits(jobs=8)) as client:
+        assert_type(await client.edit(inp, timeout=30.0, on_update=print), fal.EditImageOutput)
+        handle = await client.submit(inp, priority="low", start_timeout=30.0)
+        assert_type(handle, fal.JobHandle)
+        assert_type(handle.request_id, str)
+        async for update in handle.updates():
+            assert_type(update, fal.JobStatus)
+        async for entry in handle.logs():
+            assert_type(entry, fal.LogEntry)
+        assert_type(await handle.wait(timeout=10.0), fal.Completed)
+        assert_type(await handle.result(), fal.EditImageOutput)
+        assert_type(await handle.cancel(), fal.CancelOutcome)
+        assert_type(client.handle("request-id"), fal.JobHandle)
+        assert_type(await client.status("request-id", logs=True), fal.JobStatus)
+        assert_type(await client.cancel("request-id"), fal.CancelOutcome)
+        files = await client.download(out, Path("out"), stem="cat")
+        assert_type(files, list[fal.DownloadedFile])
+        items: list[fal.BatchItem] = [inp, ("key", inp), {"prompt": "p", "image_urls": []}]
+        async with client.edit_many(
+            items, concurrency=4, download_to="out", journal="run.journal", budget=5.0
+        ) as batch:
+            assert_type(batch, fal.Batch)
+            async for result in batch:
+                assert_type(result, fal.ItemResult)
+                assert_type(result.state, fal.ItemState)
+                assert_type(result.error, fal.FalEditError | None)
+        assert_type(batch.summary(), fal.BatchSummary)
+    assert_type(fal.estimate_batch(items), fal.BatchEstimate)
+    assert_type(fal.estimate_cost(inp), fal.CostEstimate)
