@@ -5,8 +5,8 @@ Import everything from here; the underscore modules are private and may move.
 
 from __future__ import annotations
 
-from ._batch import (
-    Batch as Batch,
+from ._batch import Batch as Batch
+from ._batch_items import (
     BatchEstimate as BatchEstimate,
     BatchItem as BatchItem,
     BatchSummary as BatchSummary,

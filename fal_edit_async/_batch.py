@@ -13,16 +13,14 @@ millions holds only about ``jobs + uploads + downloads`` items in memory.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -30,7 +28,17 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._adaptive import AdaptiveLimiter
-from ._converter import input_from_dict, parse, to_wire
+from ._batch_items import (
+    BatchItem,
+    BatchSummary,
+    EventCallback,
+    ItemResult,
+    ItemState,
+    describe_input,
+    fingerprint,
+    split_item,
+)
+from ._converter import input_from_dict, parse
 from ._downloads import DownloadedFile, download_all, remove_stale_parts, safe_stem
 from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._events import (
@@ -60,26 +68,7 @@ from ._pricing import estimate_cost
 if TYPE_CHECKING:
     from ._client import AsyncClient
 
-__all__ = [
-    "Batch",
-    "BatchEstimate",
-    "BatchItem",
-    "BatchSummary",
-    "EventCallback",
-    "ItemResult",
-    "ItemState",
-    "describe_input",
-    "edit_many",
-    "estimate_batch",
-    "item_key",
-]
-
-#: What a batch accepts per item: an input (or a JSON-like mapping of one), or a key with it.
-BatchItem: TypeAlias = (
-    EditImageInput | Mapping[str, Any] | tuple[str, EditImageInput | Mapping[str, Any]]
-)
-#: Called with each progress event; may be a plain function or a coroutine function.
-EventCallback: TypeAlias = Callable[[BatchEvent], Any]
+__all__ = ["Batch", "check_image_count", "edit_many"]
 
 #: fal request-error types worth a second job: the runner failed, not the request.
 RETRYABLE_ERROR_TYPES = frozenset(
@@ -109,97 +98,6 @@ _RETRY_KINDS = (
 )
 
 
-class ItemState(StrEnum):
-    """How an item ended."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    NOT_SUBMITTED = "not_submitted"
-
-
-@attrs.frozen(kw_only=True)
-class ItemResult:
-    """One item's outcome: its output and files, or the error that stopped it.
-
-    ``key`` is the caller's key; for an unkeyed item it is the input's fingerprint
-    (:func:`item_key`) in a journaled batch, else ``item-<index>``.
-    """
-
-    key: str
-    index: int
-    state: ItemState
-    input: EditImageInput | None = None
-    request_id: str | None = None
-    output: EditImageOutput | None = None
-    files: tuple[DownloadedFile, ...] = ()
-    error: FalEditError | None = None
-    attempts: int = 0
-    cost: Decimal = Decimal(0)
-    resumed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when the item completed (and downloaded, if asked)."""
-        return self.state is ItemState.COMPLETED
-
-
-@attrs.frozen(kw_only=True)
-class BatchSummary:
-    """What a batch did: counts, bytes, estimated cost, retries, and the concurrency it found."""
-
-    total: int
-    completed: int
-    failed: int
-    cancelled: int
-    not_submitted: int
-    bytes_downloaded: int
-    estimated_cost: Decimal
-    job_retries: int
-    request_retries: Mapping[str, int]
-    concurrency: int
-    lowest_concurrency: int
-    elapsed: float
-
-    def __str__(self) -> str:
-        return (
-            f"{self.completed} completed, {self.failed} failed, {self.cancelled} cancelled, "
-            f"{self.not_submitted} not submitted of {self.total}; "
-            f"{self.bytes_downloaded / 1e6:.1f} MB; ~${self.estimated_cost}; "
-            f"{self.elapsed:.1f} s; concurrency settled at {self.concurrency}"
-        )
-
-
-def describe_input(input: EditImageInput) -> dict[str, Any]:
-    """An input as JSON-ready data, with files by resolved path and bytes by their hash."""
-    wire: dict[str, Any] = {
-        a.name: to_wire(getattr(input, a.name)) for a in attrs.fields(type(input))
-    }
-    wire["image_urls"] = [_source_id(s) for s in input.image_urls]
-    return wire
-
-
-def _fingerprint(description: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def item_key(input: EditImageInput) -> str:
-    """A stable key for an input: a hash of its options and image sources.
-
-    Files are keyed by their resolved path and bytes by their hash, so the same manifest run
-    again yields the same keys, and any change to the prompt or an option a new one.
-    """
-    return _fingerprint(describe_input(input))
-
-
-def _source_id(source: str | os.PathLike[str] | bytes) -> str:
-    if isinstance(source, bytes):
-        return "sha256:" + hashlib.sha256(source).hexdigest()
-    if isinstance(source, str):
-        return source
-    return "file:" + str(Path(source).resolve())
-
-
 def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
     if keyed or input is None:
         return safe_stem(key)
@@ -211,46 +109,6 @@ def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
         if name:
             return safe_stem(name)
     return "image"  # a data URI or bytes: claim_stem makes it unique
-
-
-@attrs.frozen(kw_only=True)
-class BatchEstimate:
-    """What a batch would cost, worked out before anything is sent (a dry run)."""
-
-    total_usd: Decimal
-    items: int
-    worst_case: int
-    invalid: tuple[tuple[str, InputError], ...] = ()
-
-    def __str__(self) -> str:
-        text = f"{self.items} items, estimated ${self.total_usd}"
-        if self.worst_case:
-            text += f" ({self.worst_case} priced at their worst case: quality or size is auto)"
-        if self.invalid:
-            text += f"; {len(self.invalid)} invalid items would fail before submitting"
-        return text
-
-
-def estimate_batch(items: Iterable[BatchItem]) -> BatchEstimate:
-    """Price a batch without sending anything: the dry run behind ``--dry-run``.
-
-    Invalid items are listed with their error rather than raised, as a batch would report
-    them; they cost nothing.
-    """
-    total, count, worst = Decimal(0), 0, 0
-    invalid: list[tuple[str, InputError]] = []
-    for index, item in enumerate(items):
-        key, _, raw = _split(item)
-        try:
-            input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
-        except InputError as exc:
-            invalid.append((key or f"item-{index}", exc))
-            continue
-        estimate = estimate_cost(input)
-        total += estimate.usd
-        count += 1
-        worst += estimate.worst_case
-    return BatchEstimate(total_usd=total, items=count, worst_case=worst, invalid=tuple(invalid))
 
 
 class Batch:
@@ -393,7 +251,7 @@ class _Runner:
         return numbered
 
     async def run(self, index: int, item: Any) -> ItemResult:
-        key, keyed, raw = _split(item)
+        key, keyed, raw = split_item(item)
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
         except InputError as exc:
@@ -403,13 +261,13 @@ class _Runner:
         # Only a journal needs the input's fingerprint: it is what makes a key stable across
         # runs. Without one, an unkeyed item is simply known by its position.
         description = describe_input(input) if self.journal is not None else {}
-        fingerprint = _fingerprint(description) if description else ""
-        key = key or fingerprint or f"item-{index}"
+        print_ = fingerprint(description) if description else ""
+        key = key or print_ or f"item-{index}"
         it = _Item(
             index=index,
             key=key,
             # A caller's key plus the fingerprint: a changed prompt is a new row, not a reuse.
-            journal_key=f"{key}@{fingerprint}" if keyed else key,
+            journal_key=f"{key}@{print_}" if keyed else key,
             stem=self.claim_stem(_stem_of(input, key, keyed), key),
             input=input,
             description=description,
@@ -613,12 +471,6 @@ def _worth_retrying(exc: JobFailedError) -> bool:
     if exc.retryable is not None:
         return exc.retryable
     return exc.error_type in RETRYABLE_ERROR_TYPES
-
-
-def _split(item: Any) -> tuple[str | None, bool, Any]:
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-        return item[0], True, item[1]
-    return None, False, item
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._batch import ItemResult
+from ._batch_items import ItemResult
 from ._cli_report import ActiveJob, Progress, describe, duration
 from ._events import BatchEvent, ItemLog
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO
 
 import attrs
 
-from ._batch import ItemResult, ItemState
+from ._batch_items import ItemResult, ItemState
 from ._events import (
     BatchEvent,
     ItemCompleted,

@@ -14,7 +14,8 @@ from typing import Any, Self
 import anyio
 import anyio.lowlevel
 
-from ._batch import Batch, BatchItem, EventCallback, check_image_count, edit_many
+from ._batch import Batch, check_image_count, edit_many
+from ._batch_items import BatchItem, EventCallback
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
 from ._converter import input_to_wire
 from ._downloads import DownloadedFile, download_all
