@@ -258,6 +258,13 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
     if args.dry_run:
         return dry_run(planned, sys.stdout, sys.stderr, json_mode=args.json, budget=args.budget)
     check_credentials(emulator=args.emulator)
+    if args.emulator and args.journal is not None:
+        # The in-process emulator's jobs and URLs end with this run: a journal of them could
+        # never be resumed, and a re-run would fail every journaled item.
+        raise UsageError(
+            "--journal cannot resume jobs of --emulator, which ends with this run; to try "
+            "resuming offline, run `fal-edit emulator` elsewhere and point FAL_QUEUE_URL at it"
+        )
     options = RunOptions(
         out=None if args.no_download else args.out,
         endpoint=args.endpoint,

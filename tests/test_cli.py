@@ -363,3 +363,16 @@ def test_display_shows_queue_positions_and_running_jobs() -> None:
     assert "0/3" in shown and "2 in flight (1 queued)" in shown and "~$0.54 so far" in shown
     assert "queued #3" in shown and "req-cat" in shown
     assert "running" in shown and "req-dog" in shown
+
+
+def test_journal_with_in_process_emulator_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--journal with --emulator exits 2: those jobs could never be re-attached."""
+    write_images(tmp_path / "in", "a.png")
+    argv = ["edit", PROMPT, str(tmp_path / "in"), "--emulator", "--journal", str(tmp_path / "j")]
+
+    assert 2 == main(argv)
+
+    assert "FAL_QUEUE_URL" in capsys.readouterr().err
+    assert not (tmp_path / "j").exists()
