@@ -414,9 +414,8 @@ def check_image_count(
     make us download (or pay attention to) an unbounded number of files."""
     if len(output.images) > input.num_images:
         raise ProtocolError(
-            f"result has {len(output.images)} images but num_images={input.num_images}"
-            + (f" (request_id={request_id})" if request_id else ""),
-            payload=None,
+            f"result has {len(output.images)} images but num_images={input.num_images}",
+            request_id=request_id,
         )
     return output
 

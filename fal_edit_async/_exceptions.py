@@ -130,11 +130,28 @@ class ServerError(APIError):
 class ProtocolError(FalEditError):
     """A payload from the server did not match the shape we expect."""
 
-    def __init__(self, message: str, *, details: Sequence[str] = (), payload: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Sequence[str] = (),
+        payload: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.message = message
         self.details = list(details)
         self.payload = payload
+        self.request_id = request_id
         text = message if not self.details else f"{message}: " + "; ".join(self.details)
-        super().__init__(text)
+        super().__init__(_with_request_id(text, request_id))
+
+    def for_request(self, request_id: str) -> ProtocolError:
+        """The same error naming the job it concerns (for fal support, and to re-attach)."""
+        if self.request_id is not None:
+            return self
+        return ProtocolError(
+            self.message, details=self.details, payload=self.payload, request_id=request_id
+        )
 
 
 class JobFailedError(FalEditError):

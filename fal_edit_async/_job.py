@@ -34,6 +34,7 @@ from ._models import (
 from ._protocol import JobUrls, api_error, cancel_outcome
 from ._retry import with_retries
 from ._status_stream import fetch_status, raw_statuses
+from ._transport import HttpResponse
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
@@ -101,7 +102,13 @@ class JobHandle:
         last: JobStatus | None = None
         statuses = raw_statuses(c.transport, self.urls, logs=logs, config=c.config, stats=c.stats)
         async with aclosing(statuses):
-            async for status in statuses:
+            while True:
+                try:
+                    status = await anext(statuses)
+                except StopAsyncIteration:
+                    return
+                except ProtocolError as exc:
+                    raise exc.for_request(self.request_id) from exc
                 if isinstance(status, InProgress | Completed):
                     fresh = tuple(e for e in status.logs if _log_key(e) not in seen)
                     seen.update(_log_key(e) for e in fresh)
@@ -167,7 +174,7 @@ class JobHandle:
         async def once() -> EditImageOutput:
             resp = await c.transport.request("GET", self.urls.response_url)
             if resp.ok:
-                return self._output(resp.json("result"))
+                return self._output(resp)
             error = api_error(resp.status, resp.headers, resp.body)
             failed = completed is not None and completed.failed
             if error.error_type == "client_cancelled" or resp.status == 499:
@@ -189,11 +196,16 @@ class JobHandle:
 
         return await with_retries(once, policy=c.config.retry, stats=c.stats)
 
-    def _output(self, payload: object) -> EditImageOutput:
-        output = parse(payload, EditImageOutput)
+    def _output(self, resp: HttpResponse) -> EditImageOutput:
+        try:
+            payload = resp.json("result")
+            output = parse(payload, EditImageOutput)
+        except ProtocolError as exc:
+            raise exc.for_request(self.request_id) from exc
         if not output.images:  # a paid job that produced nothing must not pass as done
-            message = f"the result has no images (request_id={self.request_id})"
-            raise ProtocolError(message, payload=payload)
+            raise ProtocolError(
+                "the result has no images", payload=payload, request_id=self.request_id
+            )
         return output
 
     async def cancel(self) -> CancelOutcome:

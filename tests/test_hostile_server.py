@@ -425,3 +425,19 @@ async def test_echoed_key_is_scrubbed_from_errors(
         with pytest.raises(AuthError) as caught:
             await client.edit(edit_input)
         assert emulator.api_key not in str(caught.value)
+
+
+@pytest.mark.parametrize("route", ["status", "stream", "result"])
+async def test_protocol_errors_name_the_request(
+    emulator: Emulator, edit_input: EditImageInput, route: str
+) -> None:
+    """A ProtocolError about a job carries its request id, in the message and as an attribute."""
+    polling = POLL_ONLY if route == "status" else FAST_POLLING
+    async with client_for(emulator, polling=polling) as client:
+        emulator.schedule_fault(route, "invalid_json")
+        with pytest.raises(ProtocolError) as caught:
+            await client.edit(edit_input)
+
+    (request_id,) = emulator.jobs
+    assert request_id == caught.value.request_id
+    assert request_id in str(caught.value)
