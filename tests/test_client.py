@@ -426,3 +426,20 @@ async def test_polling_intervals_back_off(emulator: Emulator, edit_input: EditIm
     gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert max(gaps) >= 0.04
     assert len(polls) < 30
+
+
+async def test_stream_rate_limit_waits_as_told(
+    emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """A 429 with Retry-After: 1 on the status stream delays the reconnect by about a second."""
+    from fal_edit_async import RetryPolicy
+
+    emulator.schedule_fault("stream", "rate_limit", retry_after=1)
+    async with client_for(emulator, retry=RetryPolicy(base_delay=0.0)) as client:
+        handle = await client.submit(edit_input)
+        await handle.wait()
+
+    opens = [t for t, _, path, _ in emulator.counters.request_log if path.endswith("/stream")]
+    assert 2 == len(opens)
+    assert opens[1] - opens[0] >= 1.0
+    assert 1 == client.statistics()["stream_errors"]
