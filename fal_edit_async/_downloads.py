@@ -36,7 +36,7 @@ from aiohttp import ClientResponse
 from ._config import DEFAULT_LIMITS, RetryPolicy
 from ._exceptions import DownloadError, TransportError
 from ._models import ImageFile
-from ._retry import backoff_delay, parse_retry_after
+from ._retry import parse_retry_after, with_retries
 from ._transport import HttpTransport
 
 __all__ = [
@@ -288,22 +288,14 @@ async def download_image(
 async def _retrying(
     call: Callable[[], Awaitable[T]], *, policy: RetryPolicy, stats: Counter[str] | None, url: str
 ) -> T:
-    attempt = 0
-    while True:
-        try:
-            return await call()
-        except (_Transient, TransportError) as exc:
-            attempt += 1
-            reason = _reason(exc)
-            if attempt >= policy.max_attempts:
-                raise DownloadError(f"{reason} (gave up after {attempt} tries)", url=url) from exc
-            if stats is not None:
-                stats["download_retry"] += 1
-            delay = backoff_delay(policy, attempt - 1)
-            if isinstance(exc, _Transient) and exc.retry_after is not None:
-                delay = min(exc.retry_after, policy.max_retry_after)
-            if policy.wait and delay > 0:
-                await anyio.sleep(delay)
+    def classify(exc: Exception) -> str | None:
+        return "download_retry" if isinstance(exc, _Transient | TransportError) else None
+
+    try:
+        return await with_retries(call, policy=policy, stats=stats, classify=classify)
+    except (_Transient, TransportError) as exc:  # every try failed, each one retryable
+        tries = policy.max_attempts
+        raise DownloadError(f"{_reason(exc)} (gave up after {tries} tries)", url=url) from exc
 
 
 def _reason(exc: Exception) -> str:

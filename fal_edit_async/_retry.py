@@ -18,9 +18,16 @@ from typing import TypeVar
 import anyio
 
 from ._config import RetryPolicy
-from ._exceptions import APIError, FalEditError, RateLimitError, TransportError
+from ._exceptions import APIError, RateLimitError, TransportError
 
-__all__ = ["RetryKind", "backoff_delay", "parse_retry_after", "retry_kind", "with_retries"]
+__all__ = [
+    "RetryKind",
+    "backoff_delay",
+    "parse_retry_after",
+    "retry_delay",
+    "retry_kind",
+    "with_retries",
+]
 
 T = TypeVar("T")
 
@@ -92,18 +99,23 @@ async def with_retries(
     stats: Counter[str] | None = None,
     rng: random.Random | None = None,
     on_retry: Callable[[RetryKind], None] | None = None,
+    classify: Callable[[Exception], RetryKind | None] | None = None,
 ) -> T:
     """Await ``call()`` until it succeeds, a failure is not retryable, or attempts run out.
 
-    ``on_retry`` hears the kind of each failure about to be retried (a batch lowers its
-    concurrency on ``"rate_limit"``).
+    ``classify`` names the kind of a retryable failure, or None to raise it at once; by
+    default :func:`retry_kind` (downloads pass their own). ``on_retry`` hears the kind of
+    each failure about to be retried (a batch lowers its concurrency on ``"rate_limit"``).
     """
     attempt = 0
     while True:
         try:
             return await call()
-        except FalEditError as exc:
-            kind = retry_kind(exc, submit=submit, policy=policy)
+        except Exception as exc:
+            if classify is not None:
+                kind = classify(exc)
+            else:
+                kind = retry_kind(exc, submit=submit, policy=policy)
             attempt += 1
             if kind is None or attempt >= policy.max_attempts:
                 raise
@@ -111,8 +123,17 @@ async def with_retries(
                 stats[kind] += 1
             if on_retry is not None:
                 on_retry(kind)
-            delay = backoff_delay(policy, attempt - 1, rng)
-            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-                delay = min(exc.retry_after, policy.max_retry_after)
+            delay = retry_delay(exc, policy, attempt - 1, rng)
             if policy.wait and delay > 0:
                 await anyio.sleep(delay)
+
+
+def retry_delay(
+    exc: BaseException | None, policy: RetryPolicy, attempt: int, rng: random.Random | None = None
+) -> float:
+    """How long to wait before retry ``attempt`` (0-based): the server's ``Retry-After``
+    when the failure carries one (capped by ``max_retry_after``), else full-jitter backoff."""
+    retry_after: float | None = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        return min(retry_after, policy.max_retry_after)
+    return backoff_delay(policy, attempt, rng)

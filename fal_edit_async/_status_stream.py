@@ -21,10 +21,10 @@ import anyio
 
 from ._config import ClientConfig
 from ._converter import parse_status
-from ._exceptions import APIError, AuthError, NotFoundError, RateLimitError, TransportError
+from ._exceptions import APIError, AuthError, NotFoundError, TransportError
 from ._models import Completed, JobStatus, Queued
 from ._protocol import JobUrls, api_error, decode_json
-from ._retry import backoff_delay, with_retries
+from ._retry import retry_delay, with_retries
 from ._sse import SSEDecoder
 from ._transport import HttpTransport
 
@@ -115,13 +115,6 @@ async def _poll(
         await anyio.sleep(interval)
 
 
-def _retry_after(exc: Exception, config: ClientConfig) -> float | None:
-    """The wait fal asked for with a 429 on the stream, capped like any Retry-After."""
-    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-        return min(exc.retry_after, config.retry.max_retry_after)
-    return None
-
-
 async def raw_statuses(
     transport: HttpTransport,
     urls: JobUrls,
@@ -158,16 +151,14 @@ async def raw_statuses(
             if isinstance(exc, APIError) and exc.status < 500 and exc.status not in (408, 429):
                 raise
             stats["stream_errors"] += 1
-            delay = _retry_after(exc, config)
+            failure: Exception | None = exc
         else:
-            delay = None
+            failure = None  # the body ended before COMPLETED
         failures += 1
         if failures >= config.polling.stream_failures:
             break
         if config.retry.wait:
-            await anyio.sleep(
-                delay if delay is not None else backoff_delay(config.retry, failures - 1)
-            )
+            await anyio.sleep(retry_delay(failure, config.retry, failures - 1))
     if use_stream:
         stats["polling_fallbacks"] += 1
     async for status in _poll(transport, urls, logs=logs, config=config, stats=stats):
