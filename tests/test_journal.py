@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from anyio.abc import Process
 from PIL import Image
 
@@ -287,7 +287,17 @@ async def test_sigkill_at_every_stage_then_resume(png_data_uri: str, tmp_path: P
         assert Counter({JournalState.DOWNLOADED: total}) == Counter(e.state for e in entries)
 
 
-@pytest.mark.parametrize("state", list(JournalState))
-def test_states_are_strings(state: JournalState) -> None:
-    """Journal states are stored as their plain string values."""
-    assert state.value == str(state)
+async def test_file_is_plain_sqlite_with_string_states(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """The journal is an ordinary SQLite file other tools can read: states are plain strings."""
+    journal = tmp_path / "j.sqlite"
+    await run(client, items_for(png_data_uri, 2), journal=journal, download_to=tmp_path / "out")
+
+    with sqlite3.connect(journal) as db:
+        rows = db.execute("SELECT key, state, typeof(state), request_id FROM items").fetchall()
+
+    assert {("k0", "downloaded", "text"), ("k1", "downloaded", "text")} == {
+        (key.split("@")[0], state, kind) for key, state, kind, _ in rows
+    }
+    assert all(request_id for *_, request_id in rows)
