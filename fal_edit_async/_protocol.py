@@ -122,7 +122,7 @@ def submit_headers(
     return out
 
 
-def decode_json(body: bytes, *, what: str) -> Any:
+def decode_json(body: bytes | str, *, what: str) -> Any:
     """Parse a JSON body, or raise ProtocolError naming what it was for."""
     try:
         return json.loads(body)

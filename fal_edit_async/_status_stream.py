@@ -84,7 +84,7 @@ async def _stream_once(
         decoder = SSEDecoder()
         async for chunk in resp.content.iter_any():
             for event in decoder.feed(chunk):
-                yield parse_status(decode_json(event.data.encode(), what="status event"))
+                yield parse_status(decode_json(event.data, what="status event"))
 
 
 async def _poll(
