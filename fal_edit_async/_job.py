@@ -136,22 +136,22 @@ class JobHandle:
         """
         collected: list[LogEntry] = []
         try:
-            with anyio.fail_after(timeout):
+            # move_on_after, not fail_after: only this scope's own deadline means "timed out",
+            # never a TimeoutError raised by a callback or a library underneath.
+            with anyio.move_on_after(timeout) as deadline:
                 async with aclosing(self.updates(logs=True)) as updates:
                     async for update in updates:
                         collected.extend(getattr(update, "logs", ()))
                         await call_back(on_update, update)
                         if isinstance(update, Completed):
                             return attrs.evolve(update, logs=tuple(collected))
-        except TimeoutError as exc:
-            if isinstance(exc, FalEditError):
-                raise
-            await self.cancel_quietly()
-            raise JobTimeoutError(self.request_id, timeout or 0.0) from exc
         except anyio.get_cancelled_exc_class():
             await self.cancel_quietly()
             raise
-        raise AssertionError("unreachable: raw_statuses ends only after COMPLETED")
+        if not deadline.cancelled_caught:
+            raise AssertionError("unreachable: raw_statuses ends only after COMPLETED")
+        await self.cancel_quietly()
+        raise JobTimeoutError(self.request_id, timeout or 0.0)
 
     async def result(
         self, *, timeout: float | None = None, on_update: UpdateCallback | None = None

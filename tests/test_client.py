@@ -443,3 +443,18 @@ async def test_stream_rate_limit_waits_as_told(
     assert 2 == len(opens)
     assert opens[1] - opens[0] >= 1.0
     assert 1 == client.statistics()["stream_errors"]
+
+
+async def test_callback_timeout_is_not_taken_for_the_deadline(
+    client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """A TimeoutError raised by on_update propagates as is; the job is not cancelled."""
+
+    def impatient(update: JobStatus) -> None:
+        raise TimeoutError("the caller's own")
+
+    with pytest.raises(TimeoutError, match="the caller's own") as caught:
+        await client.edit(edit_input, timeout=60, on_update=impatient)
+
+    assert not isinstance(caught.value, JobTimeoutError)
+    assert 0 == emulator.counters.cancels
