@@ -132,6 +132,8 @@ class Batch:
         self._bytes = 0
         self._cost = Decimal(0)
         self._job_retries = 0
+        # The client may serve other calls too: the summary counts only this batch's retries.
+        self._stats_at_start = Counter(runner.client.stats)
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
         return self._results()
@@ -155,12 +157,14 @@ class Batch:
     def summary(self) -> BatchSummary:
         """Counts so far (final once iteration ended)."""
         end = self._finished or time.monotonic()
-        stats = self._runner.client.stats
+        stats = self._runner.client.stats - self._stats_at_start
+        # Items cancelled on the way out yield no result, but they are part of the batch.
+        cut_short = self._runner.cancelled_on_fal
         return BatchSummary(
-            total=sum(self._counts.values()),
+            total=sum(self._counts.values()) + cut_short,
             completed=self._counts[ItemState.COMPLETED],
             failed=self._counts[ItemState.FAILED],
-            cancelled=self._counts[ItemState.CANCELLED] + self._runner.cancelled_on_fal,
+            cancelled=self._counts[ItemState.CANCELLED] + cut_short,
             not_submitted=self._counts[ItemState.NOT_SUBMITTED],
             bytes_downloaded=self._bytes,
             estimated_cost=self._cost,

@@ -13,6 +13,7 @@ from PIL import Image
 from fal_edit_async import (
     AsyncClient,
     BatchEvent,
+    CancelOutcome,
     DownloadError,
     EditImageInput,
     InputError,
@@ -204,7 +205,7 @@ async def test_leaving_early_cancels_every_job(
     for job in emulator.jobs.values():
         await emulator.wait_for_state(job.request_id, "COMPLETED")
         assert "client_cancelled" == job.error_type
-    assert 4 == summary.cancelled
+    assert (4, 4) == (summary.cancelled, summary.total)
     assert [] == list(tmp_path.iterdir())
 
 
@@ -321,6 +322,8 @@ async def test_summary_counts_everything(
     """The summary adds up items, bytes, estimated cost and retried requests by kind."""
     emulator.schedule_fault("status", "server_error")
     emulator.schedule_fault("stream", "refuse_stream")
+    emulator.schedule_fault("cancel", "server_error")
+    assert CancelOutcome.NOT_FOUND == await client.cancel("before-the-batch")  # 1 retry, not ours
     items = [item(png_data_uri, n) for n in range(3)] + [item(png_data_uri, 9, num_images=9)]
 
     async with client.edit_many(items, download_to=tmp_path) as batch:
