@@ -34,6 +34,7 @@ __all__ = [
     "cancel_outcome",
     "decode_json",
     "origin",
+    "same_origin",
     "submit_headers",
 ]
 
@@ -46,6 +47,12 @@ def origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
     return parts.scheme.lower(), f"{(parts.hostname or '').lower()}:{port}"
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """True when ``url`` is on ``base_url``'s origin; a URL under the base needs no parsing
+    (this runs for every request, so the common case stays a string comparison)."""
+    return url.startswith(base_url.rstrip("/") + "/") or origin(url) == origin(base_url)
 
 
 @attrs.frozen(kw_only=True)
@@ -82,9 +89,8 @@ class JobUrls:
         The key is sent to those URLs, so a receipt that names another host is not trusted:
         the URLs are built locally instead, as @fal-ai/client always does.
         """
-        own = origin(queue_url)
         urls = (receipt.status_url, receipt.response_url, receipt.cancel_url)
-        if all(origin(u) == own for u in urls):
+        if all(same_origin(u, queue_url) for u in urls):
             return cls(
                 request_id=receipt.request_id,
                 status_url=receipt.status_url,

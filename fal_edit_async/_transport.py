@@ -20,7 +20,7 @@ from multidict import CIMultiDictProxy
 
 from ._config import ClientConfig
 from ._exceptions import TransportError
-from ._protocol import api_error, decode_json, origin
+from ._protocol import api_error, decode_json, same_origin
 
 __all__ = ["HttpResponse", "HttpTransport"]
 
@@ -62,9 +62,7 @@ class HttpTransport:
         self._config = config
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
-        self._auth_origins = {origin(config.queue_url), origin(config.rest_url)}
-        # Fast path for the common case: a URL under a configured base is on its origin.
-        self._auth_prefixes = (config.queue_url + "/", config.rest_url + "/")
+        self._auth_bases = (config.queue_url, config.rest_url)
         self.requests_sent = 0
 
     def _open(self) -> aiohttp.ClientSession:
@@ -101,7 +99,7 @@ class HttpTransport:
 
     def may_authorize(self, url: str) -> bool:
         """True when ``url`` is on an origin the key may be sent to."""
-        return url.startswith(self._auth_prefixes) or origin(url) in self._auth_origins
+        return any(same_origin(url, base) for base in self._auth_bases)
 
     def _headers(self, url: str, extra: Mapping[str, str] | None, auth: bool) -> dict[str, str]:
         headers = dict(extra or {})

@@ -17,7 +17,14 @@ from fal_edit_async import (
     SubmitReceipt,
     ValidationError,
 )
-from fal_edit_async._protocol import JobUrls, api_error, cancel_outcome, origin, submit_headers
+from fal_edit_async._protocol import (
+    JobUrls,
+    api_error,
+    cancel_outcome,
+    origin,
+    same_origin,
+    submit_headers,
+)
 
 EDIT = EndpointId.parse("fal-ai/gpt-image-1/edit-image")
 
@@ -163,3 +170,19 @@ def test_cancel_other_errors_raise() -> None:
     """A cancel answered 401 raises the auth error."""
     with pytest.raises(AuthError):
         cancel_outcome(401, CIMultiDict(), b'{"detail":"no"}')
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("https://queue.fal.run/fal-ai/x/requests/1", True, id="under-base"),
+        pytest.param("https://QUEUE.fal.run:443/other", True, id="same-origin-other-spelling"),
+        pytest.param("https://queue.fal.run.evil.com/x", False, id="lookalike-host"),
+        pytest.param("https://queue.fal.run@evil.com/x", False, id="userinfo-trick"),
+        pytest.param("http://queue.fal.run/x", False, id="other-scheme"),
+        pytest.param("https://queue.fal.run:8443/x", False, id="other-port"),
+    ],
+)
+def test_same_origin(url: str, expected: bool) -> None:
+    """The key-scoping check: a fast prefix match, and a real origin comparison otherwise."""
+    assert expected == same_origin(url, "https://queue.fal.run")
