@@ -165,6 +165,7 @@ class Batch:
             completed=self._counts[ItemState.COMPLETED],
             failed=self._counts[ItemState.FAILED],
             cancelled=self._counts[ItemState.CANCELLED] + cut_short,
+            cancelled_on_exit=cut_short,
             not_submitted=self._counts[ItemState.NOT_SUBMITTED],
             bytes_downloaded=self._bytes,
             estimated_cost=self._cost,

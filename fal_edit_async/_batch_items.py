@@ -82,12 +82,17 @@ class ItemResult:
 
 @attrs.frozen(kw_only=True)
 class BatchSummary:
-    """What a batch did: counts, bytes, estimated cost, retries, and the concurrency it found."""
+    """What a batch did: counts, bytes, estimated cost, retries, and the concurrency it found.
+
+    ``cancelled`` counts every cancelled item; ``cancelled_on_exit`` those whose fal job the
+    batch itself cancelled when it was left early (they yield no result).
+    """
 
     total: int
     completed: int
     failed: int
     cancelled: int
+    cancelled_on_exit: int
     not_submitted: int
     bytes_downloaded: int
     estimated_cost: Decimal

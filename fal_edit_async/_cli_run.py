@@ -112,12 +112,11 @@ class _Run:
     places: Mapping[str, tuple[int, int | None]]
     interrupted: bool = False
     auth_error: AuthError | None = None
-    seen_cancelled: int = 0
     batch: Batch | None = None
 
     def cancelled_on_fal(self) -> int:
         """Jobs the batch cancelled on fal on its way out (not those cancelled by others)."""
-        return self.batch.summary().cancelled - self.seen_cancelled if self.batch else 0
+        return self.batch.summary().cancelled_on_exit if self.batch else 0
 
     def report(self, result: ItemResult) -> None:
         self.reporter.result(result, self.places.get(result.key, (-1, None))[1])
@@ -205,8 +204,6 @@ def auth_message(error: AuthError) -> str:
 
 def _take(run: _Run, scope: anyio.CancelScope, result: ItemResult) -> None:
     run.report(result)
-    if result.state is ItemState.CANCELLED:
-        run.seen_cancelled += 1
     if isinstance(result.error, AuthError) and run.auth_error is None:
         run.auth_error = result.error  # the key is wrong for every item: stop now
         scope.cancel()
