@@ -122,7 +122,11 @@ class _Ours(Contender):
         await self.client.aclose()
 
     def statistics(self) -> dict[str, Any]:
-        return dict(self.client.statistics())
+        import attrs
+
+        stats = self.client.statistics()
+        counts = {k: v for k, v in attrs.asdict(stats, recurse=False).items() if k != "retries"}
+        return {**counts, **stats.retries.as_dict()}
 
 
 class OursEdit(_Ours):
@@ -292,18 +296,17 @@ class OursDownload(_Ours):
         assert dest is not None
         result = Round()
         limiter = anyio.CapacityLimiter(self.downloads)
-        retry = self.client.config.retry
+        core = self.client._core  # the library's own download path, without the batch around it
 
         async def one(index: int) -> None:
             async with limiter:
                 try:
                     file = await download_image(
-                        self.client.transport,
+                        core,
                         self.images[index],
                         dest,
                         f"image{index}",
                         0,
-                        retry=retry,
                         checksum=self.checksum,
                     )
                 except DownloadError as exc:

@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 from PIL import Image
 
 from fal_edit_async import (
     AsyncClient,
+    ClientStatistics,
     ItemResult,
     JobFailedError,
     Limits,
@@ -142,9 +144,15 @@ async def run_batch(
     return results, time.monotonic() - started
 
 
+def flat_stats(stats: ClientStatistics) -> dict[str, int]:
+    """The client's counters and its retries by kind, in one mapping."""
+    counts = {k: v for k, v in attrs.asdict(stats, recurse=False).items() if k != "retries"}
+    return {**counts, **attrs.asdict(stats.retries)}
+
+
 def retry_table(stats: Any, injected: Counter[str]) -> None:
     """Print what the client retried next to what the emulator injected."""
-    client_kinds = ("rate_limit", "server_error", "transport", "timeout", "download_retry")
+    client_kinds = ("rate_limit", "server_error", "transport", "timeout", "download")
     stream_kinds = ("stream_errors", "stream_drops", "polling_fallbacks")
     print("  client retries by kind:  " + ", ".join(f"{k}={stats.get(k, 0)}" for k in client_kinds))
     print("  client stream recovery:  " + ", ".join(f"{k}={stats.get(k, 0)}" for k in stream_kinds))
@@ -180,7 +188,7 @@ async def main(jobs: int, seed: int) -> int:
             counters = emu.counters
             submits1, downloads1 = counters.submits, counters.downloads
             injected1 = Counter(counters.faults_injected)
-            stats1 = dict(client.statistics())
+            stats1 = flat_stats(client.statistics())
             jobs_by_id = dict(emu.jobs)
             by_state = Counter(r.state.value for r in first)
             refused = [r for r in first if isinstance(r.error, JobFailedError)]
@@ -241,7 +249,7 @@ async def main(jobs: int, seed: int) -> int:
                     "server_error",
                     "transport",
                     "timeout",
-                    "download_retry",
+                    "download",
                     "stream_errors",
                     "stream_drops",
                 )

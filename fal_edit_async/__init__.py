@@ -6,7 +6,17 @@ Import everything from here; the underscore modules are private and may move.
 from __future__ import annotations
 
 from ._batch import Batch as Batch
-from ._batch_items import (
+from ._batch._events import (
+    BatchEvent as BatchEvent,
+    ItemCompleted as ItemCompleted,
+    ItemDownloaded as ItemDownloaded,
+    ItemFailed as ItemFailed,
+    ItemLog as ItemLog,
+    ItemQueued as ItemQueued,
+    ItemStarted as ItemStarted,
+    ItemSubmitted as ItemSubmitted,
+)
+from ._batch._items import (
     BatchEstimate as BatchEstimate,
     BatchItem as BatchItem,
     BatchSummary as BatchSummary,
@@ -15,6 +25,11 @@ from ._batch_items import (
     ItemState as ItemState,
     estimate_batch as estimate_batch,
     item_key as item_key,
+)
+from ._batch._journal import (
+    Journal as Journal,
+    JournalEntry as JournalEntry,
+    JournalState as JournalState,
 )
 from ._client import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, AsyncClient as AsyncClient
 from ._config import (
@@ -32,18 +47,7 @@ from ._config import (
     Timeouts as Timeouts,
 )
 from ._converter import input_from_dict as input_from_dict
-from ._downloads import DownloadedFile as DownloadedFile
 from ._endpoint import EndpointId as EndpointId
-from ._events import (
-    BatchEvent as BatchEvent,
-    ItemCompleted as ItemCompleted,
-    ItemDownloaded as ItemDownloaded,
-    ItemFailed as ItemFailed,
-    ItemLog as ItemLog,
-    ItemQueued as ItemQueued,
-    ItemStarted as ItemStarted,
-    ItemSubmitted as ItemSubmitted,
-)
 from ._exceptions import (
     APIError as APIError,
     AuthError as AuthError,
@@ -62,15 +66,11 @@ from ._exceptions import (
     ValidationError as ValidationError,
 )
 from ._job import JobHandle as JobHandle, UpdateCallback as UpdateCallback
-from ._journal import (
-    Journal as Journal,
-    JournalEntry as JournalEntry,
-    JournalState as JournalState,
-)
 from ._models import (
     Background as Background,
     CancelOutcome as CancelOutcome,
     Completed as Completed,
+    DownloadedFile as DownloadedFile,
     EditImageInput as EditImageInput,
     EditImageOutput as EditImageOutput,
     ImageFile as ImageFile,
@@ -79,18 +79,34 @@ from ._models import (
     InProgress as InProgress,
     InputFidelity as InputFidelity,
     JobStatus as JobStatus,
+    JobUrls as JobUrls,
     LogEntry as LogEntry,
     OutputFormat as OutputFormat,
     Quality as Quality,
     Queued as Queued,
+    SubmitOptions as SubmitOptions,
     SubmitReceipt as SubmitReceipt,
     UnknownStatus as UnknownStatus,
 )
 from ._pricing import CostEstimate as CostEstimate, estimate_cost as estimate_cost
+from ._statistics import (
+    ClientStatistics as ClientStatistics,
+    RetryCounts as RetryCounts,
+    RetryKind as RetryKind,
+)
+from ._transport import (
+    AiohttpTransport as AiohttpTransport,
+    MockTransport as MockTransport,
+    Request as Request,
+    Response as Response,
+    StreamResponse as StreamResponse,
+    Transport as Transport,
+)
 from ._version import __version__ as __version__
 
 __all__ = [
     "APIError",
+    "AiohttpTransport",
     "AsyncClient",
     "AuthError",
     "Background",
@@ -102,6 +118,7 @@ __all__ = [
     "BudgetExceededError",
     "CancelOutcome",
     "ClientConfig",
+    "ClientStatistics",
     "Completed",
     "CostEstimate",
     "Credentials",
@@ -139,11 +156,13 @@ __all__ = [
     "JobHandle",
     "JobStatus",
     "JobTimeoutError",
+    "JobUrls",
     "Journal",
     "JournalEntry",
     "JournalState",
     "Limits",
     "LogEntry",
+    "MockTransport",
     "NotFoundError",
     "OutputFormat",
     "Polling",
@@ -151,10 +170,17 @@ __all__ = [
     "Quality",
     "Queued",
     "RateLimitError",
+    "Request",
+    "Response",
+    "RetryCounts",
+    "RetryKind",
     "RetryPolicy",
     "ServerError",
+    "StreamResponse",
+    "SubmitOptions",
     "SubmitReceipt",
     "Timeouts",
+    "Transport",
     "TransportError",
     "UnknownStatus",
     "UpdateCallback",

@@ -17,8 +17,7 @@ from typing import Any, Protocol, TextIO
 
 import attrs
 
-from ._batch_items import ItemResult, ItemState
-from ._events import (
+from ._batch._events import (
     BatchEvent,
     ItemCompleted,
     ItemDownloaded,
@@ -28,6 +27,7 @@ from ._events import (
     ItemStarted,
     ItemSubmitted,
 )
+from ._batch._items import ItemResult, ItemState
 from ._exceptions import BudgetExceededError, FalEditError, JobFailedError, field_errors_of
 
 __all__ = [

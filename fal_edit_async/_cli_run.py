@@ -24,7 +24,7 @@ import anyio.abc
 import attrs
 
 from ._batch import Batch
-from ._batch_items import ItemResult, ItemState, estimate_batch
+from ._batch._items import ItemResult, ItemState, estimate_batch
 from ._cli_inputs import Planned, UsageError
 from ._cli_report import Reporter
 from ._client import AsyncClient

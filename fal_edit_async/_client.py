@@ -1,50 +1,67 @@
-"""AsyncClient: submit edit jobs to fal's queue and follow them to their results."""
+"""AsyncClient: the façade. It owns one core and hands it to every operation.
+
+Every method here is a few lines: checking what the caller passed and delegating to the
+module that does the work (``_job``, ``_downloads``, ``_batch``), so nothing below this
+module ever sees the client.
+"""
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, Unpack
 
 import anyio
-import anyio.lowlevel
 
-from ._batch import Batch, check_image_count, edit_many
-from ._batch_items import BatchItem, EventCallback
+from ._batch import Batch, edit_many
+from ._batch._items import BatchItem, BatchSettings, EventCallback
+from ._batch._journal import Journal
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
-from ._converter import input_to_wire
-from ._downloads import DownloadedFile, download_all
-from ._endpoint import DEFAULT_ENDPOINT, EndpointId
-from ._exceptions import JobTimeoutError, ProtocolError
-from ._job import JobHandle, UpdateCallback
-from ._journal import Journal
+from ._core import Core
+from ._downloads import download_all
+from ._endpoint import DEFAULT_ENDPOINT
+from ._exceptions import InputError, JobTimeoutError
+from ._job import JobHandle, UpdateCallback, attach, submit
 from ._models import (
     CancelOutcome,
+    DownloadedFile,
     EditImageInput,
     EditImageOutput,
     ImageFile,
     JobStatus,
-    SubmitReceipt,
+    SubmitOptions,
 )
-from ._protocol import JobUrls, submit_headers
-from ._retry import with_retries
-from ._transport import HttpTransport
+from ._protocol import check_image_count, check_submit_options
+from ._statistics import ClientStatistics
+from ._transport import AiohttpTransport, Transport
 from ._uploads import Uploader
 
 __all__ = ["DEFAULT_ENDPOINT", "AsyncClient"]
 
 
+class ClientState(Enum):
+    """Where a client is in its life."""
+
+    UNOPENED = 1  # created; usable at once (the session opens on first use) or entered
+    OPENED = 2  # entered with ``async with``; entering again is a bug
+    CLOSED = 3  # closed for good: every call raises, a second close does nothing
+
+
 class AsyncClient:
-    """An async client for fal's queue API, owning one HTTP session.
+    """An async client for fal's queue API.
 
     Every argument is keyword-only and optional: with ``FAL_KEY`` set (and ``FAL_QUEUE_URL``
     when not talking to fal itself) ``AsyncClient()`` is ready to use. Arguments win over
-    the environment; ``config`` replaces it entirely.
+    the environment; ``config`` replaces it entirely. ``transport`` replaces the default
+    aiohttp transport (a :class:`MockTransport` in unit tests); the client closes it.
+
+    A client is used once: after :meth:`aclose` (or the end of its ``async with`` block)
+    every call raises ``RuntimeError``.
 
     Usage::
 
@@ -64,6 +81,7 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         polling: Polling | None = None,
         config: ClientConfig | None = None,
+        transport: Transport | None = None,
     ) -> None:
         if config is None:
             config = ClientConfig.from_env(
@@ -75,24 +93,33 @@ class AsyncClient:
                 retry=retry,
                 polling=polling,
             )
-        self.config = config
-        self.transport = HttpTransport(config)
-        #: Counts of retries by kind, streams, polls and cancels, for reports and tests.
-        self.stats: Counter[str] = Counter()
-        #: Turns local files and bytes into URLs (inline or uploaded), once per content.
-        self.uploader = Uploader(
-            self.transport,
-            config,
-            inline_threshold=config.limits.inline_bytes,
-            max_bytes=config.limits.max_input_bytes,
-            stats=self.stats,
-        )
+        if transport is None:
+            transport = AiohttpTransport(
+                timeouts=config.timeouts,
+                max_connections=config.limits.max_connections,
+                user_agent=config.user_agent,
+            )
+        self._config = config
+        self._state = ClientState.UNOPENED
+        self._core = Core(config, transport)
+        # One uploader per client: the same content is uploaded once for the client's life.
+        self._uploader = Uploader(self._core)
         self._downloads = anyio.CapacityLimiter(config.limits.downloads)
 
     def __repr__(self) -> str:
-        return f"AsyncClient(queue_url={self.config.queue_url!r})"
+        return f"AsyncClient(queue_url={self._config.queue_url!r})"
+
+    @property
+    def config(self) -> ClientConfig:
+        """The configuration this client was built with (read-only)."""
+        return self._config
 
     async def __aenter__(self) -> Self:
+        if self._state is not ClientState.UNOPENED:
+            raise RuntimeError(
+                "this client was already entered or closed; create a new AsyncClient"
+            )
+        self._state = ClientState.OPENED
         return self
 
     async def __aexit__(
@@ -104,92 +131,43 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session; a second call does nothing."""
-        await self.transport.aclose()
+        """Close the transport and its connections; a second call does nothing."""
+        if self._state is ClientState.CLOSED:
+            return
+        self._state = ClientState.CLOSED
+        await self._core.aclose()
 
-    def statistics(self) -> Mapping[str, int]:
-        """A snapshot of the counters: retries by kind, streams, polls, cancels, requests."""
-        return {**self.stats, "requests": self.transport.requests_sent}
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the counters: requests, submits, streams, polls, retries by kind."""
+        return self._core.stats.snapshot()
 
     def handle(self, request_id: str, *, endpoint: str = DEFAULT_ENDPOINT) -> JobHandle:
         """Re-attach to a job by its request id (URLs built with the sub-path dropped)."""
-        ep = EndpointId.parse(endpoint)
-        urls = JobUrls.build(self.config.queue_url, ep, request_id)
-        return JobHandle(request_id=request_id, endpoint=ep, urls=urls, client=self)
+        return attach(self._core, request_id, endpoint)
 
-    async def submit(
-        self,
-        input: EditImageInput,
-        *,
-        endpoint: str = DEFAULT_ENDPOINT,
-        webhook_url: str | None = None,
-        priority: str | None = None,
-        hint: str | None = None,
-        start_timeout: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        on_retry: Callable[[str], None] | None = None,
-    ) -> JobHandle:
+    async def submit(self, input: EditImageInput, **options: Unpack[SubmitOptions]) -> JobHandle:
         """Enqueue one edit job and return its handle.
 
         Local files and bytes in ``image_urls`` are inlined as data URIs when small and
         uploaded to fal storage otherwise (once per content per client); an unreadable,
         empty or non-image file raises :class:`InputError`. Everything is validated before
-        the request is sent. The POST is retried only when
-        fal cannot have enqueued the job (a 429, a gateway 502/503/504 without a request id,
-        or a connection that never opened). After an ambiguous failure (a reset or timeout
-        once the body was sent) it is **not** retried unless
-        ``RetryPolicy(retry_ambiguous_submit=True)``: a second POST may be a second paid job.
+        the request is sent. The POST is retried only when fal cannot have enqueued the job
+        (a 429, a gateway 502/503/504 without a request id, or a connection that never
+        opened). After an ambiguous failure (a reset or timeout once the body was sent) it is
+        **not** retried unless ``RetryPolicy(retry_ambiguous_submit=True)``: a second POST
+        may be a second paid job.
 
         Each POST runs shielded from cancellation, so a cancelled caller still learns the
         request id, and the job is then cancelled on fal before the cancellation propagates.
 
         Args:
             input: the edit to run.
-            endpoint: the fal endpoint id.
-            webhook_url: a URL fal POSTs the result to when the job ends.
-            priority: ``"normal"`` or ``"low"``.
-            hint: a runner routing hint.
-            start_timeout: seconds (above 1) the job may wait to start before fal gives up.
-            headers: extra request headers (never ``Authorization``).
-            on_retry: hears the kind of each retried failure (``"rate_limit"``, ...).
+            options: :class:`SubmitOptions`: ``endpoint``, ``webhook_url``, ``priority``
+                (``"normal"`` or ``"low"``), ``hint``, ``start_timeout`` (seconds above 1
+                the job may wait to start), ``headers`` (never ``Authorization``).
         """
-        ep = EndpointId.parse(endpoint)
-        if not isinstance(input, EditImageInput):
-            raise TypeError(f"submit() takes an EditImageInput, not {type(input).__name__}")
-        extra = submit_headers(
-            priority=priority, hint=hint, start_timeout=start_timeout, headers=headers
-        )
-        if not input.is_resolved:
-            input = await self.uploader.resolve_input(input)
-        body = input_to_wire(input)
-        params = {"fal_webhook": webhook_url} if webhook_url else None
-        url = f"{self.config.queue_url}/{ep.submit_path}"
-
-        async def post() -> SubmitReceipt:
-            with anyio.CancelScope(shield=True):
-                resp = await self.transport.request(
-                    "POST", url, json=body, params=params, headers=extra
-                )
-            resp.raise_for_status()
-            return _receipt(resp.json("submit"), self.config.queue_url, ep)
-
-        receipt = await with_retries(
-            post, policy=self.config.retry, submit=True, stats=self.stats, on_retry=on_retry
-        )
-        self.stats["submits"] += 1
-        handle = JobHandle(
-            request_id=receipt.request_id,
-            endpoint=ep,
-            urls=JobUrls.from_receipt(self.config.queue_url, ep, receipt),
-            receipt=receipt,
-            client=self,
-        )
-        try:
-            await anyio.lowlevel.checkpoint()  # deliver a cancellation that arrived mid-POST
-        except anyio.get_cancelled_exc_class():
-            await handle.cancel_quietly()
-            raise
-        return handle
+        check_submit_options(options, "submit")
+        return await submit(self._core, self._uploader, input, **options)
 
     async def status(
         self, request_id: str, *, endpoint: str = DEFAULT_ENDPOINT, logs: bool = False
@@ -213,7 +191,7 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         on_update: UpdateCallback | None = None,
-        **submit_options: Any,
+        **options: Unpack[SubmitOptions],
     ) -> EditImageOutput:
         """Submit one edit, wait for it, and return its typed output: fal-client's ``subscribe``.
 
@@ -224,10 +202,11 @@ class AsyncClient:
             input: the edit to run.
             timeout: seconds for submit, wait and result together.
             on_update: called with each status update (a plain or an async function).
-            submit_options: passed to :meth:`submit` (``endpoint``, ``priority``, ...).
+            options: :class:`SubmitOptions`, as for :meth:`submit`.
         """
+        check_submit_options(options, "edit")
         deadline = None if timeout is None else anyio.current_time() + timeout
-        handle = await self.submit(input, **submit_options)
+        handle = await submit(self._core, self._uploader, input, **options)
         remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
         try:
             output = await handle.result(timeout=remaining, on_update=on_update)
@@ -254,16 +233,16 @@ class AsyncClient:
             ExceptionGroup: of :class:`DownloadError`, after every download has ended, when
                 any failed; the others are on disk.
         """
+        if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes <= 0):
+            raise InputError("max_bytes", max_bytes, "a positive number of bytes")
         items = images.images if isinstance(images, EditImageOutput) else images
         return await download_all(
-            self.transport,
+            self._core,
             list(items),
             Path(dest),
             stem,
-            retry=self.config.retry,
             limiter=self._downloads,
-            max_bytes=max_bytes or self.config.limits.max_output_bytes,
-            stats=self.stats,
+            max_bytes=self._config.limits.max_output_bytes if max_bytes is None else max_bytes,
         )
 
     def edit_many(
@@ -278,7 +257,7 @@ class AsyncClient:
         journal: str | os.PathLike[str] | Journal | None = None,
         adaptive: bool = True,
         on_event: EventCallback | None = None,
-        **submit_options: Any,
+        **options: Unpack[SubmitOptions],
     ) -> AbstractAsyncContextManager[Batch]:
         """Edit many images in parallel; results arrive as items finish.
 
@@ -287,7 +266,9 @@ class AsyncClient:
         iterable of any length: items are pulled only as capacity frees up, so memory stays
         flat. One bad item (invalid input, unreadable file, model refusal, failed download)
         yields a failed :class:`ItemResult` with its cause and never stops the others.
-        Leaving the block early cancels the items still running, on fal too.
+        Leaving the block early cancels the items still running, on fal too. Bad settings
+        (``concurrency=0``, a negative or NaN ``budget``, an unknown option) raise at the
+        call, before anything is sent.
 
         Args:
             items: what to edit.
@@ -307,7 +288,7 @@ class AsyncClient:
                 Ctrl-C never pays twice for an item.
             adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
             on_event: called with each progress event (a plain or async function).
-            submit_options: passed to :meth:`submit` (``endpoint``, ``priority``, ...).
+            options: :class:`SubmitOptions` for every job, as for :meth:`submit`.
 
         Usage::
 
@@ -316,31 +297,16 @@ class AsyncClient:
                     print(result.key, result.state, result.error or "")
             print(batch.summary())
         """
-        return edit_many(
-            self,
-            items,
+        settings = BatchSettings.build(
+            self._config.limits,
             concurrency=concurrency,
-            download_to=download_to,
             downloads=downloads,
+            download_to=download_to,
             job_retries=job_retries,
             budget=budget,
             journal=journal,
             adaptive=adaptive,
             on_event=on_event,
-            **submit_options,
+            submit_options=options,
         )
-
-
-def _receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:
-    """The submit answer; a receipt missing its URLs still keeps the paid job's id."""
-    if not isinstance(payload, Mapping) or not isinstance(payload.get("request_id"), str):
-        raise ProtocolError("submit answer has no request_id", payload=payload)
-    built = JobUrls.build(queue_url, endpoint, payload["request_id"])
-    position = payload.get("queue_position")
-    return SubmitReceipt(
-        request_id=payload["request_id"],
-        response_url=str(payload.get("response_url") or built.response_url),
-        status_url=str(payload.get("status_url") or built.status_url),
-        cancel_url=str(payload.get("cancel_url") or built.cancel_url),
-        queue_position=position if isinstance(position, int) else None,
-    )
+        return edit_many(self._core, self._uploader, items, settings)

@@ -9,131 +9,42 @@ The final name is ``<safe(stem)>_<index>.<ext>``, with the extension taken from 
 bytes really are. The server's ``file_name`` never reaches the path. An existing file with that
 name is replaced, so running the same batch again rewrites the same names (idempotent).
 
-No ``Authorization`` header is ever sent: downloads go through ``open_stream(auth=False)``.
+No ``Authorization`` header is ever sent: downloads go through ``Core.stream(auth=False)``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import functools
-import hashlib
-import itertools
-import os
-import re
-from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal, TypeVar, overload
+from typing import TypeVar
 from urllib.parse import unquote_to_bytes
 
 import anyio
 import anyio.to_thread
 import attrs
-from aiohttp import ClientResponse
 
-from ._config import DEFAULT_LIMITS, RetryPolicy
+from ._config import DEFAULT_LIMITS
+from ._core import Core
 from ._exceptions import DownloadError, TransportError
-from ._models import ImageFile
-from ._retry import parse_retry_after, with_retries
-from ._transport import HttpTransport
+from ._files import CONTENT_TYPES, EXTENSIONS, TempFile, safe_stem, sniff_image_format
+from ._models import DownloadedFile, ImageFile
+from ._protocol import is_transient, parse_retry_after
+from ._retry import with_retries
+from ._statistics import RetryKind
+from ._transport import StreamResponse
 
-__all__ = [
-    "DownloadedFile",
-    "download_all",
-    "download_image",
-    "safe_stem",
-    "sniff_image_format",
-]
+__all__ = ["download_all", "download_image", "download_outcomes"]
 
 T = TypeVar("T")
 
-#: Extension and content type of each format we write; the model outputs only these.
-_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_ACCEPTED_TYPES = frozenset({*_CONTENT_TYPES.values(), "image/jpg"})
-_CHUNK = 256 * 1024
+_ACCEPTED_TYPES = frozenset({*CONTENT_TYPES.values(), "image/jpg"})
 # Bytes gathered before one hop to a worker thread. A hop costs more CPU than writing a few
 # MiB, and the loop thread is the bottleneck; memory stays bounded per download in flight.
 _FLUSH = 1024 * 1024  # per write batch: memory stays at about this per download
 _SNIFF_LEN = 12
-_MAX_STEM = 100
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_RETRY_STATUSES = frozenset({408, 429})
-
-
-@attrs.frozen(kw_only=True)
-class DownloadedFile:
-    """One image written to disk and verified.
-
-    ``content_type`` is the format the bytes really are, not what the server claimed;
-    ``sha256`` is the hex digest of the file, or None when downloaded with ``checksum=False``.
-    """
-
-    path: Path
-    size: int
-    sha256: str | None
-    content_type: str
-
-
-_TEMP_COUNTER = itertools.count()
-
-
-def _temp_suffix() -> str:
-    """12 hex digits unique to this process and download: pid, then a counter.
-
-    Not random on purpose: ``secrets`` costs a getrandom syscall per file (measurable at
-    1 GB/s), and uniqueness is all that matters, since temp files are created exclusively.
-    """
-    return f"{os.getpid() & 0xFFFF:04x}{next(_TEMP_COUNTER) & 0xFFFFFFFF:08x}"
-
-
-_STALE_PART = re.compile(r"^\.[A-Za-z0-9._-]+_\d+\.[0-9a-f]{12}\.part$")
-
-
-def remove_stale_parts(folder: Path) -> int:
-    """Delete temp files a killed run left in ``folder``; returns how many.
-
-    Only names this module writes (``.<stem>_<index>.<12 hex>.part``) are touched.
-    """
-    removed = 0
-    try:
-        candidates = list(folder.iterdir())
-    except OSError:
-        return 0
-    for path in candidates:
-        if _STALE_PART.match(path.name):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def sniff_image_format(head: bytes) -> str | None:
-    """The image format named by a file's first bytes (12 are enough), or None.
-
-    Returns:
-        ``"png"``, ``"jpeg"``, ``"webp"``, ``"gif"``, or None for anything else.
-    """
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    return None
-
-
-def safe_stem(stem: str) -> str:
-    """A file name stem that stays inside its folder: ``[A-Za-z0-9._-]`` only, never empty.
-
-    Other characters (separators, NUL, spaces) become ``_``, leading dots are dropped (no
-    hidden files, no ``..``), and the result is capped at 100 characters.
-    """
-    cleaned = _UNSAFE.sub("_", stem).lstrip(".")[:_MAX_STEM]
-    return cleaned or "image"
 
 
 class _Transient(Exception):
@@ -142,56 +53,6 @@ class _Transient(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
-
-
-class _TempFile:
-    """A ``.part`` file next to its final name; every method blocks and runs in a thread.
-
-    The file is created by the first write, and the last batch is written by ``commit``:
-    thread hops cost more than the writes, so a small image takes exactly one.
-    """
-
-    def __init__(self, folder: Path, prefix: str, *, fsync: bool, checksum: bool) -> None:
-        self.path = folder / f".{prefix}.{_temp_suffix()}.part"
-        self.committed = False
-        self._fsync = fsync
-        self._hash = hashlib.sha256() if checksum else None
-        self._file: BinaryIO | None = None
-
-    def write(self, chunks: list[bytes]) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Exclusive create: a clash with another download fails, never interleaves.
-            self._file = open(self.path, "xb")
-        if self._hash is not None:
-            for chunk in chunks:
-                self._hash.update(chunk)  # releases the GIL, like the write
-        self._file.writelines(chunks)
-
-    def commit(self, chunks: list[bytes], final: Path) -> str | None:
-        """Write the last batch and rename the file over ``final``; returns the SHA-256."""
-        self.write(chunks)
-        assert self._file is not None
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.path, final)
-        self.committed = True
-        return None if self._hash is None else self._hash.hexdigest()
-
-    @property
-    def left_behind(self) -> bool:
-        """True while a temp file exists that nobody will rename."""
-        return self._file is not None and not self.committed
-
-    def discard(self) -> None:
-        """Close and delete the temp file; best effort, so the original error stays visible."""
-        with contextlib.suppress(OSError):
-            if self._file is not None:
-                self._file.close()
-            if not self.committed:
-                self.path.unlink(missing_ok=True)
 
 
 @attrs.frozen
@@ -206,15 +67,15 @@ class _Target:
     fsync: bool
     checksum: bool
 
-    def temp_file(self) -> _TempFile:
-        return _TempFile(self.folder, self.prefix, fsync=self.fsync, checksum=self.checksum)
+    def temp_file(self) -> TempFile:
+        return TempFile(self.folder, self.prefix, fsync=self.fsync, checksum=self.checksum)
 
     def final_path(self, fmt: str) -> Path:
-        return self.folder / f"{self.prefix}.{_EXTENSIONS[fmt]}"
+        return self.folder / f"{self.prefix}.{EXTENSIONS[fmt]}"
 
     def result(self, fmt: str, size: int, digest: str | None) -> DownloadedFile:
         return DownloadedFile(
-            path=self.final_path(fmt), size=size, sha256=digest, content_type=_CONTENT_TYPES[fmt]
+            path=self.final_path(fmt), size=size, sha256=digest, content_type=CONTENT_TYPES[fmt]
         )
 
     def check_announced(self, size: int | None, what: str) -> None:
@@ -224,15 +85,13 @@ class _Target:
 
 
 async def download_image(
-    transport: HttpTransport,
+    core: Core,
     image: ImageFile,
     dest: Path,
     stem: str,
     index: int,
     *,
-    retry: RetryPolicy,
     max_bytes: int | None = None,
-    stats: Counter[str] | None = None,
     fsync: bool = False,
     checksum: bool = False,
 ) -> DownloadedFile:
@@ -241,19 +100,17 @@ async def download_image(
     http(s) URLs are streamed without any ``Authorization`` header, following redirects;
     ``data:`` URIs (sync mode) are decoded. Either way the file must be a PNG, JPEG or WebP
     whose length matches ``Content-Length`` and ``image.file_size`` when given. Truncated
-    bodies, connection failures and 408/429/5xx are retried per ``retry``, each retry counted
-    in ``stats["download_retry"]``; anything else fails at once. ``dest`` is created if
+    bodies, connection failures and 408/429/5xx are retried per ``RetryPolicy``, each retry
+    counted as a ``download`` retry; anything else fails at once. ``dest`` is created if
     missing; an existing file with the final name is replaced atomically.
 
     Args:
-        transport: the client's transport.
+        core: the client's core.
         image: the image as fal described it.
         dest: the folder to write into.
         stem: the name to give the file, made safe by :func:`safe_stem`.
         index: the image's position, appended to the stem.
-        retry: attempts and backoff.
         max_bytes: refuse (without retrying) a file larger than this.
-        stats: a counter for ``download_retry`` and ``downloads``.
         fsync: flush the file to the disk before renaming it into place, so that it survives
             a power loss too (not only a crash of this process). Slower.
         checksum: also compute the file's SHA-256 (``sha256`` is None without). Length and
@@ -276,23 +133,22 @@ async def download_image(
     if image.url.startswith("data:"):
         result = await anyio.to_thread.run_sync(_write_data_uri, target)
     elif image.url.startswith(("http://", "https://")):
-        fetch = functools.partial(_fetch, transport, target)
-        result = await _retrying(fetch, policy=retry, stats=stats, url=image.url)
+        fetch = functools.partial(_fetch, core, target)
+        result = await _retrying(fetch, core=core, url=image.url)
     else:
         raise DownloadError("not an http(s) URL or a data: URI", url=image.url)
-    if stats is not None:
-        stats["downloads"] += 1
+    core.stats.downloads += 1
     return result
 
 
-async def _retrying(
-    call: Callable[[], Awaitable[T]], *, policy: RetryPolicy, stats: Counter[str] | None, url: str
-) -> T:
-    def classify(exc: Exception) -> str | None:
-        return "download_retry" if isinstance(exc, _Transient | TransportError) else None
+async def _retrying(call: Callable[[], Awaitable[T]], *, core: Core, url: str) -> T:
+    policy = core.config.retry
+
+    def classify(exc: Exception) -> RetryKind | None:
+        return "download" if isinstance(exc, _Transient | TransportError) else None
 
     try:
-        return await with_retries(call, policy=policy, stats=stats, classify=classify)
+        return await with_retries(call, policy=policy, stats=core.stats, classify=classify)
     except (_Transient, TransportError) as exc:  # every try failed, each one retryable
         tries = policy.max_attempts
         raise DownloadError(f"{_reason(exc)} (gave up after {tries} tries)", url=url) from exc
@@ -305,12 +161,12 @@ def _reason(exc: Exception) -> str:
     return text
 
 
-async def _fetch(transport: HttpTransport, target: _Target) -> DownloadedFile:
+async def _fetch(core: Core, target: _Target) -> DownloadedFile:
     # identity: Content-Length must count the bytes we write, not a compressed form of them.
     headers = {"Accept-Encoding": "identity"}
-    async with transport.open_stream(target.url, auth=False, headers=headers) as resp:
+    async with core.stream(target.url, auth=False, headers=headers) as resp:
         status = resp.status
-        if status in _RETRY_STATUSES or status >= 500:
+        if is_transient(status):
             raise _Transient(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         if status != 200:
             raise DownloadError(f"HTTP {status}", url=target.url)
@@ -320,7 +176,7 @@ async def _fetch(transport: HttpTransport, target: _Target) -> DownloadedFile:
         target.check_announced(resp.content_length, "Content-Length")
         temp = target.temp_file()
         try:
-            return await _stream_to(temp, resp.content.iter_chunked(_CHUNK), target, resp)
+            return await _stream_to(temp, resp.aiter_bytes(), target, resp)
         finally:
             # A write in a worker thread always runs to its end, even when this task is
             # cancelled, so the file's state is settled here; the cleanup must finish too.
@@ -330,7 +186,7 @@ async def _fetch(transport: HttpTransport, target: _Target) -> DownloadedFile:
 
 
 async def _stream_to(
-    temp: _TempFile, chunks: AsyncIterable[bytes], target: _Target, resp: ClientResponse
+    temp: TempFile, chunks: AsyncIterable[bytes], target: _Target, resp: StreamResponse
 ) -> DownloadedFile:
     """Write the body to ``temp`` in batches, verify it, and rename it into place."""
     fmt: str | None = None
@@ -377,7 +233,7 @@ async def _on_disk(target: _Target, func: Callable[..., T], *args: object) -> T:
 
 def _format_of(head: bytes, url: str) -> str:
     fmt = sniff_image_format(head)
-    if fmt not in _EXTENSIONS:
+    if fmt not in EXTENSIONS:
         raise DownloadError("body is not a PNG, JPEG or WebP image", url=url)
     return fmt
 
@@ -418,100 +274,26 @@ def _decode_data_uri(target: _Target) -> bytes:
     return unquote_to_bytes(payload)
 
 
-@overload
-async def download_all(
-    transport: HttpTransport,
+async def download_outcomes(
+    core: Core,
     images: Sequence[ImageFile],
     dest: Path,
     stem: str,
     *,
-    retry: RetryPolicy,
-    limit: int | None = None,
-    limiter: anyio.CapacityLimiter | None = None,
+    limiter: anyio.CapacityLimiter,
     max_bytes: int | None = None,
-    stats: Counter[str] | None = None,
     fsync: bool = False,
     checksum: bool = False,
-    return_exceptions: Literal[False] = False,
-) -> list[DownloadedFile]: ...
-
-
-@overload
-async def download_all(
-    transport: HttpTransport,
-    images: Sequence[ImageFile],
-    dest: Path,
-    stem: str,
-    *,
-    retry: RetryPolicy,
-    limit: int | None = None,
-    limiter: anyio.CapacityLimiter | None = None,
-    max_bytes: int | None = None,
-    stats: Counter[str] | None = None,
-    fsync: bool = False,
-    checksum: bool = False,
-    return_exceptions: Literal[True],
-) -> list[DownloadedFile | DownloadError]: ...
-
-
-async def download_all(
-    transport: HttpTransport,
-    images: Sequence[ImageFile],
-    dest: Path,
-    stem: str,
-    *,
-    retry: RetryPolicy,
-    limit: int | None = None,
-    limiter: anyio.CapacityLimiter | None = None,
-    max_bytes: int | None = None,
-    stats: Counter[str] | None = None,
-    fsync: bool = False,
-    checksum: bool = False,
-    return_exceptions: bool = False,
-) -> list[DownloadedFile] | list[DownloadedFile | DownloadError]:
-    """Download several images concurrently; image ``i`` becomes ``<stem>_<i>.<ext>``.
-
-    At most ``limit`` downloads run at once (default ``Limits().downloads``), or pass a shared
-    ``limiter`` to bound several batches together. One failure never stops the others.
-
-    Args:
-        transport: the client's transport.
-        images: the images, in output order.
-        dest: the folder to write into.
-        stem: the common name stem.
-        retry: attempts and backoff, per image.
-        limit: how many downloads may run at once.
-        limiter: a limiter to share instead of ``limit``.
-        max_bytes: refuse any file larger than this.
-        stats: a counter for ``download_retry`` and ``downloads``.
-        fsync: flush each file to the disk before renaming it into place.
-        checksum: also compute each file's SHA-256 (see :func:`download_image`).
-        return_exceptions: return each failure in its slot instead of raising, as
-            ``asyncio.gather`` does.
-
-    Returns:
-        One entry per image, in order: the file, or (with ``return_exceptions``) its error.
-
-    Raises:
-        ExceptionGroup: of the :class:`DownloadError` of each failed image, raised after every
-            download ended; the files that succeeded stay on disk.
-    """
-    if limit is not None and limiter is not None:
-        raise ValueError("pass limit or limiter, not both")
-    lim = limiter or anyio.CapacityLimiter(limit or DEFAULT_LIMITS.downloads)
+) -> list[DownloadedFile | DownloadError]:
+    """Download several images concurrently under ``limiter``; one entry per image, in order:
+    the file, or its error. One failure never stops the others."""
     results: list[DownloadedFile | DownloadError | None] = [None] * len(images)
     fetch = functools.partial(
-        download_image,
-        transport,
-        retry=retry,
-        max_bytes=max_bytes,
-        stats=stats,
-        fsync=fsync,
-        checksum=checksum,
+        download_image, core, max_bytes=max_bytes, fsync=fsync, checksum=checksum
     )
 
     async def one(i: int, image: ImageFile) -> None:
-        async with lim:
+        async with limiter:
             try:
                 results[i] = await fetch(image, dest, stem, i)
             except DownloadError as exc:
@@ -521,9 +303,50 @@ async def download_all(
     async with anyio.create_task_group() as tg:
         for i, image in enumerate(images):
             tg.start_soon(one, i, image)
-    done = [r for r in results if r is not None]
-    if return_exceptions:
-        return done
+    return [r for r in results if r is not None]
+
+
+async def download_all(
+    core: Core,
+    images: Sequence[ImageFile],
+    dest: Path,
+    stem: str,
+    *,
+    limit: int | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    max_bytes: int | None = None,
+    fsync: bool = False,
+    checksum: bool = False,
+) -> list[DownloadedFile]:
+    """Download several images concurrently; image ``i`` becomes ``<stem>_<i>.<ext>``.
+
+    At most ``limit`` downloads run at once (default ``Limits().downloads``), or pass a shared
+    ``limiter`` to bound several batches together. One failure never stops the others.
+
+    Args:
+        core: the client's core.
+        images: the images, in output order.
+        dest: the folder to write into.
+        stem: the common name stem.
+        limit: how many downloads may run at once.
+        limiter: a limiter to share instead of ``limit``.
+        max_bytes: refuse any file larger than this.
+        fsync: flush each file to the disk before renaming it into place.
+        checksum: also compute each file's SHA-256 (see :func:`download_image`).
+
+    Returns:
+        The files, in image order.
+
+    Raises:
+        ExceptionGroup: of the :class:`DownloadError` of each failed image, raised after every
+            download ended; the files that succeeded stay on disk.
+    """
+    if limit is not None and limiter is not None:
+        raise ValueError("pass limit or limiter, not both")
+    lim = limiter or anyio.CapacityLimiter(DEFAULT_LIMITS.downloads if limit is None else limit)
+    done = await download_outcomes(
+        core, images, dest, stem, limiter=lim, max_bytes=max_bytes, fsync=fsync, checksum=checksum
+    )
     errors = [r for r in done if isinstance(r, DownloadError)]
     if errors:
         raise ExceptionGroup(f"{len(errors)} of {len(images)} downloads failed", errors)

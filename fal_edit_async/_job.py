@@ -5,13 +5,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias, Unpack
 
 import anyio
+import anyio.lowlevel
 import attrs
 
-from ._converter import parse
-from ._endpoint import EndpointId
+from ._converter import input_to_wire, parse
+from ._core import Core
+from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._exceptions import (
     APIError,
     FalEditError,
@@ -23,23 +25,33 @@ from ._exceptions import (
 from ._models import (
     CancelOutcome,
     Completed,
+    EditImageInput,
     EditImageOutput,
     InProgress,
     JobStatus,
+    JobUrls,
     LogEntry,
     Queued,
+    SubmitOptions,
     SubmitReceipt,
     UnknownStatus,
 )
-from ._protocol import JobUrls, api_error, cancel_outcome
+from ._protocol import (
+    api_error,
+    cancel_outcome,
+    job_urls,
+    parse_receipt,
+    retryable_header,
+    submit_headers,
+    urls_from_receipt,
+)
 from ._retry import with_retries
+from ._statistics import RetryKind
 from ._status_stream import fetch_status, raw_statuses
-from ._transport import HttpResponse
+from ._transport import Response
+from ._uploads import Uploader
 
-if TYPE_CHECKING:
-    from ._client import AsyncClient
-
-__all__ = ["JobHandle", "UpdateCallback"]
+__all__ = ["JobHandle", "UpdateCallback", "attach", "submit"]
 
 #: Called with each status update; may be a plain function or a coroutine function.
 UpdateCallback: TypeAlias = Callable[[JobStatus], "Awaitable[Any] | Any"]
@@ -82,12 +94,11 @@ class JobHandle:
     endpoint: EndpointId
     urls: JobUrls
     receipt: SubmitReceipt | None = None
-    _client: AsyncClient = attrs.field(alias="client", repr=False)
+    _core: Core = attrs.field(alias="core", repr=False)
 
     async def status(self, *, logs: bool = False) -> JobStatus:
         """Poll the job's status once."""
-        c = self._client
-        return await fetch_status(c.transport, self.urls, logs=logs, config=c.config, stats=c.stats)
+        return await fetch_status(self._core, self.urls, logs=logs)
 
     async def updates(self, *, logs: bool = True) -> AsyncGenerator[JobStatus, None]:
         """Yield Queued / InProgress / Completed updates until the job completes.
@@ -97,10 +108,9 @@ class JobHandle:
         twice across reconnects, and its ``logs`` hold only the entries not yielded before.
         Use ``contextlib.aclosing`` when breaking out early.
         """
-        c = self._client
         seen: set[_LogKey] = set()
         last: JobStatus | None = None
-        statuses = raw_statuses(c.transport, self.urls, logs=logs, config=c.config, stats=c.stats)
+        statuses = raw_statuses(self._core, self.urls, logs=logs)
         async with aclosing(statuses):
             while True:
                 try:
@@ -169,10 +179,10 @@ class JobHandle:
 
     async def fetch_result(self, completed: Completed | None = None) -> EditImageOutput:
         """Fetch the output of a completed job (no waiting)."""
-        c = self._client
+        core = self._core
 
         async def once() -> EditImageOutput:
-            resp = await c.transport.request("GET", self.urls.response_url)
+            resp = await core.request("GET", self.urls.response_url)
             if resp.ok:
                 return self._output(resp)
             error = api_error(resp.status, resp.headers, resp.body)
@@ -189,14 +199,14 @@ class JobHandle:
                     detail=error.body,
                     status=resp.status,
                     logs=completed.logs if completed else (),
-                    retryable=_retryable_header(resp.headers.get("x-fal-retryable")),
+                    retryable=retryable_header(resp.headers.get("x-fal-retryable")),
                     timeout_type=error.timeout_type,
                 )
             raise error
 
-        return await with_retries(once, policy=c.config.retry, stats=c.stats)
+        return await with_retries(once, policy=core.config.retry, stats=core.stats)
 
-    def _output(self, resp: HttpResponse) -> EditImageOutput:
+    def _output(self, resp: Response) -> EditImageOutput:
         try:
             payload = resp.json("result")
             output = parse(payload, EditImageOutput)
@@ -210,14 +220,14 @@ class JobHandle:
 
     async def cancel(self) -> CancelOutcome:
         """Ask fal to cancel the job; returns what fal answered (not found is not an error)."""
-        c = self._client
+        core = self._core
 
         async def once() -> CancelOutcome:
-            resp = await c.transport.request("PUT", self.urls.cancel_url)
+            resp = await core.request("PUT", self.urls.cancel_url)
             return cancel_outcome(resp.status, resp.headers, resp.body)
 
-        c.stats["cancels_sent"] += 1
-        return await with_retries(once, policy=c.config.retry, stats=c.stats)
+        core.stats.cancels_sent += 1
+        return await with_retries(once, policy=core.config.retry, stats=core.stats)
 
     async def cancel_quietly(self) -> CancelOutcome | None:
         """Cancel, shielded from the caller's cancellation and bounded by ``Timeouts.cancel``.
@@ -227,7 +237,7 @@ class JobHandle:
         """
         with (
             anyio.CancelScope(shield=True),
-            anyio.move_on_after(self._client.config.timeouts.cancel),
+            anyio.move_on_after(self._core.config.timeouts.cancel),
         ):
             try:
                 return await self.cancel()
@@ -248,7 +258,67 @@ def _not_the_jobs_answer(completed: Completed | None, status: int, error: APIErr
     return status == 429 or not completed.failed or error.error_type != completed.error_type
 
 
-def _retryable_header(value: str | None) -> bool | None:
-    if value is None:
-        return None
-    return value.strip().lower() in ("1", "true", "yes")
+def attach(core: Core, request_id: str, endpoint: str = DEFAULT_ENDPOINT) -> JobHandle:
+    """A handle on an existing job, by its request id (URLs built with the sub-path dropped)."""
+    ep = EndpointId.parse(endpoint)
+    return JobHandle(
+        request_id=request_id,
+        endpoint=ep,
+        urls=job_urls(core.config.queue_url, ep, request_id),
+        core=core,
+    )
+
+
+async def submit(
+    core: Core,
+    uploader: Uploader,
+    input: EditImageInput,
+    *,
+    on_retry: Callable[[RetryKind], None] | None = None,
+    **options: Unpack[SubmitOptions],
+) -> JobHandle:
+    """Enqueue one edit job and return its handle (see :meth:`AsyncClient.submit`).
+
+    ``on_retry`` hears the kind of each retried failure (a batch lowers its concurrency on
+    ``"rate_limit"``).
+    """
+    ep = EndpointId.parse(options.get("endpoint", DEFAULT_ENDPOINT))
+    if not isinstance(input, EditImageInput):
+        raise TypeError(f"submit() takes an EditImageInput, not {type(input).__name__}")
+    extra = submit_headers(
+        priority=options.get("priority"),
+        hint=options.get("hint"),
+        start_timeout=options.get("start_timeout"),
+        headers=options.get("headers"),
+    )
+    if not input.is_resolved:
+        input = await uploader.resolve_input(input)
+    body = input_to_wire(input)
+    webhook_url = options.get("webhook_url")
+    params = {"fal_webhook": webhook_url} if webhook_url is not None else None
+    queue_url = core.config.queue_url
+    url = f"{queue_url}/{ep.submit_path}"
+
+    async def post() -> SubmitReceipt:
+        with anyio.CancelScope(shield=True):
+            resp = await core.request("POST", url, json=body, params=params, headers=extra)
+        resp.raise_for_status()
+        return parse_receipt(resp.json("submit"), queue_url, ep)
+
+    receipt = await with_retries(
+        post, policy=core.config.retry, submit=True, stats=core.stats, on_retry=on_retry
+    )
+    core.stats.submits += 1
+    handle = JobHandle(
+        request_id=receipt.request_id,
+        endpoint=ep,
+        urls=urls_from_receipt(queue_url, ep, receipt),
+        receipt=receipt,
+        core=core,
+    )
+    try:
+        await anyio.lowlevel.checkpoint()  # deliver a cancellation that arrived mid-POST
+    except anyio.get_cancelled_exc_class():
+        await handle.cancel_quietly()
+        raise
+    return handle

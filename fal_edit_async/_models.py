@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from pathlib import PurePath
-from typing import Any, TypeAlias, TypeVar
+from pathlib import Path, PurePath
+from typing import Any, Literal, TypeAlias, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -23,6 +23,7 @@ __all__ = [
     "Background",
     "CancelOutcome",
     "Completed",
+    "DownloadedFile",
     "EditImageInput",
     "EditImageOutput",
     "ImageFile",
@@ -31,10 +32,12 @@ __all__ = [
     "InProgress",
     "InputFidelity",
     "JobStatus",
+    "JobUrls",
     "LogEntry",
     "OutputFormat",
     "Quality",
     "Queued",
+    "SubmitOptions",
     "SubmitReceipt",
     "UnknownStatus",
 ]
@@ -246,6 +249,35 @@ class SubmitReceipt:
 
 
 @attrs.frozen(kw_only=True)
+class JobUrls:
+    """Where one job's status, stream, result and cancel live."""
+
+    request_id: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+
+    @property
+    def stream_url(self) -> str:
+        """The server-sent events status stream."""
+        return self.status_url.rstrip("/") + "/stream"
+
+
+@attrs.frozen(kw_only=True)
+class DownloadedFile:
+    """One image written to disk and verified.
+
+    ``content_type`` is the format the bytes really are, not what the server claimed;
+    ``sha256`` is the hex digest of the file, or None when downloaded without a checksum.
+    """
+
+    path: Path
+    size: int
+    sha256: str | None
+    content_type: str
+
+
+@attrs.frozen(kw_only=True)
 class LogEntry:
     """One log line the model emitted while running."""
 
@@ -297,3 +329,24 @@ class UnknownStatus:
 
 #: Any status update: the tagged union fal sends on ``status``.
 JobStatus: TypeAlias = Queued | InProgress | Completed | UnknownStatus
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The options of a submit, accepted by ``submit``, ``edit`` and ``edit_many``.
+
+    A misspelt option is a type error (``**options: Unpack[SubmitOptions]``), and an
+    unknown one a ``TypeError`` at the call, before anything is sent.
+    """
+
+    #: The fal endpoint id (default ``fal-ai/gpt-image-1/edit-image``).
+    endpoint: str
+    #: A URL fal POSTs the result to when the job ends.
+    webhook_url: str | None
+    #: The queue priority.
+    priority: Literal["normal", "low"] | None
+    #: A runner routing hint.
+    hint: str | None
+    #: Seconds (above 1) the job may wait to start before fal gives up on it, unbilled.
+    start_timeout: float | None
+    #: Extra request headers (never ``Authorization``).
+    headers: Mapping[str, str] | None

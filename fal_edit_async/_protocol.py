@@ -5,12 +5,13 @@ Nothing here awaits, so all of it is tested without an event loop or a server.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
-
-import attrs
 
 from ._endpoint import EndpointId
 from ._exceptions import (
@@ -24,18 +25,33 @@ from ._exceptions import (
     ValidationError,
     describe_detail,
 )
-from ._models import CancelOutcome, SubmitReceipt
-from ._retry import parse_retry_after
+from ._models import (
+    CancelOutcome,
+    EditImageInput,
+    EditImageOutput,
+    JobUrls,
+    SubmitOptions,
+    SubmitReceipt,
+)
 
 __all__ = [
     "PRIORITIES",
-    "JobUrls",
+    "RETRYABLE_ERROR_TYPES",
     "api_error",
     "cancel_outcome",
+    "check_image_count",
+    "check_submit_options",
     "decode_json",
+    "is_transient",
+    "job_retryable",
+    "job_urls",
     "origin",
+    "parse_receipt",
+    "parse_retry_after",
+    "retryable_header",
     "same_origin",
     "submit_headers",
+    "urls_from_receipt",
 ]
 
 #: The queue priorities fal-client accepts.
@@ -55,49 +71,61 @@ def same_origin(url: str, base_url: str) -> bool:
     return url.startswith(base_url.rstrip("/") + "/") or origin(url) == origin(base_url)
 
 
-@attrs.frozen(kw_only=True)
-class JobUrls:
-    """Where one job's status, stream, result and cancel live."""
+def job_urls(queue_url: str, endpoint: EndpointId, request_id: str) -> JobUrls:
+    """The URLs for re-attaching by request id: app root only, sub-path dropped."""
+    if not request_id or "/" in request_id or request_id in (".", ".."):
+        raise InputError("request_id", request_id, "a fal request id")
+    base = f"{queue_url.rstrip('/')}/{endpoint.app_root}/requests/{request_id}"
+    return JobUrls(
+        request_id=request_id,
+        status_url=f"{base}/status",
+        response_url=base,
+        cancel_url=f"{base}/cancel",
+    )
 
-    request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
 
-    @property
-    def stream_url(self) -> str:
-        """The server-sent events status stream."""
-        return self.status_url.rstrip("/") + "/stream"
+def urls_from_receipt(queue_url: str, endpoint: EndpointId, receipt: SubmitReceipt) -> JobUrls:
+    """The server's own URLs, unless any points off the queue origin.
 
-    @classmethod
-    def build(cls, queue_url: str, endpoint: EndpointId, request_id: str) -> JobUrls:
-        """The URLs for re-attaching by request id: app root only, sub-path dropped."""
-        if not request_id or "/" in request_id or request_id in (".", ".."):
-            raise InputError("request_id", request_id, "a fal request id")
-        base = f"{queue_url.rstrip('/')}/{endpoint.app_root}/requests/{request_id}"
-        return cls(
-            request_id=request_id,
-            status_url=f"{base}/status",
-            response_url=base,
-            cancel_url=f"{base}/cancel",
+    The key is sent to those URLs, so a receipt that names another host is not trusted:
+    the URLs are built locally instead, as @fal-ai/client always does.
+    """
+    urls = (receipt.status_url, receipt.response_url, receipt.cancel_url)
+    if all(same_origin(u, queue_url) for u in urls):
+        return JobUrls(
+            request_id=receipt.request_id,
+            status_url=receipt.status_url,
+            response_url=receipt.response_url,
+            cancel_url=receipt.cancel_url,
         )
+    return job_urls(queue_url, endpoint, receipt.request_id)
 
-    @classmethod
-    def from_receipt(cls, queue_url: str, endpoint: EndpointId, receipt: SubmitReceipt) -> JobUrls:
-        """The server's own URLs, unless any points off the queue origin.
 
-        The key is sent to those URLs, so a receipt that names another host is not trusted:
-        the URLs are built locally instead, as @fal-ai/client always does.
-        """
-        urls = (receipt.status_url, receipt.response_url, receipt.cancel_url)
-        if all(same_origin(u, queue_url) for u in urls):
-            return cls(
-                request_id=receipt.request_id,
-                status_url=receipt.status_url,
-                response_url=receipt.response_url,
-                cancel_url=receipt.cancel_url,
-            )
-        return cls.build(queue_url, endpoint, receipt.request_id)
+def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:
+    """The submit answer; a receipt missing its URLs still keeps the paid job's id."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("request_id"), str):
+        raise ProtocolError("submit answer has no request_id", payload=payload)
+    built = job_urls(queue_url, endpoint, payload["request_id"])
+    position = payload.get("queue_position")
+    return SubmitReceipt(
+        request_id=payload["request_id"],
+        response_url=str(payload.get("response_url") or built.response_url),
+        status_url=str(payload.get("status_url") or built.status_url),
+        cancel_url=str(payload.get("cancel_url") or built.cancel_url),
+        queue_position=position if isinstance(position, int) else None,
+    )
+
+
+def check_submit_options(options: Mapping[str, Any], caller: str) -> SubmitOptions:
+    """``options`` when every key is a submit option, else the ``TypeError`` Python itself
+    would raise for an unknown keyword (with a suggestion): before anything is sent."""
+    known = SubmitOptions.__annotations__
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
+    return options  # type: ignore[return-value]
 
 
 def submit_headers(
@@ -126,6 +154,33 @@ def submit_headers(
             raise InputError("start_timeout", start_timeout, "a number of seconds above 1")
         out["X-Fal-Request-Timeout"] = str(float(start_timeout))
     return out
+
+
+def is_transient(status: int) -> bool:
+    """True for an HTTP status that another try of the same request may cure.
+
+    The one rule for every idempotent call (status, result, cancel, uploads, downloads):
+    408 (timeout), 429 (rate limited) and any 5xx. Submits are stricter (see ``_retry``).
+    """
+    return status in (408, 429) or status >= 500
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
 
 
 def decode_json(body: bytes | str, *, what: str) -> Any:
@@ -200,3 +255,55 @@ def cancel_outcome(status: int, headers: Mapping[str, str], body: bytes) -> Canc
     if status == 404:
         return CancelOutcome.NOT_FOUND
     raise api_error(status, headers, body)
+
+
+#: fal request-error types worth a second job: the runner failed, not the request.
+RETRYABLE_ERROR_TYPES = frozenset(
+    {
+        "request_timeout",
+        "startup_timeout",
+        "runner_scheduling_failure",
+        "runner_connection_timeout",
+        "runner_disconnected",
+        "runner_connection_refused",
+        "runner_connection_error",
+        "runner_incomplete_response",
+        "runner_server_error",
+        "internal_error",
+    }
+)
+
+
+def retryable_header(value: str | None) -> bool | None:
+    """fal's ``X-Fal-Retryable`` verdict, or None when it sent none."""
+    if value is None:
+        return None
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+def job_retryable(
+    *, status: int | None, error_type: str | None, timeout_type: str | None, header: bool | None
+) -> bool:
+    """True when a failed job deserves a second (paid) job: the runner failed, not the request.
+
+    The model's refusals (422) and the caller's own start timeout never do; otherwise fal's
+    ``X-Fal-Retryable`` decides when sent, and its table of error types when not.
+    """
+    if status == 422 or timeout_type == "user":
+        return False
+    if header is not None:
+        return header
+    return error_type in RETRYABLE_ERROR_TYPES
+
+
+def check_image_count(
+    input: EditImageInput, output: EditImageOutput, request_id: str | None
+) -> EditImageOutput:
+    """Refuse a result with more images than asked for: a hostile or broken server must not
+    make us download (or pay attention to) an unbounded number of files."""
+    if len(output.images) > input.num_images:
+        raise ProtocolError(
+            f"result has {len(output.images)} images but num_images={input.num_images}",
+            request_id=request_id,
+        )
+    return output

@@ -9,48 +9,19 @@ every decision but skips the sleeps, for tests.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import anyio
 
 from ._config import RetryPolicy
 from ._exceptions import APIError, RateLimitError, TransportError
+from ._protocol import is_transient
+from ._statistics import Counters, RetryKind
 
-__all__ = [
-    "RetryKind",
-    "backoff_delay",
-    "parse_retry_after",
-    "retry_delay",
-    "retry_kind",
-    "with_retries",
-]
+__all__ = ["backoff_delay", "retry_delay", "retry_kind", "with_retries"]
 
 T = TypeVar("T")
-
-#: A short label for each kind of retried failure, used in statistics.
-RetryKind = str
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
@@ -84,11 +55,9 @@ def retry_kind(exc: BaseException, *, submit: bool, policy: RetryPolicy) -> Retr
         if ingress or (policy.retry_ambiguous_submit and exc.status >= 500):
             return "server_error"
         return None
-    if exc.status == 408:
-        return "timeout"
-    if exc.status >= 500:
-        return "server_error"
-    return None
+    if not is_transient(exc.status):
+        return None
+    return "timeout" if exc.status == 408 else "server_error"
 
 
 async def with_retries(
@@ -96,7 +65,7 @@ async def with_retries(
     *,
     policy: RetryPolicy,
     submit: bool = False,
-    stats: Counter[str] | None = None,
+    stats: Counters | None = None,
     rng: random.Random | None = None,
     on_retry: Callable[[RetryKind], None] | None = None,
     classify: Callable[[Exception], RetryKind | None] | None = None,
@@ -120,7 +89,7 @@ async def with_retries(
             if kind is None or attempt >= policy.max_attempts:
                 raise
             if stats is not None:
-                stats[kind] += 1
+                stats.retried(kind)
             if on_retry is not None:
                 on_retry(kind)
             delay = retry_delay(exc, policy, attempt - 1, rng)

@@ -13,20 +13,18 @@ Each generator holds at most one response open and starts no tasks, so breaking 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import anyio
 
-from ._config import ClientConfig
 from ._converter import parse_status
+from ._core import Core
 from ._exceptions import APIError, AuthError, NotFoundError, TransportError
-from ._models import Completed, JobStatus, Queued
-from ._protocol import JobUrls, api_error, decode_json
+from ._models import Completed, JobStatus, JobUrls, Queued
+from ._protocol import decode_json, is_transient
 from ._retry import retry_delay, with_retries
 from ._sse import SSEDecoder
-from ._transport import HttpTransport
 
 __all__ = ["fetch_status", "raw_statuses"]
 
@@ -41,18 +39,11 @@ def _logs_param(logs: bool) -> dict[str, str]:
     return {"logs": "1" if logs else "0"}
 
 
-async def fetch_status(
-    transport: HttpTransport,
-    urls: JobUrls,
-    *,
-    logs: bool,
-    config: ClientConfig,
-    stats: Counter[str],
-) -> JobStatus:
+async def fetch_status(core: Core, urls: JobUrls, *, logs: bool) -> JobStatus:
     """One status poll, retried on transient failures."""
 
     async def once() -> JobStatus:
-        resp = await transport.request("GET", urls.status_url, params=_logs_param(logs))
+        resp = await core.request("GET", urls.status_url, params=_logs_param(logs))
         if resp.status == 404:
             raise NotFoundError(
                 "unknown request id for this endpoint",
@@ -63,44 +54,35 @@ async def fetch_status(
         resp.raise_for_status()
         return parse_status(resp.json("status"))
 
-    return await with_retries(once, policy=config.retry, stats=stats)
+    return await with_retries(once, policy=core.config.retry, stats=core.stats)
 
 
-async def _stream_once(
-    transport: HttpTransport, urls: JobUrls, *, logs: bool, config: ClientConfig
-) -> AsyncGenerator[JobStatus, None]:
-    async with transport.open_stream(
+async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
+    async with core.stream(
         urls.stream_url,
         params=_logs_param(logs),
         headers={"Accept": "text/event-stream"},
-        read_timeout=config.timeouts.stream_idle,
+        read_timeout=core.config.timeouts.stream_idle,
     ) as resp:
         if resp.status in _REFUSED:
             raise _StreamRefused
         if resp.status != 200:
-            raise api_error(resp.status, resp.headers, transport.scrub(await resp.read()))
+            raise await core.error_of(resp)
         if resp.content_type != "text/event-stream":
             raise _StreamRefused
         decoder = SSEDecoder()
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.aiter_bytes():
             for event in decoder.feed(chunk):
                 yield parse_status(decode_json(event.data, what="status event"))
 
 
-async def _poll(
-    transport: HttpTransport,
-    urls: JobUrls,
-    *,
-    logs: bool,
-    config: ClientConfig,
-    stats: Counter[str],
-) -> AsyncGenerator[JobStatus, None]:
-    polling = config.polling
+async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
+    polling = core.config.polling
     previous: JobStatus | None = None
     interval = 0.0
     while True:
-        status = await fetch_status(transport, urls, logs=logs, config=config, stats=stats)
-        stats["status_polls"] += 1
+        status = await fetch_status(core, urls, logs=logs)
+        core.stats.status_polls += 1
         yield status
         if isinstance(status, Completed):
             return
@@ -115,24 +97,18 @@ async def _poll(
         await anyio.sleep(interval)
 
 
-async def raw_statuses(
-    transport: HttpTransport,
-    urls: JobUrls,
-    *,
-    logs: bool,
-    config: ClientConfig,
-    stats: Counter[str],
-) -> AsyncGenerator[JobStatus, None]:
+async def raw_statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
     """Every status update received for one job, ending after the first COMPLETED."""
+    config, stats = core.config, core.stats
     failures = 0
     use_stream = config.polling.use_stream
     last_kind: type | None = None
     while use_stream:
         try:
-            stats["streams_opened"] += 1
+            stats.streams_opened += 1
             # aclosing: on COMPLETED the stream is closed here and now, in this task, rather
             # than by the garbage collector's finaliser in another one.
-            async with aclosing(_stream_once(transport, urls, logs=logs, config=config)) as stream:
+            async with aclosing(_stream_once(core, urls, logs=logs)) as stream:
                 async for status in stream:
                     # A stream that moves the job on is healthy, however often it drops.
                     if type(status) is not last_kind:
@@ -141,16 +117,16 @@ async def raw_statuses(
                     yield status
                     if isinstance(status, Completed):
                         return
-            stats["stream_drops"] += 1  # the body ended before COMPLETED
+            stats.stream_drops += 1  # the body ended before COMPLETED
         except _StreamRefused:
-            stats["stream_refused"] += 1
+            stats.stream_refused += 1
             break
         except AuthError:
             raise
         except (TransportError, APIError) as exc:
-            if isinstance(exc, APIError) and exc.status < 500 and exc.status not in (408, 429):
+            if isinstance(exc, APIError) and not is_transient(exc.status):
                 raise
-            stats["stream_errors"] += 1
+            stats.stream_errors += 1
             failure: Exception | None = exc
         else:
             failure = None  # the body ended before COMPLETED
@@ -160,6 +136,6 @@ async def raw_statuses(
         if config.retry.wait:
             await anyio.sleep(retry_delay(failure, config.retry, failures - 1))
     if use_stream:
-        stats["polling_fallbacks"] += 1
-    async for status in _poll(transport, urls, logs=logs, config=config, stats=stats):
+        stats.polling_fallbacks += 1
+    async for status in _poll(core, urls, logs=logs):
         yield status

@@ -1,80 +1,235 @@
-"""HTTP over one aiohttp session: the only module that sees aiohttp's exceptions.
+"""The HTTP seam: a :class:`Transport` protocol, its aiohttp implementation, and a mock.
 
-It decides where the key goes: ``Authorization`` is added per request, and only when the URL
-is on the configured queue or REST origin. Redirects are never followed for API calls, so a
-3xx cannot carry the key to another host; downloads (``open_stream(auth=False)``) follow
-redirects but never carry the key at all.
+Everything above this module speaks :class:`Request`, :class:`Response` and
+:class:`StreamResponse`; only :class:`AiohttpTransport` sees aiohttp, and it translates
+aiohttp's failures into :class:`TransportError` inside its own operations (connecting, and
+reading bodies), never around the caller's code. A transport knows nothing of keys: which
+requests carry ``Authorization`` is the core's decision, so it holds for any transport.
+
+:class:`MockTransport` (httpx's model) answers from a plain function, for unit tests of the
+client's own logic without a server::
+
+    def handler(request: Request) -> Response:
+        return Response(status=200, json={"request_id": "abc"})
+
+    async with AsyncClient(api_key="k", transport=MockTransport(handler)) as fal: ...
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import inspect
+import json as jsonlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import aiohttp
-import anyio
 import attrs
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._config import ClientConfig
+from ._config import DEFAULT_TIMEOUTS, Timeouts
 from ._exceptions import TransportError
-from ._protocol import api_error, decode_json, same_origin
+from ._protocol import api_error, decode_json
 
-__all__ = ["HttpResponse", "HttpTransport"]
+__all__ = [
+    "AiohttpTransport",
+    "MockTransport",
+    "Request",
+    "Response",
+    "StreamResponse",
+    "Transport",
+]
+
+#: A request body streamed from memory or disk.
+Body: TypeAlias = bytes | AsyncIterable[bytes | memoryview]
+_CHUNK = 256 * 1024
 
 
-class _State(Enum):
-    UNOPENED = 1  # no session yet; the first request or __aenter__ creates it
-    OPENED = 2  # a live session
-    CLOSED = 3  # closed for good; any further use is a bug
+def _headers(value: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
+    if isinstance(value, CIMultiDictProxy):
+        return value
+    return CIMultiDictProxy(CIMultiDict(value or {}))
 
 
-@attrs.frozen
-class HttpResponse:
-    """A fully read answer."""
+@attrs.frozen(kw_only=True)
+class Request:
+    """One HTTP request, as the core hands it to a transport.
+
+    ``follow_redirects`` is only ever true for requests that carry no key (downloads);
+    ``read_timeout`` replaces ``Timeouts.read`` as the longest wait for the next bytes.
+    """
+
+    method: str
+    url: str
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    json: Any = None
+    data: Body | None = None
+    follow_redirects: bool = False
+    read_timeout: float | None = None
+
+
+def _content_type(headers: Mapping[str, str]) -> str:
+    return headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Content-Length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """A fully read answer. ``json=`` builds the body from a value (for mocks)."""
 
     status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    url: str
+    headers: CIMultiDictProxy[str] = attrs.field(factory=dict, converter=_headers)
+    body: bytes = b""
+    url: str = ""
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        url: str = "",
+        json: Any = None,
+    ) -> None:
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        self.__attrs_init__(status=status, headers=headers, body=body, url=url)  # type: ignore[attr-defined]
 
     @property
     def ok(self) -> bool:
         """True for a 2xx status."""
         return 200 <= self.status < 300
 
+    @property
+    def content_type(self) -> str:
+        """The media type of ``Content-Type``, lower-cased, without parameters."""
+        return _content_type(self.headers)
+
     def json(self, what: str) -> Any:
-        """The body as JSON, or ProtocolError."""
+        """The body as JSON, or :class:`ProtocolError` naming ``what`` it was for."""
         return decode_json(self.body, what=what)
 
     def raise_for_status(self) -> None:
-        """Raise the typed APIError for a non-2xx status."""
+        """Raise the typed :class:`APIError` for a non-2xx status."""
         if not self.ok:
             raise api_error(self.status, self.headers, self.body)
 
 
-class HttpTransport:
-    """Owns one ``aiohttp.ClientSession`` and maps its failures to :class:`TransportError`."""
+class StreamResponse:
+    """An answer whose body is read incrementally, inside the transport's ``stream()`` block.
 
-    def __init__(self, config: ClientConfig) -> None:
-        self._config = config
+    Reading it after the block ended is a bug. Failures while reading are the transport's:
+    :class:`TransportError`, like any other network failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None,
+        url: str,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        self.status = status
+        self.headers = _headers(headers)
+        self.url = url
+        self._chunks = chunks
+
+    def __repr__(self) -> str:
+        return f"<StreamResponse {self.status} {self.url}>"
+
+    @property
+    def content_type(self) -> str:
+        """The media type of ``Content-Type``, lower-cased, without parameters."""
+        return _content_type(self.headers)
+
+    @property
+    def content_length(self) -> int | None:
+        """``Content-Length``, when the server sent a valid one."""
+        return _content_length(self.headers)
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive (each at most 256 KiB)."""
+        return self._chunks
+
+    async def read(self) -> bytes:
+        """The rest of the body (for error answers, which are small)."""
+        return b"".join([chunk async for chunk in self._chunks])
+
+
+class Transport(Protocol):
+    """What the client needs from HTTP: whole answers, streamed answers, and a close.
+
+    Implement it to put the client on another HTTP stack; :class:`AiohttpTransport` is the
+    default, :class:`MockTransport` answers in memory. A transport never follows a redirect
+    unless ``request.follow_redirects`` says so, and raises :class:`TransportError` (with
+    ``sent=False`` only when the request provably never left) for network failures.
+    """
+
+    async def request(self, request: Request) -> Response:
+        """Send ``request`` and read the whole answer."""
+        ...
+
+    def stream(self, request: Request) -> AbstractAsyncContextManager[StreamResponse]:
+        """Send ``request``; the answer's body is read inside the ``async with`` block."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection; a second call does nothing."""
+        ...
+
+
+class _State(Enum):
+    UNOPENED = 1  # no session yet; the first request creates it
+    OPENED = 2  # a live session
+    CLOSED = 3  # closed for good; any further use is a bug
+
+
+class AiohttpTransport:
+    """The default transport: one ``aiohttp.ClientSession``, opened on first use.
+
+    Args:
+        timeouts: ``connect`` and ``read`` (per wait for bytes; there is no total, so a long
+            stream or a big download is not cut off while data keeps arriving).
+        max_connections: open sockets at most.
+        user_agent: the ``User-Agent`` header.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        max_connections: int = 512,
+        user_agent: str = "fal-edit-async",
+    ) -> None:
+        self._timeouts = timeouts
+        self._max_connections = max_connections
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
-        self._auth_bases = (config.queue_url, config.rest_url)
-        self.requests_sent = 0
+        # No total: a status stream or a big download may rightly take long.
+        self._default_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect, sock_read=timeouts.read
+        )
+
+    def __repr__(self) -> str:
+        return f"AiohttpTransport(max_connections={self._max_connections})"
 
     def _open(self) -> aiohttp.ClientSession:
         if self._state is _State.CLOSED:
-            raise RuntimeError("this client is closed; create a new one")
+            raise RuntimeError("this transport is closed; create a new client")
         if self._session is None:
-            t = self._config.timeouts
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._config.limits.max_connections),
-                # No total: a status stream or a big download may rightly take long.
-                timeout=aiohttp.ClientTimeout(total=None, connect=t.connect, sock_read=t.read),
-                headers={"User-Agent": self._config.user_agent},
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=self._default_timeout,
+                headers={"User-Agent": self._user_agent},
                 raise_for_status=False,
             )
             self._state = _State.OPENED
@@ -85,93 +240,68 @@ class HttpTransport:
         session, self._session = self._session, None
         self._state = _State.CLOSED
         if session is not None:
-            with anyio.CancelScope(shield=True):
-                await session.close()
+            await session.close()
 
-    def scrub(self, body: bytes) -> bytes:
-        """``body`` with the key blanked out, should a server quote it back in an answer.
+    def _send(self, request: Request) -> Any:
+        timeout = self._default_timeout
+        if request.read_timeout is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self._timeouts.connect, sock_read=request.read_timeout
+            )
+        return self._open().request(
+            request.method,
+            request.url,
+            params=request.params,
+            headers=request.headers,
+            json=request.json,
+            data=request.data,
+            allow_redirects=request.follow_redirects,
+            timeout=timeout,
+        )
 
-        Error bodies end up in exception messages, logs and journals; the key must not.
-        """
-        creds = self._config.credentials
-        key = creds.key.encode() if creds is not None else b""
-        return body.replace(key, b"<redacted>") if key and key in body else body
-
-    def may_authorize(self, url: str) -> bool:
-        """True when ``url`` is on an origin the key may be sent to."""
-        return any(same_origin(url, base) for base in self._auth_bases)
-
-    def _headers(self, url: str, extra: Mapping[str, str] | None, auth: bool) -> dict[str, str]:
-        headers = dict(extra or {})
-        creds = self._config.credentials
-        if auth and creds is not None and self.may_authorize(url):
-            headers["Authorization"] = creds.header_value
-        return headers
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        data: bytes | AsyncIterable[bytes | memoryview] | None = None,
-        auth: bool = True,
-    ) -> HttpResponse:
-        """Send one request and read the whole answer (never follows redirects).
-
-        ``auth=False`` never sends the key, even to a fal origin (a presigned upload URL).
-        """
-        session = self._open()
-        self.requests_sent += 1
-        with _mapped_errors(url):
-            async with session.request(
-                method,
-                url,
-                json=json,
-                data=data,
-                params=params,
-                headers=self._headers(url, headers, auth=auth),
-                allow_redirects=False,
-            ) as resp:
-                body = self.scrub(await resp.read())
-                return HttpResponse(status=resp.status, headers=resp.headers, body=body, url=url)
+    async def request(self, request: Request) -> Response:
+        """Send ``request`` and read the whole answer."""
+        with _mapped_errors(request.url):
+            async with self._send(request) as resp:
+                body = await resp.read()
+                return Response(
+                    status=resp.status, headers=resp.headers, body=body, url=request.url
+                )
 
     @asynccontextmanager
-    async def open_stream(
-        self,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        auth: bool = True,
-        read_timeout: float | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET a response whose body the caller reads incrementally; closed on exit.
+    async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
+        """Send ``request``; read the body inside the block, through ``aiter_bytes()``."""
+        async with AsyncExitStack() as stack:
+            with _mapped_errors(request.url):
+                resp = await stack.enter_async_context(self._send(request))
+            yield StreamResponse(
+                status=resp.status,
+                headers=resp.headers,
+                url=request.url,
+                chunks=_ReadChunks(resp.content, request.url),
+            )
 
-        With ``auth=False`` (downloads) redirects are followed, since no key travels.
-        """
-        session = self._open()
-        self.requests_sent += 1
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self._config.timeouts.connect,
-            sock_read=read_timeout or self._config.timeouts.read,
-        )
-        with _mapped_errors(url):
-            async with session.get(
-                url,
-                params=params,
-                headers=self._headers(url, headers, auth=auth),
-                allow_redirects=not auth,
-                timeout=timeout,
-            ) as resp:
-                yield resp
+
+class _ReadChunks:
+    """An aiohttp body as chunks, its read failures mapped (a class: nothing to finalise)."""
+
+    def __init__(self, content: aiohttp.StreamReader, url: str) -> None:
+        self._content = content
+        self._url = url
+
+    def __aiter__(self) -> _ReadChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        with _mapped_errors(self._url):
+            chunk = await self._content.read(_CHUNK)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class _mapped_errors:
-    """Translate aiohttp and socket failures at this one boundary."""
+    """Translate aiohttp and socket failures, around the transport's own awaits only."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -180,7 +310,6 @@ class _mapped_errors:
         return None
 
     def __exit__(self, _: type[BaseException] | None, exc: BaseException | None, __: Any) -> None:
-        # Not every OSError: a disk error while writing a download is not a network failure.
         if exc is None or not isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError):
             return
         # Only a failed connect proves the request never left: that is what makes a retry safe.
@@ -189,3 +318,53 @@ class _mapped_errors:
         raise TransportError(
             f"{kind}: {type(exc).__name__}: {exc}", url=self._url, sent=not not_sent
         ) from exc
+
+
+#: Answers one request: a plain or async function returning a :class:`Response`.
+Handler: TypeAlias = Callable[[Request], "Response | Awaitable[Response]"]
+
+
+class MockTransport:
+    """A transport that answers every request by calling ``handler`` (as httpx's does).
+
+    Streamed answers deliver the handler's body in ``chunk_size`` pieces. A handler may
+    raise :class:`TransportError` to play a network failure.
+    """
+
+    def __init__(self, handler: Handler, *, chunk_size: int | None = None) -> None:
+        self._handler = handler
+        self._chunk_size = chunk_size
+
+    async def request(self, request: Request) -> Response:
+        """Answer ``request`` with the handler's response."""
+        answer = self._handler(request)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    @asynccontextmanager
+    async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
+        """The handler's response, its body delivered in chunks."""
+        resp = await self.request(request)
+        yield StreamResponse(
+            status=resp.status,
+            headers=resp.headers,
+            url=request.url,
+            chunks=_Chunks(resp.body, self._chunk_size),
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class _Chunks:
+    def __init__(self, body: bytes, size: int | None) -> None:
+        size = size or len(body) or 1
+        self._pieces = iter([body[i : i + size] for i in range(0, len(body), size)])
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            raise StopAsyncIteration from None

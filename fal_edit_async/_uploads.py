@@ -21,7 +21,6 @@ import base64
 import hashlib
 import os
 import stat
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
@@ -30,29 +29,16 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._config import ClientConfig
-from ._downloads import safe_stem, sniff_image_format
+from ._core import Core
 from ._exceptions import APIError, FalEditError, InputError, ProtocolError, TransportError
+from ._files import CONTENT_TYPES, EXTENSIONS, safe_stem, sniff_image_format
 from ._models import EditImageInput, ImageSource, is_remote_url
-from ._protocol import api_error
-from ._retry import with_retries
-from ._transport import HttpTransport
+from ._protocol import api_error, is_transient
+from ._retry import retry_kind, with_retries
+from ._statistics import RetryKind
 
-__all__ = [
-    "DEFAULT_INLINE_THRESHOLD",
-    "DEFAULT_MAX_UPLOAD_BYTES",
-    "UPLOAD_CONTENT_TYPES",
-    "Uploader",
-]
+__all__ = ["Uploader"]
 
-#: Images up to this size are sent inline as ``data:`` URIs rather than uploaded.
-DEFAULT_INLINE_THRESHOLD = 256 * 1024
-#: The largest input image accepted (OpenAI's limit for gpt-image-1 edit inputs).
-DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-#: The formats the edit model accepts, by sniffed format.
-UPLOAD_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _READ_CHUNK = 1024 * 1024
 _HEAD = 16
 _STORAGE_TYPE = "fal-cdn-v3"
@@ -73,11 +59,11 @@ class _Local:
 
     @property
     def content_type(self) -> str:
-        return UPLOAD_CONTENT_TYPES[self.fmt]
+        return CONTENT_TYPES[self.fmt]
 
     def file_name(self) -> str:
         stem = safe_stem(Path(self.path).stem) if self.path else self.digest[:16]
-        return f"{stem}.{_EXTENSIONS[self.fmt]}"
+        return f"{stem}.{EXTENSIONS[self.fmt]}"
 
     def data_uri(self) -> str:
         assert self.data is not None
@@ -93,50 +79,43 @@ class _Target:
 
 
 class Uploader:
-    """Resolves image sources to URLs fal can fetch; create one per client.
+    """Resolves image sources to URLs fal can fetch; a client has one.
 
     Strings are passed through; bytes and files are checked, then inlined as a ``data:`` URI
     up to ``inline_threshold`` bytes, or uploaded (files streamed from disk, never read whole
     into memory). At most ``limit`` uploads run at once, or share a ``limiter``.
 
     Args:
-        transport: the client's transport (the key goes only to the initiate call).
-        config: the client's configuration: ``rest_url``, ``retry``, ``limits.uploads``.
-        inline_threshold: the largest image sent inline; 0 uploads every local image.
-        max_bytes: the largest image accepted.
-        limit: how many uploads may run at once (default ``config.limits.uploads``).
+        core: the client's core (the key goes only to the initiate call).
+        inline_threshold: the largest image sent inline; 0 uploads every local image
+            (default ``Limits.inline_bytes``).
+        max_bytes: the largest image accepted (default ``Limits.max_input_bytes``).
+        limit: how many uploads may run at once (default ``Limits.uploads``).
         limiter: a limiter to share instead of ``limit``.
-        stats: counts ``uploads``, ``upload_dedup``, ``inlined`` and ``upload_retry``.
-
-    Usage::
-
-        uploader = Uploader(client.transport, client.config, stats=client.stats)
-        ready = await uploader.resolve_input(EditImageInput(prompt=p, image_urls=[Path("a.png")]))
     """
 
     def __init__(
         self,
-        transport: HttpTransport,
-        config: ClientConfig,
+        core: Core,
         *,
-        inline_threshold: int = DEFAULT_INLINE_THRESHOLD,
-        max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        inline_threshold: int | None = None,
+        max_bytes: int | None = None,
         limit: int | None = None,
         limiter: anyio.CapacityLimiter | None = None,
-        stats: Counter[str] | None = None,
     ) -> None:
+        limits = core.config.limits
+        inline_threshold = limits.inline_bytes if inline_threshold is None else inline_threshold
+        max_bytes = limits.max_input_bytes if max_bytes is None else max_bytes
         if isinstance(inline_threshold, bool) or inline_threshold < 0:
             raise ValueError(f"inline_threshold must be 0 or more, not {inline_threshold!r}")
         if isinstance(max_bytes, bool) or max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
         if limit is not None and limiter is not None:
             raise ValueError("pass limit or limiter, not both")
-        self._transport = transport
-        self._config = config
+        self._core = core
         self.inline_threshold = inline_threshold
         self.max_bytes = max_bytes
-        self._limiter = limiter or anyio.CapacityLimiter(limit or config.limits.uploads)
-        self.stats: Counter[str] = Counter() if stats is None else stats
+        self._limiter = limiter or anyio.CapacityLimiter(limits.uploads if limit is None else limit)
         self._urls: dict[str, str] = {}  # sha256 -> file_url, for the uploader's life
         self._pending: dict[str, anyio.Event] = {}  # sha256 -> set when that upload ends
 
@@ -236,7 +215,7 @@ class Uploader:
         if isinstance(item, str):
             return item
         if item.size <= self.inline_threshold:
-            self.stats["inlined"] += 1
+            self._core.stats.inlined += 1
             return item.data_uri()
         return await self._upload_once(item)
 
@@ -245,7 +224,7 @@ class Uploader:
         while (pending := self._pending.get(local.digest)) is not None:
             await pending.wait()  # if that upload failed, the loop lets this one try
         if (url := self._urls.get(local.digest)) is not None:
-            self.stats["upload_dedup"] += 1
+            self._core.stats.upload_dedup += 1
             return url
         done = self._pending[local.digest] = anyio.Event()
         try:
@@ -257,24 +236,29 @@ class Uploader:
             done.set()
 
     async def _upload(self, local: _Local) -> str:
-        retries: Counter[str] = Counter()
-        policy = self._config.retry
-        try:
-            async with self._limiter:
-                target = await with_retries(
-                    lambda: self._initiate(local), policy=policy, stats=retries
-                )
-                await with_retries(lambda: self._put(target, local), policy=policy, stats=retries)
-        finally:
-            if retries:
-                self.stats["upload_retry"] += sum(retries.values())
-        self.stats["uploads"] += 1
+        core = self._core
+        policy = core.config.retry
+
+        def classify(exc: Exception) -> RetryKind | None:
+            return "upload" if retry_kind(exc, submit=False, policy=policy) else None
+
+        async with self._limiter:
+            target = await with_retries(
+                lambda: self._initiate(local), policy=policy, stats=core.stats, classify=classify
+            )
+            await with_retries(
+                lambda: self._put(target, local),
+                policy=policy,
+                stats=core.stats,
+                classify=classify,
+            )
+        core.stats.uploads += 1
         return target.file_url
 
     async def _initiate(self, local: _Local) -> _Target:
-        resp = await self._transport.request(
+        resp = await self._core.request(
             "POST",
-            f"{self._config.rest_url}/storage/upload/initiate",
+            f"{self._core.config.rest_url}/storage/upload/initiate",
             params={"storage_type": _STORAGE_TYPE},
             json={"content_type": local.content_type, "file_name": local.file_name()},
         )
@@ -302,11 +286,11 @@ class Uploader:
     async def _send_put(self, url: str, local: _Local, body: _MemoryChunks | _FileChunks) -> None:
         headers = {"Content-Type": local.content_type, "Content-Length": str(local.size)}
         # auth=False: a presigned URL may sit on the REST origin, and must not get the key.
-        resp = await self._transport.request("PUT", url, data=body, headers=headers, auth=False)
+        resp = await self._core.request("PUT", url, data=body, headers=headers, auth=False)
         status, resp_headers, answer = resp.status, resp.headers, resp.body
         if 200 <= status < 300:
             return
-        if status in (408, 429) or status >= 500:
+        if is_transient(status):
             raise api_error(status, resp_headers, answer)  # the retryable kinds
         # The storage host is not fal's API: a 403 here is an expired URL, not a bad key.
         raise APIError("the storage host refused the upload", status=status, body=answer[:300])
@@ -395,7 +379,7 @@ def _sha256(data: bytes) -> str:
 
 def _image_format(head: bytes, field: str, source: object) -> str:
     fmt = sniff_image_format(head)
-    if fmt not in UPLOAD_CONTENT_TYPES:
+    if fmt not in CONTENT_TYPES:
         found = f"a {fmt.upper()}" if fmt else "not an image"
         raise InputError(field, source, f"{_ALLOWED} (the content is {found})")
     return fmt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from fal_edit_async._adaptive import AdaptiveLimiter
+from fal_edit_async._batch._adaptive import AdaptiveLimiter
 
 
 async def test_one_cut_per_epoch() -> None:

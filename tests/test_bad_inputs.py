@@ -255,13 +255,13 @@ async def test_in_a_batch_only_the_bad_items_fail(
 
 
 async def test_good_file_is_uploaded_even_with_inline_threshold_zero(
-    emulator: Emulator, client: AsyncClient, tmp_path: Path, png_bytes: bytes
+    emulator: Emulator, tmp_path: Path, png_bytes: bytes
 ) -> None:
-    """With inline_threshold=0 (upload everything) a real PNG is uploaded, not refused."""
-    client.uploader.inline_threshold = 0
+    """With inline_bytes=0 (upload everything) a real PNG is uploaded, not refused."""
     path = _write(tmp_path / "photo.png", png_bytes)
 
-    output = await client.edit(EditImageInput(prompt="white background", image_urls=[path]))
+    async with client_for(emulator, limits=Limits(inline_bytes=0)) as client:
+        output = await client.edit(EditImageInput(prompt="white background", image_urls=[path]))
 
     assert 1 == len(output.images)
     assert 1 == emulator.counters.upload_puts

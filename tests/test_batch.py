@@ -138,7 +138,7 @@ async def test_truncated_downloads_are_retried_and_never_left_partial(
     results = await run_all(client, [item(png_data_uri, n) for n in range(3)], download_to=tmp_path)
 
     assert all(r.ok for r in results)
-    assert 2 == client.statistics()["download_retry"]
+    assert 2 == client.statistics().retries.download
     assert 3 == len(list(tmp_path.glob("*.png")))
     assert [] == [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -223,7 +223,7 @@ async def test_rate_limit_burst_lowers_then_restores_concurrency(
     assert all(r.ok for r in results)
     assert 4 == summary.lowest_concurrency
     assert 8 == summary.concurrency
-    assert 3 == client.statistics()["rate_limit"]
+    assert 3 == client.statistics().retries.rate_limit
     assert 40 == emulator.counters.submits
 
 

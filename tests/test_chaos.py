@@ -13,7 +13,6 @@ saw the POST), and the ambiguous cases are covered one by one below.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +58,7 @@ CHAOS_FAULTS = Faults(
 #: A job runs 10 ms, logging twice, so status streams see it running (and can drop).
 JOB_TIME: dict[str, Any] = {"processing_time": 0.01, "log_lines": 2}
 #: Client counters that each count one failed request (or stream) that was tried again.
-CLIENT_RETRY_KINDS = (
-    "rate_limit",
-    "server_error",
-    "transport",
-    "timeout",
-    "download_retry",
-    "stream_errors",
-    "stream_drops",
-)
+CLIENT_RETRY_KINDS = ("rate_limit", "server_error", "transport", "timeout", "download")
 #: Emulator faults that each fail one request the client sees (unless aiohttp resends it).
 EMULATOR_HTTP_FAULTS = (
     "rate_limit",
@@ -120,8 +111,10 @@ def posts(emu: Emulator) -> list[int]:
 
 def retry_report(client: AsyncClient, emu: Emulator) -> tuple[dict[str, int], dict[str, int]]:
     """What the client retried, by kind, and what the emulator injected, by kind."""
-    stats: Mapping[str, int] = client.statistics()
-    seen = {k: stats.get(k, 0) for k in CLIENT_RETRY_KINDS}
+    stats = client.statistics()
+    retries = stats.retries.as_dict()
+    seen = {k: retries.get(k, 0) for k in CLIENT_RETRY_KINDS}
+    seen |= {"stream_errors": stats.stream_errors, "stream_drops": stats.stream_drops}
     injected = {k: emu.counters.faults_injected[k] for k in EMULATOR_HTTP_FAULTS}
     return seen, injected
 
@@ -168,7 +161,7 @@ async def test_chaos_batch(png_data_uri: str, tmp_path: Path) -> None:
     )
     # Retries are reported by kind, and account for the faults the emulator injected: each
     # one cost exactly one retry, except resets that aiohttp silently re-sent (idempotent GET).
-    assert {"rate_limit", "server_error", "download_retry"} <= set(summary.request_retries)
+    assert {"rate_limit", "server_error", "download"} <= set(summary.request_retries)
     assert all(injected[k] > 0 for k in EMULATOR_HTTP_FAULTS), repr((injected, seen))
     total_seen, total_injected = sum(seen.values()), sum(injected.values())
     assert total_injected - injected["connection_reset"] <= total_seen <= total_injected
@@ -222,7 +215,7 @@ async def test_reset_before_enqueue_is_retried_when_opted_in(png_data_uri: str) 
         assert all(r.ok for r in results)
         assert [0, 200, 200] == posts(emu)  # 0: the dropped connection
         assert 2 == emu.counters.submits
-        assert 1 == client.statistics()["transport"]
+        assert 1 == client.statistics().retries.transport
 
 
 async def test_journal_rerun_after_chaos_pays_nothing(png_data_uri: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -114,7 +115,7 @@ async def test_polling_fallback_when_stream_refused(
 
     assert not completed.failed
     assert emulator.counters.status_polls >= 1
-    assert 1 == client.statistics()["stream_refused"]
+    assert 1 == client.statistics().stream_refused
 
 
 async def test_polling_only_client(emulator: Emulator, edit_input: EditImageInput) -> None:
@@ -255,7 +256,7 @@ async def test_rate_limit_waits_as_told(emulator: Emulator, edit_input: EditImag
     polls = [t for t, method, path, _ in emulator.counters.request_log if path.endswith("/status")]
     assert 2 == len(polls)
     assert polls[1] - polls[0] >= 1.0
-    assert 1 == client.statistics()["rate_limit"]
+    assert 1 == client.statistics().retries.rate_limit
 
 
 async def test_ambiguous_submit_failure_is_not_repeated(
@@ -284,7 +285,7 @@ async def test_ingress_error_on_submit_is_retried(
     posts = [status for _, method, _, status in emulator.counters.request_log if method == "POST"]
     assert [502, 502, 200] == posts
     assert 1 == emulator.counters.submits
-    assert 2 == client.statistics()["server_error"]
+    assert 2 == client.statistics().retries.server_error
 
 
 async def test_transient_status_errors_are_retried(
@@ -301,15 +302,13 @@ async def test_transient_status_errors_are_retried(
 
 
 async def test_cdn_never_sees_the_key(
-    client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
+    client: AsyncClient, emulator: Emulator, edit_input: EditImageInput, tmp_path: Path
 ) -> None:
     """Downloading outputs through the client sends no Authorization to the CDN."""
     output = await client.edit(edit_input)
-    for image in output.images:
-        async with client.transport.open_stream(image.url, auth=False) as resp:
-            assert 200 == resp.status
-            await resp.read()
+    files = await client.download(output, tmp_path)
 
+    assert 2 == len(files)
     assert 2 == emulator.counters.downloads
     assert 0 == emulator.counters.cdn_auth_requests
 
@@ -442,7 +441,7 @@ async def test_stream_rate_limit_waits_as_told(
     opens = [t for t, _, path, _ in emulator.counters.request_log if path.endswith("/stream")]
     assert 2 == len(opens)
     assert opens[1] - opens[0] >= 1.0
-    assert 1 == client.statistics()["stream_errors"]
+    assert 1 == client.statistics().stream_errors
 
 
 async def test_callback_timeout_is_not_taken_for_the_deadline(

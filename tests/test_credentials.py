@@ -36,6 +36,7 @@ from fal_edit_async import (
     JobCancelledError,
     JobFailedError,
     JobTimeoutError,
+    Limits,
     NotFoundError,
     ProtocolError,
     RateLimitError,
@@ -122,8 +123,8 @@ async def emu() -> AsyncIterator[Emulator]:
 
 @pytest.fixture
 async def client(emu: Emulator) -> AsyncIterator[AsyncClient]:
-    """A client holding KEY."""
-    async with client_for(emu, api_key=KEY) as c:
+    """A client holding KEY, uploading every local file (so the REST initiate gets the key)."""
+    async with client_for(emu, api_key=KEY, limits=Limits(inline_bytes=0)) as c:
         yield c
 
 
@@ -148,7 +149,6 @@ async def test_successful_work_shows_no_key(
     tmp_path: Path,
 ) -> None:
     """Edits, uploads, downloads and a journaled batch: no key in logs, reprs or files."""
-    client.uploader.inline_threshold = 0  # upload local files: the REST initiate gets the key
     (photo,) = write_images(tmp_path / "in", "photo.png")
     edit = EditImageInput(prompt="white background", image_urls=[photo], num_images=2)
     handle = await client.submit(edit)
@@ -160,7 +160,7 @@ async def test_successful_work_shows_no_key(
         results = [r async for r in batch]
 
     assert all(r.ok for r in results) and 1 == emu.counters.upload_puts
-    assert_hidden(client, client.config, client.config.credentials, client.transport, handle)
+    assert_hidden(client, client.config, client.config.credentials, client._core, handle)
     assert_hidden(output, *files, *results, batch.summary(), emu, emu.jobs)
     assert_files_hidden(tmp_path)
 

@@ -16,15 +16,18 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fal_edit_async import ClientConfig, Credentials, DownloadError, ImageFile, RetryPolicy
-from fal_edit_async._downloads import (
+from fal_edit_async import (
+    AiohttpTransport,
+    ClientConfig,
+    Credentials,
     DownloadedFile,
-    download_all,
-    download_image,
-    safe_stem,
-    sniff_image_format,
+    DownloadError,
+    ImageFile,
+    RetryPolicy,
 )
-from fal_edit_async._transport import HttpTransport
+from fal_edit_async._core import Core
+from fal_edit_async._downloads import download_all, download_image, download_outcomes
+from fal_edit_async._files import safe_stem, sniff_image_format
 from fal_edit_async._uploads import Uploader
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -145,12 +148,15 @@ async def server() -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-async def transport(server: Server) -> AsyncIterator[HttpTransport]:
+async def transport(server: Server) -> AsyncIterator[Core]:
     """A transport whose queue and REST origin is the test server, so a key *could* go there."""
     config = ClientConfig(
-        credentials=Credentials("test-key"), queue_url=server.url, rest_url=server.url, retry=POLICY
+        credentials=Credentials("test-key"),
+        queue_url=server.url,
+        rest_url=server.url,
+        retry=POLICY,
     )
-    http = HttpTransport(config)
+    http = Core(config, AiohttpTransport())
     try:
         yield http
     finally:
@@ -168,16 +174,11 @@ def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-async def test_download_writes_verified_bytes(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_download_writes_verified_bytes(server: Server, transport: Core, dest: Path) -> None:
     """A PNG is written byte for byte under <stem>_<index>.png, with its size and hash."""
     image = server.image("/a.png", BIG)
-    stats: Counter[str] = Counter()
 
-    got = await download_image(
-        transport, image, dest, "cat", 2, retry=POLICY, stats=stats, checksum=True
-    )
+    got = await download_image(transport, image, dest, "cat", 2, checksum=True)
 
     expected = DownloadedFile(
         path=dest / "cat_2.png",
@@ -188,36 +189,30 @@ async def test_download_writes_verified_bytes(
     assert expected == got
     assert BIG == got.path.read_bytes()
     assert ["cat_2.png"] == files_in(dest)
-    assert Counter({"downloads": 1}) == stats
+    assert 1 == transport.stats.downloads
 
 
-async def test_checksum_off_and_fsync_on(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_checksum_off_and_fsync_on(server: Server, transport: Core, dest: Path) -> None:
     """checksum=False leaves sha256 unset; fsync=True writes the same bytes."""
     image = server.image("/a.png", BIG)
 
-    got = await download_image(
-        transport, image, dest, "x", 0, retry=POLICY, checksum=False, fsync=True
-    )
+    got = await download_image(transport, image, dest, "x", 0, checksum=False, fsync=True)
 
     assert (None, BIG) == (got.sha256, got.path.read_bytes())
 
 
-async def test_download_never_sends_the_key(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_download_never_sends_the_key(server: Server, transport: Core, dest: Path) -> None:
     """No Authorization header goes out, even to the configured queue origin itself."""
     image = server.image("/a.png")
 
-    await download_image(transport, image, dest, "x", 0, retry=POLICY)
+    await download_image(transport, image, dest, "x", 0)
 
     assert 1 == server.hits["/a.png"]
     assert [] == server.auth_headers
 
 
 async def test_redirect_to_another_origin_carries_no_key(
-    server: Server, transport: HttpTransport, dest: Path
+    server: Server, transport: Core, dest: Path
 ) -> None:
     """A redirect to another origin is followed, and neither hop carries a key."""
     cdn = Server()
@@ -226,9 +221,7 @@ async def test_redirect_to_another_origin_carries_no_key(
         cdn.image("/file.png")
         server.routes["/r"] = status(302, Location=cdn.url + "/file.png")
 
-        got = await download_image(
-            transport, ImageFile(url=server.url + "/r"), dest, "x", 0, retry=POLICY
-        )
+        got = await download_image(transport, ImageFile(url=server.url + "/r"), dest, "x", 0)
     finally:
         await cdn.stop()
 
@@ -246,26 +239,26 @@ async def test_redirect_to_another_origin_carries_no_key(
     ],
 )
 async def test_extension_comes_from_the_bytes(
-    server: Server, transport: HttpTransport, dest: Path, fmt: str, name: str, content_type: str
+    server: Server, transport: Core, dest: Path, fmt: str, name: str, content_type: str
 ) -> None:
     """The extension and content type follow the real format, not the server's label."""
     data = image_bytes(fmt)
     image = server.image("/img", data, content_type="image/png")  # mislabelled on purpose
 
-    got = await download_image(transport, image, dest, "x", 0, retry=POLICY)
+    got = await download_image(transport, image, dest, "x", 0)
 
     assert (dest / name, content_type) == (got.path, got.content_type)
     assert data == got.path.read_bytes()
 
 
 async def test_hostile_names_stay_in_the_folder(
-    server: Server, transport: HttpTransport, dest: Path, tmp_path: Path
+    server: Server, transport: Core, dest: Path, tmp_path: Path
 ) -> None:
     """Neither the server's file_name nor an odd stem can place a file outside the folder."""
     server.image("/a.png")
     image = ImageFile(url=server.url + "/a.png", file_name="../../evil\x00.sh")
 
-    got = await download_image(transport, image, dest, "../../\x00/etc/passwd", 0, retry=POLICY)
+    got = await download_image(transport, image, dest, "../../\x00/etc/passwd", 0)
 
     assert dest == got.path.parent
     assert ["out"] == files_in(tmp_path)
@@ -308,55 +301,44 @@ def test_sniff_image_format(head: bytes, expected: str | None) -> None:
     assert expected == sniff_image_format(head)
 
 
-async def test_truncated_body_is_retried(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_truncated_body_is_retried(server: Server, transport: Core, dest: Path) -> None:
     """A body cut short of its Content-Length is retried, counted, and leaves no temp file."""
     server.routes["/a.png"] = in_turn(truncated(BIG), body(BIG))
-    stats: Counter[str] = Counter()
 
-    got = await download_image(
-        transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0, retry=POLICY, stats=stats
-    )
+    got = await download_image(transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0)
 
     assert BIG == got.path.read_bytes()
     assert 2 == server.hits["/a.png"]
-    assert 1 == stats["download_retry"]
+    assert 1 == transport.stats.snapshot().retries.download
     assert ["x_0.png"] == files_in(dest)
 
 
 async def test_always_truncated_gives_up_cleanly(
-    server: Server, transport: HttpTransport, dest: Path
+    server: Server, transport: Core, dest: Path
 ) -> None:
     """A body that is always cut short fails after max_attempts and leaves nothing behind."""
     server.routes["/a.png"] = truncated(BIG)
-    stats: Counter[str] = Counter()
 
     with pytest.raises(DownloadError, match="gave up after 3 tries") as info:
-        await download_image(
-            transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0, retry=POLICY, stats=stats
-        )
+        await download_image(transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0)
 
     assert server.url + "/a.png" == info.value.url
     assert 3 == server.hits["/a.png"]
-    assert 2 == stats["download_retry"]
+    assert 2 == transport.stats.snapshot().retries.download
     assert [] == files_in(dest)
 
 
 @pytest.mark.parametrize("code", [500, 503, 429, 408])
 async def test_transient_statuses_are_retried(
-    server: Server, transport: HttpTransport, dest: Path, code: int
+    server: Server, transport: Core, dest: Path, code: int
 ) -> None:
     """408, 429 and 5xx are retried (Retry-After is read, and waits are off here)."""
     server.routes["/a.png"] = in_turn(status(code, **{"Retry-After": "1"}), body(PNG))
-    stats: Counter[str] = Counter()
 
-    got = await download_image(
-        transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0, retry=POLICY, stats=stats
-    )
+    got = await download_image(transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0)
 
     assert PNG == got.path.read_bytes()
-    assert (2, 1) == (server.hits["/a.png"], stats["download_retry"])
+    assert (2, 1) == (server.hits["/a.png"], transport.stats.snapshot().retries.download)
 
 
 @pytest.mark.parametrize(
@@ -370,31 +352,28 @@ async def test_transient_statuses_are_retried(
     ],
 )
 async def test_permanent_failures_are_not_retried(
-    server: Server, transport: HttpTransport, dest: Path, handler: Handler, message: str
+    server: Server, transport: Core, dest: Path, handler: Handler, message: str
 ) -> None:
     """Refusals and wrong content fail at once with the reason, leaving nothing behind."""
     server.routes["/a.png"] = handler
-    stats: Counter[str] = Counter()
 
     with pytest.raises(DownloadError, match=message):
-        await download_image(
-            transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0, retry=POLICY, stats=stats
-        )
+        await download_image(transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0)
 
     assert 1 == server.hits["/a.png"]
-    assert 0 == stats["download_retry"]
+    assert 0 == transport.stats.snapshot().retries.download
     assert [] == files_in(dest)
 
 
 async def test_file_size_mismatch_is_retried_then_fails(
-    server: Server, transport: HttpTransport, dest: Path
+    server: Server, transport: Core, dest: Path
 ) -> None:
     """A body whose length differs from fal's file_size is retried, then refused."""
     server.image("/a.png")
     image = ImageFile(url=server.url + "/a.png", file_size=len(PNG) + 1)
 
     with pytest.raises(DownloadError, match="expected"):
-        await download_image(transport, image, dest, "x", 0, retry=POLICY)
+        await download_image(transport, image, dest, "x", 0)
 
     assert 3 == server.hits["/a.png"]
     assert [] == files_in(dest)
@@ -402,7 +381,7 @@ async def test_file_size_mismatch_is_retried_then_fails(
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_max_bytes_aborts_without_retry(
-    server: Server, transport: HttpTransport, dest: Path, chunked: bool
+    server: Server, transport: Core, dest: Path, chunked: bool
 ) -> None:
     """A body over max_bytes is refused once, whether or not its length was announced."""
     server.routes["/a.png"] = body(BIG, chunked=chunked)
@@ -414,7 +393,6 @@ async def test_max_bytes_aborts_without_retry(
             dest,
             "x",
             0,
-            retry=POLICY,
             max_bytes=1024 * 1024,
         )
 
@@ -422,28 +400,22 @@ async def test_max_bytes_aborts_without_retry(
     assert [] == files_in(dest)
 
 
-async def test_chunked_body_without_length(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_chunked_body_without_length(server: Server, transport: Core, dest: Path) -> None:
     """A chunked body (no Content-Length) is written whole."""
     server.routes["/a.png"] = body(BIG, chunked=True)
 
-    got = await download_image(
-        transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0, retry=POLICY
-    )
+    got = await download_image(transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0)
 
     assert BIG == got.path.read_bytes()
 
 
-async def test_rerun_replaces_the_same_file(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_rerun_replaces_the_same_file(server: Server, transport: Core, dest: Path) -> None:
     """Downloading to the same name again replaces the file: re-runs are idempotent."""
     image = server.image("/a.png")
-    first = await download_image(transport, image, dest, "x", 0, retry=POLICY)
+    first = await download_image(transport, image, dest, "x", 0)
     server.image("/a.png", BIG)
 
-    second = await download_image(transport, image, dest, "x", 0, retry=POLICY)
+    second = await download_image(transport, image, dest, "x", 0)
 
     assert first.path == second.path
     assert BIG == second.path.read_bytes()
@@ -451,7 +423,7 @@ async def test_rerun_replaces_the_same_file(
 
 
 async def test_disk_error_is_a_download_error(
-    server: Server, transport: HttpTransport, tmp_path: Path
+    server: Server, transport: Core, tmp_path: Path
 ) -> None:
     """A folder that cannot be created fails the image once, without retries."""
     blocker = tmp_path / "file"
@@ -459,17 +431,15 @@ async def test_disk_error_is_a_download_error(
     image = server.image("/a.png")
 
     with pytest.raises(DownloadError, match="could not write the file"):
-        await download_image(transport, image, blocker / "out", "x", 0, retry=POLICY)
+        await download_image(transport, image, blocker / "out", "x", 0)
 
     assert 1 == server.hits["/a.png"]
 
 
-async def test_unsupported_scheme_is_refused(transport: HttpTransport, dest: Path) -> None:
+async def test_unsupported_scheme_is_refused(transport: Core, dest: Path) -> None:
     """Only http(s) URLs and data: URIs are downloaded; a file: URL is refused."""
     with pytest.raises(DownloadError, match="not an http"):
-        await download_image(
-            transport, ImageFile(url="file:///etc/passwd"), dest, "x", 0, retry=POLICY
-        )
+        await download_image(transport, ImageFile(url="file:///etc/passwd"), dest, "x", 0)
 
     assert [] == files_in(dest)
 
@@ -484,13 +454,9 @@ async def test_unsupported_scheme_is_refused(transport: HttpTransport, dest: Pat
         pytest.param("data:image/png," + quote_from_bytes(PNG), id="percent-encoded"),
     ],
 )
-async def test_data_uri_is_decoded_to_a_file(
-    transport: HttpTransport, dest: Path, uri: str
-) -> None:
+async def test_data_uri_is_decoded_to_a_file(transport: Core, dest: Path, uri: str) -> None:
     """A sync-mode data: URI is decoded and written like a download."""
-    got = await download_image(
-        transport, ImageFile(url=uri), dest, "s", 1, retry=POLICY, checksum=True
-    )
+    got = await download_image(transport, ImageFile(url=uri), dest, "s", 1, checksum=True)
 
     assert (dest / "s_1.png", PNG) == (got.path, got.path.read_bytes())
     assert hashlib.sha256(PNG).hexdigest() == got.sha256
@@ -506,24 +472,20 @@ async def test_data_uri_is_decoded_to_a_file(
         pytest.param("data:image/png;base64,aGVsbG8gd29ybGQh", "not a PNG", id="not-png"),
     ],
 )
-async def test_bad_data_uri_is_refused(
-    transport: HttpTransport, dest: Path, uri: str, message: str
-) -> None:
+async def test_bad_data_uri_is_refused(transport: Core, dest: Path, uri: str, message: str) -> None:
     """A data: URI that is malformed or not an image fails and writes nothing."""
     with pytest.raises(DownloadError, match=message):
-        await download_image(transport, ImageFile(url=uri), dest, "s", 0, retry=POLICY)
+        await download_image(transport, ImageFile(url=uri), dest, "s", 0)
 
     assert [] == files_in(dest)
 
 
-async def test_data_uri_over_max_bytes_is_refused(transport: HttpTransport, dest: Path) -> None:
+async def test_data_uri_over_max_bytes_is_refused(transport: Core, dest: Path) -> None:
     """An oversized data: URI is refused before it is decoded."""
     uri = "data:image/png;base64," + base64.b64encode(BIG).decode()
 
     with pytest.raises(DownloadError, match="max_bytes"):
-        await download_image(
-            transport, ImageFile(url=uri), dest, "s", 0, retry=POLICY, max_bytes=1024
-        )
+        await download_image(transport, ImageFile(url=uri), dest, "s", 0, max_bytes=1024)
 
 
 async def wait_for(predicate: Callable[[], bool]) -> None:
@@ -534,7 +496,7 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
 
 
 async def test_cancelled_download_leaves_no_file(
-    server: Server, transport: HttpTransport, dest: Path
+    server: Server, transport: Core, dest: Path
 ) -> None:
     """Cancelling a download mid-body removes its temp file; nothing is left in the folder."""
     release = anyio.Event()
@@ -551,7 +513,7 @@ async def test_cancelled_download_leaves_no_file(
     image = ImageFile(url=server.url + "/a.png")
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: download_image(transport, image, dest, "x", 0, retry=POLICY))
+            tg.start_soon(lambda: download_image(transport, image, dest, "x", 0))
             await wait_for(lambda: any(n.endswith(".part") for n in files_in(dest)))
             tg.cancel_scope.cancel()
     finally:
@@ -560,14 +522,12 @@ async def test_cancelled_download_leaves_no_file(
     assert [] == files_in(dest)
 
 
-async def test_download_all_collects_failures(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_download_all_collects_failures(server: Server, transport: Core, dest: Path) -> None:
     """One failed image never stops the others; failures are raised together at the end."""
     images = [server.image("/a.png"), ImageFile(url=server.url + "/gone"), server.image("/b.png")]
 
     with pytest.raises(ExceptionGroup) as info:
-        await download_all(transport, images, dest, "job", retry=POLICY)
+        await download_all(transport, images, dest, "job")
 
     assert 1 == len(info.value.exceptions)
     assert isinstance(info.value.exceptions[0], DownloadError)
@@ -575,22 +535,20 @@ async def test_download_all_collects_failures(
     assert ["job_0.png", "job_2.png"] == files_in(dest)
 
 
-async def test_download_all_can_return_exceptions(
-    server: Server, transport: HttpTransport, dest: Path
+async def test_download_outcomes_hold_each_file_or_error(
+    server: Server, transport: Core, dest: Path
 ) -> None:
-    """With return_exceptions, each slot holds its file or its error, in order."""
+    """For a batch, each slot holds its file or its error, in order."""
     images = [server.image("/a.png"), ImageFile(url=server.url + "/gone")]
 
-    got = await download_all(transport, images, dest, "job", retry=POLICY, return_exceptions=True)
+    got = await download_outcomes(transport, images, dest, "job", limiter=anyio.CapacityLimiter(2))
 
     assert isinstance(got[0], DownloadedFile)
     assert dest / "job_0.png" == got[0].path
     assert isinstance(got[1], DownloadError)
 
 
-async def test_download_all_respects_the_limit(
-    server: Server, transport: HttpTransport, dest: Path
-) -> None:
+async def test_download_all_respects_the_limit(server: Server, transport: Core, dest: Path) -> None:
     """No more than ``limit`` downloads run at once."""
     release = anyio.Event()
     running = peak = 0
@@ -609,7 +567,7 @@ async def test_download_all_respects_the_limit(
     results: list[DownloadedFile] = []
 
     async def run() -> None:
-        results.extend(await download_all(transport, images, dest, "j", retry=POLICY, limit=2))
+        results.extend(await download_all(transport, images, dest, "j", limit=2))
 
     try:
         async with anyio.create_task_group() as tg:
@@ -636,18 +594,15 @@ async def test_emulator_round_trip(dest: Path) -> None:
             rest_url=emu.rest_url,
             retry=POLICY,
         )
-        http = HttpTransport(config)
+        http = Core(config, AiohttpTransport())
         try:
-            url = await Uploader(http, config, inline_threshold=0).resolve(BIG, field="f")
+            url = await Uploader(http, inline_threshold=0).resolve(BIG, field="f")
             emu.schedule_fault("download", "truncated_download")
-            stats: Counter[str] = Counter()
-            got = await download_image(
-                http, ImageFile(url=url), dest, "e", 0, retry=POLICY, stats=stats
-            )
+            got = await download_image(http, ImageFile(url=url), dest, "e", 0)
         finally:
             await http.aclose()
         assert BIG == got.path.read_bytes()
-        assert 1 == stats["download_retry"]
+        assert 1 == http.stats.snapshot().retries.download
         assert (1, 1, 0) == (
             emu.counters.upload_initiates,
             emu.counters.downloads,

@@ -366,7 +366,7 @@ async def test_download_redirect_is_followed_without_the_key(
 
     # The recorder's PNG is not the file fal announced: refused, then fetched again from fal.
     assert result.ok
-    assert 1 == client.statistics()["download_retry"]
+    assert 1 == client.statistics().retries.download
     assert [("GET", "/moved.png")] == [r[:2] for r in recorder.requests]
     assert not recorder.saw(emulator.api_key)
     assert "Authorization" not in recorder.requests[0][2]
@@ -404,7 +404,7 @@ async def test_gateway_error_page_on_cancel_is_retried(
     emulator.schedule_fault("cancel", "ingress_error", times=2)
 
     assert CancelOutcome.REQUESTED == await handle.cancel()
-    assert 2 == client.statistics()["server_error"]
+    assert 2 == client.statistics().retries.server_error
     job = await emulator.wait_for_state(handle.request_id, "COMPLETED")
     assert "client_cancelled" == job.error_type
 

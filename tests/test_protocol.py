@@ -18,12 +18,13 @@ from fal_edit_async import (
     ValidationError,
 )
 from fal_edit_async._protocol import (
-    JobUrls,
     api_error,
     cancel_outcome,
+    job_urls,
     origin,
     same_origin,
     submit_headers,
+    urls_from_receipt,
 )
 
 EDIT = EndpointId.parse("fal-ai/gpt-image-1/edit-image")
@@ -31,7 +32,7 @@ EDIT = EndpointId.parse("fal-ai/gpt-image-1/edit-image")
 
 def test_built_urls_drop_the_sub_path() -> None:
     """Re-attached jobs live under owner/alias/requests/<id>, without the sub-path."""
-    urls = JobUrls.build("https://queue.fal.run", EDIT, "abc")
+    urls = job_urls("https://queue.fal.run", EDIT, "abc")
     assert "https://queue.fal.run/fal-ai/gpt-image-1/requests/abc/status" == urls.status_url
     assert "https://queue.fal.run/fal-ai/gpt-image-1/requests/abc" == urls.response_url
     assert "https://queue.fal.run/fal-ai/gpt-image-1/requests/abc/cancel" == urls.cancel_url
@@ -42,7 +43,7 @@ def test_built_urls_drop_the_sub_path() -> None:
 def test_bad_request_ids_are_input_errors(request_id: str) -> None:
     """A request id that would change the URL's path is refused before any request."""
     with pytest.raises(InputError, match="request_id"):
-        JobUrls.build("https://queue.fal.run", EDIT, request_id)
+        job_urls("https://queue.fal.run", EDIT, request_id)
 
 
 def test_receipt_urls_used_when_on_the_queue_origin() -> None:
@@ -53,7 +54,7 @@ def test_receipt_urls_used_when_on_the_queue_origin() -> None:
         status_url="http://127.0.0.1:9/x/requests/r1/status",
         cancel_url="http://127.0.0.1:9/x/requests/r1/cancel",
     )
-    urls = JobUrls.from_receipt("http://127.0.0.1:9", EDIT, receipt)
+    urls = urls_from_receipt("http://127.0.0.1:9", EDIT, receipt)
     assert receipt.status_url == urls.status_url
 
 
@@ -65,7 +66,7 @@ def test_receipt_urls_on_another_origin_are_not_trusted() -> None:
         status_url="https://evil.example/requests/r1/status",
         cancel_url="https://evil.example/requests/r1/cancel",
     )
-    urls = JobUrls.from_receipt("https://queue.fal.run", EDIT, receipt)
+    urls = urls_from_receipt("https://queue.fal.run", EDIT, receipt)
     assert urls.status_url.startswith("https://queue.fal.run/fal-ai/gpt-image-1/")
 
 

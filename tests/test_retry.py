@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
@@ -17,7 +16,9 @@ from fal_edit_async import (
     TransportError,
     ValidationError,
 )
-from fal_edit_async._retry import backoff_delay, parse_retry_after, retry_kind, with_retries
+from fal_edit_async._protocol import parse_retry_after
+from fal_edit_async._retry import backoff_delay, retry_kind, with_retries
+from fal_edit_async._statistics import Counters
 
 POLICY = RetryPolicy(wait=False)
 
@@ -97,11 +98,11 @@ async def test_with_retries_counts_and_caps() -> None:
         calls += 1
         raise ServerError("boom", status=502)
 
-    stats: Counter[str] = Counter()
+    stats = Counters()
     with pytest.raises(ServerError):
         await with_retries(flaky, policy=RetryPolicy(wait=False, max_attempts=4), stats=stats)
     assert 4 == calls
-    assert {"server_error": 3} == dict(stats)
+    assert {"server_error": 3} == stats.snapshot().retries.as_dict()
 
 
 async def test_with_retries_returns_first_success() -> None:

@@ -6,7 +6,6 @@ import base64
 import functools
 import io
 import os
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,22 @@ from aiohttp import web
 from PIL import Image
 
 from fal_edit_async import (
+    DEFAULT_LIMITS,
+    AiohttpTransport,
     APIError,
     AuthError,
     ClientConfig,
+    ClientStatistics,
     Credentials,
     EditImageInput,
     InputError,
     ProtocolError,
     RetryPolicy,
 )
-from fal_edit_async._transport import HttpTransport
-from fal_edit_async._uploads import DEFAULT_INLINE_THRESHOLD, Uploader
+from fal_edit_async._core import Core
+from fal_edit_async._uploads import Uploader
+
+DEFAULT_INLINE_THRESHOLD = DEFAULT_LIMITS.inline_bytes
 
 POLICY = RetryPolicy(max_attempts=3, wait=False)
 
@@ -155,9 +159,9 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
 
 
 @pytest.fixture
-async def transport(storage: Storage) -> AsyncIterator[HttpTransport]:
-    """A transport whose queue and REST origin is the storage server."""
-    http = HttpTransport(config_for(storage))
+async def transport(storage: Storage) -> AsyncIterator[Core]:
+    """A core whose queue and REST origin is the storage server."""
+    http = Core(config_for(storage), AiohttpTransport())
     try:
         yield http
     finally:
@@ -175,9 +179,14 @@ def config_for(storage: Storage) -> ClientConfig:
 
 
 @pytest.fixture
-def uploader(storage: Storage, transport: HttpTransport) -> Uploader:
+def uploader(storage: Storage, transport: Core) -> Uploader:
     """An uploader with the default threshold and limits."""
-    return Uploader(transport, config_for(storage))
+    return Uploader(transport)
+
+
+def uploader_stats(uploader: Uploader) -> ClientStatistics:
+    """What the uploader's core counted."""
+    return uploader._core.stats.snapshot()
 
 
 def decode_data_uri(uri: str) -> tuple[str, bytes]:
@@ -209,7 +218,7 @@ async def test_small_bytes_become_a_data_uri(
 
     assert (media_type, data) == decode_data_uri(uri)
     assert 0 == storage.requests
-    assert 1 == uploader.stats["inlined"]
+    assert 1 == uploader_stats(uploader).inlined
 
 
 async def test_small_file_becomes_a_data_uri(
@@ -238,7 +247,7 @@ async def test_large_bytes_are_uploaded(storage: Storage, uploader: Uploader) ->
     [put] = storage.puts
     assert (None, "image/png", LARGE) == (put["authorization"], put["content_type"], put["data"])
     assert "/put/0?sig=abc" == put["path"]
-    assert Counter({"uploads": 1}) == uploader.stats
+    assert (1, 0) == (uploader_stats(uploader).uploads, uploader_stats(uploader).retries.total)
 
 
 async def test_large_file_is_streamed_with_a_length(
@@ -279,12 +288,12 @@ async def test_same_content_is_uploaded_once(storage: Storage, uploader: Uploade
 
     assert 1 == len(set(urls))
     assert (1, 1) == (len(storage.initiates), len(storage.puts))
-    assert 2 == uploader.stats["upload_dedup"]
+    assert 2 == uploader_stats(uploader).upload_dedup
 
 
-async def test_uploads_respect_the_limit(storage: Storage, transport: HttpTransport) -> None:
+async def test_uploads_respect_the_limit(storage: Storage, transport: Core) -> None:
     """No more than ``limit`` uploads run at once."""
-    uploader = Uploader(transport, config_for(storage), limit=2)
+    uploader = Uploader(transport, limit=2)
     storage.gate = anyio.Event()
 
     async with anyio.create_task_group() as tg:
@@ -305,7 +314,7 @@ async def test_put_is_retried_on_503(storage: Storage, uploader: Uploader) -> No
     await uploader.resolve(LARGE, field="image_urls[0]")
 
     assert (1, 2) == (len(storage.initiates), len(storage.puts))
-    assert 1 == uploader.stats["upload_retry"]
+    assert 1 == uploader_stats(uploader).retries.upload
 
 
 async def test_put_refused_is_not_retried(storage: Storage, uploader: Uploader) -> None:
@@ -352,7 +361,7 @@ async def test_file_changed_while_uploading(
         with pytest.raises(InputError, match="does not change while uploading"):
             await uploader.resolve(path, field="f")
 
-    assert 0 == uploader.stats["uploads"]
+    assert 0 == uploader_stats(uploader).uploads
 
 
 @pytest.mark.parametrize(
@@ -434,13 +443,13 @@ def make_too_big(tmp_path: Path) -> Path:
 )
 async def test_bad_files_fail_before_any_request(
     storage: Storage,
-    transport: HttpTransport,
+    transport: Core,
     tmp_path: Path,
     make: Callable[[Path], Path],
     message: str,
 ) -> None:
     """Unreadable, empty, non-image and oversized files raise InputError naming the field."""
-    uploader = Uploader(transport, config_for(storage), max_bytes=1024 * 1024)
+    uploader = Uploader(transport, max_bytes=1024 * 1024)
     path = make(tmp_path)
 
     with pytest.raises(InputError, match=message) as info:
@@ -472,10 +481,10 @@ async def test_unreadable_file(storage: Storage, uploader: Uploader, tmp_path: P
     ],
 )
 async def test_bad_bytes_fail_before_any_request(
-    storage: Storage, transport: HttpTransport, data: bytes, message: str
+    storage: Storage, transport: Core, data: bytes, message: str
 ) -> None:
     """Bytes that are empty, not an image or too large raise InputError."""
-    uploader = Uploader(transport, config_for(storage), max_bytes=1024 * 1024)
+    uploader = Uploader(transport, max_bytes=1024 * 1024)
 
     with pytest.raises(InputError, match=message):
         await uploader.resolve(data, field="image_urls[0]")
@@ -554,9 +563,9 @@ async def test_emulator_upload(tmp_path: Path) -> None:
             rest_url=emu.rest_url,
             retry=POLICY,
         )
-        http = HttpTransport(config)
+        http = Core(config, AiohttpTransport())
         try:
-            uploader = Uploader(http, config)
+            uploader = Uploader(http)
             first = await uploader.resolve(path, field="f")
             second = await uploader.resolve(LARGE, field="f")
             fetched = await http.request("GET", first)
@@ -576,10 +585,10 @@ async def test_emulator_upload(tmp_path: Path) -> None:
 async def test_uploader_arguments_are_checked() -> None:
     """Impossible uploader settings are refused when it is built."""
     config = ClientConfig(credentials=Credentials("k"))
-    http = HttpTransport(config)
+    http = Core(config, AiohttpTransport())
     with pytest.raises(ValueError, match="limit or limiter"):
-        Uploader(http, config, limit=2, limiter=anyio.CapacityLimiter(2))
+        Uploader(http, limit=2, limiter=anyio.CapacityLimiter(2))
     with pytest.raises(ValueError, match="max_bytes"):
-        Uploader(http, config, max_bytes=0)
+        Uploader(http, max_bytes=0)
     with pytest.raises(ValueError, match="inline_threshold"):
-        Uploader(http, config, inline_threshold=-1)
+        Uploader(http, inline_threshold=-1)

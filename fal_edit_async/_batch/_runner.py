@@ -1,46 +1,52 @@
-"""Many edits at once: bounded, streamed to disk, one failure never stopping the rest.
+"""One batch item's way through the pipeline: validate, upload, submit, follow, download.
 
-The shape is anyio's ``as_completed``: :func:`edit_many` is an async context manager that
-owns the task group and yields a :class:`Batch`, which is iterated for results as items
-finish. Leaving the ``async with`` block early cancels what is still running, on fal too.
-
-Each item flows through: validate, upload local files (bounded by ``uploads``), submit and
-wait (bounded by the adaptive jobs limit), download (bounded by ``downloads``). The next item
-is pulled from the caller's iterable only when a pipeline slot frees up, so a batch of
-millions holds only about ``jobs + uploads + downloads`` items in memory.
+The :class:`Runner` holds what a batch shares (limits, budget, journal, output names) and runs
+each item to an :class:`ItemResult`; ``edit_many`` in this package's ``__init__`` feeds it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
-from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._adaptive import AdaptiveLimiter
-from ._batch_items import (
-    BatchItem,
-    BatchSummary,
-    EventCallback,
-    ItemResult,
-    ItemState,
-    describe_input,
-    fingerprint,
-    split_item,
+from .._converter import input_from_dict, parse
+from .._core import Core
+from .._downloads import download_outcomes
+from .._endpoint import DEFAULT_ENDPOINT, EndpointId
+from .._exceptions import (
+    BudgetExceededError,
+    DownloadError,
+    FalEditError,
+    InputError,
+    JobCancelledError,
+    JobFailedError,
 )
-from ._converter import input_from_dict, parse
-from ._downloads import DownloadedFile, download_all, remove_stale_parts, safe_stem
-from ._endpoint import DEFAULT_ENDPOINT, EndpointId
+from .._files import safe_stem
+from .._job import JobHandle, call_back, submit
+from .._models import (
+    Completed,
+    DownloadedFile,
+    EditImageInput,
+    EditImageOutput,
+    InProgress,
+    JobStatus,
+    Queued,
+    SubmitOptions,
+)
+from .._pricing import estimate_cost
+from .._protocol import check_image_count, job_retryable
+from .._statistics import RetryKind
+from .._uploads import Uploader
+from ._adaptive import AdaptiveLimiter
 from ._events import (
     BatchEvent,
     ItemCompleted,
@@ -51,51 +57,17 @@ from ._events import (
     ItemStarted,
     ItemSubmitted,
 )
-from ._exceptions import (
-    BudgetExceededError,
-    DownloadError,
-    FalEditError,
-    InputError,
-    JobCancelledError,
-    JobFailedError,
-    ProtocolError,
+from ._items import (
+    EventCallback,
+    ItemResult,
+    ItemState,
+    describe_input,
+    fingerprint,
+    split_item,
 )
-from ._job import JobHandle, call_back
 from ._journal import Journal, JournalEntry, JournalState
-from ._models import Completed, EditImageInput, EditImageOutput, InProgress, JobStatus, Queued
-from ._pricing import estimate_cost
 
-if TYPE_CHECKING:
-    from ._client import AsyncClient
-
-__all__ = ["Batch", "check_image_count", "edit_many"]
-
-#: fal request-error types worth a second job: the runner failed, not the request.
-RETRYABLE_ERROR_TYPES = frozenset(
-    {
-        "request_timeout",
-        "startup_timeout",
-        "runner_scheduling_failure",
-        "runner_connection_timeout",
-        "runner_disconnected",
-        "runner_connection_refused",
-        "runner_connection_error",
-        "runner_incomplete_response",
-        "runner_server_error",
-        "internal_error",
-    }
-)
-
-
-#: The client's counters that count retried requests, by kind.
-_RETRY_KINDS = (
-    "rate_limit",
-    "server_error",
-    "transport",
-    "timeout",
-    "download_retry",
-    "upload_retry",
-)
+__all__ = ["Budget", "Runner"]
 
 
 def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
@@ -111,74 +83,8 @@ def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
     return "image"  # a data URI or bytes: claim_stem makes it unique
 
 
-class Batch:
-    """A running batch: iterate it for :class:`ItemResult` as items finish.
-
-    Usage::
-
-        async with client.edit_many(inputs, download_to="out/") as batch:
-            async for result in batch:
-                print(result.key, result.state)
-        print(batch.summary())
-    """
-
-    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult], runner: _Runner):
-        self._receive = receive
-        self._runner = runner
-        self._jobs = runner.jobs
-        self._started = time.monotonic()
-        self._finished: float | None = None
-        self._counts: Counter[ItemState] = Counter()
-        self._bytes = 0
-        self._cost = Decimal(0)
-        self._job_retries = 0
-        # The client may serve other calls too: the summary counts only this batch's retries.
-        self._stats_at_start = Counter(runner.client.stats)
-
-    def __aiter__(self) -> AsyncIterator[ItemResult]:
-        return self._results()
-
-    async def _results(self) -> AsyncIterator[ItemResult]:
-        async for result in self._receive:
-            yield result
-        self._finished = time.monotonic()
-
-    def _record(self, result: ItemResult) -> None:
-        self._counts[result.state] += 1
-        self._bytes += sum(f.size for f in result.files)
-        self._cost += result.cost
-        self._job_retries += max(0, result.attempts - 1)
-
-    @property
-    def concurrency(self) -> int:
-        """The jobs-in-flight level now (lowered on 429, raised back on success)."""
-        return self._jobs.level
-
-    def summary(self) -> BatchSummary:
-        """Counts so far (final once iteration ended)."""
-        end = self._finished or time.monotonic()
-        stats = self._runner.client.stats - self._stats_at_start
-        # Items cancelled on the way out yield no result, but they are part of the batch.
-        cut_short = self._runner.cancelled_on_fal
-        return BatchSummary(
-            total=sum(self._counts.values()) + cut_short,
-            completed=self._counts[ItemState.COMPLETED],
-            failed=self._counts[ItemState.FAILED],
-            cancelled=self._counts[ItemState.CANCELLED] + cut_short,
-            cancelled_on_exit=cut_short,
-            not_submitted=self._counts[ItemState.NOT_SUBMITTED],
-            bytes_downloaded=self._bytes,
-            estimated_cost=self._cost,
-            job_retries=self._job_retries,
-            request_retries={k: stats[k] for k in _RETRY_KINDS if stats[k]},
-            concurrency=self._jobs.level,
-            lowest_concurrency=self._jobs.lowest,
-            elapsed=end - self._started,
-        )
-
-
 @attrs.define
-class _Budget:
+class Budget:
     limit: Decimal | None
     committed: Decimal = Decimal(0)
 
@@ -221,16 +127,19 @@ class _Item:
 
 
 @attrs.define
-class _Runner:
-    client: AsyncClient
+class Runner:
+    """What every item of one batch shares, and the steps each item goes through."""
+
+    core: Core
+    uploader: Uploader
     jobs: AdaptiveLimiter
     downloads: anyio.CapacityLimiter
     download_to: Path | None
     job_retries: int
     on_event: EventCallback | None
-    budget: _Budget
+    budget: Budget
     journal: Journal | None
-    submit_options: Mapping[str, Any]
+    submit_options: SubmitOptions
     stems: set[str] = attrs.field(factory=set)
     stem_suffixes: dict[str, int] = attrs.field(factory=dict)
     cancelled_on_fal: int = 0
@@ -301,7 +210,7 @@ class _Runner:
             return it.result(ItemState.NOT_SUBMITTED, error=exc)
         wire_input = it.input
         if not wire_input.is_resolved:  # bounded by the client's Limits.uploads
-            wire_input = await self.client.uploader.resolve_input(wire_input)
+            wire_input = await self.uploader.resolve_input(wire_input)
         output = await self._submit_and_follow(it, wire_input)
         return await self._finish(it, output)
 
@@ -311,12 +220,16 @@ class _Runner:
             try:
                 async with self.jobs.slot() as epoch:
 
-                    def on_retry(kind: str) -> None:
+                    def on_retry(kind: RetryKind) -> None:
                         if kind == "rate_limit":
                             self.jobs.rate_limited(epoch)
 
-                    handle = await self.client.submit(
-                        wire_input, on_retry=on_retry, **self.submit_options
+                    handle = await submit(
+                        self.core,
+                        self.uploader,
+                        wire_input,
+                        on_retry=on_retry,
+                        **self.submit_options,
                     )
                     self.jobs.succeeded()
                     it.request_id, it.accepted = handle.request_id, it.accepted + 1
@@ -336,6 +249,7 @@ class _Runner:
             except JobFailedError as exc:
                 if it.attempts > self.job_retries or not _worth_retrying(exc):
                     raise
+                # A second job is a second payment: the budget must cover it too.
                 self.budget.reserve(it.cost)
 
     async def _follow(self, it: _Item, handle: JobHandle) -> EditImageOutput:
@@ -383,7 +297,7 @@ class _Runner:
             request_id=entry.urls.request_id,
             endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
             urls=entry.urls,
-            client=self.client,
+            core=self.core,
         )
         async with self.jobs.slot():
             output = await self._follow(it, handle)
@@ -392,17 +306,14 @@ class _Runner:
     async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
             return ()
-        done = await download_all(
-            self.client.transport,
+        done = await download_outcomes(
+            self.core,
             output.images,
             self.download_to,
             it.stem,
-            retry=self.client.config.retry,
             limiter=self.downloads,
-            max_bytes=self.client.config.limits.max_output_bytes,
-            stats=self.client.stats,
+            max_bytes=self.core.config.limits.max_output_bytes,
             checksum=self.journal is not None,  # the journal re-checks files on a re-run
-            return_exceptions=True,
         )
         for outcome in done:
             if isinstance(outcome, DownloadError):
@@ -410,19 +321,6 @@ class _Runner:
         files = tuple(f for f in done if isinstance(f, DownloadedFile))
         await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
         return files
-
-
-def check_image_count(
-    input: EditImageInput, output: EditImageOutput, request_id: str | None
-) -> EditImageOutput:
-    """Refuse a result with more images than asked for: a hostile or broken server must not
-    make us download (or pay attention to) an unbounded number of files."""
-    if len(output.images) > input.num_images:
-        raise ProtocolError(
-            f"result has {len(output.images)} images but num_images={input.num_images}",
-            request_id=request_id,
-        )
-    return output
 
 
 def _intact(files: Sequence[DownloadedFile]) -> bool:
@@ -444,7 +342,7 @@ def _intact(files: Sequence[DownloadedFile]) -> bool:
 class _Progress:
     """Turns one job's status updates into progress events."""
 
-    runner: _Runner
+    runner: Runner
     key: str
     request_id: str
     started: bool = False
@@ -470,104 +368,9 @@ def _final(exc: FalEditError) -> bool:
 
 def _worth_retrying(exc: JobFailedError) -> bool:
     """Infrastructure failures get another job; the model's own refusals never do."""
-    if exc.status == 422 or exc.timeout_type == "user":
-        return False
-    if exc.retryable is not None:
-        return exc.retryable
-    return exc.error_type in RETRYABLE_ERROR_TYPES
-
-
-async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
-
-
-@asynccontextmanager
-async def edit_many(
-    client: AsyncClient,
-    items: Iterable[BatchItem] | AsyncIterable[BatchItem],
-    *,
-    concurrency: int | None = None,
-    download_to: str | os.PathLike[str] | None = None,
-    downloads: int | None = None,
-    job_retries: int = 1,
-    budget: float | Decimal | None = None,
-    journal: str | os.PathLike[str] | Journal | None = None,
-    adaptive: bool = True,
-    on_event: EventCallback | None = None,
-    **submit_options: Any,
-) -> AsyncIterator[Batch]:
-    """Run many edits; see :meth:`AsyncClient.edit_many`."""
-    limits = client.config.limits
-    needed = (concurrency or limits.jobs) + (downloads or limits.downloads) + limits.uploads
-    if needed > limits.max_connections:
-        # Jobs would queue for sockets behind each other's status streams: say so up front.
-        raise InputError(
-            "concurrency",
-            concurrency,
-            f"at most {limits.max_connections - needed + (concurrency or limits.jobs)} with "
-            f"Limits.max_connections={limits.max_connections} (raise it to go higher)",
-        )
-    jobs = AdaptiveLimiter(concurrency or limits.jobs, adaptive=adaptive)
-    runner = _Runner(
-        client=client,
-        jobs=jobs,
-        downloads=anyio.CapacityLimiter(downloads or limits.downloads),
-        download_to=Path(download_to) if download_to is not None else None,
-        job_retries=job_retries,
-        on_event=on_event,
-        budget=_Budget(Decimal(str(budget)) if budget is not None else None),
-        journal=None,
-        submit_options=submit_options,
+    return job_retryable(
+        status=exc.status,
+        error_type=exc.error_type,
+        timeout_type=exc.timeout_type,
+        header=exc.retryable,
     )
-    pipeline = jobs.limit + limits.uploads + runner.downloads.total_tokens
-    send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
-    batch = Batch(receive, runner)
-    async with AsyncExitStack() as stack:
-        if isinstance(journal, Journal):
-            runner.journal = journal  # the caller's: they close it
-        elif journal is not None:
-            runner.journal = Journal(journal)
-            stack.push_async_callback(runner.journal.aclose)
-        if runner.journal is not None:
-            await runner.journal.open()
-        if runner.download_to is not None:
-            await anyio.to_thread.run_sync(remove_stale_parts, runner.download_to)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_feed, runner, batch, items, send, int(pipeline))
-            try:
-                yield batch
-            finally:
-                tg.cancel_scope.cancel()
-                receive.close()
-
-
-async def _feed(
-    runner: _Runner,
-    batch: Batch,
-    items: Iterable[Any] | AsyncIterable[Any],
-    send: MemoryObjectSendStream[ItemResult],
-    pipeline: int,
-) -> None:
-    slots = anyio.CapacityLimiter(pipeline)
-
-    async def one(index: int, item: Any, token: object) -> None:
-        try:
-            result = await runner.run(index, item)
-            batch._record(result)
-            # Deliver before freeing the slot: the consumer gets it before new items compete.
-            await send.send(result)
-        finally:
-            slots.release_on_behalf_of(token)
-
-    async with send, anyio.create_task_group() as tg:
-        index = 0
-        async for item in _aiter(items):
-            token = object()
-            await slots.acquire_on_behalf_of(token)
-            tg.start_soon(one, index, item, token)
-            index += 1

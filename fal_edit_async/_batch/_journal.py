@@ -33,11 +33,9 @@ from typing import Any, Self, TypeVar
 import anyio
 import attrs
 
-from ._converter import to_wire
-from ._downloads import DownloadedFile
-from ._exceptions import FalEditError
-from ._models import EditImageOutput
-from ._protocol import JobUrls
+from .._converter import to_wire
+from .._exceptions import FalEditError
+from .._models import DownloadedFile, EditImageOutput, JobUrls
 
 __all__ = ["Journal", "JournalEntry", "JournalState"]
 

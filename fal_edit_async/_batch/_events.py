@@ -11,9 +11,8 @@ from typing import TypeAlias
 
 import attrs
 
-from ._downloads import DownloadedFile
-from ._exceptions import FalEditError
-from ._models import LogEntry
+from .._exceptions import FalEditError
+from .._models import DownloadedFile, LogEntry
 
 __all__ = [
     "BatchEvent",

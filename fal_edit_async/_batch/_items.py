@@ -1,31 +1,34 @@
 """What a batch is made of: its items, their keys, and how each one ends.
 
-Plain data and pure functions, no I/O: the runner in ``_batch`` produces these.
+Plain data and pure functions, no I/O: the runner produces these.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
-from ._converter import input_from_dict, to_wire
-from ._downloads import DownloadedFile
+from .._config import Limits
+from .._converter import input_from_dict, to_wire
+from .._exceptions import FalEditError, InputError
+from .._models import DownloadedFile, EditImageInput, EditImageOutput, SubmitOptions
+from .._pricing import estimate_cost
+from .._protocol import check_submit_options
 from ._events import BatchEvent
-from ._exceptions import FalEditError, InputError
-from ._models import EditImageInput, EditImageOutput
-from ._pricing import estimate_cost
 
 __all__ = [
     "BatchEstimate",
     "BatchItem",
+    "BatchSettings",
     "BatchSummary",
     "EventCallback",
     "ItemResult",
@@ -36,6 +39,9 @@ __all__ = [
     "item_key",
     "split_item",
 ]
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 #: What a batch accepts per item: an input (or a JSON-like mapping of one), or a key with it.
 BatchItem: TypeAlias = (
@@ -186,3 +192,76 @@ def split_item(item: Any) -> tuple[str | None, bool, Any]:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         return item[0], True, item[1]
     return None, False, item
+
+
+@attrs.frozen(kw_only=True)
+class BatchSettings:
+    """How one batch runs: everything ``edit_many`` was given, checked and with defaults."""
+
+    concurrency: int
+    downloads: int
+    download_to: Path | None
+    job_retries: int
+    budget: Decimal | None
+    journal: str | os.PathLike[str] | Journal | None
+    adaptive: bool
+    on_event: EventCallback | None
+    submit_options: SubmitOptions
+
+    @classmethod
+    def build(
+        cls,
+        limits: Limits,
+        *,
+        concurrency: int | None,
+        downloads: int | None,
+        download_to: str | os.PathLike[str] | None,
+        job_retries: int,
+        budget: float | Decimal | None,
+        journal: str | os.PathLike[str] | Journal | None,
+        adaptive: bool,
+        on_event: EventCallback | None,
+        submit_options: SubmitOptions,
+    ) -> BatchSettings:
+        """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
+        jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
+        files = limits.downloads if downloads is None else _count("downloads", downloads, 1)
+        needed = jobs + files + limits.uploads
+        if needed > limits.max_connections:
+            # Jobs would queue for sockets behind each other's status streams: say so up front.
+            most = limits.max_connections - files - limits.uploads
+            raise InputError(
+                "concurrency",
+                concurrency,
+                f"at most {most} with Limits.max_connections={limits.max_connections} "
+                "(raise it to go higher)",
+            )
+        return cls(
+            concurrency=jobs,
+            downloads=files,
+            download_to=None if download_to is None else Path(download_to),
+            job_retries=_count("job_retries", job_retries, 0),
+            budget=_budget(budget),
+            journal=journal,
+            adaptive=adaptive,
+            on_event=on_event,
+            submit_options=check_submit_options(submit_options, "edit_many"),
+        )
+
+
+def _count(field: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        allowed = "a positive whole number" if least else "zero or a positive whole number"
+        raise InputError(field, value, allowed)
+    return value
+
+
+def _budget(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InputError("budget", value, "a number of US dollars")
+    amount = Decimal(str(value))
+    if not amount.is_finite() or amount < 0 or (isinstance(value, float) and math.isnan(value)):
+        raise InputError("budget", value, "a finite, non-negative number of US dollars")
+    return amount

@@ -1,0 +1,185 @@
+"""Many edits at once: bounded, streamed to disk, one failure never stopping the rest.
+
+The shape is anyio's ``as_completed``: :func:`edit_many` is an async context manager that
+owns the task group and yields a :class:`Batch`, which is iterated for results as items
+finish. Leaving the ``async with`` block early cancels what is still running, on fal too.
+
+Each item flows through: validate, upload local files (bounded by ``uploads``), submit and
+wait (bounded by the adaptive jobs limit), download (bounded by ``downloads``). The next item
+is pulled from the caller's iterable only when a pipeline slot frees up, so a batch of
+millions holds only about ``jobs + uploads + downloads`` items in memory.
+
+Modules: ``_items`` (what a batch is made of and how each item ends), ``_events`` (progress
+events), ``_adaptive`` (the AIMD jobs limit), ``_journal`` (the durable record), ``_runner``
+(one item's way through the pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._core import Core
+from .._files import remove_stale_parts
+from .._uploads import Uploader
+from ._adaptive import AdaptiveLimiter
+from ._items import BatchItem, BatchSettings, BatchSummary, ItemResult, ItemState
+from ._journal import Journal
+from ._runner import Budget, Runner
+
+__all__ = ["Batch", "edit_many"]
+
+
+class Batch:
+    """A running batch: iterate it for :class:`ItemResult` as items finish.
+
+    Usage::
+
+        async with client.edit_many(inputs, download_to="out/") as batch:
+            async for result in batch:
+                print(result.key, result.state)
+        print(batch.summary())
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[ItemResult], runner: Runner):
+        self._receive = receive
+        self._runner = runner
+        self._jobs = runner.jobs
+        self._started = time.monotonic()
+        self._finished: float | None = None
+        self._counts: Counter[ItemState] = Counter()
+        self._bytes = 0
+        self._cost = Decimal(0)
+        self._job_retries = 0
+        # The client may serve other calls too: the summary counts only this batch's retries.
+        self._retries_at_start = runner.core.stats.snapshot().retries
+
+    def __aiter__(self) -> AsyncIterator[ItemResult]:
+        return self._results()
+
+    async def _results(self) -> AsyncIterator[ItemResult]:
+        async for result in self._receive:
+            yield result
+        self._finished = time.monotonic()
+
+    def _record(self, result: ItemResult) -> None:
+        self._counts[result.state] += 1
+        self._bytes += sum(f.size for f in result.files)
+        self._cost += result.cost
+        self._job_retries += max(0, result.attempts - 1)
+
+    @property
+    def concurrency(self) -> int:
+        """The jobs-in-flight level now (lowered on 429, raised back on success)."""
+        return self._jobs.level
+
+    def summary(self) -> BatchSummary:
+        """Counts so far (final once iteration ended)."""
+        end = self._finished or time.monotonic()
+        retries = self._runner.core.stats.snapshot().retries.since(self._retries_at_start)
+        # Items cancelled on the way out yield no result, but they are part of the batch.
+        cut_short = self._runner.cancelled_on_fal
+        return BatchSummary(
+            total=sum(self._counts.values()) + cut_short,
+            completed=self._counts[ItemState.COMPLETED],
+            failed=self._counts[ItemState.FAILED],
+            cancelled=self._counts[ItemState.CANCELLED] + cut_short,
+            cancelled_on_exit=cut_short,
+            not_submitted=self._counts[ItemState.NOT_SUBMITTED],
+            bytes_downloaded=self._bytes,
+            estimated_cost=self._cost,
+            job_retries=self._job_retries,
+            request_retries=retries.as_dict(),
+            concurrency=self._jobs.level,
+            lowest_concurrency=self._jobs.lowest,
+            elapsed=end - self._started,
+        )
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+@asynccontextmanager
+async def edit_many(
+    core: Core,
+    uploader: Uploader,
+    items: Iterable[BatchItem] | AsyncIterable[BatchItem],
+    settings: BatchSettings,
+) -> AsyncIterator[Batch]:
+    """Run many edits; see :meth:`AsyncClient.edit_many`."""
+    limits = core.config.limits
+    jobs = AdaptiveLimiter(settings.concurrency, adaptive=settings.adaptive)
+    runner = Runner(
+        core=core,
+        uploader=uploader,
+        jobs=jobs,
+        downloads=anyio.CapacityLimiter(settings.downloads),
+        download_to=settings.download_to,
+        job_retries=settings.job_retries,
+        on_event=settings.on_event,
+        budget=Budget(settings.budget),
+        journal=None,
+        submit_options=settings.submit_options,
+    )
+    pipeline = jobs.limit + limits.uploads + settings.downloads
+    send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
+    batch = Batch(receive, runner)
+    async with AsyncExitStack() as stack:
+        journal = settings.journal
+        if isinstance(journal, Journal):
+            runner.journal = journal  # the caller's: they close it
+        elif journal is not None:
+            runner.journal = Journal(journal)
+            stack.push_async_callback(runner.journal.aclose)
+        if runner.journal is not None:
+            await runner.journal.open()
+        if runner.download_to is not None:
+            await anyio.to_thread.run_sync(remove_stale_parts, runner.download_to)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_feed, runner, batch, items, send, pipeline)
+            try:
+                yield batch
+            finally:
+                tg.cancel_scope.cancel()
+                receive.close()
+
+
+async def _feed(
+    runner: Runner,
+    batch: Batch,
+    items: Iterable[Any] | AsyncIterable[Any],
+    send: MemoryObjectSendStream[ItemResult],
+    pipeline: int,
+) -> None:
+    slots = anyio.CapacityLimiter(pipeline)
+
+    async def one(index: int, item: Any, token: object) -> None:
+        try:
+            result = await runner.run(index, item)
+            batch._record(result)
+            # Deliver before freeing the slot: the consumer gets it before new items compete.
+            await send.send(result)
+        finally:
+            slots.release_on_behalf_of(token)
+
+    async with send, anyio.create_task_group() as tg:
+        index = 0
+        async for item in _aiter(items):
+            token = object()
+            await slots.acquire_on_behalf_of(token)
+            tg.start_soon(one, index, item, token)
+            index += 1
