@@ -22,9 +22,9 @@ from fal_edit_async import (
     input_from_dict,
 )
 from fal_edit_async._cli import main
-from fal_edit_async._cli_display import LiveDisplay
-from fal_edit_async._cli_report import Progress
-from fal_edit_async._cli_run import EMULATOR_BANNER
+from fal_edit_async._cli._display import LiveDisplay
+from fal_edit_async._cli._report import Progress
+from fal_edit_async._cli._run import EMULATOR_BANNER
 
 from .test_cli_support import clear_fal_env, emulator_thread, json_lines, plain, write_images
 

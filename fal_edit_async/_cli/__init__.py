@@ -21,10 +21,14 @@ from typing import Any
 
 import anyio
 
-from . import _cli_jobs
-from ._cli_inputs import Planned, UsageError, expand, plan_edit, plan_manifest
-from ._cli_report import JsonReporter, LinesReporter, Progress, Reporter
-from ._cli_run import (
+from .._endpoint import DEFAULT_ENDPOINT
+from .._exceptions import AuthError, FalEditError, InputError
+from .._models import Background, ImageSize, InputFidelity, OutputFormat, Quality
+from .._pricing import estimate_cost
+from . import _jobs
+from ._inputs import Planned, UsageError, expand, plan_edit, plan_manifest
+from ._report import JsonReporter, LinesReporter, Progress, Reporter
+from ._run import (
     FAILED,
     INTERRUPTED,
     USAGE,
@@ -34,10 +38,6 @@ from ._cli_run import (
     dry_run,
     run_batch,
 )
-from ._endpoint import DEFAULT_ENDPOINT
-from ._exceptions import AuthError, FalEditError, InputError
-from ._models import Background, ImageSize, InputFidelity, OutputFormat, Quality
-from ._pricing import estimate_cost
 
 __all__ = ["main"]
 
@@ -189,7 +189,7 @@ def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     for name, text in specs.items():
         sub = commands.add_parser(name, parents=[common], help=text, description=text + ".")
         sub.add_argument("request_id", metavar="REQUEST_ID")
-        sub.set_defaults(handler=functools.partial(_job, getattr(_cli_jobs, name)))
+        sub.set_defaults(handler=functools.partial(_job, getattr(_jobs, name)))
         if name != "result":
             sub.add_argument("--json", action="store_true", help="print JSON")
     commands.choices["status"].add_argument(
@@ -213,7 +213,7 @@ def _add_emulator(commands: Any) -> None:
         "emulator", help="serve the fal-compatible emulator in the foreground"
     )
     try:
-        from .emulator._cli import add_arguments
+        from ..emulator._cli import add_arguments
     except ImportError:  # Pillow missing: say how to get it when the command is used
         emulator.set_defaults(missing_extra=True)
     else:
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _emulator(args: argparse.Namespace) -> int:
     if getattr(args, "missing_extra", False):
         raise UsageError("fal-edit emulator needs Pillow: pip install 'fal-edit-async[emulator]'")
-    from .emulator._cli import run
+    from ..emulator._cli import run
 
     return run(args)
 
@@ -286,7 +286,7 @@ def _reporter(args: argparse.Namespace, planned: list[Planned]) -> Reporter:
     try:
         from rich.console import Console
 
-        from ._cli_display import LiveDisplay
+        from ._display import LiveDisplay
     except ImportError:  # no `cli` extra: plain lines still work
         return LinesReporter(progress, sys.stdout, args.debug)
     return LiveDisplay(progress, Console(file=sys.stdout), args.debug)

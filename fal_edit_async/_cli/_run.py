@@ -23,15 +23,15 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._batch import Batch
-from ._batch._items import ItemResult, ItemState, estimate_batch
-from ._cli_inputs import Planned, UsageError
-from ._cli_report import Reporter
-from ._client import AsyncClient
-from ._config import Credentials
-from ._exceptions import AuthError, JobCancelledError
-from ._models import EditImageInput
-from ._pricing import estimate_cost
+from .._batch import Batch
+from .._batch._items import ItemResult, ItemState, estimate_batch
+from .._client import AsyncClient
+from .._config import Credentials
+from .._exceptions import AuthError, JobCancelledError
+from .._models import EditImageInput
+from .._pricing import estimate_cost
+from ._inputs import Planned, UsageError
+from ._report import Reporter
 
 __all__ = [
     "EMULATOR_BANNER",
@@ -90,7 +90,7 @@ async def open_client(*, emulator: bool) -> AsyncIterator[AsyncClient]:
             yield client
         return
     try:
-        from .emulator import Emulator
+        from ..emulator import Emulator
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] != "PIL":
             raise

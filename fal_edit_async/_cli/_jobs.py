@@ -15,10 +15,10 @@ from typing import TextIO
 
 import anyio
 
-from ._cli_run import FAILED, OK, open_client
-from ._converter import to_wire
-from ._job import JobHandle
-from ._models import CancelOutcome, Completed, InProgress, JobStatus, LogEntry, Queued
+from .._converter import to_wire
+from .._job import JobHandle
+from .._models import CancelOutcome, Completed, InProgress, JobStatus, LogEntry, Queued
+from ._run import FAILED, OK, open_client
 
 __all__ = ["cancel", "describe_status", "format_log", "logs", "result", "status"]
 

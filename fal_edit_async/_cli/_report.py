@@ -1,7 +1,7 @@
 """A run's progress, and the plain ways to show it: JSON lines for pipelines, text lines.
 
 :class:`Progress` folds the batch's events and results into counts, active jobs, an ETA and
-the cost so far; the reporters only render it. The rich live display (``_cli_display``) is
+the cost so far; the reporters only render it. The rich live display (``_display``) is
 a third reporter with the same methods.
 """
 
@@ -17,7 +17,8 @@ from typing import Any, Protocol, TextIO
 
 import attrs
 
-from ._batch._events import (
+from .._batch._items import ItemResult, ItemState
+from .._batch._events import (
     BatchEvent,
     ItemCompleted,
     ItemDownloaded,
@@ -27,8 +28,7 @@ from ._batch._events import (
     ItemStarted,
     ItemSubmitted,
 )
-from ._batch._items import ItemResult, ItemState
-from ._exceptions import BudgetExceededError, FalEditError, JobFailedError, field_errors_of
+from .._exceptions import BudgetExceededError, FalEditError, JobFailedError, field_errors_of
 
 __all__ = [
     "ActiveJob",

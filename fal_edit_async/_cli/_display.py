@@ -17,9 +17,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._batch._events import BatchEvent, ItemLog
-from ._batch._items import ItemResult
-from ._cli_report import ActiveJob, Progress, describe, duration
+from .._batch._items import ItemResult
+from .._batch._events import BatchEvent, ItemLog
+from ._report import ActiveJob, Progress, describe, duration
 
 __all__ = ["LiveDisplay"]
 
