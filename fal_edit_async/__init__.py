@@ -87,6 +87,7 @@ from ._models import (
     SubmitOptions as SubmitOptions,
     SubmitReceipt as SubmitReceipt,
     UnknownStatus as UnknownStatus,
+    is_remote_url as is_remote_url,
 )
 from ._pricing import CostEstimate as CostEstimate, estimate_cost as estimate_cost
 from ._statistics import (
@@ -189,6 +190,7 @@ __all__ = [
     "estimate_batch",
     "estimate_cost",
     "input_from_dict",
+    "is_remote_url",
     "item_key",
 ]
 

@@ -7,23 +7,26 @@ import json
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 from rich.console import Console
 
 from fal_edit_async import (
+    BudgetExceededError,
     ItemLog,
     ItemQueued,
     ItemStarted,
     ItemSubmitted,
+    JobFailedError,
     LogEntry,
     estimate_cost,
     input_from_dict,
 )
 from fal_edit_async._cli import main
 from fal_edit_async._cli._display import LiveDisplay
-from fal_edit_async._cli._report import Progress
+from fal_edit_async._cli._report import Progress, reason
 from fal_edit_async._cli._run import EMULATOR_BANNER
 
 from .test_cli_support import clear_fal_env, emulator_thread, json_lines, plain, write_images
@@ -264,6 +267,41 @@ def test_model_refusal_is_a_failed_item_with_its_reason(
     statuses = sorted(r["status"] for r in json_lines(captured.out))
     assert ["completed", "failed"] == statuses
     assert "1 done, 1 failed (1 content_policy_violation) of 2" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("error_type", "detail", "expected"),
+    [
+        pytest.param("runner_error", {"detail": "x"}, "runner_error", id="error-type-first"),
+        pytest.param(
+            None,
+            {"detail": [{"loc": ["body", "prompt"], "type": "value_error.missing"}]},
+            "value_error.missing",
+            id="field-error-type",
+        ),
+        pytest.param(None, {"detail": "prompt is too long"}, "value_error", id="detail-string"),
+        pytest.param(
+            None, {"detail": ["junk", {"type": ""}, {"type": "t"}]}, "t", id="first-with-a-type"
+        ),
+        pytest.param(None, {"error": "x"}, "job failed", id="no-detail"),
+        pytest.param(None, "Internal Server Error", "job failed", id="text-body"),
+        pytest.param(None, None, "job failed", id="no-body"),
+    ],
+)
+def test_failure_reason_names_the_models_error_type(
+    error_type: str | None, detail: Any, expected: str
+) -> None:
+    """A failed job's summary reason is fal's error type, else its first field error's type."""
+    error = JobFailedError(request_id="r", error="no", error_type=error_type, detail=detail)
+
+    assert expected == reason(error)
+
+
+def test_failure_reason_of_other_errors() -> None:
+    """Over-budget items say so; any other error is named by its class."""
+    over = BudgetExceededError(estimate=0.3, spent=1.0, budget=1.0)
+
+    assert ["over budget", "ValueError"] == [reason(over), reason(ValueError("x"))]
 
 
 def test_timeout_cancels_the_jobs_still_running(

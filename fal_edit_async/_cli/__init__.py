@@ -21,10 +21,18 @@ from typing import Any
 
 import anyio
 
-from .._endpoint import DEFAULT_ENDPOINT
-from .._exceptions import AuthError, FalEditError, InputError
-from .._models import Background, ImageSize, InputFidelity, OutputFormat, Quality
-from .._pricing import estimate_cost
+from .. import (
+    DEFAULT_ENDPOINT,
+    AuthError,
+    Background,
+    FalEditError,
+    ImageSize,
+    InputError,
+    InputFidelity,
+    OutputFormat,
+    Quality,
+    estimate_cost,
+)
 from . import _jobs
 from ._inputs import Planned, UsageError, expand, plan_edit, plan_manifest
 from ._report import JsonReporter, LinesReporter, Progress, Reporter
@@ -213,6 +221,8 @@ def _add_emulator(commands: Any) -> None:
         "emulator", help="serve the fal-compatible emulator in the foreground"
     )
     try:
+        # The emulator's own command line (allow-listed in tests/test_cli_imports.py), so
+        # `fal-edit emulator` and `python -m fal_edit_async.emulator` take the same options.
         from ..emulator._cli import add_arguments
     except ImportError:  # Pillow missing: say how to get it when the command is used
         emulator.set_defaults(missing_extra=True)

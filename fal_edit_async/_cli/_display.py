@@ -17,8 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .._batch._items import ItemResult
-from .._batch._events import BatchEvent, ItemLog
+from .. import BatchEvent, ItemLog, ItemResult
 from ._report import ActiveJob, Progress, describe, duration
 
 __all__ = ["LiveDisplay"]

@@ -16,9 +16,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .._converter import input_from_dict
-from .._exceptions import FalEditError, InputError
-from .._models import EditImageInput, ImageSource, is_remote_url
+from .. import (
+    EditImageInput,
+    FalEditError,
+    ImageSource,
+    InputError,
+    input_from_dict,
+    is_remote_url,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",

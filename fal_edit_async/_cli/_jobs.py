@@ -15,9 +15,8 @@ from typing import TextIO
 
 import anyio
 
-from .._converter import to_wire
-from .._job import JobHandle
-from .._models import CancelOutcome, Completed, InProgress, JobStatus, LogEntry, Queued
+from .. import CancelOutcome, Completed, InProgress, JobHandle, JobStatus, LogEntry, Queued
+from .._converter import to_wire  # the one allowed private import: models as JSON
 from ._run import FAILED, OK, open_client
 
 __all__ = ["cancel", "describe_status", "format_log", "logs", "result", "status"]

@@ -17,18 +17,21 @@ from typing import Any, Protocol, TextIO
 
 import attrs
 
-from .._batch._items import ItemResult, ItemState
-from .._batch._events import (
+from .. import (
     BatchEvent,
+    BudgetExceededError,
+    FalEditError,
     ItemCompleted,
     ItemDownloaded,
     ItemFailed,
     ItemLog,
     ItemQueued,
+    ItemResult,
     ItemStarted,
+    ItemState,
     ItemSubmitted,
+    JobFailedError,
 )
-from .._exceptions import BudgetExceededError, FalEditError, JobFailedError, field_errors_of
 
 __all__ = [
     "ActiveJob",
@@ -149,9 +152,20 @@ def reason(error: BaseException) -> str:
     if isinstance(error, BudgetExceededError):
         return "over budget"
     if isinstance(error, JobFailedError):
-        types = [e.get("type") for e in field_errors_of(error.detail)]
-        return error.error_type or next((str(t) for t in types if t), None) or "job failed"
+        return error.error_type or _field_error_type(error.detail) or "job failed"
     return type(error).__name__
+
+
+def _field_error_type(body: object) -> str | None:
+    """The first field error type in a fal error body; a string ``detail`` is a value_error."""
+    # JobFailedError.detail is the raw body: read the 422 shape from it here rather than make
+    # the library's helper for it public just for this summary line.
+    detail = body.get("detail") if isinstance(body, Mapping) else None
+    if isinstance(detail, str):
+        return "value_error"
+    entries = detail if isinstance(detail, list) else []
+    types = (entry.get("type") for entry in entries if isinstance(entry, Mapping))
+    return next((str(t) for t in types if t), None)
 
 
 def duration(seconds: float) -> str:

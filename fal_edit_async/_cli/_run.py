@@ -23,13 +23,18 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._batch import Batch
-from .._batch._items import ItemResult, ItemState, estimate_batch
-from .._client import AsyncClient
-from .._config import Credentials
-from .._exceptions import AuthError, JobCancelledError
-from .._models import EditImageInput
-from .._pricing import estimate_cost
+from .. import (
+    AsyncClient,
+    AuthError,
+    Batch,
+    Credentials,
+    EditImageInput,
+    ItemResult,
+    ItemState,
+    JobCancelledError,
+    estimate_batch,
+    estimate_cost,
+)
 from ._inputs import Planned, UsageError
 from ._report import Reporter
 

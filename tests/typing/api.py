@@ -37,6 +37,7 @@ assert_type(inp.is_resolved, bool)
 assert_type(
     fal.input_from_dict({"prompt": "p", "image_urls": ["https://x/y.png"]}), fal.EditImageInput
 )
+assert_type(fal.is_remote_url("https://x/y.png"), bool)
 
 source: fal.ImageSource = Path("photo.png")
 source = b"raw bytes"
