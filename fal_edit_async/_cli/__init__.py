@@ -3,6 +3,7 @@
 A thin layer over the public API: ``edit`` and ``batch`` run :meth:`AsyncClient.edit_many`
 with a live display (or JSON lines when piped); ``status``, ``logs``, ``result`` and
 ``cancel`` re-attach to any job by its request id; ``emulator`` serves the local emulator.
+It imports only public names, plus the short allow-list in ``tests/test_cli_imports.py``.
 
 Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors, 130 interrupted.
 Errors are one line; ``--debug`` adds the traceback. The API key is never printed.
