@@ -31,9 +31,6 @@ PUBLIC = {
 ALLOWED_PRIVATE = {
     # Models as JSON for ``--json`` output; the converter is the one place that knows the wire.
     "fal_edit_async._converter": frozenset({"to_wire"}),
-    # ``fal-edit emulator`` reuses the emulator's own command line (``python -m
-    # fal_edit_async.emulator``), so both take the same options.
-    "fal_edit_async.emulator._cli": frozenset({"add_arguments", "run"}),
 }
 #: AsyncClient attributes that are becoming private: ``client.statistics()`` is the public view.
 CLIENT_INTERNALS = frozenset({"transport", "stats", "uploader"})

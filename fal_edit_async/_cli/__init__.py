@@ -222,9 +222,9 @@ def _add_emulator(commands: Any) -> None:
         "emulator", help="serve the fal-compatible emulator in the foreground"
     )
     try:
-        # The emulator's own command line (allow-listed in tests/test_cli_imports.py), so
-        # `fal-edit emulator` and `python -m fal_edit_async.emulator` take the same options.
-        from ..emulator._cli import add_arguments
+        # The emulator's own command line, so `fal-edit emulator` and
+        # `python -m fal_edit_async.emulator` take the same options.
+        from ..emulator import add_arguments
     except ImportError:  # Pillow missing: say how to get it when the command is used
         emulator.set_defaults(missing_extra=True)
     else:
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _emulator(args: argparse.Namespace) -> int:
     if getattr(args, "missing_extra", False):
         raise UsageError("fal-edit emulator needs Pillow: pip install 'fal-edit-async[emulator]'")
-    from ..emulator._cli import run
+    from ..emulator import run
 
     return run(args)
 

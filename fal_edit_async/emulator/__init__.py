@@ -14,11 +14,13 @@ Usage::
     async with Emulator(workers=4, faults=Faults(seed=1, rate_limit=0.05)) as emu:
         print(emu.queue_url, emu.cdn_url, emu.api_key)
 
-From a shell: ``python -m fal_edit_async.emulator --port 8080``.
+From a shell: ``python -m fal_edit_async.emulator --port 8080``; ``add_arguments`` and ``run``
+put the same command line into another program's parser (``fal-edit emulator`` does).
 """
 
 from __future__ import annotations
 
+from ._cli import add_arguments as add_arguments, main as main, run as run
 from ._emulator import DEFAULT_MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES, Emulator as Emulator
 from ._faults import (
     ERROR_TYPES as ERROR_TYPES,
@@ -46,7 +48,10 @@ __all__ = [
     "JobState",
     "QUEUE_ROUTES",
     "ROUTES",
+    "add_arguments",
     "input_key",
+    "main",
+    "run",
     "validate_input",
 ]
 
