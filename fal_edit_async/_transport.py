@@ -79,7 +79,7 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, init=False)
 class Response:
     """A fully read answer. ``json=`` builds the body from a value (for mocks)."""
 
@@ -100,7 +100,7 @@ class Response:
         if json is not None:
             body = jsonlib.dumps(json).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
-        self.__attrs_init__(status=status, headers=headers, body=body, url=url)  # type: ignore[attr-defined]
+        self.__attrs_init__(status=status, headers=headers, body=body, url=url)
 
     @property
     def ok(self) -> bool:

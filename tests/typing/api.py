@@ -156,3 +156,34 @@ async def client_api() -> None:
         assert_type(batch.summary(), fal.BatchSummary)
     assert_type(fal.estimate_batch(items), fal.BatchEstimate)
     assert_type(fal.estimate_cost(inp), fal.CostEstimate)
+
+
+# --- options are typed: a misspelt or mistyped one is a type error -------------------------------
+# Each ``type: ignore[code]`` below is *required*: mypy --strict warns about an unused ignore, so
+# if a signature stopped rejecting the call, this file would fail the type check.
+
+
+async def options_are_checked() -> None:
+    """SubmitOptions under Unpack: submit, edit and edit_many reject what they do not know."""
+    async with fal.AsyncClient(api_key="k") as client:
+        await client.submit(inp, priorty="low")  # type: ignore[call-arg]
+        await client.edit(inp, priority="urgent")  # type: ignore[arg-type]
+        await client.edit(inp, start_timeout="30")  # type: ignore[arg-type]
+        client.edit_many([inp], priorty="low")  # type: ignore[call-arg]
+        client.edit_many([inp], concurency=4)  # type: ignore[call-arg]
+        options: fal.SubmitOptions = {"priority": "low", "endpoint": "fal-ai/gpt-image-1/edit"}
+        await client.submit(inp, **options)
+        stats = client.statistics()
+        assert_type(stats, fal.ClientStatistics)
+        assert_type(stats.retries.rate_limit, int)
+        stats.retries.ratelimit  # type: ignore[attr-defined]  # noqa: B018
+
+
+def transports() -> None:
+    """Both shipped transports satisfy the Transport protocol the client takes."""
+
+    def handler(request: fal.Request) -> fal.Response:
+        return fal.Response(status=200, json={"request_id": "r"})
+
+    fal.AsyncClient(api_key="k", transport=fal.MockTransport(handler))
+    fal.AsyncClient(api_key="k", transport=fal.AiohttpTransport())

@@ -1,0 +1,274 @@
+"""The HTTP seam: the key policy holds for any transport, and aiohttp's errors are mapped only
+inside the transport's own reads.
+
+The core's decisions (which requests carry ``Authorization``, scrubbing the key from answers)
+are proven in memory through :class:`MockTransport`; the error mapping is proven against a real
+loopback server, since it is aiohttp's behaviour being translated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from aiohttp import web
+
+from fal_edit_async import (
+    AiohttpTransport,
+    APIError,
+    AsyncClient,
+    EditImageInput,
+    MockTransport,
+    Request,
+    Response,
+    RetryPolicy,
+    TransportError,
+)
+
+KEY = "k3y-5ecret-for-tests"
+QUEUE = "https://queue.example"
+REST = "https://rest.example"
+INPUT = EditImageInput(prompt="p", image_urls=["https://cdn.example/in.png"])
+ANSWERS = {
+    "request_id": "r1",
+    "status_url": f"{QUEUE}/fal-ai/gpt-image-1/requests/r1/status",
+    "response_url": f"{QUEUE}/fal-ai/gpt-image-1/requests/r1",
+    "cancel_url": f"{QUEUE}/fal-ai/gpt-image-1/requests/r1/cancel",
+}
+
+
+class Recorder:
+    """A MockTransport handler that records requests and answers from a table by URL prefix."""
+
+    def __init__(self, answers: dict[str, Response]) -> None:
+        self.answers = answers
+        self.seen: list[Request] = []
+
+    def __call__(self, request: Request) -> Response:
+        self.seen.append(request)
+        for prefix, answer in self.answers.items():
+            if request.url.startswith(prefix):
+                return answer
+        return Response(status=404, json={"detail": "no route"})
+
+    def authorized(self) -> list[str]:
+        """The URLs of requests that carried an Authorization header."""
+        return [r.url for r in self.seen if "Authorization" in r.headers]
+
+
+def client_with(handler: Recorder, **kw: object) -> AsyncClient:
+    """A client on ``handler`` with the test key and retries that never sleep."""
+    options: dict[str, object] = {
+        "api_key": KEY,
+        "queue_url": QUEUE,
+        "rest_url": REST,
+        "retry": RetryPolicy(wait=False, max_attempts=2),
+    }
+    options.update(kw)
+    return AsyncClient(transport=MockTransport(handler), **options)  # type: ignore[arg-type]
+
+
+async def test_key_goes_to_the_queue_and_never_elsewhere() -> None:
+    """Submit and status carry the key; a receipt naming another host is not trusted with it."""
+    foreign = {**ANSWERS, "status_url": "https://evil.example/r1/status"}
+    handler = Recorder(
+        {
+            f"{QUEUE}/fal-ai/gpt-image-1/edit-image": Response(status=200, json=foreign),
+            f"{QUEUE}/fal-ai/gpt-image-1/requests/r1/status": Response(
+                status=200, json={"status": "IN_QUEUE", "queue_position": 0}
+            ),
+        }
+    )
+    async with client_with(handler) as client:
+        handle = await client.submit(INPUT)
+        await handle.status()
+
+    assert handle.urls.status_url.startswith(QUEUE)
+    assert [r.url for r in handler.seen] == handler.authorized()
+    assert all(r.headers["Authorization"] == f"Key {KEY}" for r in handler.seen)
+    assert not any("evil" in r.url for r in handler.seen)
+
+
+async def test_downloads_never_carry_the_key_even_from_a_fal_origin(tmp_path: object) -> None:
+    """A download from the queue's own origin still goes without Authorization."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    handler = Recorder(
+        {f"{QUEUE}/files/": Response(status=200, body=png, headers={"Content-Type": "image/png"})}
+    )
+    async with client_with(handler) as client:
+        from fal_edit_async import ImageFile
+
+        files = await client.download([ImageFile(url=f"{QUEUE}/files/a.png")], str(tmp_path))
+
+    assert 1 == len(files)
+    assert [] == handler.authorized()
+    assert handler.seen[0].follow_redirects  # no key travels, so redirects may be followed
+
+
+async def test_api_calls_never_follow_redirects() -> None:
+    """Every request that may carry the key asks the transport not to follow redirects."""
+    handler = Recorder({QUEUE: Response(status=302, headers={"Location": "https://evil.example"})})
+    async with client_with(handler) as client:
+        with pytest.raises(APIError, match="not followed"):
+            await client.submit(INPUT)
+
+    assert handler.seen and not any(r.follow_redirects for r in handler.seen)
+
+
+async def test_a_key_echoed_in_an_answer_is_scrubbed() -> None:
+    """A server quoting the key back in an error body: the error never shows the key."""
+    echo = Response(status=400, json={"detail": f"bad key {KEY}"})
+    handler = Recorder({QUEUE: echo})
+    async with client_with(handler) as client:
+        with pytest.raises(APIError) as caught:
+            await client.submit(INPUT)
+
+    assert KEY not in str(caught.value)
+    assert KEY not in json.dumps(caught.value.body)
+    assert "<redacted>" in str(caught.value)
+
+
+async def test_transport_errors_from_a_handler_are_retried_as_network_failures() -> None:
+    """A status poll that fails on the network is tried again, through any transport."""
+    calls = 0
+
+    def flaky(request: Request) -> Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TransportError("connection failed: reset", url=request.url)
+        return Response(status=200, json={"status": "IN_QUEUE", "queue_position": 3})
+
+    async with AsyncClient(
+        api_key=KEY,
+        queue_url=QUEUE,
+        retry=RetryPolicy(wait=False),
+        transport=MockTransport(flaky),
+    ) as client:
+        status = await client.status("r1")
+
+    assert (2, 1) == (calls, client.statistics().retries.transport)
+    assert 3 == getattr(status, "position", None)
+
+
+async def test_mock_stream_delivers_the_body_in_chunks() -> None:
+    """A streamed mock answer arrives in ``chunk_size`` pieces, then ends."""
+    transport = MockTransport(lambda r: Response(status=200, body=b"abcdefg"), chunk_size=3)
+    async with transport.stream(Request(method="GET", url="http://x/")) as resp:
+        chunks = [c async for c in resp.aiter_bytes()]
+
+    assert [b"abc", b"def", b"g"] == chunks
+
+
+# -- the aiohttp transport, against a real loopback server ----------------------------------
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    """A loopback server: /body answers 10 bytes, /cut promises 100 and sends 10."""
+
+    async def body(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"0123456789")
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100"})
+        await resp.prepare(request)
+        await resp.write(b"0123456789")
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/body", body)
+    app.router.add_get("/cut", cut)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_body_cut_short_is_a_transport_error(server: str) -> None:
+    """Reading a truncated body raises TransportError from the transport's own read."""
+    transport = AiohttpTransport()
+    try:
+        async with transport.stream(Request(method="GET", url=f"{server}/cut")) as resp:
+            with pytest.raises(TransportError, match="connection failed"):
+                async for _ in resp.aiter_bytes():
+                    pass
+    finally:
+        await transport.aclose()
+
+
+async def test_the_callers_own_errors_are_not_taken_for_network_failures(server: str) -> None:
+    """An OSError raised by the caller inside the stream block stays what it is."""
+    transport = AiohttpTransport()
+    try:
+        with pytest.raises(ConnectionResetError, match="the caller's"):
+            async with transport.stream(Request(method="GET", url=f"{server}/body")) as resp:
+                async for _ in resp.aiter_bytes():
+                    raise ConnectionResetError("the caller's")
+    finally:
+        await transport.aclose()
+
+
+async def test_a_refused_connection_was_never_sent() -> None:
+    """Connecting to a closed port fails with sent=False: the one case a submit may retry."""
+    with anyio.fail_after(10):  # a hang backstop, not a measurement
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()
+    transport = AiohttpTransport()
+    try:
+        with pytest.raises(TransportError) as caught:
+            await transport.request(Request(method="POST", url=f"http://127.0.0.1:{port}/x"))
+    finally:
+        await transport.aclose()
+    assert caught.value.sent is False
+
+
+async def test_a_closed_transport_refuses_use(server: str) -> None:
+    """After aclose() the transport raises instead of opening a new session."""
+    transport = AiohttpTransport()
+    await transport.request(Request(method="GET", url=f"{server}/body"))
+    await transport.aclose()
+    await transport.aclose()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await transport.request(Request(method="GET", url=f"{server}/body"))
+
+
+@pytest.mark.parametrize(
+    ("url", "auth", "carries_key"),
+    [
+        pytest.param(f"{QUEUE}/x", True, True, id="queue"),
+        pytest.param(f"{REST}/storage/upload/initiate", True, True, id="rest"),
+        pytest.param(f"{QUEUE}/x", False, False, id="queue-auth-false"),
+        pytest.param("https://evil.example/x", True, False, id="other-host"),
+        pytest.param("https://queue.example.evil.example/x", True, False, id="lookalike-host"),
+        pytest.param("https://queue.example:8443/x", True, False, id="other-port"),
+        pytest.param("http://queue.example/x", True, False, id="other-scheme"),
+    ],
+)
+async def test_the_core_sends_the_key_only_to_the_configured_origins(
+    url: str, auth: bool, carries_key: bool
+) -> None:
+    """Whatever URL an operation asks for, the key is added only on the queue and REST origins."""
+    from fal_edit_async import ClientConfig
+    from fal_edit_async._core import Core
+
+    handler = Recorder({"": Response(status=200)})
+    core = Core(
+        ClientConfig(credentials=KEY, queue_url=QUEUE, rest_url=REST), MockTransport(handler)
+    )
+    await core.request("GET", url, auth=auth)
+    async with core.stream(url, auth=auth):
+        pass
+
+    assert [carries_key, carries_key] == ["Authorization" in r.headers for r in handler.seen]
