@@ -221,6 +221,7 @@ class AsyncClient:
         *,
         stem: str = "image",
         max_bytes: int | None = None,
+        fsync: bool = False,
     ) -> list[DownloadedFile]:
         """Download output images into ``dest`` as ``<stem>_<n>.<ext>``, atomically.
 
@@ -228,6 +229,8 @@ class AsyncClient:
         format) and renamed into place; truncated or failed downloads are retried; a file
         over ``max_bytes`` (default ``Limits.max_output_bytes``) is refused. No key is
         ever sent with a download. At most ``Limits.downloads`` run at once per client.
+        ``fsync=True`` flushes each file to the disk before renaming it into place, so it
+        survives a power cut too, not only a crash of the process.
 
         Raises:
             ExceptionGroup: of :class:`DownloadError`, after every download has ended, when
@@ -243,6 +246,7 @@ class AsyncClient:
             stem,
             limiter=self._downloads,
             max_bytes=self._config.limits.max_output_bytes if max_bytes is None else max_bytes,
+            fsync=fsync,
         )
 
     def edit_many(

@@ -223,15 +223,27 @@ class ClientConfig:
         environ: Mapping[str, str] | None = None,
         *,
         api_key: str | None = None,
-        **overrides: Any,
+        queue_url: str | None = None,
+        rest_url: str | None = None,
+        timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
+        retry: RetryPolicy | None = None,
+        polling: Polling | None = None,
     ) -> ClientConfig:
-        """Read credentials and base URLs from the environment; arguments win over it."""
+        """Read credentials and base URLs from the environment; arguments win over it.
+
+        An argument left as None means "not given": the environment's value, else the default.
+        """
         env = os.environ if environ is None else environ
         creds = Credentials(api_key) if api_key is not None else Credentials.from_env(env)
-        values: dict[str, Any] = {"credentials": creds}
-        if env.get("FAL_QUEUE_URL"):
-            values["queue_url"] = env["FAL_QUEUE_URL"]
-        if env.get("FAL_REST_URL"):
-            values["rest_url"] = env["FAL_REST_URL"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        queue_url = queue_url if queue_url is not None else env.get("FAL_QUEUE_URL") or None
+        rest_url = rest_url if rest_url is not None else env.get("FAL_REST_URL") or None
+        return cls(
+            credentials=creds,
+            queue_url=DEFAULT_QUEUE_URL if queue_url is None else queue_url,
+            rest_url=DEFAULT_REST_URL if rest_url is None else rest_url,
+            timeouts=DEFAULT_TIMEOUTS if timeouts is None else timeouts,
+            limits=DEFAULT_LIMITS if limits is None else limits,
+            retry=DEFAULT_RETRY if retry is None else retry,
+            polling=DEFAULT_POLLING if polling is None else polling,
+        )

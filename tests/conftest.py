@@ -20,6 +20,17 @@ FAST_RETRY = RetryPolicy(wait=False, max_attempts=4)
 FAST_POLLING = Polling(queued_interval=0.01, in_progress_interval=0.01, max_interval=0.02)
 
 
+#: Variables a developer's shell may hold that would point a test at real fal or a real key.
+FAL_ENVIRONMENT = ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_QUEUE_URL", "FAL_REST_URL")
+
+
+@pytest.fixture(autouse=True)
+def _clean_fal_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's FAL_* variables (as httpx's suite cleans its own)."""
+    for name in FAL_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     """Run async tests on asyncio only: aiohttp, our transport, is asyncio-only."""
