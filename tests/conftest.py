@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.futures
 import base64
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import anyio
 import pytest
 from PIL import Image
 
@@ -56,6 +60,37 @@ def png_bytes() -> bytes:
 def png_data_uri(png_bytes: bytes) -> str:
     """The input image as a data URI, which the emulator reads without any fetch."""
     return "data:image/png;base64," + base64.b64encode(png_bytes).decode()
+
+
+#: What ``asyncio.sleep()`` (and so ``anyio.sleep()``) schedules with ``loop.call_later``; other
+#: timers (aiohttp's read timeouts, for one) schedule other callbacks and keep real time.
+_SLEEP_WAKER = asyncio.futures._set_result_unless_cancelled
+
+
+@pytest.fixture
+async def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Make every sleep in this test return at once, recording how long it asked for.
+
+    A test can then assert how long the client chose to wait (Retry-After, its cap, polling
+    intervals) without waiting and without reading a clock. Timeouts are not touched.
+    """
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    schedule = loop.call_later
+
+    def call_later(
+        delay: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        if callback is _SLEEP_WAKER:
+            delays.append(delay)
+            delay = 0
+        return schedule(delay, callback, *args, context=context)
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    await anyio.sleep(0.001)  # if asyncio ever sleeps another way, fail here, loudly
+    assert [0.001] == delays, "sleeps fixture: anyio.sleep() no longer goes through call_later"
+    delays.clear()
+    return delays
 
 
 @pytest.fixture

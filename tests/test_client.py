@@ -24,6 +24,7 @@ from fal_edit_async import (
     NotFoundError,
     Polling,
     Queued,
+    RetryPolicy,
     TransportError,
 )
 from fal_edit_async.emulator import Emulator
@@ -35,6 +36,11 @@ from .conftest import client_for
 def edit_input(png_data_uri: str) -> EditImageInput:
     """A valid edit of the test image."""
     return EditImageInput(prompt="make it pixel art", image_urls=[png_data_uri], num_images=2)
+
+
+def requests_to(emulator: Emulator, suffix: str) -> list[int]:
+    """The HTTP status of each request the emulator answered on paths ending in ``suffix``."""
+    return [status for _, _, path, status in emulator.counters.request_log if path.endswith(suffix)]
 
 
 async def test_edit_returns_typed_images(
@@ -243,20 +249,18 @@ async def test_cancel_during_submit_still_cancels(
     assert 1 == emulator.counters.cancels
 
 
-async def test_rate_limit_waits_as_told(emulator: Emulator, edit_input: EditImageInput) -> None:
-    """A 429 with Retry-After: 1 on status makes the client wait about a second."""
-    from fal_edit_async import RetryPolicy
-
+async def test_rate_limit_waits_as_told(
+    emulator: Emulator, edit_input: EditImageInput, sleeps: list[float]
+) -> None:
+    """A 429 with Retry-After: 3 on status makes the client wait 3 s, not its own backoff."""
     async with client_for(emulator, retry=RetryPolicy(base_delay=0.0)) as client:
         handle = await client.submit(edit_input)
         await handle.wait()
-        emulator.schedule_fault("status", "rate_limit", retry_after=1)
-        await handle.status()
+        emulator.schedule_fault("status", "rate_limit", retry_after=3)
+        assert isinstance(await handle.status(), Completed)
 
-    polls = [t for t, method, path, _ in emulator.counters.request_log if path.endswith("/status")]
-    assert 2 == len(polls)
-    assert polls[1] - polls[0] >= 1.0
-    assert 1 == client.statistics().retries.rate_limit
+    assert [3.0] == sleeps
+    assert [429, 200] == requests_to(emulator, "/status")
 
 
 async def test_ambiguous_submit_failure_is_not_repeated(
@@ -413,35 +417,34 @@ async def test_closed_client_refuses_use(emulator: Emulator, edit_input: EditIma
         await client.submit(edit_input)
 
 
-async def test_polling_intervals_back_off(emulator: Emulator, edit_input: EditImageInput) -> None:
-    """Polling a queued job that does not move backs off rather than hammering fal."""
-    polling = Polling(use_stream=False, queued_interval=0.01, max_interval=0.08, backoff=2.0)
+async def test_polling_intervals_back_off(
+    emulator: Emulator, edit_input: EditImageInput, sleeps: list[float]
+) -> None:
+    """Polling a queued job that does not move backs off, doubling up to max_interval."""
+    polling = Polling(use_stream=False, queued_interval=1.0, max_interval=8.0, backoff=2.0)
+    emulator.hold_queue()
     async with client_for(emulator, polling=polling) as client:
-        emulator.hold_queue()
         handle = await client.submit(edit_input)
-        with anyio.move_on_after(0.5):
-            await handle.wait()
-    polls = [t for t, _, path, _ in emulator.counters.request_log if path.endswith("/status")]
-    gaps = [b - a for a, b in itertools.pairwise(polls)]
-    assert max(gaps) >= 0.04
-    assert len(polls) < 30
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handle.wait)
+            await emulator.wait_until(lambda: emulator.counters.status_polls >= 6)
+            tg.cancel_scope.cancel()
+
+    assert [1.0, 2.0, 4.0, 8.0, 8.0] == sleeps[:5]
 
 
 async def test_stream_rate_limit_waits_as_told(
-    emulator: Emulator, edit_input: EditImageInput
+    emulator: Emulator, edit_input: EditImageInput, sleeps: list[float]
 ) -> None:
-    """A 429 with Retry-After: 1 on the status stream delays the reconnect by about a second."""
-    from fal_edit_async import RetryPolicy
-
-    emulator.schedule_fault("stream", "rate_limit", retry_after=1)
+    """A 429 with Retry-After: 3 on the status stream delays the reconnect by 3 s."""
+    emulator.schedule_fault("stream", "rate_limit", retry_after=3)
     async with client_for(emulator, retry=RetryPolicy(base_delay=0.0)) as client:
         handle = await client.submit(edit_input)
         await handle.wait()
 
-    opens = [t for t, _, path, _ in emulator.counters.request_log if path.endswith("/stream")]
-    assert 2 == len(opens)
-    assert opens[1] - opens[0] >= 1.0
-    assert 1 == client.statistics().stream_errors
+    assert [3.0] == sleeps
+    assert [429, 200] == requests_to(emulator, "/stream")
+    assert 0 == emulator.counters.status_polls
 
 
 async def test_callback_timeout_is_not_taken_for_the_deadline(
