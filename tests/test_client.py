@@ -447,6 +447,20 @@ async def test_stream_rate_limit_waits_as_told(
     assert 0 == emulator.counters.status_polls
 
 
+async def test_retry_after_is_capped(
+    emulator: Emulator, edit_input: EditImageInput, sleeps: list[float]
+) -> None:
+    """A Retry-After of an hour is cut to RetryPolicy.max_retry_after before the retry."""
+    emulator.schedule_fault("submit", "rate_limit", retry_after=3600)
+    retry = RetryPolicy(base_delay=0.0, max_retry_after=7.0)
+    async with client_for(emulator, retry=retry) as client:
+        handle = await client.submit(edit_input)
+
+    assert [7.0] == sleeps
+    assert [429, 200] == [status for _, method, _, status in emulator.counters.request_log]
+    assert handle.request_id in emulator.jobs
+
+
 async def test_callback_timeout_is_not_taken_for_the_deadline(
     client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
 ) -> None:

@@ -16,9 +16,13 @@ from fal_edit_async import (
     TransportError,
     ValidationError,
 )
-from fal_edit_async._protocol import parse_retry_after
-from fal_edit_async._retry import backoff_delay, retry_kind, with_retries
-from fal_edit_async._statistics import Counters
+from fal_edit_async._retry import (
+    backoff_delay,
+    parse_retry_after,
+    retry_delay,
+    retry_kind,
+    with_retries,
+)
 
 POLICY = RetryPolicy(wait=False)
 
@@ -50,6 +54,23 @@ def test_backoff_is_full_jitter_under_the_cap() -> None:
         delays = [backoff_delay(policy, attempt, rng) for _ in range(200)]
         assert all(0 <= d <= cap for d in delays)
         assert max(delays) > cap * 0.8
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        pytest.param(3600.0, 120.0, id="an-hour-capped"),
+        pytest.param(120.0, 120.0, id="at-the-cap"),
+        pytest.param(3.0, 3.0, id="under-the-cap"),
+        pytest.param(0.0, 0.0, id="zero"),
+    ],
+)
+def test_retry_after_wins_up_to_max_retry_after(retry_after: float, expected: float) -> None:
+    """The server's Retry-After replaces the backoff, but never exceeds max_retry_after."""
+    policy = RetryPolicy(base_delay=60.0, max_delay=60.0, max_retry_after=120.0)
+    limited = RateLimitError("slow down", status=429, retry_after=retry_after)
+
+    assert expected == retry_delay(limited, policy, 0, random.Random(1))
 
 
 def _api(cls: type[APIError], status: int, **kw: object) -> APIError:
