@@ -74,6 +74,25 @@ async def test_missing_output_is_fetched_again_not_resubmitted(
         image.verify()
 
 
+async def test_same_size_corruption_is_caught_by_the_checksum(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """An output changed at the same size fails the SHA-256 re-check and is downloaded again."""
+    journal, out = tmp_path / "j.sqlite", tmp_path / "out"
+    (first,) = await run(client, items_for(png_data_uri, 1), journal=journal, download_to=out)
+    path = first.files[0].path
+    original = path.read_bytes()
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0xFF  # same length, one byte flipped
+    path.write_bytes(tampered)
+
+    (again,) = await run(client, items_for(png_data_uri, 1), journal=journal, download_to=out)
+
+    assert again.ok and again.resumed
+    assert (1, 2) == (emulator.counters.submits, emulator.counters.downloads)
+    assert original == path.read_bytes()
+
+
 async def test_changed_prompt_is_a_new_job(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
