@@ -81,6 +81,36 @@ async def test_updates_walk_through_every_state(
     assert 0 == emulator.counters.status_polls
 
 
+async def test_updates_yield_each_new_queue_position(edit_input: EditImageInput) -> None:
+    """updates() yields a new Queued each time the job moves up the queue: 2, then 1, then 0."""
+    polling = Polling(use_stream=False, queued_interval=0.01, max_interval=0.02)
+    async with Emulator(workers=1, fast_images=True) as emu, client_for(emu, polling=polling) as c:
+        emu.hold_jobs()  # the first job runs and stays; the others queue behind it
+        ahead = [await c.submit(edit_input) for _ in range(3)]
+        handle = await c.submit(edit_input)
+        positions: list[int] = []
+
+        async def follow() -> None:
+            async for update in handle.updates(logs=False):
+                if isinstance(update, Queued):
+                    positions.append(update.position)
+
+        async def a_poll_answered_from_now() -> None:
+            polls = emu.counters.status_polls
+            await emu.wait_until(lambda: emu.counters.status_polls > polls)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            for job in ahead[1:]:
+                await a_poll_answered_from_now()  # the client has seen this position
+                emu.release_jobs(1)  # the running job ends, the next one starts
+                await emu.wait_for_state(job.request_id, "IN_PROGRESS")
+            await a_poll_answered_from_now()
+            emu.release_jobs()
+
+    assert [2, 1, 0] == positions
+
+
 async def test_logs_arrive_once_across_dropped_streams(
     client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
 ) -> None:
