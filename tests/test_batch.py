@@ -13,6 +13,7 @@ from PIL import Image
 from fal_edit_async import (
     AsyncClient,
     BatchEvent,
+    BudgetExceededError,
     CancelOutcome,
     DownloadError,
     EditImageInput,
@@ -26,6 +27,7 @@ from fal_edit_async import (
     ItemSubmitted,
     JobFailedError,
     Limits,
+    estimate_batch,
 )
 from fal_edit_async.emulator import Emulator
 
@@ -314,6 +316,22 @@ async def test_budget_is_never_crossed(
     assert 2 == emulator.counters.submits
     assert 3 == sum(r.state is ItemState.NOT_SUBMITTED for r in results)
     assert batch.summary().estimated_cost <= 0.05
+
+
+async def test_job_retry_needs_the_budget_again(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """A runner failure is not retried when the budget covers only the job already paid for."""
+    one = item(png_data_uri, 1, quality="low", image_size="1024x1024", input_fidelity="low")
+    budget = estimate_batch([one]).total_usd  # exactly one job
+    emulator.schedule_fault("job", "model_failure", error_type="runner_disconnected")
+
+    (result,) = await run_all(client, [("flaky", one)], budget=budget, job_retries=1)
+
+    assert ItemState.FAILED == result.state
+    assert isinstance(result.error, BudgetExceededError)
+    assert (1, 1) == (result.attempts, emulator.counters.submits)
+    assert "runner_disconnected" == emulator.jobs[result.request_id].error_type
 
 
 async def test_summary_counts_everything(
