@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="error of failed jobs: validation (422) or a fal error type such as "
         "runner_disconnected (default validation)",
     )
+    parser.add_argument(
+        "--no-retryable-header",
+        dest="retryable_header",
+        action="store_false",
+        help="leave X-Fal-Retryable out of failed results (clients judge by error type)",
+    )
 
 
 def _rate(text: str) -> float:
@@ -98,6 +104,7 @@ def _emulator(args: argparse.Namespace) -> Emulator:
         fast_images=args.fast_images,
         output_bytes=args.output_bytes,
         faults=faults,
+        retryable_header=args.retryable_header,
     )
 
 

@@ -56,6 +56,9 @@ class Emulator:
         max_upload_bytes: the largest upload, submit body, or fetched input image.
         keepalive_interval: seconds between ``: keep-alive`` comments on status streams.
         fetch_timeout: seconds allowed to fetch an http(s) input image.
+        retryable_header: send ``X-Fal-Retryable`` with each failed job's result, as fal
+            usually does. False leaves it out, as fal may, so a client has only the error
+            type (``X-Fal-Error-Type``, ``error_type``) to decide whether to try again.
 
     Usage::
 
@@ -85,6 +88,7 @@ class Emulator:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         keepalive_interval: float = 15.0,
         fetch_timeout: float = 10.0,
+        retryable_header: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -106,6 +110,7 @@ class Emulator:
             fetch_timeout=fetch_timeout,
             max_fetch_bytes=max_upload_bytes,
             keepalive_interval=keepalive_interval,
+            retryable_header=retryable_header,
         )
         self._runners: list[web.AppRunner] = []
         self._state = _Lifecycle.UNOPENED

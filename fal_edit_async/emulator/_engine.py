@@ -52,6 +52,7 @@ class Engine:
         fetch_timeout: seconds allowed to fetch an http(s) input image.
         max_fetch_bytes: the largest input image fetched over http(s).
         keepalive_interval: seconds between SSE keep-alive comments.
+        retryable_header: send ``X-Fal-Retryable`` with failed results (False omits it).
     """
 
     def __init__(
@@ -66,9 +67,11 @@ class Engine:
         fetch_timeout: float,
         max_fetch_bytes: int,
         keepalive_interval: float,
+        retryable_header: bool,
     ) -> None:
         self.workers = workers
         self.keepalive_interval = keepalive_interval
+        self.retryable_header = retryable_header
         self.processing_time = processing_time
         self.log_lines = log_lines
         self.counters = Counters()
@@ -347,6 +350,8 @@ class Engine:
         error: str | None = None,
         error_type: str | None = None,
     ) -> None:
+        if not self.retryable_header:
+            headers = {k: v for k, v in headers.items() if k != "X-Fal-Retryable"}
         job.state = JobState.COMPLETED
         job.completed_at = time.monotonic()
         job.result_status, job.result_body, job.result_headers = status, body, headers

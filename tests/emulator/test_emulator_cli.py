@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
 import sys
@@ -11,7 +12,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from fal_edit_async.emulator._cli import main
+from fal_edit_async.emulator._cli import add_arguments, main
 
 
 async def test_serves_until_sigint() -> None:
@@ -57,3 +58,12 @@ def test_bad_options_exit_with_usage_error(capsys: pytest.CaptureFixture[str]) -
         main(["--rate-limit", "2"])
     assert 2 == caught.value.code
     assert "rate" in capsys.readouterr().err
+
+
+def test_no_retryable_header_option() -> None:
+    """--no-retryable-header turns off X-Fal-Retryable; by default it is sent."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    assert parser.parse_args([]).retryable_header
+    assert not parser.parse_args(["--no-retryable-header"]).retryable_header

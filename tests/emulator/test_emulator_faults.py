@@ -275,6 +275,24 @@ async def test_model_failure_schedule_kinds() -> None:
         assert ["body", "prompt"] == body["detail"][0]["loc"]
 
 
+async def test_retryable_header_can_be_left_out() -> None:
+    """With retryable_header=False failed results keep their error type but no X-Fal-Retryable."""
+    async with running(Faults(), retryable_header=False) as (emu, http):
+        emu.schedule_fault("job", "model_failure", error_type="runner_disconnected")
+        runner = await submit(http, emu)
+        await emu.wait_completed(1)
+        emu.schedule_fault("job", "model_failure", error_type="validation")
+        refused = await submit(http, emu)
+        await emu.wait_completed(2)
+
+        code, _, headers = await get_json(http, runner["response_url"])
+        assert (503, "runner_disconnected") == (code, headers["X-Fal-Error-Type"])
+        assert "X-Fal-Retryable" not in headers
+        code, _, headers = await get_json(http, refused["response_url"])
+        assert 422 == code
+        assert "X-Fal-Retryable" not in headers
+
+
 @pytest.mark.parametrize(
     ("route", "kind"),
     [
