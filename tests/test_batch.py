@@ -246,6 +246,28 @@ async def test_infrastructure_failure_retried_once_validation_never(
     assert [2, 1, 2] == list(emulator.counters.submits_by_input.values())
 
 
+@pytest.mark.parametrize(
+    ("error_type", "jobs"),
+    [
+        pytest.param("runner_disconnected", 2, id="runner-failure-retried"),
+        pytest.param("bad_request", 1, id="bad-request-not-retried"),
+        pytest.param("validation", 1, id="content-policy-not-retried"),
+    ],
+)
+async def test_error_type_decides_a_job_retry_without_the_retryable_header(
+    png_data_uri: str, error_type: str, jobs: int
+) -> None:
+    """Without X-Fal-Retryable, fal's error type decides: only a runner failure gets a new job."""
+    async with Emulator(fast_images=True, retryable_header=False) as emu, client_for(emu) as c:
+        emu.schedule_fault("job", "model_failure", error_type=error_type)
+
+        (result,) = await run_all(c, [("one", item(png_data_uri))])
+
+    assert (jobs, jobs) == (result.attempts, emu.counters.submits)
+    assert (jobs == 2) == result.ok
+    assert [] == emu.internal_errors
+
+
 async def test_progress_events_in_order(
     client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
