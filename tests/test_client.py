@@ -140,6 +140,41 @@ async def test_logs_arrive_once_across_dropped_streams(
     assert 3 == emulator.counters.streams_opened
 
 
+async def test_stream_that_drops_but_moves_the_job_on_is_kept(
+    emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """Drops count towards the polling fallback only in a row without progress."""
+    polling = Polling(stream_failures=2)  # a second drop in a row without progress falls back
+    emulator.hold_queue()
+    emulator.hold_jobs()
+    emulator.schedule_fault("stream", "stream_drop")  # 1st stream: Queued, then dropped
+    emulator.schedule_fault("stream", "slow_response", delay=3600)  # 2nd: held until released
+    emulator.schedule_fault("stream", "stream_drop")  # ...then InProgress, then dropped
+    counters = emulator.counters
+    async with client_for(emulator, polling=polling) as client:
+        handle = await client.submit(edit_input)
+        kinds: list[type[JobStatus]] = []
+
+        async def follow() -> None:
+            async for update in handle.updates(logs=False):
+                kinds.append(type(update))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await emulator.wait_slow_held(1)  # the client reconnects after the first drop
+            emulator.release_queue()  # the job starts: the next stream shows progress
+            emulator.release_slow()
+            # The third stream stays open; a client that gave up on streams polls instead.
+            await emulator.wait_until(
+                lambda: counters.streams_opened >= 3 or counters.status_polls > 0
+            )
+            emulator.release_jobs()
+
+    assert [Queued, InProgress, Completed] == kinds
+    assert (3, 0) == (counters.streams_opened, counters.status_polls)
+    assert 2 == counters.faults_injected["stream_drop"]
+
+
 async def test_polling_fallback_when_stream_refused(
     client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
 ) -> None:
