@@ -64,7 +64,7 @@ def png_data_uri(png_bytes: bytes) -> str:
 
 #: What ``asyncio.sleep()`` (and so ``anyio.sleep()``) schedules with ``loop.call_later``; other
 #: timers (aiohttp's read timeouts, for one) schedule other callbacks and keep real time.
-_SLEEP_WAKER = asyncio.futures._set_result_unless_cancelled
+_SLEEP_WAKER = asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
 
 
 @pytest.fixture

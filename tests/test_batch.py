@@ -353,7 +353,8 @@ async def test_job_retry_needs_the_budget_again(
     assert ItemState.FAILED == result.state
     assert isinstance(result.error, BudgetExceededError)
     assert (1, 1) == (result.attempts, emulator.counters.submits)
-    assert "runner_disconnected" == emulator.jobs[result.request_id].error_type
+    (job,) = emulator.jobs.values()
+    assert (result.request_id, "runner_disconnected") == (job.request_id, job.error_type)
 
 
 async def test_summary_counts_everything(
