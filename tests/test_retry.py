@@ -16,13 +16,9 @@ from fal_edit_async import (
     TransportError,
     ValidationError,
 )
-from fal_edit_async._retry import (
-    backoff_delay,
-    parse_retry_after,
-    retry_delay,
-    retry_kind,
-    with_retries,
-)
+from fal_edit_async._protocol import parse_retry_after
+from fal_edit_async._retry import backoff_delay, retry_delay, retry_kind, with_retries
+from fal_edit_async._statistics import Counters
 
 POLICY = RetryPolicy(wait=False)
 
