@@ -257,10 +257,12 @@ def cancel_outcome(status: int, headers: Mapping[str, str], body: bytes) -> Canc
     raise api_error(status, headers, body)
 
 
-#: fal request-error types worth a second job: the runner failed, not the request.
+#: fal request-error types worth a second job: the runner failed, not the request. fal retries
+#: 503/504 itself and never retries a 500 or 502 (its retries page), so a 500 from the runner's
+#: own code (``runner_server_error``) and a request over its processing time
+#: (``request_timeout``) would most likely fail again: they are not here.
 RETRYABLE_ERROR_TYPES = frozenset(
     {
-        "request_timeout",
         "startup_timeout",
         "runner_scheduling_failure",
         "runner_connection_timeout",
@@ -268,7 +270,6 @@ RETRYABLE_ERROR_TYPES = frozenset(
         "runner_connection_refused",
         "runner_connection_error",
         "runner_incomplete_response",
-        "runner_server_error",
         "internal_error",
     }
 )

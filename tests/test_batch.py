@@ -251,6 +251,8 @@ async def test_infrastructure_failure_retried_once_validation_never(
     [
         pytest.param("runner_disconnected", 2, id="runner-failure-retried"),
         pytest.param("bad_request", 1, id="bad-request-not-retried"),
+        pytest.param("runner_server_error", 1, id="runner-500-not-retried"),
+        pytest.param("request_timeout", 1, id="over-its-time-not-retried"),
         pytest.param("validation", 1, id="content-policy-not-retried"),
     ],
 )
