@@ -261,6 +261,8 @@ class AsyncClient:
         journal: str | os.PathLike[str] | Journal | None = None,
         adaptive: bool = True,
         on_event: EventCallback | None = None,
+        resubmit_unknown: bool = False,
+        retry_failed: bool = False,
         **options: Unpack[SubmitOptions],
     ) -> AbstractAsyncContextManager[Batch]:
         """Edit many images in parallel; results arrive as items finish.
@@ -285,11 +287,16 @@ class AsyncClient:
                 failure), never for the model's refusals or validation errors.
             budget: USD; items whose estimated cost would cross it are not submitted
                 (reported as ``not_submitted``); jobs already in flight finish.
-            journal: a SQLite journal file (or an open :class:`Journal`). Each job's request
-                id is recorded as soon as fal accepts it; running the same batch again with
-                the same journal re-attaches to those jobs, skips items already downloaded
-                (after checking their files) and submits only the rest, so a crash or
-                Ctrl-C never pays twice for an item.
+            journal: a SQLite journal file (or an open :class:`Journal`), written by one
+                process at a time. Each submit is recorded before it is sent and its request
+                id as soon as fal answers; running the same batch again with the same journal
+                re-attaches to those jobs, downloads what was fetched before (into this
+                ``download_to``), skips items already downloaded there, and submits only
+                items that never had a job or whose job fal confirmed cancelled. Items are
+                known by their content (and key), never their position.
+            resubmit_unknown: submit again the items whose submit answer an earlier run
+                lost (``ItemState.UNKNOWN``); fal may have run those jobs already.
+            retry_failed: submit again the items an earlier run recorded as failed.
             adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
             on_event: called with each progress event (a plain or async function).
             options: :class:`SubmitOptions` for every job, as for :meth:`submit`.
@@ -312,5 +319,7 @@ class AsyncClient:
             adaptive=adaptive,
             on_event=on_event,
             submit_options=options,
+            resubmit_unknown=resubmit_unknown,
+            retry_failed=retry_failed,
         )
         return edit_many(self._core, self._uploader, items, settings)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -111,6 +112,9 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(datetime, _parse_datetime)
     conv.register_unstructure_hook(datetime, _format_datetime)
+    # Journal rows (DownloadedFile) hold paths: plain strings on the wire.
+    conv.register_structure_hook(Path, lambda value, _: Path(_strict_str(value, str)))
+    conv.register_unstructure_hook(Path, str)
     # StrEnum members are str already; send their plain value, not the member.
     conv.register_unstructure_hook(StrEnum, lambda member: member.value)
 

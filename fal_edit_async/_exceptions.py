@@ -16,7 +16,11 @@
     ├── JobCancelledError     the job was cancelled before it produced a result
     ├── JobTimeoutError       a deadline passed while waiting (also a ``TimeoutError``)
     ├── DownloadError         one output file could not be downloaded or verified
-    └── BudgetExceededError   submitting would cross the configured budget
+    ├── BudgetExceededError   submitting would cross the configured budget
+    ├── UnknownSubmitError    a submit's answer was lost: fal may have queued that job
+    ├── JournalError          the batch journal cannot be opened, read or written
+    │   └── JournalLockedError  another process is writing that journal
+    └── InternalError         anything else that went wrong inside one batch item
 
 Messages never contain the API key: nothing in this module is ever given one.
 """
@@ -33,14 +37,18 @@ __all__ = [
     "DownloadError",
     "FalEditError",
     "InputError",
+    "InternalError",
     "JobCancelledError",
     "JobFailedError",
     "JobTimeoutError",
+    "JournalError",
+    "JournalLockedError",
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
     "ServerError",
     "TransportError",
+    "UnknownSubmitError",
     "ValidationError",
 ]
 
@@ -220,6 +228,45 @@ class BudgetExceededError(FalEditError):
         super().__init__(
             f"estimated ${estimate:.3f} on top of ${spent:.3f} would cross the ${budget:.2f} budget"
         )
+
+
+class UnknownSubmitError(FalEditError):
+    """A submit was sent but its answer was lost, so fal may have queued (and billed) a job.
+
+    The item is not submitted again unless asked (``resubmit_unknown=True``,
+    ``--resubmit-unknown``): a second submit could be a second paid job.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
+        super().__init__(_with_request_id(message, request_id))
+
+
+class JournalError(FalEditError):
+    """The batch journal cannot be opened, read or written (disk full, not a journal, ...).
+
+    A batch that cannot write its journal submits nothing more; every job fal already
+    accepted stays re-attachable by its request id.
+    """
+
+
+class JournalLockedError(JournalError):
+    """Another process has this journal open for writing; two writers would pay twice."""
+
+    def __init__(self, path: object, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(
+            f"{path}: journal in use by another run ({holder}); wait for it to finish, "
+            "or use another journal"
+        )
+
+
+class InternalError(FalEditError):
+    """Something that is not a fal or input error went wrong inside one batch item.
+
+    The original exception is ``__cause__``; the batch goes on with the other items.
+    """
 
 
 def field_errors_of(body: Any) -> list[Mapping[str, Any]]:

@@ -41,11 +41,12 @@ from ._protocol import (
     cancel_outcome,
     job_urls,
     parse_receipt,
+    result_not_ready,
     retryable_header,
     submit_headers,
     urls_from_receipt,
 )
-from ._retry import with_retries
+from ._retry import retry_kind, with_retries
 from ._statistics import RetryKind
 from ._status_stream import fetch_status, raw_statuses
 from ._transport import Response
@@ -136,13 +137,18 @@ class JobHandle:
                     yield entry
 
     async def wait(
-        self, *, timeout: float | None = None, on_update: UpdateCallback | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        on_update: UpdateCallback | None = None,
+        cancel_on_exit: bool = True,
     ) -> Completed:
         """Wait until the job completes; return its final status with every log line.
 
         When ``timeout`` passes, or the calling task is cancelled, the job is cancelled on
         fal (a shielded, time-bounded PUT) before :class:`JobTimeoutError` or the
-        cancellation propagates, so an abandoned job is not paid for.
+        cancellation propagates, so an abandoned job is not paid for. ``cancel_on_exit=False``
+        leaves that to the caller (a batch records what fal answers to its cancel).
         """
         collected: list[LogEntry] = []
         try:
@@ -156,11 +162,13 @@ class JobHandle:
                         if isinstance(update, Completed):
                             return attrs.evolve(update, logs=tuple(collected))
         except anyio.get_cancelled_exc_class():
-            await self.cancel_quietly()
+            if cancel_on_exit:
+                await self.cancel_quietly()
             raise
         if not deadline.cancelled_caught:
             raise AssertionError("unreachable: raw_statuses ends only after COMPLETED")
-        await self.cancel_quietly()
+        if cancel_on_exit:
+            await self.cancel_quietly()
         raise JobTimeoutError(self.request_id, timeout or 0.0)
 
     async def result(
@@ -190,7 +198,7 @@ class JobHandle:
             if error.error_type == "client_cancelled" or resp.status == 499:
                 raise JobCancelledError(self.request_id)
             if _not_the_jobs_answer(completed, resp.status, error):
-                raise error  # retried like any failed GET
+                raise error  # retried like any failed GET, or left for a re-attach
             if failed or resp.status in (400, 422) or error.error_type:
                 raise JobFailedError(
                     request_id=self.request_id,
@@ -204,7 +212,14 @@ class JobHandle:
                 )
             raise error
 
-        return await with_retries(once, policy=core.config.retry, stats=core.stats)
+        def classify(exc: Exception) -> RetryKind | None:
+            if isinstance(exc, APIError) and result_not_ready(exc.status, exc.body):
+                return "not_ready"  # fal's result store lags its status: ask again
+            return retry_kind(exc, submit=False, policy=core.config.retry)
+
+        return await with_retries(
+            once, policy=core.config.retry, stats=core.stats, classify=classify
+        )
 
     def _output(self, resp: Response) -> EditImageOutput:
         try:
@@ -247,15 +262,22 @@ class JobHandle:
 
 
 def _not_the_jobs_answer(completed: Completed | None, status: int, error: APIError) -> bool:
-    """True for a 429 or 5xx on the result GET that the gateway sent, not the job.
+    """True for a failed result GET that is not the job's verdict on itself.
 
-    A job whose status said it succeeded answers 200; one that failed answers with its
-    status's error type. Taking the gateway's failure for the job's would start a second,
-    paid job (or give a model's refusal the gateway's reason, and a retry it must not get).
+    A job whose status said it succeeded answers 200, so any other answer for it (a 429, a
+    5xx, fal's 400 "Request is still in progress" while its result store catches up, a 404
+    once the result expired) is about the GET, not the job. One that failed answers with its
+    status's error type. Taking the gateway's failure for the job's would record a paid job
+    as failed for good, or start a second one (or give a model's refusal the gateway's
+    reason, and a retry it must not get).
     """
-    if completed is None or not (status == 429 or status >= 500):
+    if completed is None:
         return False
-    return status == 429 or not completed.failed or error.error_type != completed.error_type
+    if not completed.failed:
+        return True
+    if not (status == 429 or status >= 500):
+        return False
+    return status == 429 or error.error_type != completed.error_type
 
 
 def attach(core: Core, request_id: str, endpoint: str = DEFAULT_ENDPOINT) -> JobHandle:
@@ -275,12 +297,16 @@ async def submit(
     input: EditImageInput,
     *,
     on_retry: Callable[[RetryKind], None] | None = None,
+    on_accepted: Callable[[JobHandle], Awaitable[None]] | None = None,
+    cancel_on_exit: bool = True,
     **options: Unpack[SubmitOptions],
 ) -> JobHandle:
     """Enqueue one edit job and return its handle (see :meth:`AsyncClient.submit`).
 
     ``on_retry`` hears the kind of each retried failure (a batch lowers its concurrency on
-    ``"rate_limit"``).
+    ``"rate_limit"``). ``on_accepted`` is awaited, shielded, the moment fal's answer is read,
+    even when the caller was cancelled meanwhile (a batch records the request id there).
+    ``cancel_on_exit=False`` leaves cancelling a job whose caller went away to the caller.
     """
     ep = EndpointId.parse(options.get("endpoint", DEFAULT_ENDPOINT))
     if not isinstance(input, EditImageInput):
@@ -316,9 +342,13 @@ async def submit(
         receipt=receipt,
         core=core,
     )
+    if on_accepted is not None:
+        with anyio.CancelScope(shield=True):
+            await on_accepted(handle)
     try:
         await anyio.lowlevel.checkpoint()  # deliver a cancellation that arrived mid-POST
     except anyio.get_cancelled_exc_class():
-        await handle.cancel_quietly()
+        if cancel_on_exit:
+            await handle.cancel_quietly()
         raise
     return handle

@@ -350,3 +350,10 @@ class SubmitOptions(TypedDict, total=False):
     start_timeout: float | None
     #: Extra request headers (never ``Authorization``).
     headers: Mapping[str, str] | None
+
+
+# Resolve the string annotations now, in this module: the package re-homes these classes to
+# ``fal_edit_async`` for their reprs, whose namespace lacks names like ``Path``.
+for _cls in (EditImageInput, ImageFile, EditImageOutput, SubmitReceipt, JobUrls, DownloadedFile):
+    attrs.resolve_types(_cls)
+del _cls

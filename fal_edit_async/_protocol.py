@@ -22,6 +22,7 @@ from ._exceptions import (
     ProtocolError,
     RateLimitError,
     ServerError,
+    TransportError,
     ValidationError,
     describe_detail,
 )
@@ -48,9 +49,11 @@ __all__ = [
     "origin",
     "parse_receipt",
     "parse_retry_after",
+    "result_not_ready",
     "retryable_header",
     "same_origin",
     "submit_headers",
+    "submit_never_queued",
     "urls_from_receipt",
 ]
 
@@ -59,16 +62,26 @@ PRIORITIES = ("normal", "low")
 
 
 def origin(url: str) -> tuple[str, str]:
-    """Scheme and host:port of a URL, lower-cased: what decides where the key may go."""
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    """Scheme and host:port of a URL, lower-cased: what decides where the key may go.
+
+    A URL that does not parse (a port of 99999, a broken IPv6 literal) has no origin, so it
+    matches none: it is never trusted with the key, and never raises.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    except ValueError:
+        return "", ""
     return parts.scheme.lower(), f"{(parts.hostname or '').lower()}:{port}"
 
 
 def same_origin(url: str, base_url: str) -> bool:
     """True when ``url`` is on ``base_url``'s origin; a URL under the base needs no parsing
     (this runs for every request, so the common case stays a string comparison)."""
-    return url.startswith(base_url.rstrip("/") + "/") or origin(url) == origin(base_url)
+    if url.startswith(base_url.rstrip("/") + "/"):
+        return True
+    found = origin(url)
+    return found != ("", "") and found == origin(base_url)
 
 
 def job_urls(queue_url: str, endpoint: EndpointId, request_id: str) -> JobUrls:
@@ -163,6 +176,28 @@ def is_transient(status: int) -> bool:
     408 (timeout), 429 (rate limited) and any 5xx. Submits are stricter (see ``_retry``).
     """
     return status in (408, 429) or status >= 500
+
+
+def result_not_ready(status: int, body: Any) -> bool:
+    """True for fal's answer to a result GET that came too early: 400 "still in progress"."""
+    detail = body.get("detail") if isinstance(body, Mapping) else None
+    return status == 400 and isinstance(detail, str) and "still in progress" in detail.lower()
+
+
+def submit_never_queued(exc: BaseException) -> bool:
+    """True when a failed submit provably created no job, so sending it again is safe.
+
+    fal refused it (any 4xx: 429 and 422 included), a gateway error without a request id
+    (the queue never saw it), or a connection that never opened. Anything else (a reset or
+    timeout after sending, a 5xx from fal itself, a garbled 200) may hide a queued job.
+    """
+    if isinstance(exc, TransportError):
+        return not exc.sent
+    if isinstance(exc, APIError):
+        if 400 <= exc.status < 500:
+            return True
+        return exc.status in (502, 503, 504) and exc.request_id is None
+    return False
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -16,7 +16,7 @@ __all__ = ["ClientStatistics", "Counters", "RetryCounts", "RetryKind"]
 
 #: The kind of a retried failure: what ``on_retry`` hears and ``RetryCounts`` counts.
 RetryKind: TypeAlias = Literal[
-    "rate_limit", "server_error", "transport", "timeout", "download", "upload"
+    "rate_limit", "server_error", "transport", "timeout", "not_ready", "download", "upload"
 ]
 
 
@@ -28,6 +28,7 @@ class RetryCounts:
     server_error: int = 0
     transport: int = 0
     timeout: int = 0
+    not_ready: int = 0  #: a result asked for before fal's result store had it
     download: int = 0
     upload: int = 0
 

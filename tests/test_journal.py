@@ -126,14 +126,15 @@ async def test_refused_item_is_not_paid_for_again(
 async def test_cancelled_items_are_submitted_on_the_next_run(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
-    """Jobs cancelled by leaving a batch early are journaled as cancelled and run next time."""
+    """Jobs cancelled by leaving a batch early are journaled as fal answered (cancel requested);
+    the next run sees fal confirm the cancel and submits them again, once."""
     journal = tmp_path / "j.sqlite"
     emulator.hold_queue()
     async with client.edit_many(items_for(png_data_uri, 6), journal=journal, concurrency=2):
         await emulator.wait_submitted(2)
         await emulator.wait_until(lambda: emulator.counters.streams_opened >= 2)
     async with Journal(journal) as j:
-        assert {JournalState.CANCELLED} == {e.state for e in await j.entries()}
+        assert {JournalState.CANCEL_REQUESTED} == {e.state for e in await j.entries()}
     emulator.release_queue()
 
     again = await run(client, items_for(png_data_uri, 6), journal=journal)

@@ -85,15 +85,17 @@ class Batch:
         """Counts so far (final once iteration ended)."""
         end = self._finished or time.monotonic()
         retries = self._runner.core.stats.snapshot().retries.since(self._retries_at_start)
-        # Items cancelled on the way out yield no result, but they are part of the batch.
-        cut_short = self._runner.cancelled_on_fal
+        # Items cut short on the way out yield no result, but they are part of the batch.
+        runner = self._runner
         return BatchSummary(
-            total=sum(self._counts.values()) + cut_short,
+            total=sum(self._counts.values()) + runner.interrupted,
             completed=self._counts[ItemState.COMPLETED],
             failed=self._counts[ItemState.FAILED],
-            cancelled=self._counts[ItemState.CANCELLED] + cut_short,
-            cancelled_on_exit=cut_short,
+            cancelled=self._counts[ItemState.CANCELLED] + runner.cancels_accepted,
+            cancelled_on_exit=runner.cancels_accepted,
             not_submitted=self._counts[ItemState.NOT_SUBMITTED],
+            unknown=self._counts[ItemState.UNKNOWN],
+            interrupted=runner.interrupted,
             bytes_downloaded=self._bytes,
             estimated_cost=self._cost,
             job_retries=self._job_retries,
@@ -134,6 +136,8 @@ async def edit_many(
         budget=Budget(settings.budget),
         journal=None,
         submit_options=settings.submit_options,
+        resubmit_unknown=settings.resubmit_unknown,
+        retry_failed=settings.retry_failed,
     )
     pipeline = jobs.limit + limits.uploads + settings.downloads
     send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)

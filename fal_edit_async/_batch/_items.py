@@ -19,6 +19,7 @@ import attrs
 
 from .._config import Limits
 from .._converter import input_from_dict, to_wire
+from .._endpoint import DEFAULT_ENDPOINT
 from .._exceptions import FalEditError, InputError
 from .._models import DownloadedFile, EditImageInput, EditImageOutput, SubmitOptions
 from .._pricing import estimate_cost
@@ -26,6 +27,7 @@ from .._protocol import check_submit_options
 from ._events import BatchEvent
 
 __all__ = [
+    "EditItem",
     "BatchEstimate",
     "BatchItem",
     "BatchSettings",
@@ -43,9 +45,28 @@ __all__ = [
 if TYPE_CHECKING:
     from ._journal import Journal
 
-#: What a batch accepts per item: an input (or a JSON-like mapping of one), or a key with it.
+
+@attrs.frozen(kw_only=True)
+class EditItem:
+    """One batch item with its identity and its name made explicit.
+
+    ``key`` is your stable identity for the item (a product SKU, a file id): a journal knows
+    the item by it, together with a fingerprint of the input, so a changed prompt is a new
+    item. Leave it None and the item is known by its content alone. ``name`` is what the item
+    is called in events and results and what its output files are named after; it is not an
+    identity, so names may change between runs (the command line derives them from file
+    names) without anything being paid again. It defaults to ``key``.
+    """
+
+    input: EditImageInput | Mapping[str, Any]
+    key: str | None = None
+    name: str | None = None
+
+
+#: What a batch accepts per item: an input (or a JSON-like mapping of one), a ``(key, input)``
+#: pair, or an :class:`EditItem`.
 BatchItem: TypeAlias = (
-    EditImageInput | Mapping[str, Any] | tuple[str, EditImageInput | Mapping[str, Any]]
+    EditImageInput | Mapping[str, Any] | tuple[str, EditImageInput | Mapping[str, Any]] | EditItem
 )
 #: Called with each progress event; may be a plain function or a coroutine function.
 EventCallback: TypeAlias = Callable[[BatchEvent], Any]
@@ -58,14 +79,17 @@ class ItemState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NOT_SUBMITTED = "not_submitted"
+    #: A submit was sent but its answer was lost: fal may have queued (and billed) the job.
+    UNKNOWN = "unknown"
 
 
 @attrs.frozen(kw_only=True)
 class ItemResult:
     """One item's outcome: its output and files, or the error that stopped it.
 
-    ``key`` is the caller's key; for an unkeyed item it is the input's fingerprint
-    (:func:`item_key`) in a journaled batch, else ``item-<index>``.
+    ``key`` is what the item is called: its name or key, or for an item given as a bare
+    input its content key (:func:`item_key`, with ``~2``, ``~3``... for repeats of the same
+    input in one batch).
     """
 
     key: str
@@ -90,8 +114,11 @@ class ItemResult:
 class BatchSummary:
     """What a batch did: counts, bytes, estimated cost, retries, and the concurrency it found.
 
-    ``cancelled`` counts every cancelled item; ``cancelled_on_exit`` those whose fal job the
-    batch itself cancelled when it was left early (they yield no result).
+    Items whose job was in flight when the batch was left early yield no result; they are
+    ``interrupted``. The batch asked fal to cancel each of those jobs, and
+    ``cancelled_on_exit`` counts the cancels fal accepted (a job that had already finished,
+    or whose cancel went unanswered, stays re-attachable through the journal). ``cancelled``
+    counts those plus the items whose job fal reported cancelled.
     """
 
     total: int
@@ -100,6 +127,8 @@ class BatchSummary:
     cancelled: int
     cancelled_on_exit: int
     not_submitted: int
+    unknown: int = 0
+    interrupted: int = 0
     bytes_downloaded: int
     estimated_cost: Decimal
     job_retries: int
@@ -109,20 +138,27 @@ class BatchSummary:
     elapsed: float
 
     def __str__(self) -> str:
+        unknown = f"{self.unknown} unknown, " if self.unknown else ""
         return (
             f"{self.completed} completed, {self.failed} failed, {self.cancelled} cancelled, "
-            f"{self.not_submitted} not submitted of {self.total}; "
+            f"{unknown}{self.not_submitted} not submitted of {self.total}; "
             f"{self.bytes_downloaded / 1e6:.1f} MB; ~${self.estimated_cost}; "
             f"{self.elapsed:.1f} s; concurrency settled at {self.concurrency}"
         )
 
 
-def describe_input(input: EditImageInput) -> dict[str, Any]:
-    """An input as JSON-ready data, with files by resolved path and bytes by their hash."""
+def describe_input(input: EditImageInput, endpoint: str = DEFAULT_ENDPOINT) -> dict[str, Any]:
+    """An input as JSON-ready data, with files by resolved path and bytes by their hash.
+
+    The endpoint is part of it (the same input on another model is another item); the
+    default endpoint is left out, so keys written before it counted stay the same.
+    """
     wire: dict[str, Any] = {
         a.name: to_wire(getattr(input, a.name)) for a in attrs.fields(type(input))
     }
     wire["image_urls"] = [_source_id(s) for s in input.image_urls]
+    if endpoint != DEFAULT_ENDPOINT:
+        wire["endpoint"] = endpoint
     return wire
 
 
@@ -130,13 +166,13 @@ def fingerprint(description: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def item_key(input: EditImageInput) -> str:
-    """A stable key for an input: a hash of its options and image sources.
+def item_key(input: EditImageInput, endpoint: str = DEFAULT_ENDPOINT) -> str:
+    """A stable key for an input: a hash of its options, image sources and endpoint.
 
     Files are keyed by their resolved path and bytes by their hash, so the same manifest run
     again yields the same keys, and any change to the prompt or an option a new one.
     """
-    return fingerprint(describe_input(input))
+    return fingerprint(describe_input(input, endpoint))
 
 
 def _source_id(source: str | os.PathLike[str] | bytes) -> str:
@@ -174,11 +210,11 @@ def estimate_batch(items: Iterable[BatchItem]) -> BatchEstimate:
     total, count, worst = Decimal(0), 0, 0
     invalid: list[tuple[str, InputError]] = []
     for index, item in enumerate(items):
-        key, _, raw = split_item(item)
+        _, name, raw = split_item(item)
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
         except InputError as exc:
-            invalid.append((key or f"item-{index}", exc))
+            invalid.append((name or f"item-{index}", exc))
             continue
         estimate = estimate_cost(input)
         total += estimate.usd
@@ -187,11 +223,13 @@ def estimate_batch(items: Iterable[BatchItem]) -> BatchEstimate:
     return BatchEstimate(total_usd=total, items=count, worst_case=worst, invalid=tuple(invalid))
 
 
-def split_item(item: Any) -> tuple[str | None, bool, Any]:
-    """An item as (caller's key or None, whether it was keyed, the input or its mapping)."""
+def split_item(item: Any) -> tuple[str | None, str | None, Any]:
+    """An item as (its identity key or None, its name or None, the input or its mapping)."""
+    if isinstance(item, EditItem):
+        return item.key, item.name or item.key, item.input
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-        return item[0], True, item[1]
-    return None, False, item
+        return item[0], item[0], item[1]
+    return None, None, item
 
 
 @attrs.frozen(kw_only=True)
@@ -207,6 +245,8 @@ class BatchSettings:
     adaptive: bool
     on_event: EventCallback | None
     submit_options: SubmitOptions
+    resubmit_unknown: bool = False
+    retry_failed: bool = False
 
     @classmethod
     def build(
@@ -222,6 +262,8 @@ class BatchSettings:
         adaptive: bool,
         on_event: EventCallback | None,
         submit_options: SubmitOptions,
+        resubmit_unknown: bool = False,
+        retry_failed: bool = False,
     ) -> BatchSettings:
         """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
         jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
@@ -246,6 +288,8 @@ class BatchSettings:
             adaptive=adaptive,
             on_event=on_event,
             submit_options=check_submit_options(submit_options, "edit_many"),
+            resubmit_unknown=bool(resubmit_unknown),
+            retry_failed=bool(retry_failed),
         )
 
 

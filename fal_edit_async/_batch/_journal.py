@@ -1,28 +1,39 @@
-"""A durable record of a batch, so a crash, a reboot or Ctrl-C never costs a second payment.
+"""The batch ledger: a durable record of every item, so nothing is paid for twice or lost.
 
-One SQLite file in WAL mode. Every write is committed before the batch moves on, from a
-worker thread so the event loop never blocks on the disk. A row per item, keyed by the item's
-key (with the input's fingerprint, so a changed prompt or option is a new row, never a stale
-reuse), moves through ``submitted`` → ``completed`` → ``downloaded``, or ends ``failed`` or
-``cancelled``. The request id and URLs are written as soon as the submit returns, before
-anything else happens to the job; a batch run again with the same journal re-attaches to
-those jobs instead of submitting them again.
+One SQLite file in WAL mode, written by one process at a time (an exclusive ``flock`` on
+``<journal>.lock``, released by the kernel however the process ends). A row per item, keyed by
+its content (see ``_items.item_key``), moves through states that only fal's answers move on::
 
-``synchronous=NORMAL`` with WAL survives a crash of this process (what SIGKILL or Ctrl-C
-does) at full speed; it may lose the last commits on a power loss.
+    (none) ─► submitting ─► submitted ─► completed ─► downloaded
+                  │             │  ▲
+                  │             ▼  │ (fal answered the cancel with "requested": the job may
+                  │      cancel_requested     still finish; a resume polls it)
+                  ▼             │
+               unknown          ▼
+                           cancelled (fal confirmed) · failed (fal's verdict) · unsent
 
-What it cannot cover: a job fal accepted whose answer was lost before the journal recorded
-it (the connection dropped after the POST was sent, or the process died in between). Such
-an item is submitted again on the next run.
+``submitting`` is written durably (fsync) *before* the submit POST, and ``submitted`` with the
+request id durably as soon as fal answers. A row still ``submitting`` when the journal is
+opened belongs to a run that died between the two: fal may or may not have queued its job,
+so it becomes ``unknown``, is reported, and is submitted again only when asked
+(``resubmit_unknown``). ``unsent`` means the last submit provably created no job (fal refused
+it, or the connection never opened): the next run submits it. Other writes use
+``synchronous=NORMAL``, which survives a crash of this process but maybe not a power cut.
+
+The remaining gap: a job whose submit answer was lost (``unknown``) may have run and billed;
+only fal's request history can tell.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from enum import StrEnum
@@ -31,17 +42,18 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+import anyio.to_thread
 import attrs
 
-from .._converter import to_wire
-from .._exceptions import FalEditError
+from .._converter import parse, to_wire
+from .._exceptions import FalEditError, JournalError, JournalLockedError
 from .._models import DownloadedFile, EditImageOutput, JobUrls
 
-__all__ = ["Journal", "JournalEntry", "JournalState"]
+__all__ = ["Journal", "JournalEntry", "JournalState", "JournalSummary"]
 
 T = TypeVar("T")
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
@@ -59,19 +71,41 @@ CREATE TABLE IF NOT EXISTS items (
     error_type TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     cost TEXT NOT NULL DEFAULT '0',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    sent_at REAL
 );
 """
+#: Columns added by schema 2, for journals written by schema 1.
+_ADDED_COLUMNS = {"sent_at": "REAL"}
 
 
 class JournalState(StrEnum):
-    """Where a journaled item stands."""
+    """Where a journaled item stands (see the module docstring for the transitions)."""
 
+    SUBMITTING = "submitting"
     SUBMITTED = "submitted"
+    CANCEL_REQUESTED = "cancel_requested"
     COMPLETED = "completed"
     DOWNLOADED = "downloaded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    UNSENT = "unsent"
+    UNKNOWN = "unknown"
+
+    @property
+    def has_job(self) -> bool:
+        """True when a job fal accepted (or may have) stands behind the row."""
+        return self in _WITH_JOB
+
+
+_WITH_JOB = frozenset(
+    {
+        JournalState.SUBMITTED,
+        JournalState.CANCEL_REQUESTED,
+        JournalState.COMPLETED,
+        JournalState.DOWNLOADED,
+    }
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +125,24 @@ class JournalEntry:
     attempts: int = 0
     cost: Decimal = Decimal(0)
     updated_at: float = 0.0
+    sent_at: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JournalSummary:
+    """What a journal holds: counts by state, the cost of the jobs fal accepted, and the items
+    that need a person (``unknown`` and ``failed``, with their reasons)."""
+
+    path: Path
+    counts: Mapping[JournalState, int]
+    estimated_cost: Decimal
+    unknown: tuple[JournalEntry, ...]
+    failed: tuple[JournalEntry, ...]
+
+    @property
+    def total(self) -> int:
+        """Every item the journal knows."""
+        return sum(self.counts.values())
 
 
 def _entry(row: sqlite3.Row) -> JournalEntry:
@@ -102,12 +154,7 @@ def _entry(row: sqlite3.Row) -> JournalEntry:
             response_url=row["response_url"],
             cancel_url=row["cancel_url"],
         )
-    files = tuple(
-        DownloadedFile(
-            path=Path(f["path"]), size=f["size"], sha256=f["sha256"], content_type=f["content_type"]
-        )
-        for f in json.loads(row["files"] or "[]")
-    )
+    files = tuple(parse(f, DownloadedFile) for f in json.loads(row["files"] or "[]"))
     return JournalEntry(
         key=row["key"],
         state=JournalState(row["state"]),
@@ -122,22 +169,28 @@ def _entry(row: sqlite3.Row) -> JournalEntry:
         attempts=row["attempts"],
         cost=Decimal(row["cost"]),
         updated_at=row["updated_at"],
+        sent_at=row["sent_at"],
     )
 
 
 class Journal:
-    """A batch journal in one SQLite file; pass it (or a path) as ``edit_many(journal=...)``.
+    """A batch ledger in one SQLite file; pass it (or a path) as ``edit_many(journal=...)``.
+
+    Only one process may have a journal open for writing: a second one gets
+    :class:`JournalLockedError` from :meth:`open`. ``read_only=True`` opens it for looking
+    (``fal-edit journal show``) while a batch runs.
 
     Usage::
 
-        async with Journal("restyle.journal") as journal:
-            for entry in await journal.entries():
-                print(entry.key, entry.state, entry.request_id)
+        async with Journal("restyle.journal", read_only=True) as journal:
+            print(await journal.summary())
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
+        self._lock_file: int | None = None
         # One connection, used from worker threads one call at a time.
         self._lock = threading.Lock()
         self._closed = False
@@ -158,36 +211,96 @@ class Journal:
         await self.aclose()
 
     async def open(self) -> None:
-        """Open (creating if needed) the journal file; harmless when already open."""
+        """Open (creating if needed) the journal file; harmless when already open.
+
+        Raises:
+            JournalLockedError: another process has this journal open for writing.
+            JournalError: the file cannot be created, read or understood.
+        """
         if self._closed:
             raise RuntimeError("this journal is closed")
         if self._db is None:
             self._db = await anyio.to_thread.run_sync(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            if self.read_only:
+                return self._connect_read_only()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(db)
+            # Only this process writes: a row left mid-submit is a dead run's.
+            db.execute(
+                "UPDATE items SET state = ?, error = ? WHERE state = ?",
+                (
+                    JournalState.UNKNOWN.value,
+                    "a run stopped after sending this submit and before fal's answer was "
+                    "recorded: fal may have queued (and billed) that job",
+                    JournalState.SUBMITTING.value,
+                ),
+            )
+            return db
+        except (sqlite3.Error, OSError) as exc:
+            self._release_lock()
+            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise JournalError(f"{self.path}: no such journal")
+        db = sqlite3.connect(
+            f"{self.path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
         db.executescript(_SCHEMA)
         found = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if found is None:
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            return
+        if found["value"] == "1":
+            have = {r["name"] for r in db.execute("PRAGMA table_info(items)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+            db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA_VERSION,))
         elif found["value"] != _SCHEMA_VERSION:
-            db.close()
-            raise RuntimeError(f"{self.path}: journal schema {found['value']} is not supported")
-        return db
+            raise sqlite3.DatabaseError(f"journal schema {found['value']} is not supported")
+
+    def _take_lock(self) -> None:
+        path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise JournalLockedError(self.path, holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        self._lock_file = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_file = self._lock_file, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor drops the flock
 
     async def aclose(self) -> None:
-        """Close the file; harmless to call twice."""
+        """Close the file and release the lock; harmless to call twice."""
         db, self._db = self._db, None
         self._closed = True
-        if db is not None:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if db is not None:
                 await anyio.to_thread.run_sync(db.close)
+            self._release_lock()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         if self._db is None:
             await self.open()
         db = self._db
@@ -195,11 +308,21 @@ class Journal:
 
         def locked() -> T:
             with self._lock:
-                return fn(db)
+                if not durable:
+                    return fn(db)
+                # One fsync per paid submit: FULL syncs the WAL at this commit.
+                db.execute("PRAGMA synchronous=FULL")
+                try:
+                    return fn(db)
+                finally:
+                    db.execute("PRAGMA synchronous=NORMAL")
 
         # Shielded: a write that was asked for must land, or the journal would lie after Ctrl-C.
         with anyio.CancelScope(shield=True):
-            result = await anyio.to_thread.run_sync(locked)
+            try:
+                result = await anyio.to_thread.run_sync(locked)
+            except (sqlite3.Error, OSError) as exc:
+                raise JournalError(f"{self.path}: {exc}") from exc
         return result
 
     async def get(self, key: str) -> JournalEntry | None:
@@ -220,7 +343,22 @@ class Journal:
 
         return await self._run(read)
 
-    async def _upsert(self, key: str, **values: Any) -> None:
+    async def summary(self) -> JournalSummary:
+        """Counts by state, the cost of accepted jobs, and the items that need attention."""
+        entries = await self.entries()
+        counts = Counter(e.state for e in entries)
+        cost = sum((e.cost * e.attempts for e in entries if e.request_id), Decimal(0))
+        return JournalSummary(
+            path=self.path,
+            counts=dict(counts),
+            estimated_cost=cost,
+            unknown=tuple(e for e in entries if e.state is JournalState.UNKNOWN),
+            failed=tuple(e for e in entries if e.state is JournalState.FAILED),
+        )
+
+    async def _upsert(self, key: str, *, durable: bool = False, **values: Any) -> None:
+        if self.read_only:
+            raise JournalError(f"{self.path}: opened read-only")
         values["updated_at"] = time.time()
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
@@ -230,62 +368,82 @@ class Journal:
             f"ON CONFLICT(key) DO UPDATE SET {updates}"
         )
         params = (key, *values.values())
-        await self._run(lambda db: db.execute(sql, params))
+        await self._run(lambda db: db.execute(sql, params), durable=durable)
 
-    async def record_submitted(
+    async def record_submitting(
         self,
         key: str,
-        urls: JobUrls,
         *,
         endpoint: str,
         input: Mapping[str, Any],
         attempts: int,
         cost: Decimal,
     ) -> None:
-        """fal accepted a job for ``key``: keep its id and URLs before anything else."""
+        """A submit for ``key`` is about to be sent: durably, before the POST."""
         await self._upsert(
             key,
-            state=JournalState.SUBMITTED.value,
-            request_id=urls.request_id,
+            durable=True,
+            state=JournalState.SUBMITTING.value,
             endpoint=endpoint,
-            status_url=urls.status_url,
-            response_url=urls.response_url,
-            cancel_url=urls.cancel_url,
             input=json.dumps(input),
             attempts=attempts,
             cost=str(cost),
+            sent_at=time.time(),
             error=None,
             error_type=None,
         )
 
+    async def record_submitted(self, key: str, urls: JobUrls, *, attempts: int) -> None:
+        """fal accepted a job for ``key``: its id and URLs, durably, before anything else."""
+        await self._upsert(
+            key,
+            durable=True,
+            state=JournalState.SUBMITTED.value,
+            request_id=urls.request_id,
+            status_url=urls.status_url,
+            response_url=urls.response_url,
+            cancel_url=urls.cancel_url,
+            attempts=attempts,
+            output=None,
+            files=None,
+            error=None,
+            error_type=None,
+        )
+
+    async def record_unsent(self, key: str, error: FalEditError) -> None:
+        """The submit provably created no job (fal refused it, or it never left)."""
+        await self._upsert(key, state=JournalState.UNSENT.value, **_error(error))
+
+    async def record_unknown(self, key: str, error: FalEditError) -> None:
+        """The submit's answer was lost: fal may have queued that job."""
+        await self._upsert(key, durable=True, state=JournalState.UNKNOWN.value, **_error(error))
+
+    async def record_cancel_requested(self, key: str) -> None:
+        """fal took the cancel, but a running job may still finish: a resume polls it."""
+        await self._upsert(key, state=JournalState.CANCEL_REQUESTED.value)
+
     async def record_completed(self, key: str, output: EditImageOutput) -> None:
-        """The job finished and its output is known."""
+        """The job finished and its output is known (kept: fal's copy expires)."""
         await self._upsert(
             key, state=JournalState.COMPLETED.value, output=json.dumps(to_wire(output))
         )
 
     async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
-        """Every output file is on disk and verified."""
-        listing = [
-            {
-                "path": str(f.path),
-                "size": f.size,
-                "sha256": f.sha256,
-                "content_type": f.content_type,
-            }
-            for f in files
-        ]
+        """Every output file is on disk and verified (paths kept absolute)."""
+        listing = [to_wire(attrs.evolve(f, path=f.path.absolute())) for f in files]
         await self._upsert(key, state=JournalState.DOWNLOADED.value, files=json.dumps(listing))
 
     async def record_failed(self, key: str, error: FalEditError) -> None:
-        """The item failed for good (its error is kept, never the key)."""
-        await self._upsert(
-            key,
-            state=JournalState.FAILED.value,
-            error=str(error),
-            error_type=getattr(error, "error_type", None) or type(error).__name__,
-        )
+        """The item failed for good, by fal's verdict (its error is kept, never the key)."""
+        await self._upsert(key, state=JournalState.FAILED.value, **_error(error))
 
     async def record_cancelled(self, key: str) -> None:
-        """The item's job was cancelled (Ctrl-C, a deadline); a new run submits it again."""
+        """fal confirmed the job was cancelled; a new run submits the item again."""
         await self._upsert(key, state=JournalState.CANCELLED.value)
+
+
+def _error(error: FalEditError) -> dict[str, Any]:
+    return {
+        "error": str(error),
+        "error_type": getattr(error, "error_type", None) or type(error).__name__,
+    }

@@ -2,13 +2,19 @@
 
 The :class:`Runner` holds what a batch shares (limits, budget, journal, output names) and runs
 each item to an :class:`ItemResult`; ``edit_many`` in this package's ``__init__`` feeds it.
+
+With a journal, every step that could cost money is written down before it can be lost (see
+``_journal``): the write-ahead row before the POST, the request id as fal answers, fal's answer
+to a cancel, the output as it is fetched. A resumed item goes on from the state its row is in,
+and only fal's answers move a row on: a cancel counts when fal confirms it, a failure is
+final when it is the job's own verdict.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path, PurePath
 from typing import Any
@@ -23,16 +29,22 @@ from .._core import Core
 from .._downloads import download_outcomes
 from .._endpoint import DEFAULT_ENDPOINT, EndpointId
 from .._exceptions import (
+    APIError,
     BudgetExceededError,
     DownloadError,
     FalEditError,
     InputError,
+    InternalError,
     JobCancelledError,
     JobFailedError,
+    JournalError,
+    NotFoundError,
+    UnknownSubmitError,
 )
 from .._files import safe_stem
-from .._job import JobHandle, call_back, submit
+from .._job import JobHandle, attach, call_back, submit
 from .._models import (
+    CancelOutcome,
     Completed,
     DownloadedFile,
     EditImageInput,
@@ -43,7 +55,7 @@ from .._models import (
     SubmitOptions,
 )
 from .._pricing import estimate_cost
-from .._protocol import check_image_count, job_retryable
+from .._protocol import check_image_count, job_retryable, submit_never_queued
 from .._statistics import RetryKind
 from .._uploads import Uploader
 from ._adaptive import AdaptiveLimiter
@@ -57,38 +69,37 @@ from ._events import (
     ItemStarted,
     ItemSubmitted,
 )
-from ._items import (
-    EventCallback,
-    ItemResult,
-    ItemState,
-    describe_input,
-    fingerprint,
-    split_item,
-)
+from ._items import EventCallback, ItemResult, ItemState, describe_input, fingerprint, split_item
 from ._journal import Journal, JournalEntry, JournalState
 
 __all__ = ["Budget", "Runner"]
 
+#: fal's error type for a job whose result expired before anyone fetched it.
+EXPIRED = "result_expired"
 
-def _stem_of(input: EditImageInput | None, key: str, keyed: bool) -> str:
-    if keyed or input is None:
-        return safe_stem(key)
+
+def _stem_of(input: EditImageInput, name: str | None, fallback: str) -> str:
+    if name is not None:
+        return safe_stem(name)
     first = input.image_urls[0]
     if isinstance(first, PurePath | os.PathLike):
         return safe_stem(Path(first).stem)
     if isinstance(first, str) and not first.startswith("data:"):
-        name = PurePath(urlsplit(first).path).stem
-        if name:
-            return safe_stem(name)
-    return "image"  # a data URI or bytes: claim_stem makes it unique
+        stem = PurePath(urlsplit(first).path).stem
+        if stem:
+            return safe_stem(stem)
+    return safe_stem(fallback)  # a data URI or bytes: claim_stem makes it unique
 
 
 @attrs.define
 class Budget:
+    """The batch's spending limit and what its accepted jobs are estimated to cost."""
+
     limit: Decimal | None
     committed: Decimal = Decimal(0)
 
     def reserve(self, cost: Decimal) -> None:
+        """Count ``cost`` as spent, or raise when it would cross the limit."""
         if self.limit is not None and self.committed + cost > self.limit:
             raise BudgetExceededError(
                 estimate=float(cost), spent=float(self.committed), budget=float(self.limit)
@@ -102,15 +113,21 @@ class _Item:
 
     index: int
     key: str
-    journal_key: str
+    ledger_key: str
     stem: str
     input: EditImageInput
     description: Mapping[str, Any]
     cost: Decimal
     attempts: int = 0
+    retry_base: int = 0  # job_retries count from here (moved on by --retry-failed)
     accepted: int = 0  # jobs fal accepted (and so may bill): what the cost counts
     request_id: str | None = None
     resumed: bool = False
+    #: The job in flight, to cancel when the batch is left early; None once it finished.
+    live: JobHandle | None = None
+    wire: EditImageInput | None = None
+    #: The last submit's answer was lost: fal may have queued that job.
+    unknown: bool = False
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -140,9 +157,21 @@ class Runner:
     budget: Budget
     journal: Journal | None
     submit_options: SubmitOptions
+    resubmit_unknown: bool = False
+    retry_failed: bool = False
     stems: set[str] = attrs.field(factory=set)
     stem_suffixes: dict[str, int] = attrs.field(factory=dict)
-    cancelled_on_fal: int = 0
+    seen: dict[str, int] = attrs.field(factory=dict)
+    #: Items whose job was in flight when the batch was left early (they yield no result).
+    interrupted: int = 0
+    #: Of those, the jobs whose cancel fal accepted.
+    cancels_accepted: int = 0
+    #: Set once the journal could not be written: nothing more is submitted.
+    ledger_error: JournalError | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.submit_options.get("endpoint", DEFAULT_ENDPOINT)
 
     async def emit(self, event: BatchEvent) -> None:
         if self.on_event is not None:
@@ -164,25 +193,37 @@ class Runner:
         self.stems.add(numbered)
         return numbered
 
+    def _identity(self, key: str | None, print_: str) -> str:
+        """The item's ledger key: from its content (and the caller's key), never its position.
+
+        Repeats of one input in a batch are distinct items: the n-th gets ``~n``. Counted in
+        the order items are fed, which :meth:`run` keeps by computing this before any await.
+        """
+        base = f"{key}@{print_}" if key is not None else print_
+        n = self.seen[base] = self.seen.get(base, 0) + 1
+        return base if n == 1 else f"{base}~{n}"
+
     async def run(self, index: int, item: Any) -> ItemResult:
-        key, keyed, raw = split_item(item)
+        """Take one item from its raw form to its result; never raises but cancellation."""
+        key, name, raw = split_item(item)
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
         except InputError as exc:
-            key = key or f"item-{index}"
-            await self.emit(ItemFailed(key=key, request_id=None, error=exc))
-            return ItemResult(key=key, index=index, state=ItemState.FAILED, error=exc)
-        # Only a journal needs the input's fingerprint: it is what makes a key stable across
-        # runs. Without one, an unkeyed item is simply known by its position.
-        description = describe_input(input) if self.journal is not None else {}
-        print_ = fingerprint(description) if description else ""
-        key = key or print_ or f"item-{index}"
+            label = name or f"item-{index}"
+            await self.emit(ItemFailed(key=label, request_id=None, error=exc))
+            return ItemResult(key=label, index=index, state=ItemState.FAILED, error=exc)
+        except Exception as exc:  # a mapping that breaks in an unforeseen way: its item only
+            error = _internal(exc)
+            label = name or f"item-{index}"
+            return ItemResult(key=label, index=index, state=ItemState.FAILED, error=error)
+        description = describe_input(input, self.endpoint)
+        ledger_key = self._identity(key, fingerprint(description))
+        label = name or ledger_key
         it = _Item(
             index=index,
-            key=key,
-            # A caller's key plus the fingerprint: a changed prompt is a new row, not a reuse.
-            journal_key=f"{key}@{print_}" if keyed else key,
-            stem=self.claim_stem(_stem_of(input, key, keyed), key),
+            key=label,
+            ledger_key=ledger_key,
+            stem=self.claim_stem(_stem_of(input, name, label), ledger_key),
             input=input,
             description=description,
             cost=estimate_cost(input).usd,
@@ -190,118 +231,289 @@ class Runner:
         try:
             return await self._process(it)
         except FalEditError as exc:
-            await self.emit(ItemFailed(key=key, request_id=it.request_id, error=exc))
-            cancelled = isinstance(exc, JobCancelledError)
-            # Only fal's verdict on the job is final. After a failed download or a garbled
-            # status the row stays submitted/completed, so a re-run re-attaches for free.
-            if self.journal is not None and it.request_id is not None and _final(exc):
-                await self.journal.record_failed(it.journal_key, exc)
-            return it.result(ItemState.CANCELLED if cancelled else ItemState.FAILED, error=exc)
+            return await self._failed(it, exc)
+        except Exception as exc:  # not ours: this item's failure, never the whole batch's
+            return await self._failed(it, _internal(exc))
+
+    async def _failed(self, it: _Item, exc: FalEditError) -> ItemResult:
+        await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=exc))
+        journal = self.journal
+        if isinstance(exc, JobCancelledError):
+            if journal is not None:  # fal confirmed it: a new run submits the item again
+                await self._write(journal.record_cancelled(it.ledger_key))
+            return it.result(ItemState.CANCELLED, error=exc)
+        # Only fal's verdict on the job is final. After a failed download, a garbled status or
+        # a refused job retry the row keeps its job, so a re-run re-attaches for free.
+        if isinstance(exc, JobFailedError) and it.request_id is not None and journal is not None:
+            await self._write(journal.record_failed(it.ledger_key, exc))
+        if it.unknown:
+            state = ItemState.UNKNOWN
+        elif isinstance(exc, JournalError) and it.accepted == 0:
+            state = ItemState.NOT_SUBMITTED
+        else:
+            state = ItemState.FAILED
+        return it.result(state, error=exc)
+
+    async def _write(self, write: Awaitable[None]) -> None:
+        """Await a journal write; a failure stops new submits, never this item's outcome."""
+        try:
+            await write
+        except JournalError as exc:
+            self.ledger_error = self.ledger_error or exc
+
+    # -- the pipeline --------------------------------------------------------------------
 
     async def _process(self, it: _Item) -> ItemResult:
-        entry = await self.journal.get(it.journal_key) if self.journal is not None else None
+        entry = await self.journal.get(it.ledger_key) if self.journal is not None else None
+        handle: JobHandle | None = None
+        output: EditImageOutput | None = None
         if entry is not None:
             resumed = await self._resume(it, entry)
-            if resumed is not None:
+            if isinstance(resumed, ItemResult):
                 return resumed
+            if isinstance(resumed, JobHandle):
+                handle = resumed
+            elif isinstance(resumed, EditImageOutput):
+                output = resumed
+        if handle is None and output is None:
+            refused = self._refuse_submit(it)
+            if refused is not None:
+                return refused
+            it.wire = await self._resolve(it)
+        if output is None:
+            output = await self._jobs(it, handle, resumed_from=entry)
+        return await self._finish(it, output)
+
+    def _refuse_submit(self, it: _Item) -> ItemResult | None:
+        """NOT_SUBMITTED when the journal broke or the budget would be crossed, else None."""
+        if self.ledger_error is not None:
+            return it.result(ItemState.NOT_SUBMITTED, error=self.ledger_error)
         try:
             self.budget.reserve(it.cost)
         except BudgetExceededError as exc:
             return it.result(ItemState.NOT_SUBMITTED, error=exc)
-        wire_input = it.input
-        if not wire_input.is_resolved:  # bounded by the client's Limits.uploads
-            wire_input = await self.uploader.resolve_input(wire_input)
-        output = await self._submit_and_follow(it, wire_input)
-        return await self._finish(it, output)
+        return None
 
-    async def _submit_and_follow(self, it: _Item, wire_input: EditImageInput) -> EditImageOutput:
+    async def _resolve(self, it: _Item) -> EditImageInput:
+        if it.wire is None:
+            it.wire = it.input
+            if not it.wire.is_resolved:  # bounded by the client's Limits.uploads
+                it.wire = await self.uploader.resolve_input(it.wire)
+        return it.wire
+
+    async def _jobs(
+        self, it: _Item, handle: JobHandle | None, *, resumed_from: JournalEntry | None
+    ) -> EditImageOutput:
+        """Follow ``handle`` (or submit a job) to its output, with job retries."""
         while True:
-            it.attempts += 1
             try:
                 async with self.jobs.slot() as epoch:
-
-                    def on_retry(kind: RetryKind) -> None:
-                        if kind == "rate_limit":
-                            self.jobs.rate_limited(epoch)
-
-                    handle = await submit(
-                        self.core,
-                        self.uploader,
-                        wire_input,
-                        on_retry=on_retry,
-                        **self.submit_options,
-                    )
-                    self.jobs.succeeded()
-                    it.request_id, it.accepted = handle.request_id, it.accepted + 1
-                    if self.journal is not None:
-                        await self.journal.record_submitted(
-                            it.journal_key,
-                            handle.urls,
-                            endpoint=str(handle.endpoint),
-                            input=it.description,
-                            attempts=it.attempts,
-                            cost=it.cost,
-                        )
-                    await self.emit(
-                        ItemSubmitted(key=it.key, request_id=handle.request_id, attempt=it.attempts)
-                    )
-                    return await self._follow(it, handle)
+                    try:
+                        if handle is None:
+                            handle = await self._submit(it, epoch)
+                        return await self._follow(it, handle, resumed=resumed_from is not None)
+                    except anyio.get_cancelled_exc_class():
+                        if it.live is not None:
+                            with anyio.CancelScope(shield=True):
+                                await self._interrupted(it, it.live)
+                        raise
             except JobFailedError as exc:
-                if it.attempts > self.job_retries or not _worth_retrying(exc):
+                if it.attempts - it.retry_base > self.job_retries or not _worth_retrying(exc):
                     raise
-                # A second job is a second payment: the budget must cover it too.
-                self.budget.reserve(it.cost)
+            except JobCancelledError:
+                # fal confirmed the cancel this batch asked for in an earlier run: the item
+                # was never finished, so it is submitted again now.
+                if resumed_from is None or resumed_from.state is not JournalState.CANCEL_REQUESTED:
+                    raise
+                if self.journal is not None:
+                    await self._write(self.journal.record_cancelled(it.ledger_key))
+            # A second job is a second payment: the budget must cover it too. A refusal here
+            # leaves the failed job's row as it is, so a re-run with more budget retries it.
+            if self.ledger_error is not None:
+                raise self.ledger_error
+            self.budget.reserve(it.cost)
+            await self._resolve(it)
+            handle, resumed_from = None, None
 
-    async def _follow(self, it: _Item, handle: JobHandle) -> EditImageOutput:
+    async def _submit(self, it: _Item, epoch: int) -> JobHandle:
+        it.attempts += 1
+        if self.journal is not None:
+            try:
+                await self.journal.record_submitting(
+                    it.ledger_key,
+                    endpoint=self.endpoint,
+                    input=it.description,
+                    attempts=it.attempts,
+                    cost=it.cost,
+                )
+            except JournalError as exc:
+                self.ledger_error = self.ledger_error or exc
+                it.attempts -= 1
+                raise
+
+        def on_retry(kind: RetryKind) -> None:
+            if kind == "rate_limit":
+                self.jobs.rate_limited(epoch)
+
+        assert it.wire is not None
+        try:
+            handle = await submit(
+                self.core,
+                self.uploader,
+                it.wire,
+                on_retry=on_retry,
+                on_accepted=lambda h: self._accepted(it, h),
+                cancel_on_exit=False,
+                **self.submit_options,
+            )
+        except FalEditError as exc:
+            return await self._submit_failed(it, exc)
+        self.jobs.succeeded()
+        await self.emit(
+            ItemSubmitted(key=it.key, request_id=handle.request_id, attempt=it.attempts)
+        )
+        return handle
+
+    async def _accepted(self, it: _Item, handle: JobHandle) -> None:
+        """fal answered the submit: keep the request id before anything else can happen."""
+        it.live, it.request_id, it.accepted = handle, handle.request_id, it.accepted + 1
+        if self.journal is not None:
+            try:
+                await self.journal.record_submitted(
+                    it.ledger_key, handle.urls, attempts=it.attempts
+                )
+            except JournalError as exc:
+                # The row stays "submitting", so a re-run reports it instead of paying again;
+                # this run still follows the job and delivers its output.
+                self.ledger_error = self.ledger_error or exc
+
+    async def _submit_failed(self, it: _Item, exc: FalEditError) -> JobHandle:
+        """Record what a failed submit proves, then raise; or re-attach to the job it made."""
+        journal = self.journal
+        if submit_never_queued(exc):
+            it.attempts -= 1
+            if journal is not None:
+                await self._write(journal.record_unsent(it.ledger_key, exc))
+            raise exc
+        request_id = exc.request_id if isinstance(exc, APIError) else None
+        if request_id:
+            # fal named the job in its error answer: it may exist, and then it is ours.
+            handle = attach(self.core, request_id, self.endpoint)
+            try:
+                await handle.status()
+            except FalEditError:
+                pass
+            else:
+                await self._accepted(it, handle)
+                return handle
+        it.request_id, it.unknown = request_id, True
+        if journal is not None:
+            await self._write(journal.record_unknown(it.ledger_key, exc))
+        raise exc
+
+    async def _follow(self, it: _Item, handle: JobHandle, *, resumed: bool) -> EditImageOutput:
+        it.live, it.request_id = handle, handle.request_id
         progress = _Progress(self, it.key, handle.request_id)
         try:
-            completed = await handle.wait(on_update=progress.update)
-        except anyio.get_cancelled_exc_class():
-            self.cancelled_on_fal += 1  # wait() cancelled the fal job on its way out
-            if self.journal is not None:
-                await self.journal.record_cancelled(it.journal_key)
-            raise
-        output = await handle.fetch_result(completed)
+            completed = await handle.wait(on_update=progress.update, cancel_on_exit=False)
+            it.live = None  # finished on fal: nothing to cancel any more
+            output = await handle.fetch_result(completed)
+        except NotFoundError as exc:
+            if not resumed:
+                raise
+            # fal forgot the job (its result expired) before any run fetched it: a clear end,
+            # not a retry loop. --retry-failed submits it again.
+            raise JobFailedError(
+                request_id=handle.request_id,
+                error="fal no longer knows this job: its result expired before it was fetched",
+                error_type=EXPIRED,
+            ) from exc
         if self.journal is not None:
-            await self.journal.record_completed(it.journal_key, output)
+            await self._write(self.journal.record_completed(it.ledger_key, output))
         await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
+
+    async def _interrupted(self, it: _Item, handle: JobHandle) -> None:
+        """The batch was left with this job in flight: ask fal to cancel, keep its answer."""
+        self.interrupted += 1
+        outcome = await handle.cancel_quietly()
+        if outcome in (CancelOutcome.REQUESTED, CancelOutcome.OK):
+            self.cancels_accepted += 1
+            # Best effort on fal: a running job may still finish; a resume polls it.
+            if self.journal is not None:
+                try:
+                    await self.journal.record_cancel_requested(it.ledger_key)
+                except JournalError:
+                    pass  # the row says submitted: a resume re-attaches all the same
+        # Already completed, not found, or no answer: the row keeps its job to re-attach.
 
     async def _finish(self, it: _Item, output: EditImageOutput) -> ItemResult:
         check_image_count(it.input, output, it.request_id)
         files = await self._download(it, output)
-        if self.journal is not None:
-            await self.journal.record_downloaded(it.journal_key, files)
+        if self.download_to is not None and self.journal is not None:
+            await self._write(self.journal.record_downloaded(it.ledger_key, files))
         return it.result(ItemState.COMPLETED, output=output, files=files)
 
-    async def _resume(self, it: _Item, entry: JournalEntry) -> ItemResult | None:
-        """Finish a journaled item without paying again; None when it must be submitted."""
-        if entry.state is JournalState.CANCELLED or entry.urls is None:
+    # -- resuming from the journal -------------------------------------------------------
+
+    async def _resume(
+        self, it: _Item, entry: JournalEntry
+    ) -> ItemResult | JobHandle | EditImageOutput | None:
+        """Go on from a journaled row without paying again.
+
+        Returns the item's result, a job to follow, an output to download, or None when the
+        item is to be submitted (again).
+        """
+        state = entry.state
+        it.attempts = entry.attempts
+        it.resumed = True
+        if entry.request_id is not None or state.has_job:
+            it.request_id, it.accepted = entry.request_id, entry.attempts
+            self.budget.committed += entry.cost * entry.attempts
+        if state in (JournalState.CANCELLED, JournalState.UNSENT):
             return None
-        it.attempts, it.request_id, it.resumed = entry.attempts, entry.request_id, True
-        it.accepted = entry.attempts
-        self.budget.committed += entry.cost * entry.attempts
-        if entry.state is JournalState.DOWNLOADED and (
-            self.download_to is None or await anyio.to_thread.run_sync(_intact, entry.files)
-        ):
-            output = parse(entry.output, EditImageOutput) if entry.output else None
-            return it.result(ItemState.COMPLETED, output=output, files=entry.files)
-        if entry.state is JournalState.FAILED:
-            error = JobFailedError(
-                request_id=entry.urls.request_id, error=entry.error, error_type=entry.error_type
+        if state in (JournalState.UNKNOWN, JournalState.SUBMITTING):
+            if self.resubmit_unknown:
+                return None
+            unknown = UnknownSubmitError(
+                entry.error or "a submit was sent, but its answer never arrived",
+                request_id=entry.request_id,
             )
-            await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=error))
-            return it.result(ItemState.FAILED, error=error)
-        # Submitted, completed, or downloaded with files gone: re-attach and finish.
-        handle = JobHandle(
-            request_id=entry.urls.request_id,
-            endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
-            urls=entry.urls,
-            core=self.core,
-        )
-        async with self.jobs.slot():
-            output = await self._follow(it, handle)
-        return await self._finish(it, output)
+            await self.emit(ItemFailed(key=it.key, request_id=entry.request_id, error=unknown))
+            return it.result(ItemState.UNKNOWN, error=unknown)
+        if state is JournalState.FAILED:
+            if self.retry_failed:
+                it.retry_base = it.attempts
+                return None
+            failed = JobFailedError(
+                request_id=entry.request_id or "", error=entry.error, error_type=entry.error_type
+            )
+            await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=failed))
+            return it.result(ItemState.FAILED, error=failed)
+        if entry.output is not None:
+            output = parse(entry.output, EditImageOutput)
+            if self.download_to is None or await self._files_in_place(entry, output):
+                return it.result(ItemState.COMPLETED, output=output, files=entry.files)
+            return output  # fetched before: download it here, whatever folder a run used
+        if entry.urls is not None:
+            return JobHandle(
+                request_id=entry.urls.request_id,
+                endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
+                urls=entry.urls,
+                core=self.core,
+            )
+        return None
+
+    async def _files_in_place(self, entry: JournalEntry, output: EditImageOutput) -> bool:
+        """True when every output is on disk in this batch's folder, as it was written."""
+        if entry.state is not JournalState.DOWNLOADED or self.download_to is None:
+            return False
+        if len(entry.files) != len(output.images):
+            return False
+        folder = self.download_to.absolute()
+        if any(f.path.parent != folder for f in entry.files):
+            return False
+        return await anyio.to_thread.run_sync(_intact, entry.files)
 
     async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
@@ -321,6 +533,12 @@ class Runner:
         files = tuple(f for f in done if isinstance(f, DownloadedFile))
         await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
         return files
+
+
+def _internal(exc: Exception) -> InternalError:
+    error = InternalError(f"unexpected {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _intact(files: Sequence[DownloadedFile]) -> bool:
@@ -359,11 +577,6 @@ class _Progress:
         if isinstance(update, InProgress | Completed):
             for entry in update.logs:
                 await emit(ItemLog(key=key, request_id=rid, entry=entry))
-
-
-def _final(exc: FalEditError) -> bool:
-    """True for a failure a re-run cannot undo without paying for a new job."""
-    return isinstance(exc, JobFailedError | BudgetExceededError)
 
 
 def _worth_retrying(exc: JobFailedError) -> bool:
