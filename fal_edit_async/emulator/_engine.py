@@ -357,6 +357,10 @@ class Engine:
         job.result_status, job.result_body, job.result_headers = status, body, headers
         job.error, job.error_type = error, error_type
         self.counters.completed += 1
+        if status == 200:  # the billing rule (Counters): output, and nothing else, is paid
+            job.billed = True
+            self.counters.billed += 1
+            self.counters.billed_by_input[job.input_hash] += 1
         if job.timeout_handle is not None:
             job.timeout_handle.cancel()
         job.touch()

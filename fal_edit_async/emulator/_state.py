@@ -51,7 +51,8 @@ class EmulatedJob:
     Timestamps come from ``time.monotonic()``. ``ran`` is true once a worker started the job,
     so a job cancelled while queued has ``cancelled=True`` and ``ran=False`` for ever.
     ``result_status``, ``result_body`` and ``result_headers`` are what the result endpoint
-    answers once the job is ``COMPLETED``.
+    answers once the job is ``COMPLETED``. ``billed`` is true once the job completed with
+    output (see :class:`Counters` for the billing rule).
     """
 
     request_id: str
@@ -78,6 +79,7 @@ class EmulatedJob:
     result_body: Any = None
     result_headers: dict[str, str] = attrs.field(factory=dict)
     output_urls: list[str] = attrs.field(factory=list)
+    billed: bool = False
     streams_opened: int = 0
     open_streams: int = 0
     webhook_status: int | None = None
@@ -118,6 +120,16 @@ class Counters:
     ``(monotonic time, method, path, status)`` tuple per request (status 0 when the connection
     was dropped on purpose). ``in_flight_by_second`` maps whole seconds since start to the
     highest number of jobs IN_PROGRESS seen during that second.
+
+    Billing: ``billed`` counts the jobs fal would charge for, and ``billed_by_input`` the
+    same per input (keyed by :func:`input_key`, like ``submits_by_input``). A job is billed
+    when, and only when, it completes successfully with output (a 200 result), whether or
+    not anyone fetches that result. Nothing else is billed:
+    a job cancelled while queued or while running (``client_cancelled``), a model refusal
+    or input error (422), fal's request errors such as ``runner_disconnected``,
+    ``request_timeout`` or ``internal_error`` (fal: "no charge for server errors"), and
+    submits refused before queuing. So ``max(billed_by_input.values(), default=0) <= 1``
+    says no input was paid for twice.
     """
 
     submit_attempts: int = 0
@@ -128,6 +140,8 @@ class Counters:
     result_fetches: int = 0
     cancels: int = 0
     completed: int = 0
+    billed: int = 0
+    billed_by_input: Counter[str] = attrs.field(factory=Counter)
     downloads: int = 0
     token_requests: int = 0
     upload_initiates: int = 0
