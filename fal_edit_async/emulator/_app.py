@@ -132,8 +132,13 @@ class QueueApp(BaseApp):
             return json_response(401, {"detail": detail}, None)
         fault = self.engine.plan.http_fault(route.name)
         if fault is not None:
-            if route.name == "submit" and fault.kind == "connection_reset" and fault.after_enqueue:
-                return await self._submit(request, route, None, hang_up=True)
+            if fault.kind == "connection_reset" and fault.after_enqueue:
+                # The request takes effect, then the answer is lost: the ambiguous failure.
+                if route.name == "submit":
+                    return await self._submit(request, route, None, hang_up=True)
+                if route.name == "cancel":
+                    await self._cancel(request, route, None)
+                    return drop(request)
             answer = await self.http_fault(fault, request)
             if answer is not None:
                 return answer

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ._emulator import Emulator
+from ._engine import CancelRunning, cancel_ignore_rate
 from ._faults import MODEL_FAILURE_KINDS, Faults
 
 __all__ = ["add_arguments", "main", "run"]
@@ -75,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave X-Fal-Retryable out of failed results (clients judge by error type)",
     )
+    parser.add_argument(
+        "--cancel-running",
+        type=_cancel_running,
+        default="honour",
+        metavar="MODE",
+        help="cancels of running jobs: honour (default), ignore (the job runs on and bills), "
+        "or a probability 0..1 of ignoring each",
+    )
 
 
 def _rate(text: str) -> float:
@@ -82,6 +91,19 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a rate must be from 0 to 1, got {text}")
     return value
+
+
+def _cancel_running(text: str) -> CancelRunning:
+    if text == "honour":
+        return "honour"
+    if text == "ignore":
+        return "ignore"
+    try:
+        return cancel_ignore_rate(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected honour, ignore or a probability from 0 to 1, got {text!r}"
+        ) from None
 
 
 def _emulator(args: argparse.Namespace) -> Emulator:
@@ -105,6 +127,7 @@ def _emulator(args: argparse.Namespace) -> Emulator:
         output_bytes=args.output_bytes,
         faults=faults,
         retryable_header=args.retryable_header,
+        cancel_running=args.cancel_running,
     )
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ._app import build_queue_app
 from ._cdn import build_cdn_app
-from ._engine import Engine, ProcessingTime
+from ._engine import CancelRunning, Engine, ProcessingTime, cancel_ignore_rate
 from ._faults import Faults
 from ._state import STATE_RANK, Counters, EmulatedJob, JobState
 
@@ -59,6 +59,14 @@ class Emulator:
         retryable_header: send ``X-Fal-Retryable`` with each failed job's result, as fal
             usually does. False leaves it out, as fal may, so a client has only the error
             type (``X-Fal-Error-Type``, ``error_type``) to decide whether to try again.
+        cancel_running: what a cancel of an IN_PROGRESS job does. On fal it is best
+            effort: the job gets a signal and may still complete, and bill.
+            ``"honour"`` (the default) stops it at once: it completes ``client_cancelled``,
+            unbilled. ``"ignore"`` answers the same 202 ``CANCELLATION_REQUESTED`` but lets
+            the job run on to a normal, billed completion with output. A float from 0 to 1
+            ignores that fraction of such cancels, drawn once per job from an RNG of its own
+            seeded with ``faults.seed`` (so fault draws are unchanged). Queued jobs are
+            always removed, whatever this says.
 
     Usage::
 
@@ -89,6 +97,7 @@ class Emulator:
         keepalive_interval: float = 15.0,
         fetch_timeout: float = 10.0,
         retryable_header: bool = True,
+        cancel_running: CancelRunning = "honour",
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -111,6 +120,7 @@ class Emulator:
             max_fetch_bytes=max_upload_bytes,
             keepalive_interval=keepalive_interval,
             retryable_header=retryable_header,
+            cancel_ignore_rate=cancel_ignore_rate(cancel_running),
         )
         self._runners: list[web.AppRunner] = []
         self._state = _Lifecycle.UNOPENED
@@ -376,7 +386,10 @@ class Emulator:
             status: the HTTP status for ``server_error``, ``ingress_error``,
                 ``refuse_stream``.
             retry_after: the ``Retry-After`` seconds for ``rate_limit``.
-            after_enqueue: for ``connection_reset`` on submit, queue the job before dropping.
+            after_enqueue: for ``connection_reset``, let the request take effect before the
+                drop: on submit the job is queued, on cancel the cancel is carried out.
+                Without it a reset submit queues nothing and a reset cancel does nothing.
+                (A ``slow_response`` cancel is carried out when it is finally answered.)
             delay: the seconds a ``slow_response`` waits (unless :meth:`release_slow`).
             error_type: for ``model_failure``, ``validation`` or an error type such as
                 ``runner_disconnected``.

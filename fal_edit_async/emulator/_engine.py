@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -26,13 +27,33 @@ from ._storage import FileStore
 from ._sync import Gate, Waiters
 from ._validation import field_error, validate_input
 
-__all__ = ["Engine", "ProcessingTime"]
+__all__ = ["CancelRunning", "Engine", "ProcessingTime", "cancel_ignore_rate"]
 
 #: Seconds a job runs: a number, or a callable drawing one per job (for distributions).
 ProcessingTime = float | Callable[[], float]
+#: What a cancel of an IN_PROGRESS job does: ``"honour"`` it, ``"ignore"`` it, or ignore
+#: this fraction (0 to 1) of such cancels.
+CancelRunning = Literal["honour", "ignore"] | float
 
 _LOG_STEPS = ("Preparing inputs", "Editing image", "Encoding outputs")
 _WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+def cancel_ignore_rate(value: CancelRunning) -> float:
+    """The fraction of cancels of running jobs to ignore, from a ``cancel_running`` value.
+
+    Raises:
+        ValueError: not ``"honour"``, ``"ignore"`` or a number from 0 to 1.
+    """
+    if value == "honour":
+        return 0.0
+    if value == "ignore":
+        return 1.0
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise ValueError(
+        f"cancel_running must be 'honour', 'ignore' or a probability from 0 to 1, got {value!r}"
+    )
 
 
 def _now_iso() -> str:
@@ -53,6 +74,7 @@ class Engine:
         max_fetch_bytes: the largest input image fetched over http(s).
         keepalive_interval: seconds between SSE keep-alive comments.
         retryable_header: send ``X-Fal-Retryable`` with failed results (False omits it).
+        cancel_ignore_rate: the fraction of cancels of running jobs that are ignored.
     """
 
     def __init__(
@@ -68,8 +90,12 @@ class Engine:
         max_fetch_bytes: int,
         keepalive_interval: float,
         retryable_header: bool,
+        cancel_ignore_rate: float = 0.0,
     ) -> None:
         self.workers = workers
+        self.cancel_ignore_rate = cancel_ignore_rate
+        # Its own RNG, so ignoring cancels does not shift the sequence of fault draws.
+        self._cancel_rng = random.Random(faults.seed)
         self.keepalive_interval = keepalive_interval
         self.retryable_header = retryable_header
         self.processing_time = processing_time
@@ -174,19 +200,36 @@ class Engine:
         }
 
     def cancel(self, job: EmulatedJob) -> str:
-        """Ask a job to stop: ``CANCELLATION_REQUESTED`` or ``ALREADY_COMPLETED``."""
+        """Ask a job to stop: ``CANCELLATION_REQUESTED`` or ``ALREADY_COMPLETED``.
+
+        A queued job is always removed. A running job only gets a signal, as on fal: it
+        stops (and completes ``client_cancelled``) unless this cancel is one of the
+        ``cancel_ignore_rate`` ignored, in which case it runs on. The choice is made once
+        per job: later cancels of a job that ignored one are ignored too.
+        """
         self.counters.cancels += 1
         if job.state is JobState.COMPLETED:
             return "ALREADY_COMPLETED"
-        if job.cancelled:  # already on its way out
+        if job.cancelled or job.cancel_ignored:  # already signalled
             return "CANCELLATION_REQUESTED"
-        job.cancelled = True
         if job.state is JobState.IN_QUEUE:
+            job.cancelled = True
             self.queue.remove(job)
             self._finish_error(job, "client_cancelled")
-        elif job.task is not None:
-            job.task.cancel()
+        elif self._ignores_cancel():
+            job.cancel_ignored = True
+            self.counters.cancels_ignored += 1
+            self.notify()
+        else:
+            job.cancelled = True
+            if job.task is not None:
+                job.task.cancel()
         return "CANCELLATION_REQUESTED"
+
+    def _ignores_cancel(self) -> bool:
+        rate = self.cancel_ignore_rate
+        # No draw at 0 or 1, so "honour" and "ignore" consume nothing from the RNG.
+        return rate >= 1.0 or (rate > 0.0 and self._cancel_rng.random() < rate)
 
     def fail(self, job: EmulatedJob, error_type: str) -> None:
         """End a queued or running job now with ``error_type`` (or ``validation``)."""

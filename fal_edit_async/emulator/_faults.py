@@ -165,8 +165,9 @@ class Faults:
     #: A 502/503/504 nginx page without ``x-fal-request-id`` (retried by fal_client).
     ingress_error: float = attrs.field(default=0.0, validator=_rate)
     ingress_status: int = attrs.field(default=502, validator=_status_in(502, 503, 504))
-    #: The connection is dropped without an answer; on submit, ``reset_after_enqueue``
-    #: decides whether the job was queued before the drop.
+    #: The connection is dropped without an answer. ``reset_after_enqueue`` decides whether
+    #: the request took effect first: on submit the job is queued (and runs and bills like
+    #: any other), on cancel the cancel is carried out; elsewhere it changes nothing.
     connection_reset: float = attrs.field(default=0.0, validator=_rate)
     reset_after_enqueue: bool = False
     #: The answer waits ``slow_delay`` seconds, or until ``Emulator.release_slow()``.

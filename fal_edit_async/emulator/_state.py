@@ -52,7 +52,9 @@ class EmulatedJob:
     so a job cancelled while queued has ``cancelled=True`` and ``ran=False`` for ever.
     ``result_status``, ``result_body`` and ``result_headers`` are what the result endpoint
     answers once the job is ``COMPLETED``. ``billed`` is true once the job completed with
-    output (see :class:`Counters` for the billing rule).
+    output (see :class:`Counters` for the billing rule). ``cancel_ignored`` is true when a
+    cancel reached the job while it ran and was answered 202 but ignored (see
+    ``Emulator(cancel_running=...)``): the job ran on and ``cancelled`` stays false.
     """
 
     request_id: str
@@ -68,6 +70,7 @@ class EmulatedJob:
     state: JobState = JobState.IN_QUEUE
     ran: bool = False
     cancelled: bool = False
+    cancel_ignored: bool = False
     submitted_at: float = attrs.field(factory=time.monotonic)
     started_at: float | None = None
     completed_at: float | None = None
@@ -116,7 +119,8 @@ class EmulatedJob:
 class Counters:
     """Live counters of what the emulator saw; tests and benchmarks read them.
 
-    Every field is an int unless noted. ``request_log`` holds one
+    Every field is an int unless noted. ``cancels`` counts every cancel request,
+    ``cancels_ignored`` those answered 202 that a running job ignored. ``request_log`` holds one
     ``(monotonic time, method, path, status)`` tuple per request (status 0 when the connection
     was dropped on purpose). ``in_flight_by_second`` maps whole seconds since start to the
     highest number of jobs IN_PROGRESS seen during that second.
@@ -124,7 +128,8 @@ class Counters:
     Billing: ``billed`` counts the jobs fal would charge for, and ``billed_by_input`` the
     same per input (keyed by :func:`input_key`, like ``submits_by_input``). A job is billed
     when, and only when, it completes successfully with output (a 200 result), whether or
-    not anyone fetches that result. Nothing else is billed:
+    not anyone fetches that result, and also when it ran on to such a completion after a
+    cancel it ignored (``Emulator(cancel_running=...)``). Nothing else is billed:
     a job cancelled while queued or while running (``client_cancelled``), a model refusal
     or input error (422), fal's request errors such as ``runner_disconnected``,
     ``request_timeout`` or ``internal_error`` (fal: "no charge for server errors"), and
@@ -139,6 +144,7 @@ class Counters:
     streams_opened: int = 0
     result_fetches: int = 0
     cancels: int = 0
+    cancels_ignored: int = 0
     completed: int = 0
     billed: int = 0
     billed_by_input: Counter[str] = attrs.field(factory=Counter)

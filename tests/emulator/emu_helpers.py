@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -79,3 +80,17 @@ async def sse_items(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, An
 async def sse_events(resp: aiohttp.ClientResponse) -> list[dict[str, Any]]:
     """Every data event of an SSE body, read to its end."""
     return [item async for kind, item in sse_items(resp) if kind == "data"]
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[tuple[Emulator, aiohttp.ClientSession]]:
+    """An emulator built with ``options`` (fast images) and a session that sends its key."""
+    async with Emulator(fast_images=True, **options) as emu:
+        async with aiohttp.ClientSession(headers=key_headers(emu)) as http:
+            yield emu, http
+    assert [] == emu.internal_errors
+
+
+def key_headers(emu: Emulator) -> dict[str, str]:
+    """The Authorization header the emulator accepts."""
+    return {"Authorization": f"Key {emu.api_key}"}

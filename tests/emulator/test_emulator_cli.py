@@ -67,3 +67,16 @@ def test_no_retryable_header_option() -> None:
 
     assert parser.parse_args([]).retryable_header
     assert not parser.parse_args(["--no-retryable-header"]).retryable_header
+
+
+def test_cancel_running_option() -> None:
+    """--cancel-running takes honour (the default), ignore, or a probability from 0 to 1."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    assert "honour" == parser.parse_args([]).cancel_running
+    assert "ignore" == parser.parse_args(["--cancel-running", "ignore"]).cancel_running
+    assert 0.25 == parser.parse_args(["--cancel-running", "0.25"]).cancel_running
+    for bad in ("sometimes", "1.5"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--cancel-running", bad])
