@@ -9,6 +9,11 @@ Choices where fal's behaviour is unconfirmed (protocol reference, "Open uncertai
 * unknown request id: 404 ``{"detail": "Request not found"}`` on status, stream and result;
   a request id looked up under another app's root is unknown there;
 * result before completion: 400 ``{"detail": "Request is still in progress"}``;
+* an expired result (``result_ttl``, ``Emulator.expire_result``; fal keeps results about an
+  hour, about 6 minutes when 10 KB or more, and does not document what it answers after):
+  the request id is forgotten, so status, stream and result answer 404
+  ``{"detail": "Request not found"}`` and cancel 404 ``{"status": "NOT_FOUND"}``, exactly as
+  for an id never seen;
 * a body that is not JSON: 422 at submit (nothing is queued); any JSON is queued and the model
   validates it when it runs, so input errors surface the way fal shows them, as a COMPLETED
   job with an error whose result endpoint answers 422 with a ``detail`` list;
@@ -150,8 +155,11 @@ class QueueApp(BaseApp):
         return await self._handlers[route.name](request, route, hostile)
 
     def _find(self, route: Route) -> EmulatedJob | None:
+        """The job a route names, or None: unknown, under another app root, or expired."""
         job = self.engine.jobs.get(route.request_id)
-        return job if job is not None and job.app_root == route.app_root else None
+        if job is None or job.app_root != route.app_root or job.expired:
+            return None
+        return job
 
     async def _submit(
         self, request: web.Request, route: Route, hostile: Fault | None, *, hang_up: bool = False

@@ -84,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cancels of running jobs: honour (default), ignore (the job runs on and bills), "
         "or a probability 0..1 of ignoring each",
     )
+    parser.add_argument(
+        "--result-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="forget each result this long after its job completed; status and result then "
+        "answer 404 (fal: about 3600, or 360 for results of 10 KB or more; default: never)",
+    )
 
 
 def _rate(text: str) -> float:
@@ -128,6 +136,7 @@ def _emulator(args: argparse.Namespace) -> Emulator:
         faults=faults,
         retryable_header=args.retryable_header,
         cancel_running=args.cancel_running,
+        result_ttl=args.result_ttl,
     )
 
 

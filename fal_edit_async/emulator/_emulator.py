@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -67,6 +68,13 @@ class Emulator:
             ignores that fraction of such cancels, drawn once per job from an RNG of its own
             seeded with ``faults.seed`` (so fault draws are unchanged). Queued jobs are
             always removed, whatever this says.
+        result_ttl: seconds a job's result is kept after it completed; then the request id
+            is forgotten: status, status stream and result answer 404
+            ``{"detail": "Request not found"}`` and cancel 404 ``{"status": "NOT_FOUND"}``,
+            as for an id never seen (fal keeps results about 3600 s, about 360 s when they
+            are 10 KB or more; what it answers afterwards is unconfirmed). The job's CDN
+            files stay. None (the default) keeps results for ever; tests that must not
+            depend on the clock call :meth:`expire_result` instead.
 
     Usage::
 
@@ -98,6 +106,7 @@ class Emulator:
         fetch_timeout: float = 10.0,
         retryable_header: bool = True,
         cancel_running: CancelRunning = "honour",
+        result_ttl: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -105,6 +114,12 @@ class Emulator:
             raise ValueError(f"log_lines must not be negative, got {log_lines}")
         if api_key is not None and not api_key.strip():
             raise ValueError("api_key must be a non-empty string or None")
+        if result_ttl is not None and not (
+            isinstance(result_ttl, int | float)
+            and not isinstance(result_ttl, bool)
+            and 0 <= result_ttl < math.inf
+        ):
+            raise ValueError(f"result_ttl must be None or seconds >= 0, got {result_ttl!r}")
         self._required_key = api_key
         self._api_key = api_key or "emulator-" + secrets.token_hex(8)
         self._host, self._port, self._cdn_port = host, port, cdn_port
@@ -121,6 +136,7 @@ class Emulator:
             keepalive_interval=keepalive_interval,
             retryable_header=retryable_header,
             cancel_ignore_rate=cancel_ignore_rate(cancel_running),
+            result_ttl=result_ttl,
         )
         self._runners: list[web.AppRunner] = []
         self._state = _Lifecycle.UNOPENED
@@ -350,6 +366,37 @@ class Emulator:
             ValueError: the job already completed, or the error type is unknown.
         """
         self._engine.fail(self._engine.jobs[request_id], error_type)
+
+    def expire_result(self, request_id: str, *, files: bool = False) -> None:
+        """Forget a completed job's result now, as fal does some time after completion.
+
+        From then on the queue API answers for this request id as for an unknown one (404;
+        see ``result_ttl``). The record stays in :attr:`jobs` with ``expired=True``. Calling
+        it again is harmless.
+
+        Args:
+            request_id: the job.
+            files: also delete the job's output files from the CDN (they answer 404);
+                by default they stay, as fal's CDN files have a lifetime of their own.
+
+        Raises:
+            KeyError: no job has this request id.
+            ValueError: the job has not completed, so it has no result yet.
+        """
+        self._engine.expire_result(self._engine.jobs[request_id], files=files)
+
+    def expire_all_results(self, *, files: bool = False) -> int:
+        """Forget the result of every completed job whose result has not expired yet.
+
+        Jobs still queued or running are untouched. ``files`` is as in
+        :meth:`expire_result`. Returns how many results were forgotten.
+        """
+        done = [
+            job
+            for job in self._engine.jobs.values()
+            if job.state is JobState.COMPLETED and not job.expired
+        ]
+        return sum(self._engine.expire_result(job, files=files) for job in done)
 
     def schedule_fault(
         self,

@@ -75,6 +75,7 @@ class Engine:
         keepalive_interval: seconds between SSE keep-alive comments.
         retryable_header: send ``X-Fal-Retryable`` with failed results (False omits it).
         cancel_ignore_rate: the fraction of cancels of running jobs that are ignored.
+        result_ttl: seconds a completed job's result is kept (None: for ever).
     """
 
     def __init__(
@@ -91,8 +92,10 @@ class Engine:
         keepalive_interval: float,
         retryable_header: bool,
         cancel_ignore_rate: float = 0.0,
+        result_ttl: float | None = None,
     ) -> None:
         self.workers = workers
+        self.result_ttl = result_ttl
         self.cancel_ignore_rate = cancel_ignore_rate
         # Its own RNG, so ignoring cancels does not shift the sequence of fault draws.
         self._cancel_rng = random.Random(faults.seed)
@@ -141,8 +144,9 @@ class Engine:
         for job in list(self.streaming):
             job.touch()
         for job in self.jobs.values():
-            if job.timeout_handle is not None:
-                job.timeout_handle.cancel()
+            for handle in (job.timeout_handle, job.expiry_handle):
+                if handle is not None:
+                    handle.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -243,6 +247,31 @@ class Engine:
         self._finish_fault(job, Fault(kind="model_failure", error_type=error_type))
         if task is not None:  # finished first, so the task's end records nothing more
             task.cancel()
+
+    def expire_result(self, job: EmulatedJob, *, files: bool = False) -> bool:
+        """Forget a completed job's result (and with ``files`` its CDN files).
+
+        Returns:
+            False when the result had already expired (files are still removed).
+
+        Raises:
+            ValueError: the job has not completed, so it has no result to forget.
+        """
+        if job.state is not JobState.COMPLETED:
+            raise ValueError(f"job {job.request_id} has not completed: no result to expire")
+        if files:
+            for url in job.output_urls:
+                self.store.delete_url(url)
+        if job.expiry_handle is not None:
+            job.expiry_handle.cancel()
+            job.expiry_handle = None
+        if job.expired:
+            return False
+        job.expired = True
+        self.counters.results_expired += 1
+        job.touch()
+        self.notify()
+        return True
 
     def add_log(self, job: EmulatedJob, message: str, level: str = "INFO") -> None:
         """Append a log line to a job and wake its status streams."""
@@ -406,6 +435,10 @@ class Engine:
             self.counters.billed_by_input[job.input_hash] += 1
         if job.timeout_handle is not None:
             job.timeout_handle.cancel()
+        if self.result_ttl is not None and not self.closing:
+            job.expires_at = job.completed_at + self.result_ttl
+            loop = asyncio.get_running_loop()
+            job.expiry_handle = loop.call_later(self.result_ttl, self.expire_result, job)
         job.touch()
         self.notify()
         if job.webhook_url and self.session is not None and not self.closing:

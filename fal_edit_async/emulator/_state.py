@@ -55,6 +55,9 @@ class EmulatedJob:
     output (see :class:`Counters` for the billing rule). ``cancel_ignored`` is true when a
     cancel reached the job while it ran and was answered 202 but ignored (see
     ``Emulator(cancel_running=...)``): the job ran on and ``cancelled`` stays false.
+    ``expires_at`` is when the result will be forgotten (``Emulator(result_ttl=...)``, None
+    for never) and ``expired`` is true once it was: from then on the queue API answers for
+    this request id as for one it never saw (the record stays here for tests).
     """
 
     request_id: str
@@ -83,6 +86,8 @@ class EmulatedJob:
     result_headers: dict[str, str] = attrs.field(factory=dict)
     output_urls: list[str] = attrs.field(factory=list)
     billed: bool = False
+    expires_at: float | None = None
+    expired: bool = False
     streams_opened: int = 0
     open_streams: int = 0
     webhook_status: int | None = None
@@ -91,6 +96,7 @@ class EmulatedJob:
     seq: int = attrs.field(default=0, init=False, repr=False)
     task: asyncio.Task[None] | None = attrs.field(default=None, init=False, repr=False)
     timeout_handle: asyncio.TimerHandle | None = attrs.field(default=None, init=False, repr=False)
+    expiry_handle: asyncio.TimerHandle | None = attrs.field(default=None, init=False, repr=False)
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False, repr=False)
 
     @property
@@ -120,10 +126,11 @@ class Counters:
     """Live counters of what the emulator saw; tests and benchmarks read them.
 
     Every field is an int unless noted. ``cancels`` counts every cancel request,
-    ``cancels_ignored`` those answered 202 that a running job ignored. ``request_log`` holds one
-    ``(monotonic time, method, path, status)`` tuple per request (status 0 when the connection
-    was dropped on purpose). ``in_flight_by_second`` maps whole seconds since start to the
-    highest number of jobs IN_PROGRESS seen during that second.
+    ``cancels_ignored`` those answered 202 that a running job ignored; ``results_expired``
+    counts results forgotten (``result_ttl`` or ``Emulator.expire_result``). ``request_log``
+    holds one ``(monotonic time, method, path, status)`` tuple per request (status 0 when the
+    connection was dropped on purpose). ``in_flight_by_second`` maps whole seconds since start
+    to the highest number of jobs IN_PROGRESS seen during that second.
 
     Billing: ``billed`` counts the jobs fal would charge for, and ``billed_by_input`` the
     same per input (keyed by :func:`input_key`, like ``submits_by_input``). A job is billed
@@ -146,6 +153,7 @@ class Counters:
     cancels: int = 0
     cancels_ignored: int = 0
     completed: int = 0
+    results_expired: int = 0
     billed: int = 0
     billed_by_input: Counter[str] = attrs.field(factory=Counter)
     downloads: int = 0

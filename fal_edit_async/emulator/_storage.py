@@ -75,6 +75,15 @@ class FileStore:
         found = self._files.get(parts[2])
         return found if found is not None and found.name == unquote(parts[3]) else None
 
+    def delete_url(self, url: str) -> bool:
+        """Forget the stored file a URL of this CDN points at; False when there is none."""
+        found = self.lookup_url(url)
+        if found is None:
+            return False
+        file_id = urlsplit(url).path.split("/")[2]
+        del self._files[file_id]
+        return True
+
     def issue_token(self) -> dict[str, str]:
         """A CDN upload token, as ``/storage/auth/token`` returns it."""
         token = secrets.token_urlsafe(24)

@@ -80,3 +80,18 @@ def test_cancel_running_option() -> None:
     for bad in ("sometimes", "1.5"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--cancel-running", bad])
+
+
+def test_result_ttl_option() -> None:
+    """--result-ttl sets the seconds results are kept; by default they are kept for ever."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    assert parser.parse_args([]).result_ttl is None
+    assert 360.0 == parser.parse_args(["--result-ttl", "360"]).result_ttl
+
+
+def test_negative_result_ttl_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A negative --result-ttl is refused with exit status 2 before anything is served."""
+    assert 2 == main(["--result-ttl", "-1"])
+    assert "result_ttl" in capsys.readouterr().err
