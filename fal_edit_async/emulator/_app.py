@@ -36,7 +36,7 @@ from aiohttp import web
 from . import _hostile
 from ._engine import Engine
 from ._faults import Fault
-from ._http import BaseApp, drop, json_response, safe_name
+from ._http import BaseApp, drop, json_response, safe_name, server_error
 from ._state import EmulatedJob, JobState
 from ._stream import StatusStream
 
@@ -180,6 +180,9 @@ class QueueApp(BaseApp):
         )
         if hang_up:  # the job is queued, but the client never hears about it
             return drop(request)
+        late = engine.plan.take("server_error_after_queue")
+        if late is not None:  # queued too, but the client hears a 5xx that names the job
+            return server_error(late.status or 500, job.request_id)
         answer: dict[str, Any] = {"status": "IN_QUEUE", "request_id": job.request_id}
         answer.update(engine.urls(job))
         answer["queue_position"] = engine.queue.position(job)

@@ -24,6 +24,7 @@ _RATES = (
     ("server_error", "5xx from fal itself"),
     ("ingress_error", "502 nginx page without x-fal-request-id"),
     ("connection_reset", "drop the connection without an answer"),
+    ("server_error_after_queue", "queue the submit, then answer 5xx naming the job"),
     ("slow_response", "delay the answer by --slow-delay seconds"),
     ("stream_drop", "end status streams before COMPLETED"),
     ("refuse_stream", "answer status streams with 405"),

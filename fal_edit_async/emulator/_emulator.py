@@ -419,8 +419,11 @@ class Emulator:
             kind: ``rate_limit``, ``server_error``, ``ingress_error``, ``connection_reset``,
                 ``slow_response`` on any route but ``job``; ``stream_drop`` and
                 ``refuse_stream`` on ``stream``; ``truncated_download`` (or ``truncated``)
-                on ``download``; ``model_failure`` on ``job``. A hostile server, only ever
-                scheduled: ``redirect`` (302 to ``location``) on submit, status, stream,
+                on ``download``; ``model_failure`` on ``job``; ``server_error_after_queue``
+                on ``submit`` (the job is queued for real, runs and bills, but the answer
+                is a 5xx whose ``x-fal-request-id`` names it; for a lost answer instead,
+                ``connection_reset`` with ``after_enqueue=True``). A hostile server, only
+                ever scheduled: ``redirect`` (302 to ``location``) on submit, status, stream,
                 result, cancel and download; ``echo_key`` (a 401 quoting the Authorization
                 header) on the queue routes and storage; ``foreign_urls`` (the submit
                 answer's URLs on ``location``) on submit; ``invalid_json`` on status, stream
@@ -430,8 +433,8 @@ class Emulator:
                 ``hostile_names`` on result; ``wrong_content_type`` and ``oversized`` on
                 download (see ``HOSTILE_KINDS``).
             times: how many requests (or jobs) get the fault.
-            status: the HTTP status for ``server_error``, ``ingress_error``,
-                ``refuse_stream``.
+            status: the HTTP status for ``server_error``, ``server_error_after_queue``,
+                ``ingress_error``, ``refuse_stream``.
             retry_after: the ``Retry-After`` seconds for ``rate_limit``.
             after_enqueue: for ``connection_reset``, let the request take effect before the
                 drop: on submit the job is queued, on cancel the cancel is carried out.

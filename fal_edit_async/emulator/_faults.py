@@ -40,6 +40,8 @@ ROUTE_KINDS = {
     "refuse_stream": "stream",
     "truncated_download": "download",
     "model_failure": "job",
+    # The job is queued for real (it runs and bills), then the submit answers a 5xx.
+    "server_error_after_queue": "submit",
 }
 #: A hostile server: answers that are well-formed HTTP but test the client's defences. Each
 #: is only ever scheduled (``Emulator.schedule_fault``), never drawn at random, and applies
@@ -140,7 +142,8 @@ class Faults:
     for the HTTP-level faults, or on ``routes_by_kind[kind]`` for a kind listed there (so a
     chaos run can send gateway 502s to submits and fal's own 500s elsewhere);
     ``stream_drop`` and ``refuse_stream`` apply to status streams, ``truncated_download`` to
-    CDN downloads and ``model_failure`` to each job run. The same ``seed`` gives the same
+    CDN downloads, ``model_failure`` to each job run and ``server_error_after_queue`` to
+    each submit that was queued. The same ``seed`` gives the same
     sequence of draws.
 
     Usage::
@@ -170,6 +173,10 @@ class Faults:
     #: any other), on cancel the cancel is carried out; elsewhere it changes nothing.
     connection_reset: float = attrs.field(default=0.0, validator=_rate)
     reset_after_enqueue: bool = False
+    #: A submit is queued for real, then answered ``server_error_status`` (a fal 5xx JSON
+    #: body) with ``x-fal-request-id`` naming the queued job. The job runs and bills like any
+    #: other, so a client that resubmits on this answer pays twice.
+    server_error_after_queue: float = attrs.field(default=0.0, validator=_rate)
     #: The answer waits ``slow_delay`` seconds, or until ``Emulator.release_slow()``.
     slow_response: float = attrs.field(default=0.0, validator=_rate)
     slow_delay: float = 1.0
@@ -308,6 +315,7 @@ class FaultPlan:
         defaults: dict[str, dict[str, Any]] = {
             "rate_limit": {"status": 429, "retry_after": f.retry_after},
             "server_error": {"status": f.server_error_status},
+            "server_error_after_queue": {"status": f.server_error_status},
             "ingress_error": {"status": f.ingress_status},
             "connection_reset": {"after_enqueue": f.reset_after_enqueue},
             "slow_response": {"delay": f.slow_delay},

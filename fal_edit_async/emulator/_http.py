@@ -15,7 +15,7 @@ from aiohttp import web
 from ._engine import Engine
 from ._faults import Fault
 
-__all__ = ["BaseApp", "abort", "drop", "json_response", "safe_name"]
+__all__ = ["BaseApp", "abort", "drop", "json_response", "safe_name", "server_error"]
 
 _NGINX_PAGE = (
     "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
@@ -39,6 +39,12 @@ def json_response(
         content_type="application/json",
         headers=all_headers,
     )
+
+
+def server_error(status: int, request_id: str | None) -> web.Response:
+    """fal's own 5xx: a JSON ``internal_error`` with ``x-fal-request-id`` (fresh when None)."""
+    body = {"detail": "Internal Server Error", "error_type": "internal_error"}
+    return json_response(status, body, request_id, {"X-Fal-Error-Type": "internal_error"})
 
 
 def _fresh_id() -> str:
@@ -109,8 +115,7 @@ class BaseApp:
         if fault.kind == "rate_limit":
             headers = {"Retry-After": _seconds(fault.retry_after or 0.0)}
             return json_response(429, {"detail": "Rate limit exceeded"}, None, headers)
-        body = {"detail": "Internal Server Error", "error_type": "internal_error"}
-        return json_response(status, body, None, {"X-Fal-Error-Type": "internal_error"})
+        return server_error(status, None)
 
     async def _slow(self, delay: float) -> None:
         try:

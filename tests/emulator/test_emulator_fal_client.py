@@ -148,6 +148,20 @@ async def test_ingress_error_is_retried_once(emu: Emulator, fal: Any) -> None:
     assert [1] == list(emu.counters.submits_by_input.values())
 
 
+async def test_server_error_after_queue_is_not_retried(emu: Emulator, fal: Any) -> None:
+    """fal_client raises on a 5xx naming a queued job; the id in its headers re-attaches."""
+    emu.schedule_fault("submit", "server_error_after_queue")
+    with pytest.raises(fal_client.client.FalClientHTTPError) as caught:
+        await fal.submit(ENDPOINT, edit_input(prompt="queued anyway"))
+    assert 500 == caught.value.status_code
+    headers = {k.lower(): v for k, v in caught.value.response_headers.items()}
+    (job,) = emu.jobs.values()
+    assert job.request_id == headers["x-fal-request-id"]
+    handle = await fal.get_handle(ENDPOINT, headers["x-fal-request-id"])
+    assert 1 == len((await handle.get(interval=POLL))["images"])
+    assert (1, 1) == (emu.counters.submit_attempts, emu.counters.billed)
+
+
 async def test_upload_file_and_use_it(emu: Emulator, fal: Any, tmp_path: Path) -> None:
     """upload_file uses the CDN token path; the URL works as an input; no key reaches the CDN."""
     path = tmp_path / "in.png"

@@ -11,7 +11,7 @@ import aiohttp
 import anyio
 import pytest
 
-from fal_edit_async.emulator import Emulator, Faults
+from fal_edit_async.emulator import Emulator, Faults, input_key
 
 from .emu_helpers import ENDPOINT, edit_input, get_json, sse_items, submit
 
@@ -300,6 +300,7 @@ async def test_retryable_header_can_be_left_out() -> None:
         pytest.param("submit", "explode", id="unknown-kind"),
         pytest.param("status", "stream_drop", id="stream-kind-elsewhere"),
         pytest.param("job", "rate_limit", id="http-kind-on-job"),
+        pytest.param("status", "server_error_after_queue", id="after-queue-off-submit"),
     ],
 )
 async def test_bad_schedules_are_refused(emu: Emulator, route: str, kind: str) -> None:
@@ -316,6 +317,50 @@ def test_bad_fault_config_is_refused() -> None:
         {"routes": {"nope"}},
         {"model_failure_kind": "meteor"},
         {"ingress_status": 500},
+        {"server_error_after_queue": 2.0},
     ):
         with pytest.raises(ValueError):
             Faults(**bad)
+
+
+@pytest.mark.parametrize("status", [None, 503])
+async def test_server_error_after_queue_names_the_queued_job(status: int | None) -> None:
+    """The submit is queued for real, then answered 5xx with the job's id; the job bills."""
+    async with running(Faults()) as (emu, http):
+        emu.schedule_fault("submit", "server_error_after_queue", status=status)
+        body = edit_input(prompt="queued anyway")
+        async with http.post(emu.url_for(ENDPOINT), json=body) as resp:
+            answer = (resp.status, await resp.json(), resp.headers.copy())
+        code, error, headers = answer
+        (job,) = emu.jobs.values()
+        assert (status or 500, job.request_id) == (code, headers["x-fal-request-id"])
+        assert {"detail": "Internal Server Error", "error_type": "internal_error"} == error
+        assert "internal_error" == headers["X-Fal-Error-Type"]
+
+        await emu.wait_for_state(job.request_id, "COMPLETED")
+        base = f"{emu.queue_url}/{job.app_root}/requests/{job.request_id}"
+        code, result, _ = await get_json(http, base)
+        assert (200, 1) == (code, len(result["images"]))
+        assert (1, 1, 1) == (
+            emu.counters.submits,
+            emu.counters.billed,
+            emu.counters.faults_injected["server_error_after_queue"],
+        )
+
+        await submit(http, emu, body)  # the resubmit a naive client makes: paid twice
+        await emu.wait_completed(2)
+        assert 2 == emu.counters.billed_by_input[input_key(body)]
+
+
+async def test_server_error_after_queue_at_rate() -> None:
+    """At rate 0.5 about half the submits answer 500, and every one of them was queued."""
+    async with running(Faults(seed=8, server_error_after_queue=RATE), workers=16) as (emu, http):
+        codes: Counter[int] = Counter()
+        for i in range(N):
+            async with http.post(emu.url_for(ENDPOINT), json=edit_input(prompt=f"p{i}")) as resp:
+                await resp.read()
+                codes[resp.status] += 1
+        assert near_half(codes[500], N)
+        assert (N, N) == (codes[500] + codes[200], emu.counters.submits)
+        await emu.wait_completed(N)
+        assert N == emu.counters.billed
