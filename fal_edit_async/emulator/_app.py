@@ -8,7 +8,8 @@ Choices where fal's behaviour is unconfirmed (protocol reference, "Open uncertai
 
 * unknown request id: 404 ``{"detail": "Request not found"}`` on status, stream and result;
   a request id looked up under another app's root is unknown there;
-* result before completion: 400 ``{"detail": "Request is still in progress"}``;
+* result before completion: 400 ``{"detail": "Request is still in progress"}`` (and once
+  after completion too under the ``result_in_progress`` fault);
 * an expired result (``result_ttl``, ``Emulator.expire_result``; fal keeps results about an
   hour, about 6 minutes when 10 KB or more, and does not document what it answers after):
   the request id is forgotten, so status, stream and result answer 404
@@ -235,7 +236,9 @@ class QueueApp(BaseApp):
         job = self._find(route)
         if job is None:
             return json_response(404, {"detail": "Request not found"}, route.request_id)
-        if job.state is not JobState.COMPLETED:
+        in_progress = job.state is not JobState.COMPLETED
+        # After completion only by the fault: fal's result store may lag its status.
+        if in_progress or self.engine.plan.take("result_in_progress") is not None:
             return json_response(400, {"detail": "Request is still in progress"}, job.request_id)
         if job.result_fetched_at is None:
             job.result_fetched_at = time.monotonic()

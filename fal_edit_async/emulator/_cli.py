@@ -29,6 +29,7 @@ _RATES = (
     ("stream_drop", "end status streams before COMPLETED"),
     ("refuse_stream", "answer status streams with 405"),
     ("truncated_download", "send half of a download, then close"),
+    ("result_in_progress", "answer a completed job's result 400 still in progress"),
     ("model_failure", "end jobs with a model error (--model-failure-kind)"),
 )
 

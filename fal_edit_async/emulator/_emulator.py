@@ -422,7 +422,9 @@ class Emulator:
                 on ``download``; ``model_failure`` on ``job``; ``server_error_after_queue``
                 on ``submit`` (the job is queued for real, runs and bills, but the answer
                 is a 5xx whose ``x-fal-request-id`` names it; for a lost answer instead,
-                ``connection_reset`` with ``after_enqueue=True``). A hostile server, only
+                ``connection_reset`` with ``after_enqueue=True``); ``result_in_progress`` on
+                ``result`` (a completed job's result answers 400 ``Request is still in
+                progress``; taken only by GETs of completed jobs). A hostile server, only
                 ever scheduled: ``redirect`` (302 to ``location``) on submit, status, stream,
                 result, cancel and download; ``echo_key`` (a 401 quoting the Authorization
                 header) on the queue routes and storage; ``foreign_urls`` (the submit

@@ -42,6 +42,8 @@ ROUTE_KINDS = {
     "model_failure": "job",
     # The job is queued for real (it runs and bills), then the submit answers a 5xx.
     "server_error_after_queue": "submit",
+    # A completed job's result answers 400 "Request is still in progress" (lagging store).
+    "result_in_progress": "result",
 }
 #: A hostile server: answers that are well-formed HTTP but test the client's defences. Each
 #: is only ever scheduled (``Emulator.schedule_fault``), never drawn at random, and applies
@@ -142,9 +144,9 @@ class Faults:
     for the HTTP-level faults, or on ``routes_by_kind[kind]`` for a kind listed there (so a
     chaos run can send gateway 502s to submits and fal's own 500s elsewhere);
     ``stream_drop`` and ``refuse_stream`` apply to status streams, ``truncated_download`` to
-    CDN downloads, ``model_failure`` to each job run and ``server_error_after_queue`` to
-    each submit that was queued. The same ``seed`` gives the same
-    sequence of draws.
+    CDN downloads, ``model_failure`` to each job run, ``server_error_after_queue`` to each
+    submit that was queued and ``result_in_progress`` to each result GET of a completed
+    job. The same ``seed`` gives the same sequence of draws.
 
     Usage::
 
@@ -177,6 +179,10 @@ class Faults:
     #: body) with ``x-fal-request-id`` naming the queued job. The job runs and bills like any
     #: other, so a client that resubmits on this answer pays twice.
     server_error_after_queue: float = attrs.field(default=0.0, validator=_rate)
+    #: A result GET of a job that has COMPLETED still answers 400 ``{"detail": "Request is
+    #: still in progress"}``, as fal's eventually consistent result store can just after
+    #: completion; the next GET gets the result. Only GETs of completed jobs draw or take it.
+    result_in_progress: float = attrs.field(default=0.0, validator=_rate)
     #: The answer waits ``slow_delay`` seconds, or until ``Emulator.release_slow()``.
     slow_response: float = attrs.field(default=0.0, validator=_rate)
     slow_delay: float = 1.0

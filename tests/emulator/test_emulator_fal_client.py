@@ -162,6 +162,17 @@ async def test_server_error_after_queue_is_not_retried(emu: Emulator, fal: Any) 
     assert (1, 1) == (emu.counters.submit_attempts, emu.counters.billed)
 
 
+async def test_result_in_progress_after_completion(emu: Emulator, fal: Any) -> None:
+    """fal_client surfaces a lagging result as a 400 it does not retry; the next call succeeds."""
+    handle = await fal.submit(ENDPOINT, edit_input())
+    await emu.wait_for_state(handle.request_id, "COMPLETED")
+    emu.schedule_fault("result", "result_in_progress")
+    with pytest.raises(fal_client.client.FalClientHTTPError) as caught:
+        await handle.get(interval=POLL)
+    assert (400, "Request is still in progress") == (caught.value.status_code, str(caught.value))
+    assert 1 == len((await handle.get(interval=POLL))["images"])
+
+
 async def test_upload_file_and_use_it(emu: Emulator, fal: Any, tmp_path: Path) -> None:
     """upload_file uses the CDN token path; the URL works as an input; no key reaches the CDN."""
     path = tmp_path / "in.png"

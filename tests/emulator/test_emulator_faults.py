@@ -301,6 +301,7 @@ async def test_retryable_header_can_be_left_out() -> None:
         pytest.param("status", "stream_drop", id="stream-kind-elsewhere"),
         pytest.param("job", "rate_limit", id="http-kind-on-job"),
         pytest.param("status", "server_error_after_queue", id="after-queue-off-submit"),
+        pytest.param("status", "result_in_progress", id="in-progress-off-result"),
     ],
 )
 async def test_bad_schedules_are_refused(emu: Emulator, route: str, kind: str) -> None:
@@ -364,3 +365,46 @@ async def test_server_error_after_queue_at_rate() -> None:
         assert (N, N) == (codes[500] + codes[200], emu.counters.submits)
         await emu.wait_completed(N)
         assert N == emu.counters.billed
+
+
+STILL_RUNNING = (400, {"detail": "Request is still in progress"})
+
+
+async def test_result_in_progress_after_completion() -> None:
+    """Scheduled, a completed job's result answers "still in progress" once, then the result."""
+    async with running(Faults()) as (emu, http):
+        emu.hold_jobs()
+        job = await submit(http, emu)
+        emu.schedule_fault("result", "result_in_progress", times=2)
+        assert STILL_RUNNING == (await get_json(http, job["response_url"]))[:2]
+        assert 0 == emu.counters.faults_injected["result_in_progress"]  # not taken early
+
+        emu.release_jobs()
+        record = await emu.wait_for_state(job["request_id"], "COMPLETED")
+        code, status, _ = await get_json(http, job["status_url"])
+        assert (200, "COMPLETED") == (code, status["status"])  # the status is not behind
+        for _ in range(2):
+            code, body, headers = await get_json(http, job["response_url"])
+            assert STILL_RUNNING == (code, body)
+            assert job["request_id"] == headers["x-fal-request-id"]
+        assert record.result_fetched_at is None
+        code, body, _ = await get_json(http, job["response_url"])
+        assert (200, 1) == (code, len(body["images"]))
+        assert 2 == emu.counters.faults_injected["result_in_progress"]
+
+
+async def test_result_in_progress_at_rate() -> None:
+    """At rate 0.5 about half the result GETs of a completed job say "still in progress"."""
+    async with running(Faults(seed=9, result_in_progress=RATE)) as (emu, http):
+        job = await submit(http, emu)
+        await emu.wait_for_state(job["request_id"], "COMPLETED")
+        codes: Counter[int] = Counter()
+        for _ in range(N):
+            async with http.get(job["response_url"]) as resp:
+                await resp.read()
+                codes[resp.status] += 1
+        assert near_half(codes[400], N)
+        assert (N, codes[400]) == (
+            codes[400] + codes[200],
+            emu.counters.faults_injected["result_in_progress"],
+        )
