@@ -4,8 +4,11 @@ It speaks fal's queue protocol for ``fal-ai/gpt-image-1/edit-image`` (and any en
 closely enough that the official ``fal_client`` runs against it unchanged, renders real
 images, injects faults on demand, and lets tests hold and release jobs and downloads instead
 of sleeping, and plays a hostile server on request (``HOSTILE_KINDS``: redirects, bodies that
-are not JSON, unknown statuses, odd SSE framing, hostile file names...). Needs the
-``emulator`` extra (Pillow).
+are not JSON, unknown statuses, odd SSE framing, hostile file names...). It is as
+unforgiving as fal where money is at stake: ``Counters.billed_by_input`` counts what fal
+would bill, cancels of running jobs may be ignored (``cancel_running``), results expire
+(``result_ttl``, ``Emulator.expire_result``), and a submit may be queued yet answered 5xx
+(``server_error_after_queue``). Needs the ``emulator`` extra (Pillow).
 
 Usage::
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from fal_edit_async.emulator._cli import add_arguments, main
+from fal_edit_async.emulator._cli import _emulator, add_arguments, main
 
 
 async def test_serves_until_sigint() -> None:
@@ -95,3 +95,13 @@ def test_negative_result_ttl_is_a_usage_error(capsys: pytest.CaptureFixture[str]
     """A negative --result-ttl is refused with exit status 2 before anything is served."""
     assert 2 == main(["--result-ttl", "-1"])
     assert "result_ttl" in capsys.readouterr().err
+
+
+def test_new_fault_rates_reach_the_emulator() -> None:
+    """--server-error-after-queue and --result-in-progress set the matching Faults rates."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--server-error-after-queue", "0.1", "--result-in-progress", "0.2"])
+
+    faults = _emulator(args).faults
+    assert (0.1, 0.2) == (faults.server_error_after_queue, faults.result_in_progress)
