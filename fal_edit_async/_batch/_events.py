@@ -12,13 +12,14 @@ from typing import TypeAlias
 import attrs
 
 from .._exceptions import FalEditError
-from .._models import DownloadedFile, LogEntry
+from .._models import CancelOutcome, DownloadedFile, LogEntry
 
 __all__ = [
     "BatchEvent",
     "ItemCompleted",
     "ItemDownloaded",
     "ItemFailed",
+    "ItemInterrupted",
     "ItemLog",
     "ItemQueued",
     "ItemStarted",
@@ -87,7 +88,29 @@ class ItemFailed:
     error: FalEditError
 
 
+@attrs.frozen(kw_only=True)
+class ItemInterrupted:
+    """The batch was left early with the item's job in flight, and asked fal to cancel it.
+
+    ``cancel`` is fal's answer: ``REQUESTED`` (or ``OK``) when fal took the cancel (a running
+    job may still finish), ``ALREADY_COMPLETED`` when the job had finished, None when fal did
+    not answer in time. Unless fal reports the job cancelled, a journaled batch re-attaches
+    to it on its next run.
+    """
+
+    key: str
+    request_id: str
+    cancel: CancelOutcome | None
+
+
 #: Any progress event.
 BatchEvent: TypeAlias = (
-    ItemSubmitted | ItemQueued | ItemStarted | ItemLog | ItemCompleted | ItemDownloaded | ItemFailed
+    ItemSubmitted
+    | ItemQueued
+    | ItemStarted
+    | ItemLog
+    | ItemCompleted
+    | ItemDownloaded
+    | ItemFailed
+    | ItemInterrupted
 )

@@ -12,6 +12,7 @@ final when it is the job's own verdict.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Awaitable, Mapping, Sequence
@@ -64,6 +65,7 @@ from ._events import (
     ItemCompleted,
     ItemDownloaded,
     ItemFailed,
+    ItemInterrupted,
     ItemLog,
     ItemQueued,
     ItemStarted,
@@ -312,10 +314,13 @@ class Runner:
                         if handle is None:
                             handle = await self._submit(it, epoch)
                         return await self._follow(it, handle, resumed=resumed_from is not None)
-                    except anyio.get_cancelled_exc_class():
+                    except BaseException as exc:
+                        # Whatever stops this item while its job runs (the batch being left,
+                        # a callback that raised), the job must not run on unwatched.
                         if it.live is not None:
+                            leaving = isinstance(exc, anyio.get_cancelled_exc_class())
                             with anyio.CancelScope(shield=True):
-                                await self._interrupted(it, it.live)
+                                await self._cancel_live(it, it.live, leaving=leaving)
                         raise
             except JobFailedError as exc:
                 if it.attempts - it.retry_base > self.job_retries or not _worth_retrying(exc):
@@ -433,19 +438,25 @@ class Runner:
         await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
 
-    async def _interrupted(self, it: _Item, handle: JobHandle) -> None:
-        """The batch was left with this job in flight: ask fal to cancel, keep its answer."""
-        self.interrupted += 1
+    async def _cancel_live(self, it: _Item, handle: JobHandle, *, leaving: bool) -> None:
+        """Ask fal to cancel the item's job in flight, and keep what fal answered.
+
+        ``leaving``: the batch was left early, so the item yields no result of its own.
+        """
+        it.live = None
         outcome = await handle.cancel_quietly()
-        if outcome in (CancelOutcome.REQUESTED, CancelOutcome.OK):
-            self.cancels_accepted += 1
+        taken = outcome in (CancelOutcome.REQUESTED, CancelOutcome.OK)
+        if leaving:
+            self.interrupted += 1
+            self.cancels_accepted += taken
+        if taken and self.journal is not None:
             # Best effort on fal: a running job may still finish; a resume polls it.
-            if self.journal is not None:
-                try:
-                    await self.journal.record_cancel_requested(it.ledger_key)
-                except JournalError:
-                    pass  # the row says submitted: a resume re-attaches all the same
+            await self._write(self.journal.record_cancel_requested(it.ledger_key))
         # Already completed, not found, or no answer: the row keeps its job to re-attach.
+        if leaving:
+            interrupted = ItemInterrupted(key=it.key, request_id=handle.request_id, cancel=outcome)
+            with contextlib.suppress(Exception):  # a failing callback must not hide the exit
+                await self.emit(interrupted)
 
     async def _finish(self, it: _Item, output: EditImageOutput) -> ItemResult:
         check_image_count(it.input, output, it.request_id)
