@@ -315,9 +315,10 @@ class Runner:
                             handle = await self._submit(it, epoch)
                         return await self._follow(it, handle, resumed=resumed_from is not None)
                     except BaseException as exc:
-                        # Whatever stops this item while its job runs (the batch being left,
-                        # a callback that raised), the job must not run on unwatched.
-                        if it.live is not None:
+                        # The batch being left, or a callback that raised: the job must not
+                        # run on unwatched. A failure to follow the job (a garbled status, the
+                        # network) is no reason to cancel it: its row keeps it re-attachable.
+                        if it.live is not None and not isinstance(exc, FalEditError):
                             leaving = isinstance(exc, anyio.get_cancelled_exc_class())
                             with anyio.CancelScope(shield=True):
                                 await self._cancel_live(it, it.live, leaving=leaving)
