@@ -314,7 +314,7 @@ def test_timeout_cancels_the_jobs_still_running(
         assert 1 == main(["edit", PROMPT, str(tmp_path / "in"), "--timeout", "0.3"])
         assert 2 == emu.counters.cancels
     captured = capsys.readouterr()
-    assert "Timed out after 0.3 s: cancelled 2 jobs on fal." in captured.err
+    assert "Timed out after 0.3 s: fal accepted the cancel of 2 jobs." in captured.err
     assert ["cancelled", "cancelled"] == [r["status"] for r in json_lines(captured.out)]
 
 

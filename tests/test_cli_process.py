@@ -94,7 +94,7 @@ async def test_ctrl_c_cancels_the_jobs_on_fal(emulator: Emulator, tmp_path: Path
     assert 3 == emulator.counters.cancels
     assert all(emulator.jobs[r].cancelled for r in request_ids)
     assert "Ctrl-C: cancelling 3 jobs on fal" in err
-    assert "Interrupted: cancelled 3 jobs on fal." in err
+    assert "Interrupted: fal accepted the cancel of 3 jobs." in err
     records = json_lines(out)
     assert sorted(request_ids) == sorted(r["request_id"] for r in records)
     assert {"cancelled"} == {r["status"] for r in records}

@@ -81,6 +81,9 @@ class ItemState(StrEnum):
     NOT_SUBMITTED = "not_submitted"
     #: A submit was sent but its answer was lost: fal may have queued (and billed) the job.
     UNKNOWN = "unknown"
+    #: Left in flight when the batch was left early, and fal did not confirm a cancel (see
+    #: :class:`ItemInterrupted`); a batch yields no result for these, a report may.
+    INTERRUPTED = "interrupted"
 
 
 @attrs.frozen(kw_only=True)

@@ -2,10 +2,12 @@
 
 A thin layer over the public API: ``edit`` and ``batch`` run :meth:`AsyncClient.edit_many`
 with a live display (or JSON lines when piped); ``status``, ``logs``, ``result`` and
-``cancel`` re-attach to any job by its request id; ``emulator`` serves the local emulator.
+``cancel`` re-attach to any job by its request id; ``journal show`` reads a batch's journal;
+``emulator`` serves the local emulator.
 It imports only public names, plus the short allow-list in ``tests/test_cli_imports.py``.
 
-Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors, 130 interrupted.
+Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors (and a journal
+another run is using), 130 interrupted, 143 terminated (SIGTERM).
 Errors are one line; ``--debug`` adds the traceback. The API key is never printed.
 """
 
@@ -30,11 +32,12 @@ from .. import (
     ImageSize,
     InputError,
     InputFidelity,
+    JournalLockedError,
     OutputFormat,
     Quality,
     estimate_cost,
 )
-from . import _jobs
+from . import _jobs, _ledger
 from ._inputs import Planned, UsageError, expand, plan_edit, plan_manifest
 from ._report import JsonReporter, LinesReporter, Progress, Reporter
 from ._run import (
@@ -129,6 +132,17 @@ def _run_options() -> argparse.ArgumentParser:
         help="record every job in this file; run again with it to resume without paying twice",
     )
     how.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --journal: submit again the items an earlier run recorded as failed",
+    )
+    how.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="with --journal: submit again the items whose submit answer an earlier run lost "
+        "(fal may have run and billed those already)",
+    )
+    how.add_argument(
         "--dry-run", action="store_true", help="print the estimated cost; send nothing"
     )
     how.add_argument(
@@ -154,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Edit images with fal's gpt-image-1 edit endpoint.",
         epilog="Credentials: FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); FAL_QUEUE_URL to "
         "point at another queue. Exit status: 0 all done, 1 some items failed, 2 usage or "
-        "credential error, 130 interrupted.",
+        "credential error, 130 interrupted, 143 terminated.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common, run = _common(), _run_options()
@@ -184,8 +198,25 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="a .jsonl file")
     batch.set_defaults(handler=_batch)
     _add_job_commands(commands, common)
+    _add_journal(commands, common)
     _add_emulator(commands)
     return parser
+
+
+def _add_journal(commands: Any, common: argparse.ArgumentParser) -> None:
+    journal = commands.add_parser(
+        "journal", help="look into a batch's journal", description="Look into a batch's journal."
+    )
+    actions = journal.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = "counts by state, cost so far, and the unknown and failed items with their reasons"
+    show = actions.add_parser("show", parents=[common], help=text, description=text + ".")
+    show.add_argument("journal", type=Path, metavar="JOURNAL")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_journal_show)
+
+
+def _journal_show(args: argparse.Namespace) -> int:
+    return anyio.run(_ledger.show, args, sys.stdout)
 
 
 def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -276,6 +307,8 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
             "--journal cannot resume jobs of --emulator, which ends with this run; to try "
             "resuming offline, run `fal-edit emulator` elsewhere and point FAL_QUEUE_URL at it"
         )
+    if (args.retry_failed or args.resubmit_unknown) and args.journal is None:
+        raise UsageError("--retry-failed and --resubmit-unknown need --journal")
     options = RunOptions(
         out=None if args.no_download else args.out,
         endpoint=args.endpoint,
@@ -284,6 +317,8 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
         journal=args.journal,
         timeout=args.timeout,
         emulator=args.emulator,
+        retry_failed=args.retry_failed,
+        resubmit_unknown=args.resubmit_unknown,
     )
     reporter = _reporter(args, planned)
     return anyio.run(run_batch, planned, reporter, options)
@@ -319,7 +354,7 @@ def _failure(exc: BaseException, *, debug: bool) -> int:
         print(f"fal-edit: {_message(leaf)}", file=sys.stderr)
     if all(isinstance(e, KeyboardInterrupt) for e in leaves):
         return INTERRUPTED
-    usage = (UsageError, InputError, AuthError)
+    usage = (UsageError, InputError, AuthError, JournalLockedError)
     return USAGE if any(isinstance(e, usage) for e in leaves) else FAILED
 
 

@@ -211,7 +211,12 @@ def describe(result: ItemResult) -> str:
     if result.ok:
         where = ", ".join(outputs(result)) or "(no images)"
         return f"✓ {result.key} → {where}"
-    label = {ItemState.CANCELLED: "cancelled", ItemState.NOT_SUBMITTED: "not submitted"}
+    label = {
+        ItemState.CANCELLED: "cancelled",
+        ItemState.NOT_SUBMITTED: "not submitted",
+        ItemState.UNKNOWN: "unknown",
+        ItemState.INTERRUPTED: "interrupted",
+    }
     state = label.get(result.state, "failed")
     return f"✗ {result.key} {state}: {result.error}"
 

@@ -1,9 +1,10 @@
 """Running ``edit`` and ``batch``: the client (or the emulator), Ctrl-C, the deadline, the summary.
 
-The batch runs in a cancel scope inside a task group that also watches SIGINT. The first
-Ctrl-C cancels that scope: leaving ``edit_many`` cancels every job still on fal, and the
-run then says how many it cancelled. A second Ctrl-C exits at once (status 130), leaving
-whatever the journal recorded to re-attach to.
+The batch runs in a cancel scope inside a task group that also watches SIGINT and SIGTERM.
+The first signal cancels that scope: leaving ``edit_many`` asks fal to cancel every job still
+in flight, and the run then says what fal answered (a running job may finish anyway; the
+journal keeps those re-attachable). A second signal exits at once (status 130 for Ctrl-C,
+143 for SIGTERM), leaving whatever the journal recorded to re-attach to.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from .. import (
     AsyncClient,
     AuthError,
     Batch,
+    BatchEvent,
+    CancelOutcome,
     Credentials,
-    EditImageInput,
+    EditItem,
+    ItemInterrupted,
     ItemResult,
     ItemState,
     JobCancelledError,
@@ -60,8 +64,8 @@ NO_CREDENTIALS = (
     "no fal credentials: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET), "
     "or add --emulator to try it offline on a local emulator"
 )
-#: Exit statuses.
-OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+#: Exit statuses: 128 + the signal's number for a run that a signal stopped.
+OK, FAILED, USAGE, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +79,8 @@ class RunOptions:
     journal: Path | None = None
     timeout: float | None = None
     emulator: bool = False
+    retry_failed: bool = False
+    resubmit_unknown: bool = False
 
 
 def check_credentials(*, emulator: bool) -> None:
@@ -116,12 +122,17 @@ class _Run:
     #: Each key's position and manifest line, for the results edit_many does not yield.
     places: Mapping[str, tuple[int, int | None]]
     interrupted: bool = False
+    #: The signal that stopped the run (SIGINT or SIGTERM), if one did.
+    stopped_by: int | None = None
     auth_error: AuthError | None = None
     batch: Batch | None = None
+    #: What fal answered to each cancel sent on the way out, by item.
+    left: list[ItemInterrupted] = attrs.field(factory=list)
 
-    def cancelled_on_fal(self) -> int:
-        """Jobs the batch cancelled on fal on its way out (not those cancelled by others)."""
-        return self.batch.summary().cancelled_on_exit if self.batch else 0
+    def event(self, event: BatchEvent) -> None:
+        if isinstance(event, ItemInterrupted):
+            self.left.append(event)
+        self.reporter.event(event)
 
     def report(self, result: ItemResult) -> None:
         self.reporter.result(result, self.places.get(result.key, (-1, None))[1])
@@ -141,7 +152,12 @@ async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: Run
             if item.error is not None:
                 state = ItemState.FAILED
                 run.report(ItemResult(key=item.key, index=index, state=state, error=item.error))
-        valid = [(p.key, p.input) for p in planned if p.input is not None]
+        # A derived key is only a name: the journal knows the item by its content.
+        valid = [
+            EditItem(input=p.input, key=p.key if p.explicit else None, name=p.key)
+            for p in planned
+            if p.input is not None
+        ]
         timed_out = await _run_valid(run, valid) if valid else False
     finally:
         reporter.close(reporter.progress.summary())
@@ -153,37 +169,51 @@ def _status(run: _Run, timed_out: bool) -> int:
         print(f"fal-edit: error: {auth_message(run.auth_error)}", file=sys.stderr)
         return USAGE
     if run.interrupted:
-        return INTERRUPTED
+        return TERMINATED if run.stopped_by == signal.SIGTERM else INTERRUPTED
     p = run.reporter.progress
     return OK if p.done == p.total and not timed_out else FAILED
 
 
-async def _run_valid(run: _Run, items: list[tuple[str, EditImageInput]]) -> bool:
+async def _run_valid(run: _Run, items: list[EditItem]) -> bool:
     """Run the batch; True when the deadline cut it short."""
     options, reporter = run.options, run.reporter
     deadline = anyio.current_time() + options.timeout if options.timeout else math.inf
     scope = anyio.CancelScope(deadline=deadline)
     async with open_client(emulator=options.emulator) as client:
         async with anyio.create_task_group() as tg:
-            await tg.start(_watch_sigint, run, scope)
+            await tg.start(_watch_signals, run, scope)
             tg.start_soon(reporter.animate)
             with scope:
                 await _follow(run, client, items, scope)
             tg.cancel_scope.cancel()
     _report_stopped(run)
-    cancelled = _jobs(run.cancelled_on_fal())
     timed_out = scope.cancelled_caught and not run.interrupted and run.auth_error is None
     if timed_out:
-        reporter.notice(f"Timed out after {options.timeout:g} s: cancelled {cancelled} on fal.")
+        reporter.notice(f"Timed out after {options.timeout:g} s: {_cancels(run)}")
     elif run.interrupted:
-        reporter.notice(f"Interrupted: cancelled {cancelled} on fal.")
+        reporter.notice(f"Interrupted: {_cancels(run)}")
     return timed_out
+
+
+def _cancels(run: _Run) -> str:
+    """What the cancels sent on the way out achieved, as fal answered them."""
+    taken = sum(e.cancel in (CancelOutcome.REQUESTED, CancelOutcome.OK) for e in run.left)
+    text = f"fal accepted the cancel of {_jobs(taken)}."
+    rest = len(run.left) - taken
+    if rest:
+        how = (
+            "run again with the same --journal to fetch them"
+            if run.options.journal
+            else ("`fal-edit result REQUEST_ID` fetches them")
+        )
+        text += f" {_jobs(rest)} had finished or did not answer: {how}."
+    return text
 
 
 async def _follow(
     run: _Run,
     client: AsyncClient,
-    items: list[tuple[str, EditImageInput]],
+    items: list[EditItem],
     scope: anyio.CancelScope,
 ) -> None:
     options = run.options
@@ -193,8 +223,10 @@ async def _follow(
         concurrency=options.concurrency,
         budget=options.budget,
         journal=options.journal,
-        on_event=run.reporter.event,
+        on_event=run.event,
         endpoint=options.endpoint,
+        retry_failed=options.retry_failed,
+        resubmit_unknown=options.resubmit_unknown,
     ) as batch:
         run.batch = batch
         async for result in batch:
@@ -215,20 +247,32 @@ def _take(run: _Run, scope: anyio.CancelScope, result: ItemResult) -> None:
 
 
 def _report_stopped(run: _Run) -> None:
-    """Report the jobs a cut-short batch left behind as cancelled, with their request ids."""
+    """Report each job a cut-short batch left behind as fal answered its cancel."""
     progress = run.reporter.progress
+    answers = {e.key: e.cancel for e in run.left}
     for job in list(progress.active.values()):
-        message = "cancelled on fal before it finished"
-        if job.state == "downloading":  # paid for and done on fal: keep the way back to it
-            message = "interrupted while downloading; `fal-edit result REQUEST_ID --out DIR`"
-        error = JobCancelledError(job.request_id, message)
+        answer = answers.get(job.key)
+        if answer in (CancelOutcome.REQUESTED, CancelOutcome.OK):
+            state, message = ItemState.CANCELLED, "cancelled on fal before it finished"
+        elif job.state == "downloading":  # paid for and done on fal: keep the way back to it
+            state, message = ItemState.INTERRUPTED, "interrupted while downloading"
+        elif answer is CancelOutcome.ALREADY_COMPLETED:
+            state, message = ItemState.INTERRUPTED, "interrupted: the job had finished on fal"
+        else:
+            state, message = ItemState.INTERRUPTED, "interrupted: fal did not answer the cancel"
+        if state is ItemState.INTERRUPTED:
+            message += (
+                "; run again with the same --journal to fetch it"
+                if run.options.journal
+                else "; `fal-edit result REQUEST_ID --out DIR` fetches it"
+            )
         estimate = progress.estimates.get(job.key, Decimal(0))
         result = ItemResult(
             key=job.key,
             index=run.places.get(job.key, (-1, None))[0],
-            state=ItemState.CANCELLED,
+            state=state,
             request_id=job.request_id,
-            error=error,
+            error=JobCancelledError(job.request_id, message),
             attempts=1,
             cost=estimate,
         )
@@ -239,27 +283,29 @@ def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
 
 
-async def _watch_sigint(
+async def _watch_signals(
     run: _Run,
     scope: anyio.CancelScope,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """First Ctrl-C: cancel the batch (and its jobs on fal). Second: exit at once."""
+    """First Ctrl-C or SIGTERM (``docker stop``, ``systemctl stop``): cancel the batch and its
+    jobs on fal, then the summary. A second signal: exit at once."""
     try:
-        receiver = anyio.open_signal_receiver(signal.SIGINT)
+        receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
     except NotImplementedError:  # Windows: Ctrl-C stays a KeyboardInterrupt
         task_status.started()
         return
     with receiver as signals:
         task_status.started()
-        async for _ in signals:
+        async for signum in signals:
             if run.interrupted:
                 _exit_now(run)
-            run.interrupted = True
+            run.interrupted, run.stopped_by = True, signum
             n = len(run.reporter.progress.active)
+            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
             run.reporter.notice(
-                f"Ctrl-C: cancelling {_jobs(n)} on fal... (Ctrl-C again to quit at once)"
+                f"{name}: cancelling {_jobs(n)} on fal... ({name} again to quit at once)"
             )
             scope.cancel()
 
@@ -273,7 +319,7 @@ def _exit_now(run: _Run) -> None:
         print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(INTERRUPTED)
+    os._exit(TERMINATED if run.stopped_by == signal.SIGTERM else INTERRUPTED)
 
 
 def dry_run(

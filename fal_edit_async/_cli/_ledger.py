@@ -1,0 +1,73 @@
+"""``fal-edit journal show JOURNAL``: what a batch's journal holds, from any shell.
+
+It opens the journal read-only, so it works while a batch is running on it: counts by state,
+the estimated cost of the jobs fal accepted, and each item that needs a person (``unknown``:
+a submit whose answer was lost; ``failed``: fal's verdict), with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TextIO
+
+from .. import Journal, JournalEntry, JournalState, JournalSummary
+from ._run import OK
+
+__all__ = ["show"]
+
+#: What each state means, for the human listing.
+_MEANING = {
+    JournalState.DOWNLOADED: "downloaded",
+    JournalState.COMPLETED: "finished on fal, not downloaded yet",
+    JournalState.SUBMITTED: "on fal (a rerun re-attaches)",
+    JournalState.CANCEL_REQUESTED: "cancel asked; a rerun checks whether it ran anyway",
+    JournalState.CANCELLED: "cancelled on fal (a rerun submits again)",
+    JournalState.UNSENT: "never reached fal (a rerun submits again)",
+    JournalState.FAILED: "failed (--retry-failed submits again)",
+    JournalState.UNKNOWN: "submit answer lost; fal may have run it (--resubmit-unknown)",
+    JournalState.SUBMITTING: "being submitted by a live run",
+}
+
+
+async def show(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the journal's summary (``--json``: one object)."""
+    async with Journal(args.journal, read_only=True) as journal:
+        summary = await journal.summary()
+    if args.json:
+        print(json.dumps(_as_json(summary)), file=out)
+        return OK
+    print(f"{summary.path}: {summary.total} items, ~${summary.estimated_cost} estimated", file=out)
+    for state in JournalState:
+        if n := summary.counts.get(state, 0):
+            print(f"  {n:>6} {state.value:<16} {_MEANING[state]}", file=out)
+    for title, entries in (("unknown", summary.unknown), ("failed", summary.failed)):
+        if entries:
+            print(f"{title}:", file=out)
+            for entry in entries:
+                print(f"  {_line(entry)}", file=out)
+    return OK
+
+
+def _line(entry: JournalEntry) -> str:
+    rid = f" [{entry.request_id}]" if entry.request_id else ""
+    return f"{entry.key}{rid}: {entry.error or entry.error_type or 'no reason recorded'}"
+
+
+def _as_json(summary: JournalSummary) -> dict[str, object]:
+    def item(entry: JournalEntry) -> dict[str, object]:
+        return {
+            "key": entry.key,
+            "request_id": entry.request_id,
+            "error": entry.error,
+            "error_type": entry.error_type,
+        }
+
+    return {
+        "journal": str(summary.path),
+        "total": summary.total,
+        "counts": {state.value: n for state, n in summary.counts.items()},
+        "estimated_cost": float(summary.estimated_cost),
+        "unknown": [item(e) for e in summary.unknown],
+        "failed": [item(e) for e in summary.failed],
+    }
