@@ -502,7 +502,6 @@ async def test_an_unusable_journal_path_is_a_fal_edit_error(
     assert error is not None and issubclass(error, FalEditError), error
 
 
-@bug("_batch.edit_many creates its memory streams before opening the journal, and never closes")
 async def test_a_batch_whose_journal_cannot_open_leaks_nothing(
     client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
 ) -> None:

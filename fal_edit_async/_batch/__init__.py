@@ -140,8 +140,6 @@ async def edit_many(
         retry_failed=settings.retry_failed,
     )
     pipeline = jobs.limit + limits.uploads + settings.downloads
-    send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
-    batch = Batch(receive, runner)
     async with AsyncExitStack() as stack:
         journal = settings.journal
         if isinstance(journal, Journal):
@@ -153,6 +151,10 @@ async def edit_many(
             await runner.journal.open()
         if runner.download_to is not None:
             await anyio.to_thread.run_sync(remove_stale_parts, runner.download_to)
+        # Made only now: a journal that fails to open must leave no stream to leak.
+        send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
+        stack.enter_context(receive)
+        batch = Batch(receive, runner)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_feed, runner, batch, items, send, pipeline)
             try:

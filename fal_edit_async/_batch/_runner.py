@@ -164,9 +164,9 @@ class Runner:
     stems: set[str] = attrs.field(factory=set)
     stem_suffixes: dict[str, int] = attrs.field(factory=dict)
     seen: dict[str, int] = attrs.field(factory=dict)
-    #: Items whose job was in flight when the batch was left early (they yield no result).
+    #: Items cut short when the batch was left early (they yield no result).
     interrupted: int = 0
-    #: Of those, the jobs whose cancel fal accepted.
+    #: Of those, the jobs in flight whose cancel fal accepted.
     cancels_accepted: int = 0
     #: Set once the journal could not be written: nothing more is submitted.
     ledger_error: JournalError | None = None
@@ -236,6 +236,9 @@ class Runner:
             return await self._failed(it, exc)
         except Exception as exc:  # not ours: this item's failure, never the whole batch's
             return await self._failed(it, _internal(exc))
+        except anyio.get_cancelled_exc_class():
+            self.interrupted += 1  # cut short with the batch: no result, but part of it
+            raise
 
     async def _failed(self, it: _Item, exc: FalEditError) -> ItemResult:
         await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=exc))
@@ -448,7 +451,6 @@ class Runner:
         outcome = await handle.cancel_quietly()
         taken = outcome in (CancelOutcome.REQUESTED, CancelOutcome.OK)
         if leaving:
-            self.interrupted += 1
             self.cancels_accepted += taken
         if taken and self.journal is not None:
             # Best effort on fal: a running job may still finish; a resume polls it.
