@@ -17,7 +17,9 @@ from fal_edit_async import (
     BudgetExceededError,
     ItemLog,
     ItemQueued,
+    ItemResult,
     ItemStarted,
+    ItemState,
     ItemSubmitted,
     JobFailedError,
     LogEntry,
@@ -414,3 +416,16 @@ def test_journal_with_in_process_emulator_is_refused(
 
     assert "FAL_QUEUE_URL" in capsys.readouterr().err
     assert not (tmp_path / "j").exists()
+
+
+def test_the_summary_tells_unknown_and_interrupted_apart_from_failed() -> None:
+    """A lost submit answer and a job left in flight are named as such, not counted failed."""
+    progress = Progress(5, clock=lambda: 0.0)
+    for state in (ItemState.COMPLETED, ItemState.UNKNOWN, ItemState.INTERRUPTED):
+        progress.on_result(ItemResult(key=state.value, index=0, state=state))
+    progress.on_result(ItemResult(key="x", index=0, state=ItemState.CANCELLED))
+
+    line = progress.summary()
+
+    assert line.startswith("1 done, 1 cancelled, 1 unknown, 1 interrupted, 1 not started of 5")
+    assert "failed" not in line

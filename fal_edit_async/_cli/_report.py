@@ -129,16 +129,19 @@ class Progress:
         return self.cost + sum((self.estimates.get(k, Decimal(0)) for k in self.active), Decimal(0))
 
     def summary(self) -> str:
-        """One line: done, failed (with reasons), cancelled, cost, time."""
+        """One line: done, failed (with reasons), cancelled, unknown, interrupted, cost, time."""
         parts = [
             f"{self.done} done" + (f" ({self.resumed} from the journal)" if self.resumed else "")
         ]
-        cancelled = self.states[ItemState.CANCELLED]
-        if self.failed - cancelled:
+        apart = {
+            state: self.states[state]
+            for state in (ItemState.CANCELLED, ItemState.UNKNOWN, ItemState.INTERRUPTED)
+        }
+        failed = self.failed - sum(apart.values())
+        if failed:
             why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
-            parts.append(f"{self.failed - cancelled} failed" + (f" ({why})" if why else ""))
-        if cancelled:
-            parts.append(f"{cancelled} cancelled")
+            parts.append(f"{failed} failed" + (f" ({why})" if why else ""))
+        parts += [f"{n} {state.value}" for state, n in apart.items() if n]
         if self.finished < self.total:
             parts.append(f"{self.total - self.finished} not started")
         return (
