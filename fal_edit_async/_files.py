@@ -12,12 +12,14 @@ import hashlib
 import itertools
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 __all__ = [
     "CONTENT_TYPES",
     "EXTENSIONS",
+    "ImageCheck",
     "TempFile",
     "remove_stale_parts",
     "safe_stem",
@@ -136,3 +138,180 @@ class TempFile:
                 self._file.close()
             if not self.committed:
                 self.path.unlink(missing_ok=True)
+
+
+class ImageCheck:
+    """Checks an image's structure as its bytes stream in, without holding them.
+
+    PNG: every chunk's length and CRC, from the signature through ``IEND``, nothing after.
+    JPEG: SOI first, each segment's length up to the scan, EOI last. WebP: the RIFF length is
+    the file's length. The size comes from IHDR, the JPEG frame header, or the WebP header.
+    ``feed`` every chunk in order, then ``finish`` returns ``(width, height)`` or raises
+    ``ValueError`` saying what is broken. Linear in the bytes, constant memory.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        if fmt not in EXTENSIONS:
+            raise ValueError(f"not a format this checks: {fmt!r}")
+        self._fmt = fmt
+        self._total = 0
+        self._tail = b""
+        self._head = bytearray()  # WebP keeps its size in its first 30 bytes
+        self.size: tuple[int, int] | None = None
+        # The parse: ``_want`` bytes are gathered into ``_buf`` for ``_step`` to read, or
+        # (``_skip``) passed over; PNG chunk data is CRC'd on the way past.
+        self._buf = bytearray()
+        self._want = 8 if fmt == "png" else 2  # the PNG signature; the JPEG SOI
+        self._skip = 0
+        self._state = "start"
+        self._crc = 0
+        self._type = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next bytes of the file."""
+        self._total += len(chunk)
+        self._tail = (self._tail + chunk)[-2:]
+        if self._fmt == "webp":
+            if len(self._head) < 30:
+                self._head += chunk[: 30 - len(self._head)]
+            return
+        view = memoryview(chunk)
+        while view:
+            if self._state == "done":
+                if self._fmt == "png":
+                    raise ValueError("bytes after the PNG's IEND chunk")
+                return  # JPEG: past the scan, only the ending is checked
+            if self._skip:
+                n = min(self._skip, len(view))
+                if self._fmt == "png":
+                    self._crc = zlib.crc32(view[:n], self._crc)
+                self._skip -= n
+                view = view[n:]
+                if not self._skip:
+                    self._after_skip()
+                continue
+            n = min(self._want - len(self._buf), len(view))
+            self._buf += view[:n]
+            view = view[n:]
+            if len(self._buf) == self._want:
+                data, self._buf = bytes(self._buf), bytearray()
+                self._step(data)
+
+    def finish(self) -> tuple[int, int]:
+        """The image's ``(width, height)``; ValueError when the structure is broken."""
+        if self._fmt == "png" and self._state != "done":
+            raise ValueError("PNG ends before its IEND chunk")
+        if self._fmt == "jpeg":
+            if self._state != "done" or self._tail != b"\xff\xd9":
+                raise ValueError("JPEG ends before its EOI marker")
+        if self._fmt == "webp":
+            riff = int.from_bytes(self._head[4:8], "little") + 8
+            if riff != self._total:
+                raise ValueError(f"WebP RIFF length {riff} is not the file's {self._total}")
+            self.size = _webp_size(bytes(self._head))
+        if self.size is None:
+            raise ValueError(f"{self._fmt.upper()} has no readable width and height")
+        return self.size
+
+    def _need(self, n: int, state: str) -> None:
+        self._want, self._state = n, state
+
+    def _step(self, data: bytes) -> None:
+        if self._fmt == "png":
+            self._png(data)
+        else:
+            self._jpeg(data)
+
+    # PNG: signature, then chunks of length (4) type (4) data (length) CRC (4).
+    def _png(self, data: bytes) -> None:
+        state = self._state
+        if state == "start":
+            if data != b"\x89PNG\r\n\x1a\n":
+                raise ValueError("not a PNG signature")
+            self._need(8, "chunk")
+        elif state == "chunk":
+            length = int.from_bytes(data[:4], "big")
+            if length > 2**31 - 1:
+                raise ValueError("PNG chunk length out of range")
+            self._type, self._crc = data[4:], zlib.crc32(data[4:])
+            if self._type == b"IHDR" and length == 13:
+                self._need(8, "ihdr")  # width and height, then the rest as chunk data
+                self._skip_after = 5
+            else:
+                self._skip = length
+                self._need(4, "crc")
+                if not length:
+                    self._after_skip()
+        elif state == "ihdr":
+            self._crc = zlib.crc32(data, self._crc)
+            self.size = (int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big"))
+            self._skip = self._skip_after
+            self._need(4, "crc")
+        elif state == "crc":
+            if int.from_bytes(data, "big") != self._crc:
+                raise ValueError(f"PNG chunk {self._type.decode(errors='replace')} fails its CRC")
+            self._need(8, "done" if self._type == b"IEND" else "chunk")
+
+    def _after_skip(self) -> None:
+        if self._fmt == "jpeg":
+            self._need(2, "marker")
+
+    # JPEG: SOI, then segments FF xx + length (2) + payload, up to SOS; the scan to EOI.
+    def _jpeg(self, data: bytes) -> None:
+        state = self._state
+        if state == "start":
+            if data != b"\xff\xd8":
+                raise ValueError("not a JPEG start-of-image marker")
+            self._need(2, "marker")
+        elif state == "marker":
+            if data[0] != 0xFF:
+                raise ValueError("JPEG segment does not start with a marker")
+            self._marker = data[1]
+            if self._marker == 0xFF:  # fill byte: the marker is the next byte
+                self._buf = bytearray(b"\xff")
+                return
+            if self._marker in _JPEG_STANDALONE:
+                return
+            self._need(2, "length")
+        elif state == "length":
+            length = int.from_bytes(data, "big")
+            if length < 2:
+                raise ValueError("JPEG segment length out of range")
+            if self._marker in _JPEG_FRAMES and length >= 7:
+                self._need(5, "frame")
+                self._skip_after = length - 7
+            elif self._marker == 0xDA:  # start of scan: entropy-coded data until EOI
+                self._state = "done"
+            else:
+                self._skip = length - 2
+                if not self._skip:
+                    self._need(2, "marker")
+        elif state == "frame":
+            self.size = (int.from_bytes(data[3:5], "big"), int.from_bytes(data[1:3], "big"))
+            self._skip = self._skip_after
+            if not self._skip:
+                self._need(2, "marker")
+
+
+#: JPEG markers without a length: TEM and RST0-7.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+#: Start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC): they carry the image's size.
+_JPEG_FRAMES = frozenset(set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC})
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a WebP's first 30 bytes (VP8, VP8L or VP8X), or None."""
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    kind = head[12:16]
+    if kind == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        return (
+            int.from_bytes(head[26:28], "little") & 0x3FFF,
+            int.from_bytes(head[28:30], "little") & 0x3FFF,
+        )
+    if kind == b"VP8L" and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None

@@ -1,0 +1,99 @@
+"""Image files: the structural check (any split of the bytes, any corruption it can see), and
+safe names, proven over arbitrary inputs with hypothesis."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from fal_edit_async._files import ImageCheck, safe_stem
+
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def image_bytes(fmt: str, size: tuple[int, int] = (37, 21), **options: object) -> bytes:
+    """A real image of ``size`` in ``fmt``, made with Pillow."""
+    buffer = io.BytesIO()
+    Image.new("RGBA" if fmt == "webp" else "RGB", size, (9, 200, 30)).save(
+        buffer, FORMATS[fmt], **options
+    )
+    return buffer.getvalue()
+
+
+IMAGES = {fmt: image_bytes(fmt) for fmt in FORMATS}
+
+
+def check(fmt: str, data: bytes, cuts: list[int] | None = None) -> tuple[int, int]:
+    """Feed ``data`` split at ``cuts`` and finish."""
+    checker = ImageCheck(fmt)
+    edges = [0, *sorted(c % (len(data) + 1) for c in cuts or []), len(data)]
+    for start, end in zip(edges, edges[1:], strict=False):
+        checker.feed(data[start:end])
+    return checker.finish()
+
+
+@settings(max_examples=60, deadline=None)
+@given(fmt=st.sampled_from(sorted(FORMATS)), cuts=st.lists(st.integers(0, 10**6), max_size=12))
+def test_any_split_of_a_valid_image_passes_with_its_size(fmt: str, cuts: list[int]) -> None:
+    """However the bytes arrive, a valid image passes and reports its width and height."""
+    assert (37, 21) == check(fmt, IMAGES[fmt], cuts)
+
+
+@pytest.mark.parametrize(
+    "options", [{"lossless": True}, {"exif": b"Exif\x00\x00" + bytes(100)}], ids=["vp8l", "vp8x"]
+)
+def test_every_webp_header_kind_gives_its_size(options: dict[str, object]) -> None:
+    """Lossy, lossless and extended WebP files all report their size."""
+    assert (5, 9) == check("webp", image_bytes("webp", (5, 9), **options))
+
+
+def test_a_jpeg_with_big_metadata_before_its_frame_gives_its_size() -> None:
+    """The frame header may sit after kilobytes of EXIF; its size is still found."""
+    data = image_bytes("jpeg", exif=b"Exif\x00\x00" + bytes(20_000))
+    assert (37, 21) == check("jpeg", data, [1, 5, 3000])
+
+
+@settings(max_examples=80, deadline=None)
+@given(at=st.integers(16, 10**6), bit=st.integers(0, 7))
+def test_a_png_with_any_flipped_bit_is_refused(at: int, bit: int) -> None:
+    """Every PNG chunk carries a CRC: one flipped bit anywhere past the header is caught."""
+    data = bytearray(IMAGES["png"])
+    data[at % len(data)] ^= 1 << bit
+    with pytest.raises(ValueError, match="PNG"):
+        check("png", bytes(data))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@settings(max_examples=40, deadline=None)
+@given(keep=st.integers(1, 10**6))
+def test_a_truncated_image_is_refused(fmt: str, keep: int) -> None:
+    """Cut anywhere short of its end, no image passes."""
+    data = IMAGES[fmt]
+    with pytest.raises(ValueError):
+        check(fmt, data[: keep % len(data)])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data"),
+    [
+        pytest.param("png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, id="png-signature-then-junk"),
+        pytest.param("png", IMAGES["png"] + b"x", id="png-bytes-after-iend"),
+        pytest.param("jpeg", b"\xff\xd8\xff" + b"junk" * 20, id="jpeg-soi-then-junk"),
+        pytest.param("webp", IMAGES["webp"][:12] + bytes(40), id="webp-riff-then-zeros"),
+    ],
+)
+def test_a_valid_signature_over_garbage_is_refused(fmt: str, data: bytes) -> None:
+    """The first bytes are not enough: what follows must be the format too."""
+    with pytest.raises(ValueError):
+        check(fmt, data)
+
+
+@given(st.text())
+def test_safe_stems_stay_in_their_folder(name: str) -> None:
+    """No stem can name another folder, a hidden file, or nothing."""
+    stem = safe_stem(name)
+    assert stem and "/" not in stem and "\\" not in stem and "\x00" not in stem
+    assert not stem.startswith(".")
