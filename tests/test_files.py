@@ -4,6 +4,7 @@ safe names, proven over arbitrary inputs with hypothesis."""
 from __future__ import annotations
 
 import io
+import itertools
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -30,7 +31,7 @@ def check(fmt: str, data: bytes, cuts: list[int] | None = None) -> tuple[int, in
     """Feed ``data`` split at ``cuts`` and finish."""
     checker = ImageCheck(fmt)
     edges = [0, *sorted(c % (len(data) + 1) for c in cuts or []), len(data)]
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         checker.feed(data[start:end])
     return checker.finish()
 
