@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import re
+import unicodedata
 import zlib
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +22,7 @@ __all__ = [
     "EXTENSIONS",
     "ImageCheck",
     "TempFile",
+    "check_writable",
     "remove_stale_parts",
     "safe_stem",
     "sniff_image_format",
@@ -30,9 +32,18 @@ __all__ = [
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
+#: A stem is at most this many characters and UTF-8 bytes: with a suffix, an index and an
+#: extension it stays well inside the 255 bytes most file systems allow in a name.
 _MAX_STEM = 100
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_STALE_PART = re.compile(r"^\.[A-Za-z0-9._-]+_\d+\.[0-9a-f]{12}\.part$")
+_MAX_STEM_BYTES = 150
+#: Never in a name: path separators, control characters, and what Windows refuses.
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+)
+#: Temp files: ``.<stem>_<index>.<pid>-<counter>.part``; the pid tells a live run's from a
+#: dead one's.
+_STALE_PART = re.compile(r"^\..+_\d+\.(\d+)-[0-9a-f]+\.part$")
 _TEMP_COUNTER = itertools.count()
 
 
@@ -54,19 +65,29 @@ def sniff_image_format(head: bytes) -> str | None:
 
 
 def safe_stem(stem: str) -> str:
-    """A file name stem that stays inside its folder: ``[A-Za-z0-9._-]`` only, never empty.
+    """A file name stem that stays inside its folder and reads as the input's name.
 
-    Other characters (separators, NUL, spaces) become ``_``, leading dots are dropped (no
-    hidden files, no ``..``), and the result is capped at 100 characters.
+    Letters of any script are kept (写真1 stays 写真1, NFC-normalised); path separators,
+    control characters and ``:*?"<>|`` become ``_``; leading dots and surrounding spaces go
+    (no hidden files, no ``..``), as do trailing dots; a reserved device name (``CON``) gets a
+    ``_`` in front. The result is cut to 100 characters and 150 UTF-8 bytes, is never empty,
+    and is its own safe stem (cleaning twice changes nothing).
     """
-    cleaned = _UNSAFE.sub("_", stem).lstrip(".")[:_MAX_STEM]
+    cleaned = _UNSAFE.sub("_", unicodedata.normalize("NFC", stem)).strip().lstrip(".")
+    cleaned = cleaned[:_MAX_STEM]
+    while len(cleaned.encode()) > _MAX_STEM_BYTES:
+        cleaned = cleaned[:-1]
+    cleaned = cleaned.rstrip(". ")
+    if cleaned.split(".")[0].upper() in _RESERVED:
+        cleaned = f"_{cleaned}"[:_MAX_STEM]
     return cleaned or "image"
 
 
 def remove_stale_parts(folder: Path) -> int:
-    """Delete temp files a killed run left in ``folder``; returns how many.
+    """Delete the temp files that runs now dead left in ``folder``; returns how many.
 
-    Only names :class:`TempFile` writes (``.<stem>_<index>.<12 hex>.part``) are touched.
+    Only names :class:`TempFile` writes are touched, and only when the process that wrote
+    them is gone: a batch running in the same folder keeps its downloads in progress.
     """
     removed = 0
     try:
@@ -74,19 +95,44 @@ def remove_stale_parts(folder: Path) -> int:
     except OSError:
         return 0
     for path in candidates:
-        if _STALE_PART.match(path.name):
+        found = _STALE_PART.match(path.name)
+        if found and not _alive(int(found.group(1))):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but is not ours to signal
+        return True
+    return True
+
+
 def _temp_suffix() -> str:
-    """12 hex digits unique to this process and file: pid, then a counter.
+    """Unique to this process and file: the pid (so a live run's files are known), a counter.
 
     Not random on purpose: ``secrets`` costs a getrandom syscall per file (measurable at
     1 GB/s), and uniqueness is all that matters, since temp files are created exclusively.
     """
-    return f"{os.getpid() & 0xFFFF:04x}{next(_TEMP_COUNTER) & 0xFFFFFFFF:08x}"
+    return f"{os.getpid()}-{next(_TEMP_COUNTER):x}"
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there; OSError says why not.
+
+    Run before anything is paid, so an unwritable output folder costs nothing.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".fal-edit-probe.{os.getpid()}-{next(_TEMP_COUNTER):x}.part"
+    with open(probe, "xb"):
+        pass
+    probe.unlink()
 
 
 class TempFile:

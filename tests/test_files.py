@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from fal_edit_async._files import ImageCheck, safe_stem
+from fal_edit_async._files import ImageCheck, check_writable, remove_stale_parts, safe_stem
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -98,3 +102,48 @@ def test_safe_stems_stay_in_their_folder(name: str) -> None:
     stem = safe_stem(name)
     assert stem and "/" not in stem and "\\" not in stem and "\x00" not in stem
     assert not stem.startswith(".")
+
+
+@given(st.text())
+def test_safe_stems_are_their_own_safe_stems_and_fit_a_name(name: str) -> None:
+    """Cleaning twice changes nothing, and a stem leaves room for suffix, index and extension."""
+    stem = safe_stem(name)
+    assert stem == safe_stem(stem)
+    assert len(stem) <= 100 and len(stem.encode()) <= 150
+
+
+def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:
+    """A live batch's temp file (this process, or another live one) stays; a dead run's goes."""
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    ) as live:
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        names = {
+            "mine": f".a_0.{os.getpid()}-1.part",
+            "live": f".b_0.{live.pid}-1.part",
+            "dead": f".c_0.{int(dead.stdout)}-1.part",
+            "not-ours": ".d_0.notapid.part",
+        }
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"x")
+
+        assert 1 == remove_stale_parts(tmp_path)
+
+        assert sorted(n for k, n in names.items() if k != "dead") == sorted(
+            p.name for p in tmp_path.iterdir()
+        )
+        live.communicate(b"")
+
+
+def test_an_unwritable_folder_is_found_before_anything_is_paid(tmp_path: Path) -> None:
+    """check_writable creates the folder and proves a write; a file in its way is an OSError."""
+    check_writable(tmp_path / "new" / "out")
+    assert [] == list((tmp_path / "new" / "out").iterdir())
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    with pytest.raises(OSError):
+        check_writable(tmp_path / "blocker" / "out")
