@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from ._statistics import RetryKind
 
 __all__ = ["Uploader"]
 
+_URL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _READ_CHUNK = 1024 * 1024
 _HEAD = 16
 _STORAGE_TYPE = "fal-cdn-v3"
@@ -62,7 +64,9 @@ class _Local:
         return CONTENT_TYPES[self.fmt]
 
     def file_name(self) -> str:
-        stem = safe_stem(Path(self.path).stem) if self.path else self.digest[:16]
+        # The name ends up in a CDN URL: plain ASCII, unlike the names of files on disk.
+        stem = _URL_UNSAFE.sub("_", safe_stem(Path(self.path).stem)) if self.path else ""
+        stem = stem or self.digest[:16]
         return f"{stem}.{EXTENSIONS[self.fmt]}"
 
     def data_uri(self) -> str:

@@ -544,15 +544,16 @@ async def test_14_a_row_left_mid_submit_is_unknown_and_reported(
 
     (reported,) = await run(client, items, journal=journal, download_to=tmp_path / "o")
     unknown_after_report = await states(journal)
+    async with Journal(journal, read_only=True) as j:  # what `fal-edit journal show` lists
+        listed = [e.key for e in (await j.summary()).unknown]
     (resubmitted,) = await run(
         client, items, journal=journal, download_to=tmp_path / "o", resubmit_unknown=True
     )
 
     assert ItemState.UNKNOWN is reported.state
     assert isinstance(reported.error, UnknownSubmitError)
-    async with Journal(journal, read_only=True) as j:  # what `fal-edit journal show` lists
-        assert [key] == [e.key for e in (await j.summary()).unknown]
     assert JournalState.UNKNOWN is unknown_after_report[key]
+    assert [key] == listed
     assert resubmitted.ok
     assert 2 == emulator.counters.submits
 
