@@ -263,6 +263,7 @@ class AsyncClient:
         on_event: EventCallback | None = None,
         resubmit_unknown: bool = False,
         retry_failed: bool = False,
+        overwrite: bool = False,
         **options: Unpack[SubmitOptions],
     ) -> AbstractAsyncContextManager[Batch]:
         """Edit many images in parallel; results arrive as items finish.
@@ -281,7 +282,10 @@ class AsyncClient:
             concurrency: jobs in flight on fal at most (default ``Limits.jobs``). Lowered
                 on 429 and raised back gradually when ``adaptive``, never above this.
             download_to: a folder to download outputs into, as ``<input stem>_<n>.<ext>``,
-                written atomically; None keeps only the URLs.
+                written atomically; None keeps only the URLs. It is created and proven
+                writable before anything is sent. Each item's name is claimed once: unique
+                in the batch, in any script (写真1 stays 写真1), and clear of the files
+                already there, which are never replaced (``-2``, ``-3``... is added instead).
             downloads: files downloaded at once (default ``Limits.downloads``).
             job_retries: new jobs for an item whose job failed on fal's side (a runner
                 failure), never for the model's refusals or validation errors.
@@ -297,6 +301,8 @@ class AsyncClient:
             resubmit_unknown: submit again the items whose submit answer an earlier run
                 lost (``ItemState.UNKNOWN``); fal may have run those jobs already.
             retry_failed: submit again the items an earlier run recorded as failed.
+            overwrite: let outputs replace files already in ``download_to`` that this batch
+                does not own (another run's outputs, files named like outputs).
             adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
             on_event: called with each progress event (a plain or async function).
             options: :class:`SubmitOptions` for every job, as for :meth:`submit`.
@@ -321,5 +327,6 @@ class AsyncClient:
             submit_options=options,
             resubmit_unknown=resubmit_unknown,
             retry_failed=retry_failed,
+            overwrite=overwrite,
         )
         return edit_many(self._core, self._uploader, items, settings)

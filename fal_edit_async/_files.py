@@ -23,7 +23,10 @@ __all__ = [
     "ImageCheck",
     "TempFile",
     "check_writable",
+    "numbered_stem",
     "remove_stale_parts",
+    "stem_of_output",
+    "stems_in",
     "safe_stem",
     "sniff_image_format",
 ]
@@ -81,6 +84,37 @@ def safe_stem(stem: str) -> str:
     if cleaned.split(".")[0].upper() in _RESERVED:
         cleaned = f"_{cleaned}"[:_MAX_STEM]
     return cleaned or "image"
+
+
+_OUTPUT_NAME = re.compile(r"^(.+)_(\d+)\.(png|jpg|webp)$", re.IGNORECASE)
+
+
+def stem_of_output(name: str) -> str | None:
+    """The stem of a name written as ``<stem>_<index>.<ext>``, or None."""
+    found = _OUTPUT_NAME.match(name)
+    return found.group(1) if found else None
+
+
+def stems_in(folder: Path) -> frozenset[str]:
+    """The stems of the files in ``folder`` named as outputs are (``<stem>_<n>.<ext>``): the
+    names an output written there could replace, whoever wrote them (an input, another run)."""
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError:
+        return frozenset()
+    return frozenset(stem for n in names if (stem := stem_of_output(n)) is not None)
+
+
+def numbered_stem(stem: str, n: int) -> str:
+    """``stem`` for the n-th claimant: ``stem`` itself, then ``stem-2``, ``stem-3``..., cut so
+    that it stays within :func:`safe_stem`'s limits (and so is its own safe stem)."""
+    if n == 1:
+        return stem
+    suffix = f"-{n}"
+    base = stem[: _MAX_STEM - len(suffix)]
+    while len(base.encode()) + len(suffix) > _MAX_STEM_BYTES:
+        base = base[:-1]
+    return f"{base.rstrip('. ')}{suffix}"
 
 
 def remove_stale_parts(folder: Path) -> int:

@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from fal_edit_async._files import ImageCheck, check_writable, remove_stale_parts, safe_stem
+from fal_edit_async._files import (
+    ImageCheck,
+    check_writable,
+    numbered_stem,
+    remove_stale_parts,
+    safe_stem,
+)
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -110,6 +116,15 @@ def test_safe_stems_are_their_own_safe_stems_and_fit_a_name(name: str) -> None:
     stem = safe_stem(name)
     assert stem == safe_stem(stem)
     assert len(stem) <= 100 and len(stem.encode()) <= 150
+
+
+@given(st.text(), st.integers(1, 10**6))
+def test_numbered_stems_stay_safe_and_distinct(name: str, n: int) -> None:
+    """The n-th claimant's stem is its own safe stem, and differs from the first's."""
+    stem = safe_stem(name)
+    numbered = numbered_stem(stem, n)
+    assert numbered == safe_stem(numbered)
+    assert (numbered == stem) == (n == 1)
 
 
 def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,7 +29,8 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core import Core
-from .._files import remove_stale_parts
+from .._exceptions import InputError
+from .._files import check_writable, remove_stale_parts, stems_in
 from .._uploads import Uploader
 from ._adaptive import AdaptiveLimiter
 from ._items import BatchItem, BatchSettings, BatchSummary, ItemResult, ItemState
@@ -138,6 +140,7 @@ async def edit_many(
         submit_options=settings.submit_options,
         resubmit_unknown=settings.resubmit_unknown,
         retry_failed=settings.retry_failed,
+        overwrite=settings.overwrite,
     )
     pipeline = jobs.limit + limits.uploads + settings.downloads
     async with AsyncExitStack() as stack:
@@ -150,7 +153,7 @@ async def edit_many(
         if runner.journal is not None:
             await runner.journal.open()
         if runner.download_to is not None:
-            await anyio.to_thread.run_sync(remove_stale_parts, runner.download_to)
+            runner.foreign = await anyio.to_thread.run_sync(_prepare_folder, runner.download_to)
         # Made only now: a journal that fails to open must leave no stream to leak.
         send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
         stack.enter_context(receive)
@@ -162,6 +165,19 @@ async def edit_many(
             finally:
                 tg.cancel_scope.cancel()
                 receive.close()
+
+
+def _prepare_folder(folder: Path) -> frozenset[str]:
+    """Before anything is paid: prove the folder writable, clear dead runs' temp files, and
+    list the output names already there (blocking: runs in a thread)."""
+    try:
+        check_writable(folder)
+    except OSError as exc:
+        raise InputError(
+            "download_to", str(folder), f"a folder this process can write ({exc})"
+        ) from exc
+    remove_stale_parts(folder)
+    return stems_in(folder)
 
 
 async def _feed(

@@ -250,6 +250,7 @@ class BatchSettings:
     submit_options: SubmitOptions
     resubmit_unknown: bool = False
     retry_failed: bool = False
+    overwrite: bool = False
 
     @classmethod
     def build(
@@ -267,6 +268,7 @@ class BatchSettings:
         submit_options: SubmitOptions,
         resubmit_unknown: bool = False,
         retry_failed: bool = False,
+        overwrite: bool = False,
     ) -> BatchSettings:
         """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
         jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
@@ -293,6 +295,7 @@ class BatchSettings:
             submit_options=check_submit_options(submit_options, "edit_many"),
             resubmit_unknown=bool(resubmit_unknown),
             retry_failed=bool(retry_failed),
+            overwrite=bool(overwrite),
         )
 
 

@@ -42,7 +42,7 @@ from .._exceptions import (
     NotFoundError,
     UnknownSubmitError,
 )
-from .._files import safe_stem
+from .._files import numbered_stem, safe_stem, stem_of_output
 from .._job import JobHandle, attach, call_back, submit
 from .._models import (
     CancelOutcome,
@@ -90,7 +90,7 @@ def _stem_of(input: EditImageInput, name: str | None, fallback: str) -> str:
         stem = PurePath(urlsplit(first).path).stem
         if stem:
             return safe_stem(stem)
-    return safe_stem(fallback)  # a data URI or bytes: claim_stem makes it unique
+    return safe_stem(fallback)  # a data URI or bytes: claim_name makes it unique
 
 
 @attrs.define
@@ -116,7 +116,7 @@ class _Item:
     index: int
     key: str
     ledger_key: str
-    stem: str
+    stem: str  # what the outputs are called after; claimed for real when they are written
     input: EditImageInput
     description: Mapping[str, Any]
     cost: Decimal
@@ -130,6 +130,8 @@ class _Item:
     wire: EditImageInput | None = None
     #: The last submit's answer was lost: fal may have queued that job.
     unknown: bool = False
+    #: The stem of the files an earlier run wrote for this item in this folder.
+    owned_stem: str | None = None
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -161,6 +163,9 @@ class Runner:
     submit_options: SubmitOptions
     resubmit_unknown: bool = False
     retry_failed: bool = False
+    overwrite: bool = False
+    #: Stems of the files already in the output folder when the batch started.
+    foreign: frozenset[str] = frozenset()
     stems: set[str] = attrs.field(factory=set)
     stem_suffixes: dict[str, int] = attrs.field(factory=dict)
     seen: dict[str, int] = attrs.field(factory=dict)
@@ -179,21 +184,26 @@ class Runner:
         if self.on_event is not None:
             await call_back(self.on_event, event)  # type: ignore[arg-type]
 
-    def claim_stem(self, stem: str, key: str) -> str:
-        """A stem no other item of this batch writes to, so no output overwrites another."""
-        if self.download_to is None:
-            return stem  # nothing is written: no need to keep thousands of names
-        candidate = stem
-        if candidate in self.stems:
-            candidate = f"{stem}-{key[:8]}"
+    def claim_name(self, stem: str, owned: str | None = None) -> str:
+        """The stem this item's files get: unique in the batch, and clear of every file in the
+        folder that the batch does not own (an input, another run's output), unless
+        ``overwrite``. ``owned`` is the stem the journal says this item wrote before.
+
+        The claimed stem is final: it is safe already, so the download uses it as it is.
+        """
+        if owned is not None and owned not in self.stems:
+            self.stems.add(owned)
+            return owned
         # Remember where each stem's numbering got to: re-scanning from 1 made a batch of
         # identical inputs quadratic.
-        n = self.stem_suffixes.get(candidate, 1)
-        while (numbered := candidate if n == 1 else f"{candidate}-{n}") in self.stems:
+        n = self.stem_suffixes.get(stem, 1)
+        while (candidate := numbered_stem(stem, n)) in self.stems or (
+            not self.overwrite and candidate in self.foreign
+        ):
             n += 1
-        self.stem_suffixes[candidate] = n
-        self.stems.add(numbered)
-        return numbered
+        self.stem_suffixes[stem] = n
+        self.stems.add(candidate)
+        return candidate
 
     def _identity(self, key: str | None, print_: str) -> str:
         """The item's ledger key: from its content (and the caller's key), never its position.
@@ -225,7 +235,7 @@ class Runner:
             index=index,
             key=label,
             ledger_key=ledger_key,
-            stem=self.claim_stem(_stem_of(input, name, label), ledger_key),
+            stem=_stem_of(input, name, label),
             input=input,
             description=description,
             cost=estimate_cost(input).usd,
@@ -504,6 +514,7 @@ class Runner:
             )
             await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=failed))
             return it.result(ItemState.FAILED, error=failed)
+        it.owned_stem = self._owned_stem(entry)
         if entry.output is not None:
             output = parse(entry.output, EditImageOutput)
             if self.download_to is None or await self._files_in_place(entry, output):
@@ -517,6 +528,15 @@ class Runner:
                 core=self.core,
             )
         return None
+
+    def _owned_stem(self, entry: JournalEntry) -> str | None:
+        """The stem of this item's files from an earlier run in this folder, if any."""
+        if self.download_to is None or not entry.files:
+            return None
+        first = entry.files[0].path
+        if first.parent != self.download_to.absolute():
+            return None
+        return stem_of_output(first.name)
 
     async def _files_in_place(self, entry: JournalEntry, output: EditImageOutput) -> bool:
         """True when every output is on disk in this batch's folder, as it was written."""
@@ -532,11 +552,12 @@ class Runner:
     async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
             return ()
+        stem = self.claim_name(it.stem, it.owned_stem)
         done = await download_outcomes(
             self.core,
             output.images,
             self.download_to,
-            it.stem,
+            stem,
             limiter=self.downloads,
             max_bytes=self.core.config.limits.max_output_bytes,
             checksum=self.journal is not None,  # the journal re-checks files on a re-run
