@@ -95,7 +95,8 @@ def test_together_sends_every_input_in_one_request(
     """--together makes one job whose image_urls hold every input, named after the first."""
     a, b = write_images(tmp_path, "front.png", "back.png")
     with emulator_thread(monkeypatch) as (_, emu):
-        assert 0 == main(["edit", PROMPT, str(a), str(b), "--together", "--out", str(tmp_path)])
+        argv = ["edit", PROMPT, str(a), str(b), "--together", "--out", str(tmp_path / "o")]
+        assert 0 == main(argv)
     [record] = json_lines(capsys.readouterr().out)
     assert "front" == record["input"]
     [job] = emu.jobs.values()
@@ -234,7 +235,7 @@ def test_wrong_key_exits_2_and_is_never_printed(
     [photo] = write_images(tmp_path, "photo.png")
     with emulator_thread(monkeypatch, api_key="the-right-key") as (_, emu):
         monkeypatch.setenv("FAL_KEY", "wrong-secret-key-123")
-        assert 2 == main(["edit", PROMPT, str(photo), "--debug", "--out", str(tmp_path)])
+        assert 2 == main(["edit", PROMPT, str(photo), "--debug", "--out", str(tmp_path / "out")])
     assert 0 == emu.counters.submits
     captured = capsys.readouterr()
     assert "FAL_KEY" in captured.err
@@ -345,7 +346,9 @@ def test_emulator_flag_says_so_first_and_needs_no_key(
     """--emulator runs without any key, its banner is the first line, and records say emulator."""
     clear_fal_env(monkeypatch)
     [photo] = write_images(tmp_path, "photo.png")
-    assert 0 == main(["edit", PROMPT, str(photo), "--emulator", "--json", "--out", str(tmp_path)])
+    assert 0 == main(
+        ["edit", PROMPT, str(photo), "--emulator", "--json", "--out", str(tmp_path / "out")]
+    )
     captured = capsys.readouterr()
     assert EMULATOR_BANNER == captured.err.splitlines()[0]
     [record] = json_lines(captured.out)
@@ -429,3 +432,29 @@ def test_the_summary_tells_unknown_and_interrupted_apart_from_failed() -> None:
 
     assert line.startswith("1 done, 1 cancelled, 1 unknown, 1 interrupted, 1 not started of 5")
     assert "failed" not in line
+
+
+def test_an_out_folder_holding_the_inputs_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out where the inputs are: exit 2 before anything is sent (outputs would be re-fed)."""
+    with emulator_thread(monkeypatch) as (_, emu):
+        write_images(tmp_path / "photos", "shot.png", "shot_1.png")
+        argv = ["edit", PROMPT, str(tmp_path / "photos"), "--out", str(tmp_path / "photos")]
+        assert 2 == main(argv)
+        assert 0 == emu.counters.submits
+    assert "holds the input" in capsys.readouterr().err
+
+
+def test_the_default_out_folder_is_edited_never_the_inputs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run in the inputs' folder with no --out: outputs go to ./edited, inputs untouched."""
+    with emulator_thread(monkeypatch):
+        [shot, shot_1] = write_images(tmp_path, "shot.png", "shot_1.png")
+        before = shot_1.read_bytes()
+        monkeypatch.chdir(tmp_path)
+        assert 0 == main(["edit", PROMPT, "shot.png", "shot_1.png", "--json"])
+    assert before == shot_1.read_bytes()
+    assert {"shot_0.png", "shot_1_0.png"} == {p.name for p in (tmp_path / "edited").iterdir()}
+    assert shot.exists()

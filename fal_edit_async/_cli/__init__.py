@@ -38,7 +38,7 @@ from .. import (
     estimate_cost,
 )
 from . import _jobs, _ledger
-from ._inputs import Planned, UsageError, expand, plan_edit, plan_manifest
+from ._inputs import Planned, UsageError, check_out_folder, expand, plan_edit, plan_manifest
 from ._report import JsonReporter, LinesReporter, Progress, Reporter
 from ._run import (
     FAILED,
@@ -106,9 +106,15 @@ def _run_options() -> argparse.ArgumentParser:
     how.add_argument(
         "--out",
         type=_out_folder,
-        default=Path("."),
+        default=Path("edited"),
         metavar="DIR",
-        help="folder for the edited images, named after the inputs (default: current folder)",
+        help="folder for the edited images, named after the inputs (default: ./edited); never "
+        "a folder the inputs are in",
+    )
+    how.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let outputs replace files already in --out (by default they get a new name)",
     )
     how.add_argument(
         "--no-download", action="store_true", help="keep the outputs on fal; print their URLs"
@@ -307,10 +313,13 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
             "--journal cannot resume jobs of --emulator, which ends with this run; to try "
             "resuming offline, run `fal-edit emulator` elsewhere and point FAL_QUEUE_URL at it"
         )
+    out = None if args.no_download else args.out
+    if out is not None:
+        check_out_folder(out, planned)
     if (args.retry_failed or args.resubmit_unknown) and args.journal is None:
         raise UsageError("--retry-failed and --resubmit-unknown need --journal")
     options = RunOptions(
-        out=None if args.no_download else args.out,
+        out=out,
         endpoint=args.endpoint,
         concurrency=args.concurrency,
         budget=args.budget,
@@ -319,6 +328,7 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
         emulator=args.emulator,
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
+        overwrite=args.overwrite,
     )
     reporter = _reporter(args, planned)
     return anyio.run(run_batch, planned, reporter, options)

@@ -30,6 +30,7 @@ __all__ = [
     "Planned",
     "Source",
     "UsageError",
+    "check_out_folder",
     "expand",
     "plan_edit",
     "plan_manifest",
@@ -238,3 +239,19 @@ def _line_sources(inputs: object, base: Path) -> list[ImageSource]:
         return [s.value for s in expand(inputs, base)]
     except UsageError as exc:
         raise InputError("inputs", inputs, str(exc)) from exc
+
+
+def check_out_folder(out: Path, planned: Sequence[Planned]) -> None:
+    """Refuse an output folder that holds inputs: the next run would take outputs for inputs.
+
+    Raises:
+        UsageError: a local input lies directly in ``out``.
+    """
+    folder = out.resolve()
+    for item in planned:
+        for source in item.input.image_urls if item.input is not None else ():
+            if isinstance(source, Path) and source.resolve().parent == folder:
+                raise UsageError(
+                    f"--out {out} holds the input {source}: a later run would take the outputs "
+                    "for inputs; choose another folder"
+                )

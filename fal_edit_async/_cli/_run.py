@@ -81,6 +81,7 @@ class RunOptions:
     emulator: bool = False
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    overwrite: bool = False
 
 
 def check_credentials(*, emulator: bool) -> None:
@@ -227,6 +228,7 @@ async def _follow(
         endpoint=options.endpoint,
         retry_failed=options.retry_failed,
         resubmit_unknown=options.resubmit_unknown,
+        overwrite=options.overwrite,
     ) as batch:
         run.batch = batch
         async for result in batch:
