@@ -447,9 +447,10 @@ def test_an_out_folder_holding_the_inputs_is_a_usage_error(
 
 
 def test_the_default_out_folder_is_edited_never_the_inputs_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Run in the inputs' folder with no --out: outputs go to ./edited, inputs untouched."""
+    """Run in the inputs' folder with no --out: outputs go to ./edited, inputs untouched, and
+    each JSON line says which input became which file."""
     with emulator_thread(monkeypatch):
         [shot, shot_1] = write_images(tmp_path, "shot.png", "shot_1.png")
         before = shot_1.read_bytes()
@@ -457,4 +458,7 @@ def test_the_default_out_folder_is_edited_never_the_inputs_folder(
         assert 0 == main(["edit", PROMPT, "shot.png", "shot_1.png", "--json"])
     assert before == shot_1.read_bytes()
     assert {"shot_0.png", "shot_1_0.png"} == {p.name for p in (tmp_path / "edited").iterdir()}
+    records = {r["input"]: r for r in json_lines(capsys.readouterr().out)}
+    assert ["shot_1.png"] == [Path(s).name for s in records["shot_1"]["sources"]]
+    assert ["shot_1_0.png"] == [Path(o).name for o in records["shot_1"]["outputs"]]
     assert shot.exists()

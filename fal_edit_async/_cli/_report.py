@@ -187,12 +187,27 @@ def outputs(result: ItemResult) -> list[str]:
     return [image.url for image in result.output.images] if result.output else []
 
 
+def sources(result: ItemResult) -> list[str]:
+    """Which files or URLs the item edited (data URIs and bytes shortened), so a JSON line
+    says which input became which output."""
+    named = []
+    for source in result.input.image_urls if result.input is not None else ():
+        if isinstance(source, bytes | bytearray | memoryview):
+            named.append(f"<{len(source)} bytes>")
+        elif isinstance(source, str) and source.startswith("data:"):
+            named.append(source[: source.find(",") + 1] + "...")
+        else:
+            named.append(str(source))
+    return named
+
+
 def record(
     result: ItemResult, *, line: int | None = None, emulator: bool = False
 ) -> dict[str, Any]:
     """The JSON object printed for a finished item."""
     data: dict[str, Any] = {
         "input": result.key,
+        "sources": sources(result),
         "request_id": result.request_id,
         "status": result.state.value,
         "outputs": outputs(result),
