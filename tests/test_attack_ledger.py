@@ -1,0 +1,667 @@
+"""A hostile review of the batch ledger: each test states a promise of docs/guarantees.md that
+breaks ("never pay twice, nothing lost").
+
+Every test is ``xfail(strict=True)``: it fails today, and the suite turns red the day the bug is
+fixed (an unexpected pass), so the marker must then be removed. The emulator plays fal over
+loopback HTTP and is the judge: ``billed_by_input`` above 1 is a double payment. Nothing
+sleeps to synchronise: tests wait on the emulator's gates and counters or on events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from fal_edit_async import (
+    AiohttpTransport,
+    AsyncClient,
+    EditImageInput,
+    EditItem,
+    ItemState,
+    Journal,
+    JournalLockedError,
+    Request,
+    Response,
+    RetryPolicy,
+    estimate_cost,
+)
+from fal_edit_async._batch._items import describe_input, fingerprint
+from fal_edit_async.emulator import Emulator
+
+from .conftest import client_for, make_png
+from .test_cli_support import emulator_thread, write_images
+
+WORKER = Path(__file__).with_name("journal_worker.py")
+
+
+def bug(reason: str) -> pytest.MarkDecorator:
+    """The marker of a demonstrated break: ``<cause: file:function>``."""
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+def edit(source: Any, prompt: str = "pixel art") -> EditImageInput:
+    """An edit of one image."""
+    return EditImageInput(prompt=prompt, image_urls=[source])
+
+
+async def run(client: AsyncClient, items: Any, **options: Any) -> list[Any]:
+    """Run a batch to its end; its results in order of arrival."""
+    async with client.edit_many(items, **options) as batch:
+        return [r async for r in batch]
+
+
+def most_billed(emu: Emulator) -> int:
+    """The most jobs fal billed for any one input (1 is the promise)."""
+    return max(emu.counters.billed_by_input.values(), default=0)
+
+
+async def rows(journal: Path) -> dict[str, Any]:
+    """Each journaled key's entry."""
+    async with Journal(journal, read_only=True) as j:
+        return {e.key: e for e in await j.entries()}
+
+
+def fal_env(emu: Emulator) -> dict[str, str]:
+    """The environment of a CLI process pointed at ``emu``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+    return env | {
+        "FAL_KEY": emu.api_key,
+        "FAL_QUEUE_URL": emu.queue_url,
+        "FAL_REST_URL": emu.rest_url,
+    }
+
+
+# -- one writer per journal ----------------------------------------------------------------
+
+
+@bug("lock file named after the path as spelt: _journal.py:Journal._take_lock")
+async def test_a_symlink_to_a_journal_is_the_same_journal(tmp_path: Path) -> None:
+    """A second writer reaching the journal through a symlink is refused like any other."""
+    (tmp_path / "link").symlink_to(tmp_path / "j")
+    async with Journal(tmp_path / "j"):
+        with pytest.raises(JournalLockedError):
+            async with Journal(tmp_path / "link"):
+                pass
+
+
+@bug("lock file named after the path as spelt: _journal.py:Journal._take_lock")
+async def test_a_hard_link_to_a_journal_is_the_same_journal(tmp_path: Path) -> None:
+    """A second writer reaching the journal file through a hard link is refused."""
+    async with Journal(tmp_path / "j"):  # an earlier run's journal...
+        pass
+    os.link(tmp_path / "j", tmp_path / "h")  # ...linked into another folder
+    async with Journal(tmp_path / "j"):
+        with pytest.raises(JournalLockedError):
+            async with Journal(tmp_path / "h"):
+                pass
+
+
+@bug("a fresh <journal>.lock takes a fresh flock: _journal.py:Journal._take_lock")
+async def test_deleting_the_lock_file_lets_no_second_writer_in(tmp_path: Path) -> None:
+    """Cleaning up a 'stale' ``.lock`` while a run holds it does not admit a second writer."""
+    async with Journal(tmp_path / "j"):
+        (tmp_path / "j.lock").unlink()
+        with pytest.raises(JournalLockedError):
+            async with Journal(tmp_path / "j"):
+                pass
+
+
+class _Meeting:
+    """Holds journal look-ups until ``expected`` runs have made theirs (a run that is refused
+    stops being expected): two runs started by one cron tick both look the item up before
+    either submits it."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.arrived: list[anyio.Event] = []
+
+    def check(self) -> None:
+        if len(self.arrived) >= self.expected:
+            for event in self.arrived:
+                event.set()
+
+    async def arrive(self) -> None:
+        self.arrived.append(anyio.Event())
+        self.check()
+        await self.arrived[-1].wait()
+
+    def refused(self) -> None:
+        self.expected -= 1
+        self.check()
+
+
+class _MeetingJournal(Journal):
+    """A journal whose look-ups wait at a :class:`_Meeting`."""
+
+    def __init__(self, path: Path, meeting: _Meeting) -> None:
+        super().__init__(path)
+        self.meeting = meeting
+
+    async def get(self, key: str) -> Any:
+        entry = await super().get(key)
+        await self.meeting.arrive()
+        return entry
+
+
+@bug("lock file named after the path as spelt: _journal.py:Journal._take_lock")
+async def test_two_runs_on_one_journal_through_a_symlink_pay_once(
+    emulator: Emulator, png_data_uri: str, tmp_path: Path
+) -> None:
+    """Two overlapping runs on one journal, one through a symlink: the item is paid once."""
+    (tmp_path / "link").symlink_to(tmp_path / "j")
+    meeting = _Meeting(2)
+    items = [("a", edit(png_data_uri))]
+
+    async def one_run(path: Path) -> None:
+        journal = _MeetingJournal(path, meeting)
+        try:
+            async with client_for(emulator) as client:
+                await run(client, items, journal=journal)
+        except JournalLockedError:
+            meeting.refused()
+        finally:
+            await journal.aclose()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one_run, tmp_path / "j")
+        tg.start_soon(one_run, tmp_path / "link")
+
+    assert 1 == most_billed(emulator)
+
+
+# -- items are known by their content --------------------------------------------------------
+
+
+@bug("a file is keyed by its resolved path, not its bytes: _items.py:_source_id")
+async def test_a_renamed_input_file_is_not_paid_again(
+    emulator: Emulator, client: AsyncClient, tmp_path: Path
+) -> None:
+    """Renaming (or moving) an input between runs changes no item's identity: nothing is paid
+    again for the same image and prompt."""
+    (before,) = write_images(tmp_path / "in", "a.png")
+    journal, out = tmp_path / "j", tmp_path / "out"
+    await run(client, [edit(before)], journal=journal, download_to=out)
+    after = before.rename(tmp_path / "in" / "b.png")
+
+    (again,) = await run(client, [edit(after)], journal=journal, download_to=out)
+
+    assert again.ok and again.resumed
+    assert (1, 1) == (emulator.counters.submits, most_billed(emulator))
+
+
+@bug("a file is keyed by its resolved path, not its bytes: _items.py:_source_id")
+async def test_an_input_replaced_in_place_is_edited_not_served_stale(
+    emulator: Emulator, client: AsyncClient, tmp_path: Path
+) -> None:
+    """A new image saved over an input's file is a new item: it is edited, not answered with
+    the old image's output."""
+    path = tmp_path / "a.png"
+    path.write_bytes(make_png(color=(200, 40, 40)))
+    journal = tmp_path / "j"
+    await run(client, [edit(path)], journal=journal)
+    path.write_bytes(make_png(color=(10, 10, 250)))  # another photo, same file name
+
+    (again,) = await run(client, [edit(path)], journal=journal)
+
+    assert not again.resumed
+    assert 2 == emulator.counters.submits
+
+
+# -- a journal written by the previous release (schema 1, commit e3351d8) ---------------------
+
+#: The schema-1 tables, as ``_journal.py`` created them at e3351d8.
+SCHEMA_1 = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    key TEXT PRIMARY KEY, state TEXT NOT NULL, request_id TEXT, endpoint TEXT,
+    status_url TEXT, response_url TEXT, cancel_url TEXT, input TEXT, output TEXT, files TEXT,
+    error TEXT, error_type TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    cost TEXT NOT NULL DEFAULT '0', updated_at REAL NOT NULL
+);
+INSERT INTO meta VALUES ('schema', '1');
+"""
+
+
+async def _paid_job(emu: Emulator, input: EditImageInput) -> Any:
+    """A job for ``input`` that ran to a billed end, as the previous release submitted it."""
+    async with client_for(emu) as client:
+        handle = await client.submit(input)
+        await handle.result()
+    return handle
+
+
+def _schema_1_journal(path: Path, key: str, state: str, handle: Any, input: Any) -> None:
+    """A schema-1 journal with one row, as the previous release wrote it."""
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+        db.execute(
+            "INSERT INTO items (key, state, request_id, endpoint, status_url, response_url, "
+            "cancel_url, input, attempts, cost, updated_at) VALUES (?,?,?,?,?,?,?,?,1,?,0)",
+            (
+                key,
+                state,
+                handle.request_id,
+                str(handle.endpoint),
+                handle.urls.status_url,
+                handle.urls.response_url,
+                handle.urls.cancel_url,
+                json.dumps(describe_input(input)),
+                str(estimate_cost(input).usd),
+            ),
+        )
+    sqlite3.connect(path).close()
+
+
+@bug("the CLI's derived names left the ledger key, old rows not remapped: _journal.py:_migrate")
+def test_a_schema_1_cli_journal_resumes_without_paying_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fal-edit edit ... --journal J` on a journal the previous release wrote re-attaches to
+    its jobs: upgrading pays nothing again."""
+    from fal_edit_async._cli import main
+    from fal_edit_async._cli._inputs import expand, plan_edit
+
+    (image,) = write_images(tmp_path / "in", "a.png")
+    (planned,) = plan_edit("p", expand([str(image)]), {}, together=False)
+    assert planned.input is not None
+    journal = tmp_path / "j"
+    with emulator_thread(monkeypatch) as (portal, emu):
+        handle = portal.call(_paid_job, emu, planned.input)
+        # The previous CLI passed (name, input): its rows are "<name>@<fingerprint>".
+        key = f"{planned.key}@{fingerprint(describe_input(planned.input))}"
+        _schema_1_journal(journal, key, "submitted", handle, planned.input)
+
+        status = main(
+            ["edit", "p", str(image), "--journal", str(journal), "--out", str(tmp_path / "o")]
+        )
+
+        assert 0 == status
+        assert (1, 1) == (emu.counters.submits, most_billed(emu))
+
+
+@bug("schema-1 'cancelled' meant 'we left', not 'fal confirmed': _journal.py:Journal._migrate")
+async def test_a_schema_1_cancelled_row_is_asked_of_fal_before_paying_again(
+    tmp_path: Path, png_data_uri: str
+) -> None:
+    """A schema-1 row 'cancelled' (written when a run was left, whatever fal answered) whose
+    job ran on to a billed end is used, not paid again."""
+    items = [("a", edit(png_data_uri))]
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        handle = await _paid_job(emu, items[0][1])
+        key = f"a@{fingerprint(describe_input(items[0][1]))}"
+        _schema_1_journal(journal, key, "cancelled", handle, items[0][1])
+
+        (again,) = await run(client, items, journal=journal)
+
+        assert again.ok and again.resumed
+        assert 1 == most_billed(emu)
+
+
+@bug("_entry reads sent_at, which a schema-1 file lacks: _journal.py:_entry")
+def test_journal_show_reads_a_schema_1_journal(
+    tmp_path: Path, png_data_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fal-edit journal show` on a journal of the previous release prints its summary."""
+    from fal_edit_async._cli import main
+
+    urls = SimpleNamespace(status_url="https://queue.fal.run/x", response_url="", cancel_url="")
+    handle = SimpleNamespace(request_id="r1", endpoint="fal-ai/gpt-image-1/edit-image", urls=urls)
+    journal = tmp_path / "j"
+    _schema_1_journal(journal, "k", "submitted", handle, edit(png_data_uri))
+
+    status = main(["journal", "show", str(journal), "--json"])
+
+    out, err = capsys.readouterr()
+    assert (0, "") == (status, err)
+    assert {"submitted": 1} == json.loads(out)["counts"]
+
+
+# -- killed, interrupted, left early --------------------------------------------------------
+
+
+@bug("'submitting' is shown as live whoever holds the lock: _cli/_ledger.py:show")
+async def test_journal_show_after_a_kill_mid_submit_lists_the_item_as_unknown(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """kill -9 while a submit POST is in flight: `fal-edit journal show --json` lists the
+    item as unknown (no run is live to answer for it)."""
+    journal = tmp_path / "j"
+    emulator.schedule_fault("submit", "slow_response", delay=60)
+    command = [
+        sys.executable, str(WORKER), emulator.queue_url, emulator.api_key, str(journal),
+        str(tmp_path / "out"), "1", "1", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    async with await anyio.open_process(command, env=env) as worker:
+        await emulator.wait_slow_held(1)  # the POST reached fal; its answer is held
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+    emulator.release_slow()
+
+    shown = await anyio.run_process(
+        [sys.executable, "-m", "fal_edit_async", "journal", "show", str(journal), "--json"],
+        env=fal_env(emulator),
+    )
+
+    summary = json.loads(shown.stdout)
+    assert 1 == len(summary["unknown"]), summary
+
+
+@bug("a cancel in the backoff after a 429 leaves the row 'submitting': _runner.py:Runner._submit")
+async def test_an_item_cut_short_in_a_rate_limit_backoff_is_submitted_next_run(
+    emulator: Emulator, png_data_uri: str, tmp_path: Path
+) -> None:
+    """Ctrl-C while fal rate-limits: an item whose only submit fal answered 429 (no job) is
+    submitted by the next run, not held back as 'unknown'."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    emulator.schedule_fault("submit", "rate_limit", retry_after=60)
+    async with client_for(emulator, retry=RetryPolicy(max_attempts=4)) as patient:
+        async with patient.edit_many(items, journal=journal):
+            await emulator.wait_until(lambda: emulator.counters.faults_injected["rate_limit"] > 0)
+    assert 0 == emulator.counters.submits  # fal queued nothing
+
+    async with client_for(emulator) as client:
+        (again,) = await run(client, items, journal=journal)
+
+    assert ItemState.COMPLETED is again.state, again.error
+    assert 1 == emulator.counters.submits
+
+
+@bug("the status check of a job a 5xx named is not shielded: _runner.py:Runner._submit_failed")
+async def test_a_job_a_5xx_named_is_kept_when_the_batch_is_left_while_checking_it(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """fal queued the job and answered 500 naming it; the batch is left while the client
+    checks that job: it is cancelled on fal, or its request id is journaled."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    emulator.schedule_fault("submit", "server_error_after_queue")
+    emulator.schedule_fault("status", "slow_response", delay=60)
+    async with client.edit_many(items, journal=journal):
+        await emulator.wait_slow_held(1)
+    (request_id,) = emulator.jobs
+    emulator.release_slow()
+
+    (row,) = (await rows(journal)).values()
+    assert emulator.counters.cancels > 0 or row.request_id == request_id
+
+
+@bug("a rerun never re-checks the job an 'unknown' row names: _runner.py:Runner._resume")
+async def test_an_unknown_row_naming_its_job_is_re_attached_by_the_next_run(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A 5xx named the queued job but its status could not be read then: the next run
+    re-attaches to that job (fal now answers for it) instead of reporting it unknown."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    emulator.schedule_fault("submit", "server_error_after_queue")
+    emulator.schedule_fault("status", "server_error", times=4)  # FAST_RETRY's attempts
+    (first,) = await run(client, items, journal=journal)
+    assert (ItemState.UNKNOWN, first.request_id) == (first.state, next(iter(emulator.jobs)))
+
+    (again,) = await run(client, items, journal=journal)
+
+    assert again.ok
+    assert (1, 1) == (emulator.counters.submits, most_billed(emulator))
+
+
+# -- a hostile server --------------------------------------------------------------------------
+
+
+class _Mislabelling(AiohttpTransport):
+    """Forwards every request to the emulator (so fal really queues and bills), but answers
+    the submit of ``prompt`` with ``answer(real_response)`` instead."""
+
+    def __init__(self, prompt: str, answer: Callable[[Response], Response]) -> None:
+        super().__init__()
+        self.prompt, self.answer = prompt, answer
+
+    async def request(self, request: Request) -> Response:
+        response = await super().request(request)
+        body = request.json if isinstance(request.json, Mapping) else {}
+        if request.method == "POST" and body.get("prompt") == self.prompt:
+            return self.answer(response)
+        return response
+
+
+@bug("a request id named by a 5xx is adopted unchecked: _runner.py:Runner._submit_failed")
+async def test_a_5xx_naming_another_items_job_is_not_adopted(
+    emulator: Emulator, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A submit answered 500 whose x-fal-request-id is another item's job: the item is not
+    delivered that job's output as its own (its own job may be running and billing)."""
+    journal = tmp_path / "j"
+    async with client_for(emulator) as client:
+        (b,) = await run(client, [("b", edit(png_data_uri, "b"))], journal=journal)
+
+    def named_b(real: Response) -> Response:
+        body = {"detail": "Internal Server Error", "error_type": "internal_error"}
+        return Response(status=500, json=body, headers={"x-fal-request-id": b.request_id})
+
+    hostile = _Mislabelling("a", named_b)
+    async with client_for(emulator, transport=hostile) as client:
+        (a,) = await run(client, [("a", edit(png_data_uri, "a"))], journal=journal)
+
+    assert a.request_id != b.request_id
+    assert not a.ok
+
+
+@bug("no check that a request id is not another row's: _runner.py:Runner._accepted")
+async def test_one_request_id_for_two_items_is_not_two_completed_items(
+    emulator: Emulator, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A server that answers two different submits with the same request id: the ledger
+    does not record one job as two items' paid, completed work."""
+    journal = tmp_path / "j"
+    async with client_for(emulator) as client:
+        (b,) = await run(client, [("b", edit(png_data_uri, "b"))], journal=journal)
+    receipt = {
+        "status": "IN_QUEUE",
+        "request_id": b.request_id,
+        "status_url": f"{emulator.queue_url}/fal-ai/gpt-image-1/requests/{b.request_id}/status",
+        "response_url": f"{emulator.queue_url}/fal-ai/gpt-image-1/requests/{b.request_id}",
+        "cancel_url": f"{emulator.queue_url}/fal-ai/gpt-image-1/requests/{b.request_id}/cancel",
+    }
+
+    hostile = _Mislabelling("a", lambda real: Response(status=200, json=receipt))
+    async with client_for(emulator, transport=hostile) as client:
+        await run(client, [("a", edit(png_data_uri, "a"))], journal=journal)
+
+    owners = [k for k, e in (await rows(journal)).items() if e.request_id == b.request_id]
+    assert 1 == len(owners), owners
+
+
+# -- changing things between runs --------------------------------------------------------------
+
+
+@bug("a resumed item's files are not claimed as names: _runner.py:Runner.claim_stem")
+async def test_a_new_item_never_overwrites_a_resumed_items_output(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """A line added in front of a finished one, with the same name: it writes its own file and
+    the finished item's output stays on disk as reported."""
+    journal, out = tmp_path / "j", tmp_path / "out"
+    old = EditItem(input=edit(png_data_uri, "black and white"), name="photo")
+    new = EditItem(input=edit(png_data_uri, "pixel art"), name="photo")
+    async with Emulator(workers=2) as emu, client_for(emu) as client:
+        (first,) = await run(client, [old], journal=journal, download_to=out)
+        kept = first.files[0].path.read_bytes()
+        emu.hold_jobs()
+        async with client.edit_many([new, old], journal=journal, download_to=out) as batch:
+            results = batch.__aiter__()
+            resumed = await results.__anext__()  # the finished item, from the journal
+            emu.release_jobs()
+            added = await results.__anext__()
+
+    assert resumed.resumed and added.ok and not added.resumed
+    assert added.files[0].path != resumed.files[0].path
+    assert kept == resumed.files[0].path.read_bytes()
+
+
+@bug("record_submitted failing leaves the job's id nowhere on disk: _runner.py:Runner._accepted")
+async def test_a_job_accepted_when_the_disk_fills_stays_re_attachable(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """The disk fills just after the write-ahead row: the job fal accepted is followed to its
+    end and stays re-attachable, so the next run (disk freed) pays nothing and reports it done."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    async with Journal(journal):  # create the file, then let only 'submitting' rows land
+        pass
+    with sqlite3.connect(journal) as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state != 'submitting' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    (first,) = await run(client, items, journal=journal)
+    assert first.ok  # followed to its end in that run, as promised
+    with sqlite3.connect(journal) as db:
+        db.execute("DROP TRIGGER full")
+
+    (again,) = await run(client, items, journal=journal)
+
+    assert again.ok, again.error
+    assert 1 == emulator.counters.submits
+
+
+@bug("the endpoint is fingerprinted as spelt, not as parsed: _items.py:describe_input")
+async def test_the_default_endpoint_spelt_with_slashes_is_the_same_item(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """`--endpoint /fal-ai/gpt-image-1/edit-image/` is the default endpoint: a rerun spelling
+    it so re-attaches instead of paying again."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    await run(client, items, journal=journal)
+
+    (again,) = await run(client, items, journal=journal, endpoint="/fal-ai/gpt-image-1/edit-image/")
+
+    assert again.ok and again.resumed
+    assert 1 == most_billed(emulator)
+
+
+@bug(
+    "the manifest's 'key', documented as an optional name, is the identity: _cli/_run.py:run_batch"
+)
+def test_naming_a_manifest_line_with_key_pays_nothing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`"key": optional name` (fal-edit batch --help): naming a finished line pays nothing again."""
+    from fal_edit_async._cli import main
+
+    write_images(tmp_path, "image.png")
+    manifest, journal = tmp_path / "m.jsonl", tmp_path / "j"
+    argv = ["batch", str(manifest), "--journal", str(journal), "--out", str(tmp_path / "out")]
+    with emulator_thread(monkeypatch) as (_, emu):
+        manifest.write_text('{"prompt": "p", "inputs": ["image.png"]}\n')
+        assert 0 == main(argv)
+        manifest.write_text('{"prompt": "p", "inputs": ["image.png"], "key": "hero"}\n')
+
+        assert 0 == main(argv)
+
+        assert (1, 1) == (emu.counters.submits, most_billed(emu))
+
+
+# -- what the command line reports when a run is stopped ---------------------------------------
+
+
+async def _ctrl_c_cli(emu: Emulator, tmp_path: Path, *, mid_post: bool) -> list[dict[str, Any]]:
+    """`fal-edit edit p in/ --json` without a journal, stopped by Ctrl-C while its one job runs
+    on fal (or while its submit POST is answered); its JSON records."""
+    write_images(tmp_path / "in", "a.png")
+    command = [
+        sys.executable, "-m", "fal_edit_async", "edit", "p", str(tmp_path / "in"),
+        "--out", str(tmp_path / "out"), "--json",
+    ]  # fmt: skip
+    emu.hold_jobs()
+    if mid_post:
+        emu.schedule_fault("submit", "slow_response", delay=60)
+    async with await anyio.open_process(command, env=fal_env(emu)) as process:
+        if mid_post:
+            await emu.wait_slow_held(1)
+        else:
+            await emu.wait_jobs_held(1)
+            await emu.wait_until(lambda: emu.counters.streams_opened >= 1)
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        # The run has taken the Ctrl-C (it says so) before fal's answer to the POST arrives.
+        await BufferedByteReceiveStream(process.stderr).receive_until(b"Ctrl-C: ", 1 << 20)
+        emu.release_slow()
+        assert process.stdout is not None
+        out = b"".join([chunk async for chunk in process.stdout]).decode()
+        assert 130 == await process.wait()
+    emu.release_jobs()
+    await emu.wait_completed(1)
+    assert 1 == emu.counters.billed  # the cancel was best effort: the job ran on and billed
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@bug("CANCELLATION_REQUESTED is reported as cancelled: _cli/_run.py:_report_stopped")
+async def test_ctrl_c_never_reports_a_job_cancelled_that_fal_only_asked_to_stop(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C: a running job whose cancel fal only accepted (it ran on and billed) is not
+    reported 'cancelled on fal before it finished'."""
+    async with Emulator(fast_images=True, cancel_running="ignore") as emu:
+        (record,) = await _ctrl_c_cli(emu, tmp_path, mid_post=False)
+
+    assert "cancelled" != record["status"], record
+
+
+@bug("only items seen submitted are reported: _cli/_run.py:_report_stopped")
+async def test_ctrl_c_during_a_submit_still_names_the_job_fal_accepted(tmp_path: Path) -> None:
+    """Ctrl-C while fal answers a submit: the run still prints that job's request id (it
+    runs and bills), not '1 not started'."""
+    async with Emulator(fast_images=True, cancel_running="ignore") as emu:
+        records = await _ctrl_c_cli(emu, tmp_path, mid_post=True)
+        request_ids = list(emu.jobs)
+
+    assert request_ids == [r.get("request_id") for r in records], records
+
+
+# -- the budget across runs ----------------------------------------------------------------------
+
+
+class _LateJournal(Journal):
+    """A journal whose look-up of keys starting with ``late`` returns only once ``go`` is set:
+    one worker thread slower than another."""
+
+    def __init__(self, path: Path, late: str, go: anyio.Event) -> None:
+        super().__init__(path)
+        self.late, self.go = late, go
+
+    async def get(self, key: str) -> Any:
+        entry = await super().get(key)
+        if key.startswith(self.late):
+            await self.go.wait()
+        return entry
+
+
+@bug("a resumed item's cost is counted only when its turn comes: _runner.py:Runner._resume")
+async def test_a_rerun_never_crosses_the_budget_its_journal_already_spent(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """The budget already went on item a (journaled); the rerun with the same budget submits no
+    new item b, whichever of the two the journal answers first."""
+    a, b = ("a", edit(png_data_uri, "a")), ("b", edit(png_data_uri, "b"))
+    budget = float(estimate_cost(a[1]).usd)
+    await run(client, [a], journal=tmp_path / "j", budget=budget)
+    b_done = anyio.Event()
+    journal = _LateJournal(tmp_path / "j", "a@", b_done)
+    try:
+        async with client.edit_many([a, b], journal=journal, budget=budget) as batch:
+            async for result in batch:
+                if result.key == "b":
+                    b_done.set()
+    finally:
+        await journal.aclose()
+
+    assert 1 == emulator.counters.submits, batch.summary()
