@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,7 +30,9 @@ from fal_edit_async import (
     EditImageInput,
     EditItem,
     ItemState,
+    ItemSubmitted,
     Journal,
+    JournalError,
     JournalLockedError,
     Request,
     Response,
@@ -665,3 +668,108 @@ async def test_a_rerun_never_crosses_the_budget_its_journal_already_spent(
         await journal.aclose()
 
     assert 1 == emulator.counters.submits, batch.summary()
+
+
+# -- files that are not (quite) journals ---------------------------------------------------------
+
+
+@bug("any SQLite file is adopted and given the ledger's tables: _journal.py:Journal._migrate")
+async def test_another_programs_database_is_refused_not_adopted(tmp_path: Path) -> None:
+    """`--journal photos.db` naming another program's SQLite file: JournalError, file untouched."""
+    other = tmp_path / "photos.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE photos (path TEXT)")
+    sqlite3.connect(other).close()
+
+    with pytest.raises(JournalError):
+        async with Journal(other):
+            pass
+
+    with sqlite3.connect(other) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"photos"} == tables
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Any:
+    """Make a path immutable (``chattr +i``: read-only even for root) for the test's length."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available here")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@bug("mode=ro cannot create the WAL index of a closed journal: _journal.py:_connect_read_only")
+async def test_journal_show_reads_a_finished_journal_in_a_read_only_folder(
+    tmp_path: Path, immutable: Any
+) -> None:
+    """`fal-edit journal show` reads a finished batch's journal on a read-only folder (a
+    backup, a mounted archive)."""
+    folder = tmp_path / "archive"
+    async with Journal(folder / "j") as journal:
+        await journal.record_cancelled("k")
+    immutable(folder)
+
+    async with Journal(folder / "j", read_only=True) as journal:
+        summary = await journal.summary()
+
+    assert 1 == summary.total
+
+
+@bug("a new attempt's row keeps the last job's request id: _journal.py:record_submitting")
+async def test_an_unknown_retry_is_not_listed_under_the_failed_job_before_it(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """Job 1 failed (runner error), the retry's submit answer was lost: the unknown row does
+    not name job 1, which fal says failed and billed nothing, as the job to look for."""
+    journal = tmp_path / "j"
+    emulator.schedule_fault("job", "model_failure", error_type="runner_disconnected")
+
+    def lose_the_retry(event: Any) -> None:
+        if isinstance(event, ItemSubmitted) and event.attempt == 1:
+            emulator.schedule_fault("submit", "server_error")
+
+    (result,) = await run(
+        client, [("a", edit(png_data_uri))], journal=journal, on_event=lose_the_retry
+    )
+    (failed_job,) = emulator.jobs
+
+    assert ItemState.UNKNOWN is result.state
+    (row,) = (await rows(journal)).values()
+    assert failed_job != row.request_id
+
+
+@bug("a job-state row without a request id is submitted anew: _runner.py:Runner._resume")
+async def test_a_cancel_requested_row_that_lost_its_request_id_is_not_paid_again(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """The 'submitted' write fails once (a disk that fills and frees), the batch is left and fal
+    takes the cancel (best effort: the job runs on and bills): the next run pays nothing."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    with sqlite3.connect(journal) as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    async with Emulator(fast_images=True, cancel_running="ignore") as emu:
+        emu.hold_jobs()
+        async with client_for(emu) as client:
+            async with client.edit_many(items, journal=journal):
+                await emu.wait_jobs_held(1)
+                await emu.wait_until(lambda: emu.counters.streams_opened >= 1)
+            emu.release_jobs()
+            await emu.wait_completed(1)  # the cancel was ignored: billed
+            with sqlite3.connect(journal) as db:
+                db.execute("DROP TRIGGER full")
+
+            await run(client, items, journal=journal)
+
+        assert 1 == most_billed(emu)
