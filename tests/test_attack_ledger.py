@@ -487,7 +487,6 @@ async def test_one_request_id_for_two_items_is_not_two_completed_items(
 # -- changing things between runs --------------------------------------------------------------
 
 
-@bug("a resumed item's files are not claimed as names: _runner.py:Runner.claim_stem")
 async def test_a_new_item_never_overwrites_a_resumed_items_output(
     png_data_uri: str, tmp_path: Path
 ) -> None:
