@@ -88,7 +88,6 @@ def fal_env(emu: Emulator) -> dict[str, str]:
 # -- one writer per journal ----------------------------------------------------------------
 
 
-@bug("lock file named after the path as spelt: _journal.py:Journal._take_lock")
 async def test_a_symlink_to_a_journal_is_the_same_journal(tmp_path: Path) -> None:
     """A second writer reaching the journal through a symlink is refused like any other."""
     (tmp_path / "link").symlink_to(tmp_path / "j")
@@ -98,7 +97,6 @@ async def test_a_symlink_to_a_journal_is_the_same_journal(tmp_path: Path) -> Non
                 pass
 
 
-@bug("lock file named after the path as spelt: _journal.py:Journal._take_lock")
 async def test_a_hard_link_to_a_journal_is_the_same_journal(tmp_path: Path) -> None:
     """A second writer reaching the journal file through a hard link is refused."""
     async with Journal(tmp_path / "j"):  # an earlier run's journal...
@@ -110,7 +108,6 @@ async def test_a_hard_link_to_a_journal_is_the_same_journal(tmp_path: Path) -> N
                 pass
 
 
-@bug("a fresh <journal>.lock takes a fresh flock: _journal.py:Journal._take_lock")
 async def test_deleting_the_lock_file_lets_no_second_writer_in(tmp_path: Path) -> None:
     """Cleaning up a 'stale' ``.lock`` while a run holds it does not admit a second writer."""
     async with Journal(tmp_path / "j"):
@@ -157,7 +154,6 @@ class _MeetingJournal(Journal):
         return entry
 
 
-@bug("lock file named after the path as spelt: _journal.py:Journal._take_lock")
 async def test_two_runs_on_one_journal_through_a_symlink_pay_once(
     emulator: Emulator, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -293,7 +289,6 @@ def test_a_schema_1_cli_journal_resumes_without_paying_again(
         assert (1, 1) == (emu.counters.submits, most_billed(emu))
 
 
-@bug("schema-1 'cancelled' meant 'we left', not 'fal confirmed': _journal.py:Journal._migrate")
 async def test_a_schema_1_cancelled_row_is_asked_of_fal_before_paying_again(
     tmp_path: Path, png_data_uri: str
 ) -> None:
@@ -312,7 +307,6 @@ async def test_a_schema_1_cancelled_row_is_asked_of_fal_before_paying_again(
         assert 1 == most_billed(emu)
 
 
-@bug("_entry reads sent_at, which a schema-1 file lacks: _journal.py:_entry")
 def test_journal_show_reads_a_schema_1_journal(
     tmp_path: Path, png_data_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -334,7 +328,6 @@ def test_journal_show_reads_a_schema_1_journal(
 # -- killed, interrupted, left early --------------------------------------------------------
 
 
-@bug("'submitting' is shown as live whoever holds the lock: _cli/_ledger.py:show")
 async def test_journal_show_after_a_kill_mid_submit_lists_the_item_as_unknown(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -672,7 +665,6 @@ async def test_a_rerun_never_crosses_the_budget_its_journal_already_spent(
 # -- files that are not (quite) journals ---------------------------------------------------------
 
 
-@bug("any SQLite file is adopted and given the ledger's tables: _journal.py:Journal._migrate")
 async def test_another_programs_database_is_refused_not_adopted(tmp_path: Path) -> None:
     """`--journal photos.db` naming another program's SQLite file: JournalError, file untouched."""
     other = tmp_path / "photos.db"
@@ -704,7 +696,6 @@ def immutable(tmp_path: Path) -> Any:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-@bug("mode=ro cannot create the WAL index of a closed journal: _journal.py:_connect_read_only")
 async def test_journal_show_reads_a_finished_journal_in_a_read_only_folder(
     tmp_path: Path, immutable: Any
 ) -> None:
@@ -721,7 +712,6 @@ async def test_journal_show_reads_a_finished_journal_in_a_read_only_folder(
     assert 1 == summary.total
 
 
-@bug("a new attempt's row keeps the last job's request id: _journal.py:record_submitting")
 async def test_an_unknown_retry_is_not_listed_under_the_failed_job_before_it(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:

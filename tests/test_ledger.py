@@ -169,14 +169,14 @@ def test_2_the_cli_says_so_and_exits_2(tmp_path: Path) -> None:
     import subprocess
 
     holder = (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid 4242'); print('held', flush=True); "
-        "sys.stdin.read()"
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); open(sys.argv[1] + '.lock', 'w').write('pid 4242'); "
+        "print('held', flush=True); sys.stdin.read()"
     )
     journal = tmp_path / "j"
     write_images(tmp_path / "in", "a.png")
     with subprocess.Popen(
-        [sys.executable, "-c", holder, f"{journal}.lock"],
+        [sys.executable, "-c", holder, str(journal)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

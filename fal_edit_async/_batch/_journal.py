@@ -51,6 +51,11 @@ from .._models import DownloadedFile, EditImageOutput, JobUrls
 
 __all__ = ["Journal", "JournalEntry", "JournalState", "JournalSummary"]
 
+_LOST_ANSWER = (
+    "a run stopped after sending this submit and before fal's answer was recorded: fal may "
+    "have queued (and billed) that job"
+)
+
 T = TypeVar("T")
 
 _SCHEMA_VERSION = "2"
@@ -169,7 +174,7 @@ def _entry(row: sqlite3.Row) -> JournalEntry:
         attempts=row["attempts"],
         cost=Decimal(row["cost"]),
         updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
+        sent_at=row["sent_at"] if "sent_at" in row.keys() else None,  # schema 1 lacks it
     )
 
 
@@ -194,6 +199,7 @@ class Journal:
         # One connection, used from worker threads one call at a time.
         self._lock = threading.Lock()
         self._closed = False
+        self._writer_alive = False
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -228,7 +234,8 @@ class Journal:
                 return self._connect_read_only()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._take_lock()
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # The real path: a symlink and its target are one journal with one WAL.
+            db = sqlite3.connect(self.path.resolve(), check_same_thread=False, isolation_level=None)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -236,12 +243,7 @@ class Journal:
             # Only this process writes: a row left mid-submit is a dead run's.
             db.execute(
                 "UPDATE items SET state = ?, error = ? WHERE state = ?",
-                (
-                    JournalState.UNKNOWN.value,
-                    "a run stopped after sending this submit and before fal's answer was "
-                    "recorded: fal may have queued (and billed) that job",
-                    JournalState.SUBMITTING.value,
-                ),
+                (JournalState.UNKNOWN.value, _LOST_ANSWER, JournalState.SUBMITTING.value),
             )
             return db
         except (sqlite3.Error, OSError) as exc:
@@ -251,13 +253,41 @@ class Journal:
     def _connect_read_only(self) -> sqlite3.Connection:
         if not self.path.exists():
             raise JournalError(f"{self.path}: no such journal")
-        db = sqlite3.connect(
-            f"{self.path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False
-        )
+        # Asked before SQLite opens it: closing any descriptor of a file drops this process's
+        # fcntl() locks on it, SQLite's included.
+        self._writer_alive = self._has_writer()
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            # A folder we cannot write (no -shm): read the file as it is on disk.
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
         db.row_factory = sqlite3.Row
         return db
 
+    def _has_writer(self) -> bool:
+        """True when a process holds this journal for writing (read-only opens only ask)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # also drops the lock, if it was taken
+        return False
+
     def _migrate(self, db: sqlite3.Connection) -> None:
+        tables = {
+            r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if tables and "meta" not in tables:
+            raise sqlite3.DatabaseError("not a fal-edit journal (another program's database)")
         db.executescript(_SCHEMA)
         found = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if found is None:
@@ -268,22 +298,38 @@ class Journal:
             for column, kind in _ADDED_COLUMNS.items():
                 if column not in have:
                     db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+            # Schema 1 wrote "cancelled" for every job in flight when a batch was left,
+            # whatever fal answered: ask fal again before paying for those items.
+            db.execute(
+                "UPDATE items SET state = ? WHERE state = ? AND request_id IS NOT NULL",
+                (JournalState.CANCEL_REQUESTED.value, JournalState.CANCELLED.value),
+            )
             db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA_VERSION,))
         elif found["value"] != _SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"journal schema {found['value']} is not supported")
 
     def _take_lock(self) -> None:
-        path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock is on the database file itself (its inode): every spelling of the path, a
+        # symlink or a hard link to it, and a deleted lock file all meet the same lock.
+        # SQLite's own locks are fcntl() locks, which flock() does not touch.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise JournalLockedError(self.path, holder) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}\n".encode())
+            raise JournalLockedError(self.path, self._holder()) from None
         self._lock_file = fd
+        with contextlib.suppress(OSError):  # who holds it, for the next one's message
+            self._holder_path().write_text(f"pid {os.getpid()}\n")
+
+    def _holder_path(self) -> Path:
+        return self.path.resolve().with_name(self.path.resolve().name + ".lock")
+
+    def _holder(self) -> str:
+        try:
+            return self._holder_path().read_text().strip() or "another process"
+        except OSError:
+            return "another process"
 
     def _release_lock(self) -> None:
         fd, self._lock_file = self._lock_file, None
@@ -346,6 +392,14 @@ class Journal:
     async def summary(self) -> JournalSummary:
         """Counts by state, the cost of accepted jobs, and the items that need attention."""
         entries = await self.entries()
+        if self.read_only and not self._writer_alive:
+            # Nobody is writing: a row still mid-submit belongs to a run that died there.
+            entries = [
+                attrs.evolve(e, state=JournalState.UNKNOWN, error=e.error or _LOST_ANSWER)
+                if e.state is JournalState.SUBMITTING
+                else e
+                for e in entries
+            ]
         counts = Counter(e.state for e in entries)
         cost = sum((e.cost * e.attempts for e in entries if e.request_id), Decimal(0))
         return JournalSummary(
@@ -389,6 +443,11 @@ class Journal:
             attempts=attempts,
             cost=str(cost),
             sent_at=time.time(),
+            # The previous attempt's job (failed, or cancelled) is not this submit's.
+            request_id=None,
+            status_url=None,
+            response_url=None,
+            cancel_url=None,
             error=None,
             error_type=None,
         )
@@ -422,11 +481,43 @@ class Journal:
         """fal took the cancel, but a running job may still finish: a resume polls it."""
         await self._upsert(key, state=JournalState.CANCEL_REQUESTED.value)
 
-    async def record_completed(self, key: str, output: EditImageOutput) -> None:
-        """The job finished and its output is known (kept: fal's copy expires)."""
+    async def record_completed(self, key: str, urls: JobUrls, output: EditImageOutput) -> None:
+        """The job finished and its output is known (kept: fal's copy expires).
+
+        The job's id is written again: had the ``submitted`` write failed (a full disk that
+        then freed), this row still names its job.
+        """
         await self._upsert(
-            key, state=JournalState.COMPLETED.value, output=json.dumps(to_wire(output))
+            key,
+            state=JournalState.COMPLETED.value,
+            request_id=urls.request_id,
+            status_url=urls.status_url,
+            response_url=urls.response_url,
+            cancel_url=urls.cancel_url,
+            output=json.dumps(to_wire(output)),
         )
+
+    async def owner_of(self, request_id: str) -> str | None:
+        """The key of the row that holds ``request_id``, if any."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT key FROM items WHERE request_id = ?", (request_id,)).fetchone()
+            return row["key"] if row else None
+
+        return await self._run(read)
+
+    async def legacy_row(self, fingerprint: str, taken: set[str]) -> JournalEntry | None:
+        """A schema-1 row for this content under a name (``<name>@<fingerprint>``, as the
+        command line keyed items then), not yet claimed by another item of this run."""
+
+        def read(db: sqlite3.Connection) -> list[JournalEntry]:
+            rows = db.execute(
+                "SELECT * FROM items WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
+                ("%@" + fingerprint.replace("%", "\\%").replace("_", "\\_"),),
+            ).fetchall()
+            return [_entry(r) for r in rows]
+
+        return next((e for e in await self._run(read) if e.key not in taken), None)
 
     async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
         """Every output file is on disk and verified (paths kept absolute)."""

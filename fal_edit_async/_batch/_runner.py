@@ -448,7 +448,7 @@ class Runner:
                 error_type=EXPIRED,
             ) from exc
         if self.journal is not None:
-            await self._write(self.journal.record_completed(it.ledger_key, output))
+            await self._write(self.journal.record_completed(it.ledger_key, handle.urls, output))
         await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
 
