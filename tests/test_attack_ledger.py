@@ -182,7 +182,6 @@ async def test_two_runs_on_one_journal_through_a_symlink_pay_once(
 # -- items are known by their content --------------------------------------------------------
 
 
-@bug("a file is keyed by its resolved path, not its bytes: _items.py:_source_id")
 async def test_a_renamed_input_file_is_not_paid_again(
     emulator: Emulator, client: AsyncClient, tmp_path: Path
 ) -> None:
@@ -199,7 +198,6 @@ async def test_a_renamed_input_file_is_not_paid_again(
     assert (1, 1) == (emulator.counters.submits, most_billed(emulator))
 
 
-@bug("a file is keyed by its resolved path, not its bytes: _items.py:_source_id")
 async def test_an_input_replaced_in_place_is_edited_not_served_stale(
     emulator: Emulator, client: AsyncClient, tmp_path: Path
 ) -> None:
@@ -262,7 +260,6 @@ def _schema_1_journal(path: Path, key: str, state: str, handle: Any, input: Any)
     sqlite3.connect(path).close()
 
 
-@bug("the CLI's derived names left the ledger key, old rows not remapped: _journal.py:_migrate")
 def test_a_schema_1_cli_journal_resumes_without_paying_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,7 +352,6 @@ async def test_journal_show_after_a_kill_mid_submit_lists_the_item_as_unknown(
     assert 1 == len(summary["unknown"]), summary
 
 
-@bug("a cancel in the backoff after a 429 leaves the row 'submitting': _runner.py:Runner._submit")
 async def test_an_item_cut_short_in_a_rate_limit_backoff_is_submitted_next_run(
     emulator: Emulator, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -375,7 +371,6 @@ async def test_an_item_cut_short_in_a_rate_limit_backoff_is_submitted_next_run(
     assert 1 == emulator.counters.submits
 
 
-@bug("the status check of a job a 5xx named is not shielded: _runner.py:Runner._submit_failed")
 async def test_a_job_a_5xx_named_is_kept_when_the_batch_is_left_while_checking_it(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -393,7 +388,6 @@ async def test_a_job_a_5xx_named_is_kept_when_the_batch_is_left_while_checking_i
     assert emulator.counters.cancels > 0 or row.request_id == request_id
 
 
-@bug("a rerun never re-checks the job an 'unknown' row names: _runner.py:Runner._resume")
 async def test_an_unknown_row_naming_its_job_is_re_attached_by_the_next_run(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -452,7 +446,6 @@ async def test_a_5xx_naming_another_items_job_is_not_adopted(
     assert not a.ok
 
 
-@bug("no check that a request id is not another row's: _runner.py:Runner._accepted")
 async def test_one_request_id_for_two_items_is_not_two_completed_items(
     emulator: Emulator, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -528,7 +521,6 @@ async def test_a_job_accepted_when_the_disk_fills_stays_re_attachable(
     assert 1 == emulator.counters.submits
 
 
-@bug("the endpoint is fingerprinted as spelt, not as parsed: _items.py:describe_input")
 async def test_the_default_endpoint_spelt_with_slashes_is_the_same_item(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -640,7 +632,6 @@ class _LateJournal(Journal):
         return entry
 
 
-@bug("a resumed item's cost is counted only when its turn comes: _runner.py:Runner._resume")
 async def test_a_rerun_never_crosses_the_budget_its_journal_already_spent(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -734,7 +725,6 @@ async def test_an_unknown_retry_is_not_listed_under_the_failed_job_before_it(
     assert failed_job != row.request_id
 
 
-@bug("a job-state row without a request id is submitted anew: _runner.py:Runner._resume")
 async def test_a_cancel_requested_row_that_lost_its_request_id_is_not_paid_again(
     png_data_uri: str, tmp_path: Path
 ) -> None:

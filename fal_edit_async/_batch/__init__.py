@@ -152,6 +152,7 @@ async def edit_many(
             stack.push_async_callback(runner.journal.aclose)
         if runner.journal is not None:
             await runner.journal.open()
+            await runner.preload()  # what earlier runs spent counts against the budget first
         if runner.download_to is not None:
             runner.foreign = await anyio.to_thread.run_sync(_prepare_folder, runner.download_to)
         # Made only now: a journal that fails to open must leave no stream to leak.

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from enum import StrEnum
@@ -19,7 +20,7 @@ import attrs
 
 from .._config import Limits
 from .._converter import input_from_dict, to_wire
-from .._endpoint import DEFAULT_ENDPOINT
+from .._endpoint import DEFAULT_ENDPOINT, EndpointId
 from .._exceptions import FalEditError, InputError
 from .._models import DownloadedFile, EditImageInput, EditImageOutput, SubmitOptions
 from .._pricing import estimate_cost
@@ -39,6 +40,7 @@ __all__ = [
     "estimate_batch",
     "fingerprint",
     "item_key",
+    "reads_files",
     "split_item",
 ]
 
@@ -160,6 +162,7 @@ def describe_input(input: EditImageInput, endpoint: str = DEFAULT_ENDPOINT) -> d
         a.name: to_wire(getattr(input, a.name)) for a in attrs.fields(type(input))
     }
     wire["image_urls"] = [_source_id(s) for s in input.image_urls]
+    endpoint = str(EndpointId.parse(endpoint))  # one spelling per endpoint
     if endpoint != DEFAULT_ENDPOINT:
         wire["endpoint"] = endpoint
     return wire
@@ -178,12 +181,33 @@ def item_key(input: EditImageInput, endpoint: str = DEFAULT_ENDPOINT) -> str:
     return fingerprint(describe_input(input, endpoint))
 
 
+#: Files larger than this are keyed by their path (no upload takes them; see Limits).
+_MAX_HASHED = 256 * 2**20
+
+
 def _source_id(source: str | os.PathLike[str] | bytes) -> str:
+    """An image source by its content: bytes and files by their SHA-256 (a file renamed or
+    moved is the same item, one rewritten in place is another), URLs as they are."""
     if isinstance(source, bytes):
         return "sha256:" + hashlib.sha256(source).hexdigest()
     if isinstance(source, str):
         return source
-    return "file:" + str(Path(source).resolve())
+    path = Path(source)
+    try:
+        # Only a regular file of a size an upload accepts is read: a FIFO would block, and a
+        # huge file will be refused anyway. The upload says why; the key keeps the path.
+        st = path.stat()
+        if stat.S_ISREG(st.st_mode) and st.st_size <= _MAX_HASHED:
+            with path.open("rb") as f:
+                return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        pass
+    return "file:" + str(path.resolve())
+
+
+def reads_files(input: EditImageInput) -> bool:
+    """True when describing ``input`` reads files (so it belongs in a worker thread)."""
+    return any(isinstance(s, os.PathLike) for s in input.image_urls)
 
 
 @attrs.frozen(kw_only=True)

@@ -473,9 +473,28 @@ class Journal:
         """The submit provably created no job (fal refused it, or it never left)."""
         await self._upsert(key, state=JournalState.UNSENT.value, **_error(error))
 
-    async def record_unknown(self, key: str, error: FalEditError) -> None:
-        """The submit's answer was lost: fal may have queued that job."""
-        await self._upsert(key, durable=True, state=JournalState.UNKNOWN.value, **_error(error))
+    async def record_unknown(
+        self, key: str, error: FalEditError, *, urls: JobUrls | None = None
+    ) -> None:
+        """The submit's answer was lost: fal may have queued that job (``urls`` when fal's
+        error answer named it, so a resume can ask fal about it)."""
+        job: dict[str, Any] = {}
+        if urls is not None:
+            job = {
+                "request_id": urls.request_id,
+                "status_url": urls.status_url,
+                "response_url": urls.response_url,
+                "cancel_url": urls.cancel_url,
+            }
+        await self._upsert(
+            key, durable=True, state=JournalState.UNKNOWN.value, **job, **_error(error)
+        )
+
+    async def record_unsent_quietly(self, key: str) -> None:
+        """Back to "no job": the run ended while its submit waited out a refusal."""
+        await self._upsert(
+            key, state=JournalState.UNSENT.value, error="stopped before any submit was taken"
+        )
 
     async def record_cancel_requested(self, key: str) -> None:
         """fal took the cancel, but a running job may still finish: a resume polls it."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path, PurePath
 from typing import Any
@@ -40,6 +41,7 @@ from .._exceptions import (
     JobFailedError,
     JournalError,
     NotFoundError,
+    ProtocolError,
     UnknownSubmitError,
 )
 from .._files import numbered_stem, safe_stem, stem_of_output
@@ -71,7 +73,15 @@ from ._events import (
     ItemStarted,
     ItemSubmitted,
 )
-from ._items import EventCallback, ItemResult, ItemState, describe_input, fingerprint, split_item
+from ._items import (
+    EventCallback,
+    ItemResult,
+    ItemState,
+    describe_input,
+    fingerprint,
+    reads_files,
+    split_item,
+)
 from ._journal import Journal, JournalEntry, JournalState
 
 __all__ = ["Budget", "Runner"]
@@ -91,6 +101,29 @@ def _stem_of(input: EditImageInput, name: str | None, fallback: str) -> str:
         if stem:
             return safe_stem(stem)
     return safe_stem(fallback)  # a data URI or bytes: claim_name makes it unique
+
+
+class _InOrder:
+    """Lets item ``i`` take its turn only after items ``0..i-1`` took theirs.
+
+    Repeats of an input are numbered (``~2``) in feed order; describing an item may read its
+    files in a worker thread, so items finish that step in any order, and wait here.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._waiting: dict[int, anyio.Event] = {}
+
+    @asynccontextmanager
+    async def turn(self, index: int) -> AsyncIterator[None]:
+        while self._next < index:
+            await self._waiting.setdefault(index, anyio.Event()).wait()
+        try:
+            yield
+        finally:
+            self._next = index + 1
+            if (event := self._waiting.pop(index + 1, None)) is not None:
+                event.set()
 
 
 @attrs.define
@@ -132,6 +165,10 @@ class _Item:
     unknown: bool = False
     #: The stem of the files an earlier run wrote for this item in this folder.
     owned_stem: str | None = None
+    #: For an item without a key: its fingerprint, to find a schema-1 row by it.
+    fingerprint: str | None = None
+    #: The journal holds this item's request id (its ``submitted`` write landed).
+    recorded: bool = False
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -169,6 +206,11 @@ class Runner:
     stems: set[str] = attrs.field(factory=set)
     stem_suffixes: dict[str, int] = attrs.field(factory=dict)
     seen: dict[str, int] = attrs.field(factory=dict)
+    order: _InOrder = attrs.field(factory=_InOrder)
+    #: Request ids this batch has given to an item: no job is two items' result.
+    owned_ids: set[str] = attrs.field(factory=set)
+    #: Schema-1 rows (keyed ``<name>@<fingerprint>``) already taken by an item of this run.
+    legacy_taken: set[str] = attrs.field(factory=set)
     #: Items cut short when the batch was left early (they yield no result).
     interrupted: int = 0
     #: Of those, the jobs in flight whose cancel fal accepted.
@@ -208,8 +250,8 @@ class Runner:
     def _identity(self, key: str | None, print_: str) -> str:
         """The item's ledger key: from its content (and the caller's key), never its position.
 
-        Repeats of one input in a batch are distinct items: the n-th gets ``~n``. Counted in
-        the order items are fed, which :meth:`run` keeps by computing this before any await.
+        Repeats of one input in a batch are distinct items: the n-th gets ``~n``, counted in
+        the order items are fed (:class:`_InOrder`).
         """
         base = f"{key}@{print_}" if key is not None else print_
         n = self.seen[base] = self.seen.get(base, 0) + 1
@@ -220,16 +262,20 @@ class Runner:
         key, name, raw = split_item(item)
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
-        except InputError as exc:
+        except Exception as exc:  # InputError, or a mapping that breaks unforeseeably
+            async with self.order.turn(index):
+                pass
             label = name or f"item-{index}"
-            await self.emit(ItemFailed(key=label, request_id=None, error=exc))
-            return ItemResult(key=label, index=index, state=ItemState.FAILED, error=exc)
-        except Exception as exc:  # a mapping that breaks in an unforeseen way: its item only
-            error = _internal(exc)
-            label = name or f"item-{index}"
+            error = exc if isinstance(exc, InputError) else _internal(exc)
+            await self.emit(ItemFailed(key=label, request_id=None, error=error))
             return ItemResult(key=label, index=index, state=ItemState.FAILED, error=error)
-        description = describe_input(input, self.endpoint)
-        ledger_key = self._identity(key, fingerprint(description))
+        if reads_files(input):  # files are known by their bytes: hash them off the loop
+            description = await anyio.to_thread.run_sync(describe_input, input, self.endpoint)
+        else:
+            description = describe_input(input, self.endpoint)
+        print_ = fingerprint(description)
+        async with self.order.turn(index):
+            ledger_key = self._identity(key, print_)
         label = name or ledger_key
         it = _Item(
             index=index,
@@ -239,6 +285,7 @@ class Runner:
             input=input,
             description=description,
             cost=estimate_cost(input).usd,
+            fingerprint=print_ if key is None else None,
         )
         try:
             return await self._process(it)
@@ -279,7 +326,7 @@ class Runner:
     # -- the pipeline --------------------------------------------------------------------
 
     async def _process(self, it: _Item) -> ItemResult:
-        entry = await self.journal.get(it.ledger_key) if self.journal is not None else None
+        entry = await self._entry_of(it)
         handle: JobHandle | None = None
         output: EditImageOutput | None = None
         if entry is not None:
@@ -298,6 +345,19 @@ class Runner:
         if output is None:
             output = await self._jobs(it, handle, resumed_from=entry)
         return await self._finish(it, output)
+
+    async def _entry_of(self, it: _Item) -> JournalEntry | None:
+        """The item's row; for an item without a key, a schema-1 row the command line wrote
+        under a name then, which the item takes over (so an upgrade pays nothing again)."""
+        if self.journal is None:
+            return None
+        entry = await self.journal.get(it.ledger_key)
+        if entry is None and it.fingerprint is not None and it.ledger_key == it.fingerprint:
+            entry = await self.journal.legacy_row(it.fingerprint, self.legacy_taken)
+            if entry is not None:
+                self.legacy_taken.add(entry.key)
+                it.ledger_key = entry.key
+        return entry
 
     def _refuse_submit(self, it: _Item) -> ItemResult | None:
         """NOT_SUBMITTED when the journal broke or the budget would be crossed, else None."""
@@ -387,6 +447,15 @@ class Runner:
             )
         except FalEditError as exc:
             return await self._submit_failed(it, exc)
+        except anyio.get_cancelled_exc_class():
+            # Each POST is shielded, so a cancellation lands between them: with no answer taken
+            # (it.live unset), every POST so far was refused in a way that queued nothing (a
+            # 429 waiting out its Retry-After), unless ambiguous failures are retried.
+            if it.live is None and not self.core.config.retry.retry_ambiguous_submit:
+                if self.journal is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._write(self.journal.record_unsent_quietly(it.ledger_key))
+            raise
         self.jobs.succeeded()
         await self.emit(
             ItemSubmitted(key=it.key, request_id=handle.request_id, attempt=it.attempts)
@@ -396,15 +465,37 @@ class Runner:
     async def _accepted(self, it: _Item, handle: JobHandle) -> None:
         """fal answered the submit: keep the request id before anything else can happen."""
         it.live, it.request_id, it.accepted = handle, handle.request_id, it.accepted + 1
+        if await self._owned_elsewhere(it, handle.request_id):
+            # A server that gives two submits one id: the job is the first item's.
+            it.live, it.unknown = None, True
+            error = ProtocolError(
+                "fal answered this submit with a request id another item already has",
+                request_id=handle.request_id,
+            )
+            if self.journal is not None:
+                await self._write(self.journal.record_unknown(it.ledger_key, error))
+            raise error
+        self.owned_ids.add(handle.request_id)
         if self.journal is not None:
             try:
                 await self.journal.record_submitted(
                     it.ledger_key, handle.urls, attempts=it.attempts
                 )
+                it.recorded = True
             except JournalError as exc:
                 # The row stays "submitting", so a re-run reports it instead of paying again;
-                # this run still follows the job and delivers its output.
+                # this run still follows the job and delivers its output (and writes its id
+                # again with the output, should the disk have room by then).
                 self.ledger_error = self.ledger_error or exc
+
+    async def _owned_elsewhere(self, it: _Item, request_id: str) -> bool:
+        """True when another item of this batch, or another row, holds ``request_id``."""
+        if request_id in self.owned_ids:
+            return True
+        if self.journal is None:
+            return False
+        owner = await self.journal.owner_of(request_id)
+        return owner is not None and owner != it.ledger_key
 
     async def _submit_failed(self, it: _Item, exc: FalEditError) -> JobHandle:
         """Record what a failed submit proves, then raise; or re-attach to the job it made."""
@@ -415,19 +506,29 @@ class Runner:
                 await self._write(journal.record_unsent(it.ledger_key, exc))
             raise exc
         request_id = exc.request_id if isinstance(exc, APIError) else None
-        if request_id:
-            # fal named the job in its error answer: it may exist, and then it is ours.
-            handle = attach(self.core, request_id, self.endpoint)
-            try:
-                await handle.status()
-            except FalEditError:
-                pass
-            else:
-                await self._accepted(it, handle)
-                return handle
         it.request_id, it.unknown = request_id, True
-        if journal is not None:
-            await self._write(journal.record_unknown(it.ledger_key, exc))
+        named = None
+        if request_id and not await self._owned_elsewhere(it, request_id):
+            with contextlib.suppress(InputError):  # a request id no URL can hold
+                named = attach(self.core, request_id, self.endpoint)
+        if journal is not None:  # first: should this run end while fal is asked about it
+            urls = named.urls if named is not None else None
+            await self._write(journal.record_unknown(it.ledger_key, exc, urls=urls))
+        if named is not None:
+            # fal named the job in its error answer: it may exist, and then it is ours.
+            handle = named
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self.core.config.timeouts.cancel),
+            ):
+                try:
+                    await handle.status()
+                except FalEditError:
+                    pass
+                else:
+                    it.unknown = False
+                    await self._accepted(it, handle)
+                    return handle
         raise exc
 
     async def _follow(self, it: _Item, handle: JobHandle, *, resumed: bool) -> EditImageOutput:
@@ -462,8 +563,9 @@ class Runner:
         taken = outcome in (CancelOutcome.REQUESTED, CancelOutcome.OK)
         if leaving:
             self.cancels_accepted += taken
-        if taken and self.journal is not None:
-            # Best effort on fal: a running job may still finish; a resume polls it.
+        if taken and self.journal is not None and it.recorded:
+            # Best effort on fal: a running job may still finish; a resume polls it. (A row
+            # that never got the job's id stays as it is: unknown to a resume, not cancelled.)
             await self._write(self.journal.record_cancel_requested(it.ledger_key))
         # Already completed, not found, or no answer: the row keeps its job to re-attach.
         if leaving:
@@ -492,11 +594,16 @@ class Runner:
         it.attempts = entry.attempts
         it.resumed = True
         if entry.request_id is not None or state.has_job:
+            # The budget counted this row when the batch started (Runner.preload).
             it.request_id, it.accepted = entry.request_id, entry.attempts
-            self.budget.committed += entry.cost * entry.attempts
         if state in (JournalState.CANCELLED, JournalState.UNSENT):
             return None
+        if state.has_job and entry.urls is None:
+            state = JournalState.UNKNOWN  # a job state that never got its job's id
         if state in (JournalState.UNKNOWN, JournalState.SUBMITTING):
+            if entry.urls is not None and await self._still_on_fal(entry):
+                it.recorded = True
+                return self._handle_of(entry)  # fal knows the job after all: follow it
             if self.resubmit_unknown:
                 return None
             unknown = UnknownSubmitError(
@@ -521,13 +628,32 @@ class Runner:
                 return it.result(ItemState.COMPLETED, output=output, files=entry.files)
             return output  # fetched before: download it here, whatever folder a run used
         if entry.urls is not None:
-            return JobHandle(
-                request_id=entry.urls.request_id,
-                endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
-                urls=entry.urls,
-                core=self.core,
-            )
+            it.recorded = True
+            return self._handle_of(entry)
         return None
+
+    def _handle_of(self, entry: JournalEntry) -> JobHandle:
+        assert entry.urls is not None
+        self.owned_ids.add(entry.urls.request_id)
+        return JobHandle(
+            request_id=entry.urls.request_id,
+            endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
+            urls=entry.urls,
+            core=self.core,
+        )
+
+    async def _still_on_fal(self, entry: JournalEntry) -> bool:
+        """True when fal answers for the job an unknown row names."""
+        try:
+            await self._handle_of(entry).status()
+        except FalEditError:
+            return False
+        return True
+
+    async def preload(self) -> None:
+        """Count what the journal says was spent before, before any new submit."""
+        if self.journal is not None:
+            self.budget.committed += (await self.journal.summary()).estimated_cost
 
     def _owned_stem(self, entry: JournalEntry) -> str | None:
         """The stem of this item's files from an earlier run in this folder, if any."""
