@@ -535,9 +535,6 @@ async def test_the_default_endpoint_spelt_with_slashes_is_the_same_item(
     assert 1 == most_billed(emulator)
 
 
-@bug(
-    "the manifest's 'key', documented as an optional name, is the identity: _cli/_run.py:run_batch"
-)
 def test_naming_a_manifest_line_with_key_pays_nothing_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

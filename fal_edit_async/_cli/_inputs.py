@@ -61,10 +61,6 @@ class Planned:
     input: EditImageInput | None = None
     error: FalEditError | None = None
     line: int | None = None
-    #: The key was given (a manifest's ``key``): it is the item's identity in a journal.
-    #: Otherwise the key is only a name, derived from file names, and the item is known by
-    #: its content, so adding or removing other lines never changes which row it is.
-    explicit: bool = False
 
 
 def expand(arguments: Iterable[str], base: Path | None = None) -> list[Source]:
@@ -168,8 +164,7 @@ def plan_manifest(path: Path, defaults: Mapping[str, Any]) -> list[Planned]:
     seen: dict[str, int] = {}
     planned = []
     for (n, payload), key in zip(parsed, explicit, strict=True):
-        item = _plan_line(n, key or next(derived), payload, path.parent, defaults, seen)
-        planned.append(attrs.evolve(item, explicit=key is not None))
+        planned.append(_plan_line(n, key or next(derived), payload, path.parent, defaults, seen))
     return planned
 
 

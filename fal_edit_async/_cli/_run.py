@@ -153,12 +153,9 @@ async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: Run
             if item.error is not None:
                 state = ItemState.FAILED
                 run.report(ItemResult(key=item.key, index=index, state=state, error=item.error))
-        # A derived key is only a name: the journal knows the item by its content.
-        valid = [
-            EditItem(input=p.input, key=p.key if p.explicit else None, name=p.key)
-            for p in planned
-            if p.input is not None
-        ]
+        # A line's key, given or derived from file names, is only its name: the journal
+        # knows each item by its content, so naming, renaming or reordering lines pays nothing.
+        valid = [EditItem(input=p.input, name=p.key) for p in planned if p.input is not None]
         timed_out = await _run_valid(run, valid) if valid else False
     finally:
         reporter.close(reporter.progress.summary())
