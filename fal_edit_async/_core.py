@@ -8,14 +8,14 @@ every answer before anyone reads it, so both hold for any :class:`Transport`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 
 from ._config import ClientConfig
-from ._exceptions import APIError
+from ._exceptions import APIError, TransportError
 from ._protocol import api_error, same_origin
 from ._statistics import Counters
 from ._transport import Request, Response, StreamResponse, Transport
@@ -80,8 +80,21 @@ class Core:
         out = dict(headers or {})
         if auth and self._authorization is not None and self.may_authorize(url):
             out["Authorization"] = self._authorization
-        self.stats.requests += 1
         return Request(method=method, url=url, headers=out, **fields)
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count the request sent inside: answered, or failed after it left (a reset).
+
+        A request the transport refused locally (a header aiohttp rejects) or whose
+        connection never opened was not sent, so ``statistics().requests`` leaves it out.
+        """
+        try:
+            yield
+        except TransportError as exc:
+            self.stats.requests += exc.sent
+            raise
+        self.stats.requests += 1
 
     async def request(
         self,
@@ -101,7 +114,8 @@ class Core:
         request = self._request(
             method, url, headers=headers, auth=auth, json=json, params=params, data=data
         )
-        resp = await self.transport.request(request)
+        with self._counted():
+            resp = await self.transport.request(request)
         body = self.scrub(resp.body)
         if body is resp.body:
             return resp
@@ -130,7 +144,9 @@ class Core:
             follow_redirects=not auth,
             read_timeout=read_timeout,
         )
-        async with self.transport.stream(request) as resp:
+        async with AsyncExitStack() as stack:
+            with self._counted():
+                resp = await stack.enter_async_context(self.transport.stream(request))
             yield resp
 
     async def error_of(self, resp: StreamResponse) -> APIError:

@@ -305,7 +305,6 @@ async def test_control_characters_in_submit_headers_are_input_errors(
     assert 0 == emulator.counters.requests_total
 
 
-@bug("_core.Core._request counts a request before the transport refuses to send it")
 async def test_statistics_count_only_requests_that_were_sent(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
 ) -> None:

@@ -153,6 +153,24 @@ async def test_transport_errors_from_a_handler_are_retried_as_network_failures()
     assert 3 == getattr(status, "position", None)
 
 
+@pytest.mark.parametrize(
+    ("sent", "counted"),
+    [pytest.param(False, 0, id="never-connected"), pytest.param(True, 2, id="reset-after-send")],
+)
+async def test_statistics_count_a_request_once_it_left(sent: bool, counted: int) -> None:
+    """``requests`` counts what reached the network: a reset after sending, not a connection
+    that never opened (both tried twice)."""
+
+    def failing(request: Request) -> Response:
+        raise TransportError("connection failed", url=request.url, sent=sent)
+
+    async with client_with(failing) as client:  # type: ignore[arg-type]
+        with pytest.raises(TransportError):
+            await client.status("r1")
+
+    assert counted == client.statistics().requests
+
+
 async def test_mock_stream_delivers_the_body_in_chunks() -> None:
     """A streamed mock answer arrives in ``chunk_size`` pieces, then ends."""
     transport = MockTransport(lambda r: Response(status=200, body=b"abcdefg"), chunk_size=3)
