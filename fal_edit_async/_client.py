@@ -274,8 +274,8 @@ class AsyncClient:
         flat. One bad item (invalid input, unreadable file, model refusal, failed download)
         yields a failed :class:`ItemResult` with its cause and never stops the others.
         Leaving the block early cancels the items still running, on fal too. Bad settings
-        (``concurrency=0``, a negative or NaN ``budget``, an unknown option) raise at the
-        call, before anything is sent.
+        (``concurrency=0``, a negative or NaN ``budget``, an unknown or invalid option) raise
+        at the call, before anything is sent.
 
         Args:
             items: what to edit.

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._exceptions import InputError
+from ._protocol import header_safe
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -67,7 +68,8 @@ class Credentials:
 
     @key.validator
     def _check(self, _: attrs.Attribute[str], value: str) -> None:
-        if not isinstance(value, str) or not value.strip() or "\n" in value:
+        # It travels in a header: CR, LF or NUL would end it (aiohttp's ValueError, per call).
+        if not isinstance(value, str) or not value.strip() or not header_safe(value):
             raise InputError("api_key", "<redacted>", "a non-empty key on one line")
 
     @property

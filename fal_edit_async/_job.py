@@ -43,7 +43,7 @@ from ._protocol import (
     parse_receipt,
     result_not_ready,
     retryable_header,
-    submit_headers,
+    submit_target,
     urls_from_receipt,
 )
 from ._retry import retry_kind, with_retries
@@ -308,20 +308,12 @@ async def submit(
     even when the caller was cancelled meanwhile (a batch records the request id there).
     ``cancel_on_exit=False`` leaves cancelling a job whose caller went away to the caller.
     """
-    ep = EndpointId.parse(options.get("endpoint", DEFAULT_ENDPOINT))
+    ep, extra, params = submit_target(options)
     if not isinstance(input, EditImageInput):
         raise TypeError(f"submit() takes an EditImageInput, not {type(input).__name__}")
-    extra = submit_headers(
-        priority=options.get("priority"),
-        hint=options.get("hint"),
-        start_timeout=options.get("start_timeout"),
-        headers=options.get("headers"),
-    )
     if not input.is_resolved:
         input = await uploader.resolve_input(input)
     body = input_to_wire(input)
-    webhook_url = options.get("webhook_url")
-    params = {"fal_webhook": webhook_url} if webhook_url is not None else None
     queue_url = core.config.queue_url
     url = f"{queue_url}/{ep.submit_path}"
 

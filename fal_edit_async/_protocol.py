@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._endpoint import EndpointId
+from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._exceptions import (
     APIError,
     AuthError,
@@ -43,6 +45,7 @@ __all__ = [
     "check_image_count",
     "check_submit_options",
     "decode_json",
+    "header_safe",
     "is_transient",
     "job_retryable",
     "job_urls",
@@ -54,11 +57,22 @@ __all__ = [
     "same_origin",
     "submit_headers",
     "submit_never_queued",
+    "submit_target",
     "urls_from_receipt",
 ]
 
 #: The queue priorities fal-client accepts.
 PRIORITIES = ("normal", "low")
+
+# RFC 9110 field names are tokens; values may hold anything but the bytes that end a line.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LINE_BREAKS = re.compile(r"[\r\n\0]")
+
+
+def header_safe(value: str) -> bool:
+    """True when ``value`` can be sent as a header value: no CR, LF or NUL, which would end
+    the header (aiohttp refuses them with a plain ``ValueError``)."""
+    return _LINE_BREAKS.search(value) is None
 
 
 def origin(url: str) -> tuple[str, str]:
@@ -130,15 +144,48 @@ def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitR
 
 
 def check_submit_options(options: Mapping[str, Any], caller: str) -> SubmitOptions:
-    """``options`` when every key is a submit option, else the ``TypeError`` Python itself
-    would raise for an unknown keyword (with a suggestion): before anything is sent."""
+    """``options`` when every key is a submit option and every value valid: an unknown key is
+    the ``TypeError`` Python itself would raise for an unknown keyword (with a suggestion), a
+    bad value an :class:`InputError`, both before anything is sent."""
     known = SubmitOptions.__annotations__
     for name in options:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
+    submit_target(options)  # type: ignore[arg-type]
     return options  # type: ignore[return-value]
+
+
+def submit_target(
+    options: SubmitOptions,
+) -> tuple[EndpointId, dict[str, str], dict[str, str] | None]:
+    """Where a submit goes and what it carries besides its body: the endpoint, the extra
+    headers and the query parameters, every option value checked."""
+    endpoint = EndpointId.parse(options.get("endpoint", DEFAULT_ENDPOINT))
+    headers = submit_headers(
+        priority=options.get("priority"),
+        hint=options.get("hint"),
+        start_timeout=options.get("start_timeout"),
+        headers=options.get("headers"),
+    )
+    webhook_url = options.get("webhook_url")
+    if webhook_url is None:
+        return endpoint, headers, None
+    if not _is_http_url(webhook_url):
+        raise InputError("webhook_url", webhook_url, "an http(s) URL, or None")
+    return endpoint, headers, {"fal_webhook": webhook_url}
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or not header_safe(value) or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # a ValueError for a port fal could not call either
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def submit_headers(
@@ -149,24 +196,40 @@ def submit_headers(
     headers: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The optional submit headers, validated as fal-client validates them."""
-    out = {str(k): str(v) for k, v in (headers or {}).items()}
-    if any(k.lower() == "authorization" for k in out):
-        raise InputError("headers", "Authorization", "no Authorization header (set api_key)")
+    out = _extra_headers(headers)
     if priority is not None:
         if priority not in PRIORITIES:
             raise InputError("priority", priority, " | ".join(PRIORITIES))
         out["X-Fal-Queue-Priority"] = priority
     if hint is not None:
-        if not isinstance(hint, str) or not hint or "\n" in hint:
+        if not isinstance(hint, str) or not hint or not header_safe(hint):
             raise InputError("hint", hint, "a non-empty string on one line")
         out["X-Fal-Runner-Hint"] = hint
     if start_timeout is not None:
-        if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
-            raise InputError("start_timeout", start_timeout, "a number of seconds above 1")
-        if start_timeout <= 1:
+        if (
+            isinstance(start_timeout, bool)
+            or not isinstance(start_timeout, int | float)
+            or not math.isfinite(start_timeout)
+            or start_timeout <= 1
+        ):
             raise InputError("start_timeout", start_timeout, "a number of seconds above 1")
         out["X-Fal-Request-Timeout"] = str(float(start_timeout))
     return out
+
+
+def _extra_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InputError("headers", type(headers).__name__, "a mapping of header names to values")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise InputError("headers", name, "header names that are HTTP tokens")
+        if not isinstance(value, str) or not header_safe(value):
+            raise InputError("headers", name, "header values: strings without CR, LF or NUL")
+        if name.lower() == "authorization":
+            raise InputError("headers", name, "no Authorization header (set api_key)")
+    return dict(headers)
 
 
 def is_transient(status: int) -> bool:

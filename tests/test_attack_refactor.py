@@ -284,7 +284,6 @@ async def test_a_key_echoed_by_the_server_never_reaches_an_error(
 # -- 3. validation: options that slip through to the server ---------------------------------
 
 
-@bug("_protocol.submit_headers checks only '\\n' in hint and nothing in headers: aiohttp raises")
 @pytest.mark.parametrize(
     "options",
     [
@@ -316,7 +315,6 @@ async def test_statistics_count_only_requests_that_were_sent(
     assert emulator.counters.requests_total == client.statistics().requests
 
 
-@bug("_protocol.submit_headers: start_timeout NaN/inf pass 'start_timeout <= 1'")
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 async def test_a_start_timeout_must_be_a_finite_number(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, value: float
@@ -352,7 +350,6 @@ async def test_waiting_with_a_nan_timeout_is_an_input_error(
         await handle.wait(timeout=float("nan"))
 
 
-@bug("_job.submit sends webhook_url as fal_webhook unchecked")
 @pytest.mark.parametrize("url", ["", "not a url"], ids=["empty", "not-a-url"])
 async def test_a_webhook_url_must_be_an_http_url(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, url: str
@@ -378,7 +375,6 @@ async def test_an_endpoint_with_dot_segments_is_refused(
     assert 0 == emulator.counters.requests_total
 
 
-@bug("_protocol.submit_headers iterates headers.items(): a list is an AttributeError")
 async def test_headers_that_are_not_a_mapping_are_refused_as_such() -> None:
     """headers=['a'] is an InputError or TypeError, not an AttributeError."""
     async with mock_client(answer()) as client:
@@ -386,7 +382,6 @@ async def test_headers_that_are_not_a_mapping_are_refused_as_such() -> None:
             await client.submit(REMOTE, headers=["a"])  # type: ignore[arg-type]
 
 
-@bug("_config.Credentials._check refuses '\\n' only: a '\\r' key is aiohttp's ValueError")
 def test_a_key_with_a_carriage_return_is_refused() -> None:
     """A key with CR is refused when the client is built, as one with LF is."""
     with pytest.raises(InputError):
@@ -429,7 +424,6 @@ async def test_a_cancelled_edit_cancels_its_job_whatever_the_cancel_timeout(
 # -- 4. edit_many settings checked at the call ----------------------------------------------
 
 
-@bug("_batch/_items.BatchSettings.build checks submit option names, not values")
 async def test_edit_many_checks_submit_option_values_at_the_call(
     emulator: Emulator, tmp_path: Path
 ) -> None:

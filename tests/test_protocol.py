@@ -95,6 +95,10 @@ def test_submit_headers_are_validated_and_formatted() -> None:
         pytest.param({"start_timeout": True}, "start_timeout", id="timeout-bool"),
         pytest.param({"hint": ""}, "hint", id="empty-hint"),
         pytest.param({"headers": {"authorization": "Key x"}}, "headers", id="auth-header"),
+        pytest.param({"headers": {"X-A": "a\0b"}}, "headers", id="nul-in-header-value"),
+        pytest.param({"headers": {"X A": "1"}}, "headers", id="space-in-header-name"),
+        pytest.param({"headers": {"X-A": 1}}, "headers", id="header-value-not-a-string"),
+        pytest.param({"hint": "a\0b"}, "hint", id="nul-in-hint"),
     ],
 )
 def test_bad_submit_options(kwargs: dict[str, object], field: str) -> None:
