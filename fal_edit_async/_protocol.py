@@ -83,7 +83,9 @@ def origin(url: str) -> tuple[str, str]:
     """
     try:
         parts = urlsplit(url)
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+        port = parts.port
+        if port is None:  # not ``or``: an explicit :0 is a port of its own, not the default
+            port = {"http": 80, "https": 443}.get(parts.scheme, 0)
     except ValueError:
         return "", ""
     return parts.scheme.lower(), f"{(parts.hostname or '').lower()}:{port}"
@@ -98,9 +100,16 @@ def same_origin(url: str, base_url: str) -> bool:
     return found != ("", "") and found == origin(base_url)
 
 
+def _usable_request_id(request_id: str) -> bool:
+    # It becomes a path segment of every job URL the key is sent to.
+    if not request_id or request_id in (".", ".."):
+        return False
+    return "/" not in request_id and header_safe(request_id)
+
+
 def job_urls(queue_url: str, endpoint: EndpointId, request_id: str) -> JobUrls:
     """The URLs for re-attaching by request id: app root only, sub-path dropped."""
-    if not request_id or "/" in request_id or request_id in (".", ".."):
+    if not isinstance(request_id, str) or not _usable_request_id(request_id):
         raise InputError("request_id", request_id, "a fal request id")
     base = f"{queue_url.rstrip('/')}/{endpoint.app_root}/requests/{request_id}"
     return JobUrls(
@@ -132,6 +141,9 @@ def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitR
     """The submit answer; a receipt missing its URLs still keeps the paid job's id."""
     if not isinstance(payload, Mapping) or not isinstance(payload.get("request_id"), str):
         raise ProtocolError("submit answer has no request_id", payload=payload)
+    if not _usable_request_id(payload["request_id"]):
+        # The server's fault, though it queued a job: not an InputError ("nothing was sent").
+        raise ProtocolError("submit answer has an unusable request_id", payload=payload)
     built = job_urls(queue_url, endpoint, payload["request_id"])
     position = payload.get("queue_position")
     return SubmitReceipt(
@@ -281,11 +293,20 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
 
 
+def _loads(body: bytes | str) -> Any:
+    """``json.loads``, where a body nested too deeply to parse is a ``ValueError`` like any
+    other bad JSON (a hostile server's 100,000 brackets are a ``RecursionError`` otherwise)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def decode_json(body: bytes | str, *, what: str) -> Any:
     """Parse a JSON body, or raise ProtocolError naming what it was for."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return _loads(body)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise ProtocolError(f"{what}: body is not JSON", details=[str(exc)]) from exc
 
 
@@ -305,8 +326,8 @@ def _message(body: Any, status: int) -> str:
 def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
     """The typed error for a non-2xx answer."""
     try:
-        parsed: Any = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+        parsed: Any = _loads(body) if body else None
+    except ValueError:
         parsed = body.decode("utf-8", errors="replace")
     request_id = headers.get("x-fal-request-id") or None
     error_type = headers.get("x-fal-error-type")
@@ -341,8 +362,8 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
 def cancel_outcome(status: int, headers: Mapping[str, str], body: bytes) -> CancelOutcome:
     """What a cancel PUT achieved; 400 and 404 are outcomes here, not errors."""
     try:
-        parsed = json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError):
+        parsed = _loads(body) if body else {}
+    except ValueError:
         # A gateway's HTML error page: the status decides (a 502 must stay retryable).
         parsed = None
     value = parsed.get("status") if isinstance(parsed, Mapping) else None

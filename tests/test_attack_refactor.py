@@ -171,7 +171,6 @@ async def test_one_unparsable_receipt_fails_one_item_not_the_batch(
     assert 3 == len(results)
 
 
-@bug("_protocol.job_urls raises InputError ('nothing was sent') for a server's request id")
 async def test_a_server_request_id_with_a_slash_is_a_protocol_error() -> None:
     """A request id fal sent that cannot be used is the server's fault (ProtocolError), not a
     local validation failure claiming nothing was sent, though a job was queued."""
@@ -185,7 +184,6 @@ async def test_a_server_request_id_with_a_slash_is_a_protocol_error() -> None:
             await client.submit(REMOTE)
 
 
-@bug("_protocol.decode_json/api_error catch ValueError only: RecursionError escapes")
 @pytest.mark.parametrize("status", [200, 500], ids=["status-answer", "error-body"])
 async def test_deeply_nested_json_is_a_protocol_error(status: int) -> None:
     """A hostile body of 100,000 nested arrays is a FalEditError, not a RecursionError."""
@@ -699,7 +697,6 @@ async def test_a_gzip_encoded_download_is_not_retried_as_truncated(
     assert 0 == retries
 
 
-@bug("_protocol.origin maps an explicit port 0 to the scheme's default port")
 async def test_a_receipt_on_port_zero_is_not_the_queue_origin() -> None:
     """A receipt URL on https://queue.example:0 is another origin: the job URLs are rebuilt on
     the queue origin rather than kept (and sent the key)."""
