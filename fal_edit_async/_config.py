@@ -8,9 +8,10 @@ and str never show it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import attrs
@@ -37,9 +38,17 @@ DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_REST_URL = "https://rest.fal.ai"
 
 
+def _number(value: object) -> TypeGuard[int | float]:
+    """A real number, finite: NaN passes every comparison's ``False`` branch, and no setting
+    here means anything at infinity (an endless cancel, a backoff of ``uniform(0, inf)``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def _positive(name: str) -> Any:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        if not _number(value) or value <= 0:
             raise InputError(f"{name}.{attribute.name}", value, "a positive number")
         if attribute.type in ("int", int) and not isinstance(value, int):
             raise InputError(f"{name}.{attribute.name}", value, "a positive whole number")
@@ -49,7 +58,7 @@ def _positive(name: str) -> Any:
 
 def _non_negative(name: str) -> Any:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        if not _number(value) or value < 0:
             raise InputError(f"{name}.{attribute.name}", value, "zero or a positive number")
 
     return check

@@ -386,7 +386,6 @@ def test_a_key_with_a_carriage_return_is_refused() -> None:
         Credentials("abc\rdef")
 
 
-@bug("_config._positive/_non_negative: 'value <= 0' is False for NaN")
 @pytest.mark.parametrize(
     "build",
     [
@@ -403,6 +402,8 @@ def test_nan_settings_are_refused(build: Any) -> None:
         build()
 
 
+# Its premise is gone: Timeouts(cancel=nan) is refused when built (test_nan_settings_are_refused),
+# so this test can no longer build its client; kept for the review's record, to be decided.
 @bug("Timeouts(cancel=nan) is accepted; cancel_quietly's move_on_after(nan) raises ValueError")
 async def test_a_cancelled_edit_cancels_its_job_whatever_the_cancel_timeout(
     emulator: Emulator, edit_input: EditImageInput

@@ -243,6 +243,9 @@ NON_NEGATIVE = "zero or a positive number"
         pytest.param(Polling, "backoff", 0, POSITIVE, id="Polling.backoff-zero"),
         pytest.param(Polling, "stream_failures", 0, POSITIVE, id="Polling.stream_failures-zero"),
         pytest.param(Timeouts, "connect", "5", POSITIVE, id="Timeouts.connect-string"),
+        pytest.param(Timeouts, "cancel", float("inf"), POSITIVE, id="Timeouts.cancel-inf"),
+        pytest.param(RetryPolicy, "max_delay", float("inf"), NON_NEGATIVE, id="RetryPolicy.inf"),
+        pytest.param(Polling, "backoff", float("nan"), POSITIVE, id="Polling.backoff-nan"),
     ],
 )  # fmt: skip
 def test_invalid_settings_raise_input_error(
