@@ -21,8 +21,15 @@ DEFAULT_ENDPOINT = "fal-ai/gpt-image-1/edit-image"
 #: First segments that name a namespace rather than an owner (fal-client's ``APP_NAMESPACES``).
 NAMESPACES = frozenset({"workflows", "comfy"})
 
-_LEGACY_ID = re.compile(r"^[0-9]+-[A-Za-z0-9-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
+_LEGACY_ID = re.compile(r"[0-9]+-[A-Za-z0-9-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _segment(part: str) -> bool:
+    # Dots may be in a segment, never be one: "." and ".." would move the URL the key is sent
+    # to (URLs are normalised), so "fal-ai/../x" would POST to "x". fullmatch, as "$" would
+    # let a trailing newline through.
+    return _SEGMENT.fullmatch(part) is not None and part not in (".", "..")
 
 
 @attrs.frozen(kw_only=True)
@@ -42,11 +49,11 @@ class EndpointId:
             raise InputError("endpoint", endpoint_id, allowed)
         parts = endpoint_id.strip("/").split("/")
         if len(parts) == 1:
-            if not _LEGACY_ID.match(parts[0]):
+            if not _LEGACY_ID.fullmatch(parts[0]):
                 raise InputError("endpoint", endpoint_id, allowed)
             owner, _, alias = parts[0].partition("-")
             return cls(owner=owner, alias=alias)
-        if not all(_SEGMENT.match(p) for p in parts):
+        if not all(_segment(p) for p in parts):
             raise InputError("endpoint", endpoint_id, allowed)
         namespace = None
         if parts[0] in NAMESPACES:

@@ -102,6 +102,8 @@ def test_only_workflows_and_comfy_are_namespaces() -> None:
         pytest.param("123-my_app", ALLOWED, id="legacy-with-underscore"),
         pytest.param("fal-ai//edit-image", ALLOWED, id="empty-segment"),
         pytest.param("fal ai/gpt-image-1", ALLOWED, id="space"),
+        pytest.param("fal-ai/gpt-image-1\n", ALLOWED, id="trailing-newline"),
+        pytest.param("123-app\n", ALLOWED, id="legacy-trailing-newline"),
         pytest.param("fal-ai/gpt-image-1?x=1", ALLOWED, id="query-string"),
         pytest.param("https://queue.fal.run/fal-ai/gpt-image-1", ALLOWED, id="full-url"),
         pytest.param("workflows/me", "workflows/<owner>/<alias>[/path]", id="workflows-too-short"),
