@@ -173,6 +173,9 @@ async def _fetch(core: Core, target: _Target) -> DownloadedFile:
         if resp.content_type not in _ACCEPTED_TYPES:
             msg = f"Content-Type {resp.content_type!r} is not an image"
             raise DownloadError(msg, url=target.url)
+        if resp.content_length is None and "Content-Length" in resp.headers:
+            msg = f"Content-Length {resp.headers['Content-Length']!r} is not a number of bytes"
+            raise DownloadError(msg, url=target.url)
         target.check_announced(resp.content_length, "Content-Length")
         temp = target.temp_file()
         try:

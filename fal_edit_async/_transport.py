@@ -75,8 +75,9 @@ def _content_type(headers: Mapping[str, str]) -> str:
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("Content-Length")
-    return int(value) if value is not None and value.strip().isdigit() else None
+    value = headers.get("Content-Length", "").strip()
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 @attrs.frozen(kw_only=True, init=False)
@@ -274,30 +275,50 @@ class AiohttpTransport:
         async with AsyncExitStack() as stack:
             with _mapped_errors(request.url):
                 resp = await stack.enter_async_context(self._send(request))
+            chunks = _ReadChunks(resp.content, request.url)
+            stack.callback(chunks.close)
             yield StreamResponse(
-                status=resp.status,
-                headers=resp.headers,
-                url=request.url,
-                chunks=_ReadChunks(resp.content, request.url),
+                status=resp.status, headers=resp.headers, url=request.url, chunks=chunks
             )
 
 
-class _ReadChunks:
-    """An aiohttp body as chunks, its read failures mapped (a class: nothing to finalise)."""
+class _Chunks:
+    """A body as chunks, refused once its ``stream()`` block ended (a class: nothing to
+    finalise). Every transport here reads through one, so a late read fails the same way."""
 
-    def __init__(self, content: aiohttp.StreamReader, url: str) -> None:
-        self._content = content
+    def __init__(self, url: str) -> None:
         self._url = url
+        self._closed = False
 
-    def __aiter__(self) -> _ReadChunks:
+    def close(self) -> None:
+        self._closed = True
+
+    def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> bytes:
-        with _mapped_errors(self._url):
-            chunk = await self._content.read(_CHUNK)
+        if self._closed:
+            msg = "connection failed: the body was read after its stream() block ended"
+            raise TransportError(msg, url=self._url)
+        chunk = await self._next()
         if not chunk:
             raise StopAsyncIteration
         return chunk
+
+    async def _next(self) -> bytes:
+        raise NotImplementedError
+
+
+class _ReadChunks(_Chunks):
+    """An aiohttp body, its read failures mapped."""
+
+    def __init__(self, content: aiohttp.StreamReader, url: str) -> None:
+        super().__init__(url)
+        self._content = content
+
+    async def _next(self) -> bytes:
+        with _mapped_errors(self._url):
+            return await self._content.read(_CHUNK)
 
 
 class _mapped_errors:
@@ -336,35 +357,38 @@ class MockTransport:
         self._chunk_size = chunk_size
 
     async def request(self, request: Request) -> Response:
-        """Answer ``request`` with the handler's response."""
+        """Answer ``request`` with the handler's response.
+
+        A streamed body (``data`` an async iterable, as for an upload) is read first, as a
+        real transport sends it, so the handler sees bytes.
+        """
+        if request.data is not None and not isinstance(request.data, bytes):
+            body = b"".join([bytes(chunk) async for chunk in request.data])
+            request = attrs.evolve(request, data=body)
         answer = self._handler(request)
         return await answer if inspect.isawaitable(answer) else answer
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
-        """The handler's response, its body delivered in chunks."""
+        """The handler's response, its body delivered in chunks (readable inside the block)."""
         resp = await self.request(request)
-        yield StreamResponse(
-            status=resp.status,
-            headers=resp.headers,
-            url=request.url,
-            chunks=_Chunks(resp.body, self._chunk_size),
-        )
+        chunks = _MockChunks(resp.body, self._chunk_size, request.url)
+        try:
+            yield StreamResponse(
+                status=resp.status, headers=resp.headers, url=request.url, chunks=chunks
+            )
+        finally:
+            chunks.close()
 
     async def aclose(self) -> None:
         """Nothing to release."""
 
 
-class _Chunks:
-    def __init__(self, body: bytes, size: int | None) -> None:
+class _MockChunks(_Chunks):
+    def __init__(self, body: bytes, size: int | None, url: str) -> None:
+        super().__init__(url)
         size = size or len(body) or 1
         self._pieces = iter([body[i : i + size] for i in range(0, len(body), size)])
 
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return next(self._pieces)
-        except StopIteration:
-            raise StopAsyncIteration from None
+    async def _next(self) -> bytes:
+        return next(self._pieces, b"")

@@ -193,7 +193,6 @@ async def test_deeply_nested_json_is_a_protocol_error(status: int) -> None:
             await client.status("r1")
 
 
-@bug("_transport._content_length: str.isdigit() accepts '²', which int() refuses")
 async def test_a_non_ascii_digit_content_length_is_a_download_error(tmp_path: Path) -> None:
     """A Content-Length of '²' (a digit to str.isdigit, not to int) fails that download with a
     DownloadError; it does not raise ValueError out of download()."""
@@ -650,7 +649,6 @@ async def test_download_on_a_closed_client_raises_runtime_error(
 # -- 6. the transport seam -----------------------------------------------------------------
 
 
-@bug("MockTransport never drains Request.data, so _uploads._put sees a 'changed' file")
 async def test_a_file_upload_through_mock_transport_succeeds(tmp_path: Path) -> None:
     """Uploading a local file through MockTransport with a plain handler works; today it is an
     InputError saying the file changed while uploading."""
@@ -671,7 +669,6 @@ async def test_a_file_upload_through_mock_transport_succeeds(tmp_path: Path) -> 
     assert "r1" == handle.request_id
 
 
-@bug("MockTransport._Chunks can be read after the stream block; AiohttpTransport's cannot")
 async def test_mock_stream_refuses_reads_after_its_block() -> None:
     """MockTransport behaves like AiohttpTransport: reading a StreamResponse after its block
     ended raises, so unit tests catch the bug the real transport would hit."""
