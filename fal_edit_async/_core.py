@@ -3,16 +3,21 @@
 Job handles, batches, uploads, downloads and status streams take a :class:`Core`, never the
 client. The core decides where the key goes (``Authorization`` only on the configured queue
 and REST origins, and never on a request made with ``auth=False``) and blanks the key out of
-every answer before anyone reads it, so both hold for any :class:`Transport`.
+every answer before anyone reads it (bodies, headers, the chunks of a stream from those
+origins, and transport errors), so both hold for any :class:`Transport`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from typing import Any
+import json
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, AnyStr, TypeVar
+from urllib.parse import quote, quote_plus
 
 import anyio
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._config import ClientConfig
 from ._exceptions import APIError, TransportError
@@ -22,7 +27,123 @@ from ._transport import Request, Response, StreamResponse, Transport
 
 __all__ = ["Core"]
 
-_REDACTED = b"<redacted>"
+T = TypeVar("T")
+
+_REDACTED = "<redacted>"
+# Characters no form of quoting changes (JSON escapes, percent-encoding): a run of them is in
+# every form of the key, so one ``in`` check rules all forms out in the common case.
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+class _Scrubber:
+    """Blanks one key out of text and bytes, in each form a server may quote it back: as is,
+    JSON-escaped (``\\/``, ``\\uXXXX``) and percent-encoded (a URL in a ``Location``)."""
+
+    def __init__(self, key: str) -> None:
+        forms = {
+            key,
+            json.dumps(key)[1:-1],
+            json.dumps(key, ensure_ascii=False)[1:-1],
+            json.dumps(key)[1:-1].replace("/", "\\/"),
+            quote(key, safe=""),
+            quote_plus(key, safe=""),
+        }
+        self._text = sorted(forms, key=len, reverse=True)  # longest first: none hides another
+        self._data = [form.encode() for form in self._text]
+        probe = max(_PLAIN_RUN.findall(key), key=len, default="")
+        self._probe_text = probe
+        self._probe_data = probe.encode()
+
+    @staticmethod
+    def _has(value: AnyStr, probe: AnyStr, forms: list[AnyStr]) -> bool:
+        if probe:
+            return probe in value
+        return any(form in value for form in forms)
+
+    def blank(self, data: bytes) -> bytes:
+        """``data`` without the key; the same object when it held none (the common case)."""
+        if not self._has(data, self._probe_data, self._data):
+            return data
+        for form in self._data:
+            data = data.replace(form, _REDACTED.encode())
+        return data
+
+    def blank_text(self, text: str) -> str:
+        """``text`` without the key; the same object when it held none."""
+        if not self._has(text, self._probe_text, self._text):
+            return text
+        for form in self._text:
+            text = text.replace(form, _REDACTED)
+        return text
+
+    def blank_headers(self, headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
+        """``headers`` without the key in any name or value (a ``Location`` quoting it)."""
+        items = list(headers.items())
+        if all(self.blank_text(k) is k and self.blank_text(v) is v for k, v in items):
+            return headers
+        clean = CIMultiDict((self.blank_text(k), self.blank_text(v)) for k, v in items)
+        return CIMultiDictProxy(clean)
+
+    def blank_error(self, exc: TransportError) -> TransportError:
+        """``exc``, or a copy without the key: aiohttp quotes a malformed header it refused,
+        which is the server's text (and so perhaps the key)."""
+        text = str(exc)
+        clean = self.blank_text(text)
+        if clean is text:
+            return exc
+        suffix = f" ({exc.url})" if exc.url else ""
+        return TransportError(clean.removesuffix(suffix), url=exc.url, sent=exc.sent)
+
+    def held_back(self, data: bytes) -> int:
+        """How many bytes at the end of ``data`` could begin a form of the key: a stream keeps
+        them until the next chunk shows whether the key was split across the two."""
+        held = 0
+        for form in self._data:
+            i = data.find(form[:1], max(0, len(data) - len(form) + 1))
+            while i != -1 and len(data) - i > held:
+                if form.startswith(data[i:]):
+                    held = len(data) - i
+                    break
+                i = data.find(form[:1], i + 1)
+        return held
+
+
+class _ScrubbedChunks:
+    """A stream's chunks with the key blanked out, even when it is split across two of them
+    (a class, like the transports' chunks: nothing to finalise)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], scrubber: _Scrubber) -> None:
+        self._chunks = chunks
+        self._scrubber = scrubber
+        self._pending = b""
+        self._done = False
+
+    def __aiter__(self) -> _ScrubbedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._done and (chunk := await self._read()) is not None:
+            data = self._scrubber.blank(self._pending + chunk if self._pending else chunk)
+            held = self._scrubber.held_back(data)
+            self._pending = data[len(data) - held :]
+            if len(data) > held:
+                return data[: len(data) - held]
+        self._done = True
+        if self._pending:
+            rest, self._pending = self._pending, b""
+            return rest  # a beginning of the key, never the whole of it
+        raise StopAsyncIteration
+
+    async def _read(self) -> bytes | None:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+        except TransportError as exc:
+            error = self._scrubber.blank_error(exc)
+            if error is exc:
+                raise
+        raise error  # outside the except block: not chained to the one that quoted the key
 
 
 class Core:
@@ -39,7 +160,7 @@ class Core:
         self.stats = Counters()
         self._auth_bases = (config.queue_url, config.rest_url)
         creds = config.credentials
-        self._key = creds.key.encode() if creds is not None else b""
+        self._scrubber = _Scrubber(creds.key) if creds is not None else None
         self._authorization = creds.header_value if creds is not None else None
         self._closed = False
 
@@ -63,8 +184,7 @@ class Core:
 
         Error bodies end up in exception messages, logs and journals; the key must not.
         """
-        key = self._key
-        return body.replace(key, _REDACTED) if key and key in body else body
+        return self._scrubber.blank(body) if self._scrubber is not None else body
 
     def _request(
         self,
@@ -82,19 +202,43 @@ class Core:
             out["Authorization"] = self._authorization
         return Request(method=method, url=url, headers=out, **fields)
 
-    @contextmanager
-    def _counted(self) -> Iterator[None]:
-        """Count the request sent inside: answered, or failed after it left (a reset).
-
-        A request the transport refused locally (a header aiohttp rejects) or whose
-        connection never opened was not sent, so ``statistics().requests`` leaves it out.
+    async def _send(self, step: Awaitable[T]) -> T:
+        """Await the transport's send, counting the request once it left: answered, or failed
+        after it was sent (a reset). A request the transport refused locally (a header
+        aiohttp rejects) or whose connection never opened was not sent, so
+        ``statistics().requests`` leaves it out.
         """
         try:
-            yield
+            result = await step
         except TransportError as exc:
             self.stats.requests += exc.sent
-            raise
-        self.stats.requests += 1
+            error = self._scrubber.blank_error(exc) if self._scrubber is not None else exc
+            if error is exc:
+                raise
+        else:
+            self.stats.requests += 1
+            return result
+        raise error  # outside the except block: not chained to the one that quoted the key
+
+    def _scrubbed(self, resp: Response) -> Response:
+        if self._scrubber is None:
+            return resp
+        body = self._scrubber.blank(resp.body)
+        headers = self._scrubber.blank_headers(resp.headers)
+        if body is resp.body and headers is resp.headers:
+            return resp
+        return Response(status=resp.status, headers=headers, body=body, url=resp.url)
+
+    def _scrubbed_stream(self, resp: StreamResponse, url: str) -> StreamResponse:
+        if self._scrubber is None:
+            return resp
+        chunks = resp.aiter_bytes()
+        # Only the origins the key goes to can quote it (a status stream's logs); a download
+        # from the CDN is left as it is, its bytes not searched.
+        if self.may_authorize(url):
+            chunks = _ScrubbedChunks(chunks, self._scrubber)
+        headers = self._scrubber.blank_headers(resp.headers)
+        return StreamResponse(status=resp.status, headers=headers, url=resp.url, chunks=chunks)
 
     async def request(
         self,
@@ -114,12 +258,7 @@ class Core:
         request = self._request(
             method, url, headers=headers, auth=auth, json=json, params=params, data=data
         )
-        with self._counted():
-            resp = await self.transport.request(request)
-        body = self.scrub(resp.body)
-        if body is resp.body:
-            return resp
-        return Response(status=resp.status, headers=resp.headers, body=body, url=resp.url)
+        return self._scrubbed(await self._send(self.transport.request(request)))
 
     @asynccontextmanager
     async def stream(
@@ -145,10 +284,10 @@ class Core:
             read_timeout=read_timeout,
         )
         async with AsyncExitStack() as stack:
-            with self._counted():
-                resp = await stack.enter_async_context(self.transport.stream(request))
-            yield resp
+            resp = await self._send(stack.enter_async_context(self.transport.stream(request)))
+            yield self._scrubbed_stream(resp, url)
 
     async def error_of(self, resp: StreamResponse) -> APIError:
-        """The typed error for a streamed non-2xx answer, its body read and scrubbed."""
+        """The typed error for a streamed non-2xx answer, its body read and scrubbed (a
+        download's too, whose chunks are not)."""
         return api_error(resp.status, resp.headers, self.scrub(await resp.read()))

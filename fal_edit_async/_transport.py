@@ -22,7 +22,7 @@ import json as jsonlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from enum import Enum
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import aiohttp
 import attrs
@@ -41,9 +41,19 @@ __all__ = [
     "Transport",
 ]
 
+T = TypeVar("T")
+
 #: A request body streamed from memory or disk.
 Body: TypeAlias = bytes | AsyncIterable[bytes | memoryview]
 _CHUNK = 256 * 1024
+
+
+def _headers_repr(headers: Mapping[str, str]) -> str:
+    # A Request is public and holds Authorization: a recorder, a log line or a debugger
+    # showing it must not show the key.
+    return repr(
+        {k: "<redacted>" if k.lower() == "authorization" else v for k, v in headers.items()}
+    )
 
 
 def _headers(value: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
@@ -57,13 +67,14 @@ class Request:
     """One HTTP request, as the core hands it to a transport.
 
     ``follow_redirects`` is only ever true for requests that carry no key (downloads);
-    ``read_timeout`` replaces ``Timeouts.read`` as the longest wait for the next bytes.
+    ``read_timeout`` replaces ``Timeouts.read`` as the longest wait for the next bytes. Its
+    repr never shows the ``Authorization`` header's value.
     """
 
     method: str
     url: str
     params: Mapping[str, str] | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict)
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=_headers_repr)
     json: Any = None
     data: Body | None = None
     follow_redirects: bool = False
@@ -262,19 +273,18 @@ class AiohttpTransport:
 
     async def request(self, request: Request) -> Response:
         """Send ``request`` and read the whole answer."""
-        with _mapped_errors(request.url):
-            async with self._send(request) as resp:
-                body = await resp.read()
-                return Response(
-                    status=resp.status, headers=resp.headers, body=body, url=request.url
-                )
+        return await _mapped(request.url, self._read(request))
+
+    async def _read(self, request: Request) -> Response:
+        async with self._send(request) as resp:
+            body = await resp.read()
+            return Response(status=resp.status, headers=resp.headers, body=body, url=request.url)
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
         """Send ``request``; read the body inside the block, through ``aiter_bytes()``."""
         async with AsyncExitStack() as stack:
-            with _mapped_errors(request.url):
-                resp = await stack.enter_async_context(self._send(request))
+            resp = await _mapped(request.url, stack.enter_async_context(self._send(request)))
             chunks = _ReadChunks(resp.content, request.url)
             stack.callback(chunks.close)
             yield StreamResponse(
@@ -317,28 +327,25 @@ class _ReadChunks(_Chunks):
         self._content = content
 
     async def _next(self) -> bytes:
-        with _mapped_errors(self._url):
-            return await self._content.read(_CHUNK)
+        return await _mapped(self._url, self._content.read(_CHUNK))
 
 
-class _mapped_errors:
-    """Translate aiohttp and socket failures, around the transport's own awaits only."""
+async def _mapped(url: str, step: Awaitable[T]) -> T:
+    """Await one of the transport's own steps (a connect, a read), its aiohttp or socket
+    failure translated to :class:`TransportError`; never around the caller's code.
 
-    def __init__(self, url: str) -> None:
-        self._url = url
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, _: type[BaseException] | None, exc: BaseException | None, __: Any) -> None:
-        if exc is None or not isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError):
-            return
+    The error is raised outside the ``except`` block, so nothing chains it to aiohttp's
+    (neither ``__cause__`` nor ``__context__``): that one holds the request's headers, the
+    key among them, and shows them in its repr. Its type and message are kept in the text.
+    """
+    try:
+        return await step
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
         # Only a failed connect proves the request never left: that is what makes a retry safe.
         not_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
         kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
-        raise TransportError(
-            f"{kind}: {type(exc).__name__}: {exc}", url=self._url, sent=not not_sent
-        ) from exc
+        error = TransportError(f"{kind}: {type(exc).__name__}: {exc}", url=url, sent=not not_sent)
+    raise error
 
 
 #: Answers one request: a plain or async function returning a :class:`Response`.

@@ -207,7 +207,6 @@ async def test_a_non_ascii_digit_content_length_is_a_download_error(tmp_path: Pa
 # -- 2. the key: reprs, exception chains, streamed answers, headers ---------------------------
 
 
-@bug("_transport.Request is a plain attrs class: its repr shows headers['Authorization']")
 async def test_a_requests_repr_hides_the_key() -> None:
     """Request is public and holds the Authorization header; its repr (what a test recorder, a
     custom transport's log line or a debugger shows) must not show the key."""
@@ -224,7 +223,6 @@ async def test_a_requests_repr_hides_the_key() -> None:
     assert not any(KEY in text for text in shown)
 
 
-@bug("_transport._mapped_errors chains aiohttp's error, whose RequestInfo holds the key")
 async def test_a_transport_errors_chain_holds_no_key(raw_server: str) -> None:
     """A queue answer with a malformed Content-Length is a TransportError; neither it nor the
     exceptions chained to it show the key in their repr."""
@@ -237,7 +235,6 @@ async def test_a_transport_errors_chain_holds_no_key(raw_server: str) -> None:
     assert [] == [repr(e) for e in chain(caught.value) if KEY in repr(e)]
 
 
-@bug("_core.Core.stream does not scrub: streamed logs keep the key, polled ones redact it")
 async def test_a_key_quoted_in_streamed_logs_is_scrubbed(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
 ) -> None:
@@ -256,7 +253,6 @@ async def test_a_key_quoted_in_streamed_logs_is_scrubbed(
     assert not any(emulator.api_key in e.message for e in done.logs)
 
 
-@bug("_protocol.api_error: headers and escaped bodies are not scrubbed (Core.scrub: raw bytes)")
 @pytest.mark.parametrize(
     ("status", "body", "headers"),
     [

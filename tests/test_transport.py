@@ -130,6 +130,51 @@ async def test_a_key_echoed_in_an_answer_is_scrubbed() -> None:
     assert "<redacted>" in str(caught.value)
 
 
+SLASHED = "key-id:se/cret"  # fal keys are id:secret; a slash is JSON-escapable as "\\/"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(SLASHED, id="as-is"),
+        pytest.param(SLASHED.replace("/", "\\/"), id="json-escaped-slash"),
+        pytest.param("key-id%3Ase%2Fcret", id="percent-encoded"),
+        pytest.param("key-id%3Ase%2Fcret".replace("%", "+"), id="not-the-key"),
+    ],
+)
+async def test_the_core_scrubs_every_form_of_the_key_from_bodies_and_headers(echo: str) -> None:
+    """The key quoted back as is, JSON-escaped or percent-encoded, in a body or a header, is
+    blanked out before anything reads the answer; other text is left as it was."""
+    from fal_edit_async import ClientConfig
+    from fal_edit_async._core import Core
+
+    answer = Response(status=400, body=f"detail {echo}".encode(), headers={"X-Echo": echo})
+    core = Core(ClientConfig(credentials=SLASHED, queue_url=QUEUE), MockTransport(lambda r: answer))
+    resp = await core.request("GET", f"{QUEUE}/x")
+
+    quoted = echo != "key-id+3Ase+2Fcret"
+    expected = "<redacted>" if quoted else echo
+    assert (f"detail {expected}".encode(), expected) == (resp.body, resp.headers["X-Echo"])
+
+
+async def test_a_key_split_across_stream_chunks_is_scrubbed_without_holding_back_events() -> None:
+    """A status stream quoting the key across chunk boundaries has it blanked out; a chunk
+    that cannot end in the start of the key (an event's blank line) is delivered whole."""
+    from fal_edit_async import ClientConfig
+    from fal_edit_async._core import Core
+
+    body = f'data: {{"log": "FAL_KEY={KEY}"}}\n\n'.encode()
+    for size in (1, 3, 7, len(body)):
+        transport = MockTransport(lambda r: Response(status=200, body=body), chunk_size=size)
+        core = Core(ClientConfig(credentials=KEY, queue_url=QUEUE), transport)
+        async with core.stream(f"{QUEUE}/status/stream") as resp:
+            chunks = [c async for c in resp.aiter_bytes()]
+
+        assert b'data: {"log": "FAL_KEY=<redacted>"}\n\n' == b"".join(chunks), size
+        assert all(chunks), size
+    assert [b'data: {"log": "FAL_KEY=<redacted>"}\n\n'] == chunks
+
+
 async def test_transport_errors_from_a_handler_are_retried_as_network_failures() -> None:
     """A status poll that fails on the network is tried again, through any transport."""
     calls = 0
@@ -185,7 +230,8 @@ async def test_mock_stream_delivers_the_body_in_chunks() -> None:
 
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
-    """A loopback server: /body answers 10 bytes, /cut promises 100 and sends 10."""
+    """A loopback server: /body answers 10 bytes, /cut promises 100 and sends 10, /quoted
+    sends a malformed Content-Length that quotes the key."""
 
     async def body(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b"0123456789")
@@ -198,9 +244,17 @@ async def server() -> AsyncIterator[str]:
         request.transport.close()
         return resp
 
+    async def quoted(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {KEY}\r\n\r\n{{}}"
+        request.transport.write(head.encode())
+        request.transport.close()
+        return web.Response()
+
     app = web.Application()
     app.router.add_get("/body", body)
     app.router.add_get("/cut", cut)
+    app.router.add_get("/quoted", quoted)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -222,6 +276,27 @@ async def test_a_body_cut_short_is_a_transport_error(server: str) -> None:
                     pass
     finally:
         await transport.aclose()
+
+
+async def test_a_key_quoted_in_a_transport_error_is_scrubbed(server: str) -> None:
+    """aiohttp quotes the malformed header it refused; the core blanks the key out of that
+    TransportError, whose chain holds nothing (aiohttp's error shows the request headers)."""
+    from fal_edit_async import ClientConfig
+    from fal_edit_async._core import Core
+
+    core = Core(ClientConfig(credentials=KEY, queue_url=server), AiohttpTransport())
+    try:
+        with pytest.raises(TransportError) as caught:
+            await core.request("GET", f"{server}/quoted")
+    finally:
+        await core.aclose()
+
+    assert "Content-Length: <redacted>" in str(caught.value)
+    assert (f"{server}/quoted", None, None) == (
+        caught.value.url,
+        caught.value.__cause__,
+        caught.value.__context__,
+    )
 
 
 async def test_the_callers_own_errors_are_not_taken_for_network_failures(server: str) -> None:
