@@ -173,13 +173,11 @@ async def _fetch(core: Core, target: _Target) -> DownloadedFile:
         if resp.content_type not in _ACCEPTED_TYPES:
             msg = f"Content-Type {resp.content_type!r} is not an image"
             raise DownloadError(msg, url=target.url)
-        if resp.content_length is None and "Content-Length" in resp.headers:
-            msg = f"Content-Length {resp.headers['Content-Length']!r} is not a number of bytes"
-            raise DownloadError(msg, url=target.url)
-        target.check_announced(resp.content_length, "Content-Length")
+        length = _body_length(resp, target.url)
+        target.check_announced(length, "Content-Length")
         temp = target.temp_file()
         try:
-            return await _stream_to(temp, resp.aiter_bytes(), target, resp)
+            return await _stream_to(temp, resp.aiter_bytes(), target, length)
         finally:
             # A write in a worker thread always runs to its end, even when this task is
             # cancelled, so the file's state is settled here; the cleanup must finish too.
@@ -188,8 +186,24 @@ async def _fetch(core: Core, target: _Target) -> DownloadedFile:
                     await anyio.to_thread.run_sync(temp.discard)
 
 
+def _body_length(resp: StreamResponse, url: str) -> int | None:
+    """The length of the body as read, when the server announced it.
+
+    ``Content-Length`` counts the bytes on the wire. A server that compresses anyway (gzip
+    despite ``Accept-Encoding: identity``) announces the encoded length, and the transport
+    hands us the decoded body: that length says nothing of what is written here (comparing
+    them took a whole file for a truncated one), and the transport still checks it against
+    the encoded bytes it read. A malformed ``Content-Length`` fails the file.
+    """
+    raw = resp.headers.get("Content-Length")
+    if raw is not None and resp.content_length is None:
+        raise DownloadError(f"Content-Length {raw!r} is not a number of bytes", url=url)
+    encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    return resp.content_length if encoding in ("", "identity") else None
+
+
 async def _stream_to(
-    temp: TempFile, chunks: AsyncIterable[bytes], target: _Target, resp: StreamResponse
+    temp: TempFile, chunks: AsyncIterable[bytes], target: _Target, length: int | None
 ) -> DownloadedFile:
     """Write the body to ``temp`` in batches, verify it, and rename it into place."""
     fmt: str | None = None
@@ -216,7 +230,7 @@ async def _stream_to(
             pending, buffered = [], 0
     fmt = fmt or _format_of(head, target.url)
     # aiohttp raises on a body cut short of Content-Length; this also covers file_size.
-    for expected in (resp.content_length, target.file_size):
+    for expected in (length, target.file_size):
         if expected is not None and received != expected:
             raise _Transient(f"body has {received} bytes, expected {expected}")
     digest = await _on_disk(target, temp.commit, pending, target.final_path(fmt))

@@ -181,8 +181,10 @@ class Transport(Protocol):
 
     Implement it to put the client on another HTTP stack; :class:`AiohttpTransport` is the
     default, :class:`MockTransport` answers in memory. A transport never follows a redirect
-    unless ``request.follow_redirects`` says so, and raises :class:`TransportError` (with
-    ``sent=False`` only when the request provably never left) for network failures.
+    unless ``request.follow_redirects`` says so, raises :class:`TransportError` (with
+    ``sent=False`` only when the request provably never left) for network failures, and
+    delivers bodies with their ``Content-Encoding`` undone (checking ``Content-Length``
+    against the encoded bytes it read).
     """
 
     async def request(self, request: Request) -> Response:

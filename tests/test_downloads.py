@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 from collections import Counter
@@ -315,6 +316,51 @@ async def test_truncated_body_is_retried(server: Server, transport: Core, dest: 
     assert 2 == server.hits["/a.png"]
     assert 1 == transport.stats.snapshot().retries.download
     assert ["x_0.png"] == files_in(dest)
+
+
+def gzipped(data: bytes, *, cut: bool = False) -> Handler:
+    """A handler compressing ``data`` despite Accept-Encoding: identity (its Content-Length
+    is the encoded one), and with ``cut`` dropping the connection half way."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        encoded = gzip.compress(data)
+        headers = {"Content-Type": "image/png", "Content-Encoding": "gzip"}
+        if not cut:
+            return web.Response(body=encoded, headers=headers)
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = len(encoded)
+        await resp.prepare(request)
+        await resp.write(encoded[: len(encoded) // 2])
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    return handle
+
+
+async def test_a_compressed_download_is_written_decoded(
+    server: Server, transport: Core, dest: Path
+) -> None:
+    """A CDN that gzips anyway: the file is the decoded image, on the first try; the encoded
+    Content-Length is not taken for the decoded body's."""
+    server.routes["/a.png"] = gzipped(BIG)
+    image = ImageFile(url=server.url + "/a.png", file_size=len(BIG))
+
+    got = await download_image(transport, image, dest, "x", 0)
+
+    assert (BIG, 1) == (got.path.read_bytes(), server.hits["/a.png"])
+
+
+async def test_a_compressed_download_cut_short_is_retried(
+    server: Server, transport: Core, dest: Path
+) -> None:
+    """A compressed body cut short of its (encoded) Content-Length is still a truncation."""
+    server.routes["/a.png"] = in_turn(gzipped(BIG, cut=True), gzipped(BIG))
+
+    got = await download_image(transport, ImageFile(url=server.url + "/a.png"), dest, "x", 0)
+
+    assert BIG == got.path.read_bytes()
+    assert 1 == transport.stats.snapshot().retries.download
 
 
 async def test_always_truncated_gives_up_cleanly(
