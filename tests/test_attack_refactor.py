@@ -437,21 +437,18 @@ async def test_edit_many_checks_submit_option_values_at_the_call(
     pytest.fail("priority='urgent' was not refused at the call")
 
 
-@bug("_batch/_items.BatchSettings.build never checks on_event")
 def test_edit_many_refuses_an_on_event_that_cannot_be_called() -> None:
     """on_event=5 is refused at the call; today the batch starts, submits, then dies."""
     with pytest.raises((InputError, TypeError)):
         offline().edit_many([], on_event=5)  # type: ignore[arg-type]
 
 
-@bug("_batch/_items.BatchSettings.build: Path('') is '.', so outputs land in the cwd")
 def test_edit_many_refuses_an_empty_download_folder() -> None:
     """download_to='' is an InputError, not the current directory."""
     with pytest.raises(InputError):
         offline().edit_many([], download_to="")
 
 
-@bug("_batch/_items.BatchSettings.build names 'concurrency' when downloads is too high")
 def test_too_many_downloads_names_the_downloads_setting() -> None:
     """downloads=10**9 over max_connections is an InputError naming ``downloads``."""
     with pytest.raises(InputError) as caught:

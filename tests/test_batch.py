@@ -402,6 +402,27 @@ async def _one_job_cost(client: AsyncClient, uri: str) -> Any:
     return result.cost
 
 
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        pytest.param({"downloads": 10}, "downloads", id="downloads-given"),
+        pytest.param({"concurrency": 10}, "concurrency", id="concurrency-given"),
+        pytest.param({"concurrency": 4, "downloads": 14}, "downloads", id="both-downloads-larger"),
+        pytest.param({"concurrency": 14, "downloads": 4}, "concurrency", id="both-jobs-larger"),
+    ],
+)
+def test_a_batch_over_the_connection_pool_names_the_setting_given(
+    settings: dict[str, int], field: str
+) -> None:
+    """Over Limits.max_connections, the error names the setting the caller gave (of two, the
+    larger), even when the other one's default takes more sockets."""
+    client = AsyncClient(api_key="k", limits=Limits(max_connections=20))
+    with pytest.raises(InputError) as caught:
+        client.edit_many([], **settings)  # type: ignore[arg-type]
+
+    assert field == caught.value.field
+
+
 async def test_concurrency_beyond_the_connection_pool_is_refused(
     emulator: Emulator, png_data_uri: str
 ) -> None:

@@ -297,20 +297,13 @@ class BatchSettings:
         """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
         jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
         files = limits.downloads if downloads is None else _count("downloads", downloads, 1)
-        needed = jobs + files + limits.uploads
-        if needed > limits.max_connections:
-            # Jobs would queue for sockets behind each other's status streams: say so up front.
-            most = limits.max_connections - files - limits.uploads
-            raise InputError(
-                "concurrency",
-                concurrency,
-                f"at most {most} with Limits.max_connections={limits.max_connections} "
-                "(raise it to go higher)",
-            )
+        _check_sockets(limits, jobs, files, given=(concurrency, downloads))
+        if on_event is not None and not callable(on_event):
+            raise InputError("on_event", on_event, "a function taking a BatchEvent, or None")
         return cls(
             concurrency=jobs,
             downloads=files,
-            download_to=None if download_to is None else Path(download_to),
+            download_to=_folder(download_to),
             job_retries=_count("job_retries", job_retries, 0),
             budget=_budget(budget),
             journal=journal,
@@ -321,6 +314,35 @@ class BatchSettings:
             retry_failed=bool(retry_failed),
             overwrite=bool(overwrite),
         )
+
+
+def _check_sockets(
+    limits: Limits, jobs: int, files: int, *, given: tuple[int | None, int | None]
+) -> None:
+    """Refuse a batch whose jobs and downloads cannot all have a socket (jobs would queue
+    behind each other's status streams), naming the setting the caller gave: of the two
+    (``concurrency``, ``downloads``), the larger."""
+    if jobs + files + limits.uploads <= limits.max_connections:
+        return
+    concurrency, downloads = given
+    if downloads is not None and (concurrency is None or downloads > concurrency):
+        field, value, most = "downloads", files, limits.max_connections - jobs - limits.uploads
+    else:
+        field, value, most = "concurrency", jobs, limits.max_connections - files - limits.uploads
+    allowed = (
+        f"at most {most} with Limits.max_connections={limits.max_connections} "
+        "(raise it to go higher)"
+    )
+    raise InputError(field, value, allowed)
+
+
+def _folder(value: str | os.PathLike[str] | None) -> Path | None:
+    if value is None:
+        return None
+    # Path("") is Path("."): an empty string would put every output in the current directory.
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise InputError("download_to", value, "a folder path, or None")
+    return Path(value)
 
 
 def _count(field: str, value: object, least: int) -> int:
