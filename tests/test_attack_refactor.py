@@ -596,7 +596,6 @@ async def test_closing_the_client_under_a_waiter_cancels_its_job(
     assert 1 == emulator.counters.cancels
 
 
-@bug("_batch.Batch iterates a receive stream edit_many closed: anyio.ClosedResourceError")
 async def test_a_batch_iterated_after_its_block_raises_runtime_error(
     client: AsyncClient, edit_input: EditImageInput
 ) -> None:

@@ -41,7 +41,8 @@ __all__ = ["Batch", "edit_many"]
 
 
 class Batch:
-    """A running batch: iterate it for :class:`ItemResult` as items finish.
+    """A running batch: iterate it for :class:`ItemResult` as items finish, inside its
+    ``async with`` block (after the block, iterating it is a ``RuntimeError``).
 
     Usage::
 
@@ -53,6 +54,7 @@ class Batch:
 
     def __init__(self, receive: MemoryObjectReceiveStream[ItemResult], runner: Runner):
         self._receive = receive
+        self._ended = False
         self._runner = runner
         self._jobs = runner.jobs
         self._started = time.monotonic()
@@ -65,7 +67,16 @@ class Batch:
         self._retries_at_start = runner.core.stats.snapshot().retries
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
+        if self._ended:
+            raise RuntimeError(
+                "this batch ended with its `async with client.edit_many(...)` block; "
+                "iterate it inside the block"
+            )
         return self._results()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._receive.close()
 
     async def _results(self) -> AsyncIterator[ItemResult]:
         async for result in self._receive:
@@ -155,17 +166,19 @@ async def edit_many(
             await runner.preload()  # what earlier runs spent counts against the budget first
         if runner.download_to is not None:
             runner.foreign = await anyio.to_thread.run_sync(_prepare_folder, runner.download_to)
-        # Made only now: a journal that fails to open must leave no stream to leak.
+        # Made here, closed by the stack: a journal that fails to open leaves no stream
+        # behind (an unclosed one warns when collected). _feed closes ``send`` itself too.
         send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
-        stack.enter_context(receive)
+        stack.callback(send.close)
         batch = Batch(receive, runner)
+        stack.callback(batch._end)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_feed, runner, batch, items, send, pipeline)
             try:
                 yield batch
             finally:
                 tg.cancel_scope.cancel()
-                receive.close()
+                batch._end()
 
 
 def _prepare_folder(folder: Path) -> frozenset[str]:
