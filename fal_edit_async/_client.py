@@ -236,6 +236,9 @@ class AsyncClient:
             ExceptionGroup: of :class:`DownloadError`, after every download has ended, when
                 any failed; the others are on disk.
         """
+        # Here, not only in the core: inside the task group its RuntimeError would come out
+        # as an ExceptionGroup, and a data: URI never reaches it.
+        self._core.check_open()
         if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes <= 0):
             raise InputError("max_bytes", max_bytes, "a positive number of bytes")
         items = images.images if isinstance(images, EditImageOutput) else images
@@ -314,6 +317,7 @@ class AsyncClient:
                     print(result.key, result.state, result.error or "")
             print(batch.summary())
         """
+        self._core.check_open()  # before a journal is created, not grouped by the batch's tasks
         settings = BatchSettings.build(
             self._config.limits,
             concurrency=concurrency,

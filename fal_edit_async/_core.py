@@ -169,6 +169,11 @@ class Core:
         """True once :meth:`aclose` ran."""
         return self._closed
 
+    def check_open(self) -> None:
+        """Raise ``RuntimeError`` once :meth:`aclose` ran: a closed client is not reused."""
+        if self._closed:
+            raise RuntimeError("this client is closed; create a new one")
+
     async def aclose(self) -> None:
         """Close the transport (shielded: a cancelled caller still releases its sockets)."""
         self._closed = True
@@ -195,8 +200,7 @@ class Core:
         auth: bool,
         **fields: Any,
     ) -> Request:
-        if self._closed:
-            raise RuntimeError("this client is closed; create a new one")
+        self.check_open()
         out = dict(headers or {})
         if auth and self._authorization is not None and self.may_authorize(url):
             out["Authorization"] = self._authorization

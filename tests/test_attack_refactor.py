@@ -608,7 +608,6 @@ async def test_a_batch_iterated_after_its_block_raises_runtime_error(
         _ = [r async for r in batch]
 
 
-@bug("AsyncClient.edit_many never checks the lifecycle; the core's RuntimeError is grouped")
 async def test_edit_many_on_a_closed_client_raises_runtime_error(
     emulator: Emulator, edit_input: EditImageInput, tmp_path: Path
 ) -> None:
@@ -625,7 +624,6 @@ async def test_edit_many_on_a_closed_client_raises_runtime_error(
     assert not journal.exists()
 
 
-@bug("AsyncClient.download never checks the lifecycle; the core's RuntimeError is grouped")
 async def test_download_on_a_closed_client_raises_runtime_error(
     emulator: Emulator, tmp_path: Path
 ) -> None:

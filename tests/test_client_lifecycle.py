@@ -7,6 +7,7 @@ proves by counting what reached it.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from fal_edit_async import (
     AsyncClient,
     EditImageInput,
+    ImageFile,
     InputError,
     Limits,
     MockTransport,
@@ -73,6 +75,17 @@ async def test_a_closed_client_cannot_be_entered_or_used(
     with pytest.raises(RuntimeError, match="closed"):
         await client.status("r1")
     assert 0 == handler.requests
+
+
+async def test_a_closed_client_refuses_a_download_that_needs_no_request(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A data: URI download never reaches the core; a closed client refuses it all the same."""
+    await client.aclose()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.download([ImageFile(url=png_data_uri)], tmp_path)
+    assert [] == list(tmp_path.iterdir())
 
 
 async def test_handles_outlive_nothing(client: AsyncClient, handler: Counting) -> None:
