@@ -21,7 +21,7 @@ import anyio
 from ._batch import Batch, edit_many
 from ._batch._items import BatchItem, BatchSettings, EventCallback
 from ._batch._journal import Journal
-from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
+from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts, check_timeout
 from ._core import Core
 from ._downloads import download_all
 from ._endpoint import DEFAULT_ENDPOINT
@@ -195,8 +195,10 @@ class AsyncClient:
     ) -> EditImageOutput:
         """Submit one edit, wait for it, and return its typed output: fal-client's ``subscribe``.
 
-        ``timeout`` covers the whole call. When it passes, or the calling task is cancelled,
-        the job is cancelled on fal before the error or cancellation propagates.
+        ``timeout`` covers the whole call, uploads and submit retries included (a retry is
+        never sent after it passed). When it passes, or the calling task is cancelled, the
+        job is cancelled on fal before the error or cancellation propagates. A NaN or
+        negative ``timeout`` is an :class:`InputError`, before anything is sent.
 
         Args:
             input: the edit to run.
@@ -205,14 +207,22 @@ class AsyncClient:
             options: :class:`SubmitOptions`, as for :meth:`submit`.
         """
         check_submit_options(options, "edit")
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        handle = await submit(self._core, self._uploader, input, **options)
-        remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
-        try:
-            output = await handle.result(timeout=remaining, on_update=on_update)
-        except JobTimeoutError as exc:
-            raise JobTimeoutError(handle.request_id, timeout or 0.0) from exc  # the caller's figure
-        return check_image_count(input, output, handle.request_id)
+        check_timeout(timeout)
+        accepted: list[JobHandle] = []
+
+        async def on_accepted(handle: JobHandle) -> None:
+            accepted.append(handle)  # a deadline during the submit still names the job
+
+        # One scope for all of it, uploads and submit retries included. On expiry, each step
+        # cancels what it started (a job fal accepted is cancelled on fal) on its way out.
+        with anyio.move_on_after(timeout):
+            handle = await submit(
+                self._core, self._uploader, input, on_accepted=on_accepted, **options
+            )
+            completed = await handle.wait(on_update=on_update)
+            output = await handle.fetch_result(completed)
+            return check_image_count(input, output, handle.request_id)
+        raise JobTimeoutError(accepted[0].request_id if accepted else None, timeout or 0.0)
 
     async def download(
         self,

@@ -32,6 +32,7 @@ __all__ = [
     "Polling",
     "RetryPolicy",
     "Timeouts",
+    "check_timeout",
 ]
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
@@ -62,6 +63,15 @@ def _non_negative(name: str) -> Any:
             raise InputError(f"{name}.{attribute.name}", value, "zero or a positive number")
 
     return check
+
+
+def check_timeout(value: float | None, field: str = "timeout") -> float | None:
+    """A caller's ``timeout=``: None (no deadline) or finite seconds, zero included; else an
+    :class:`InputError`, before anything is sent (anyio's own ``ValueError`` for NaN would
+    come only once a job was paid for)."""
+    if value is not None and (not _number(value) or value < 0):
+        raise InputError(field, value, "zero or a positive number of seconds, or None")
+    return value
 
 
 @attrs.frozen(repr=False)

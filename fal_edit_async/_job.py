@@ -11,6 +11,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from ._config import check_timeout
 from ._converter import input_to_wire, parse
 from ._core import Core
 from ._endpoint import DEFAULT_ENDPOINT, EndpointId
@@ -149,7 +150,9 @@ class JobHandle:
         fal (a shielded, time-bounded PUT) before :class:`JobTimeoutError` or the
         cancellation propagates, so an abandoned job is not paid for. ``cancel_on_exit=False``
         leaves that to the caller (a batch records what fal answers to its cancel).
+        ``timeout`` is checked first: NaN or a negative number is an :class:`InputError`.
         """
+        check_timeout(timeout)
         collected: list[LogEntry] = []
         try:
             # move_on_after, not fail_after: only this scope's own deadline means "timed out",

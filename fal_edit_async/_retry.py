@@ -19,7 +19,7 @@ from ._exceptions import APIError, RateLimitError, TransportError
 from ._protocol import is_transient
 from ._statistics import Counters, RetryKind
 
-__all__ = ["backoff_delay", "retry_delay", "retry_kind", "with_retries"]
+__all__ = ["backoff_delay", "retry_delay", "retry_kind", "wait_before_retry", "with_retries"]
 
 T = TypeVar("T")
 
@@ -93,8 +93,24 @@ async def with_retries(
             if on_retry is not None:
                 on_retry(kind)
             delay = retry_delay(exc, policy, attempt - 1, rng)
-            if policy.wait and delay > 0:
-                await anyio.sleep(delay)
+            if policy.wait:
+                await wait_before_retry(delay)
+
+
+async def wait_before_retry(delay: float) -> None:
+    """Sleep ``delay`` seconds before a retry, or until the caller's deadline if it comes first.
+
+    A wait that would reach the deadline ends in its cancellation anyway: it waits for that
+    cancellation, rather than for a sleep that could end in the same instant and send the
+    retry just before it (a submit, whose POST is shielded, paid for and then cancelled).
+    """
+    if delay <= 0:
+        return
+    if anyio.current_time() + delay < anyio.current_effective_deadline():
+        await anyio.sleep(delay)
+        return
+    with anyio.move_on_after(delay):  # should the deadline be moved meanwhile
+        await anyio.Event().wait()
 
 
 def retry_delay(

@@ -23,7 +23,7 @@ from ._core import Core
 from ._exceptions import APIError, AuthError, NotFoundError, TransportError
 from ._models import Completed, JobStatus, JobUrls, Queued
 from ._protocol import decode_json, is_transient
-from ._retry import retry_delay, with_retries
+from ._retry import retry_delay, wait_before_retry, with_retries
 from ._sse import SSEDecoder
 
 __all__ = ["fetch_status", "raw_statuses"]
@@ -134,7 +134,7 @@ async def raw_statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
         if failures >= config.polling.stream_failures:
             break
         if config.retry.wait:
-            await anyio.sleep(retry_delay(failure, config.retry, failures - 1))
+            await wait_before_retry(retry_delay(failure, config.retry, failures - 1))
     if use_stream:
         stats.polling_fallbacks += 1
     async for status in _poll(core, urls, logs=logs):

@@ -319,7 +319,6 @@ async def test_a_start_timeout_must_be_a_finite_number(
     assert 0 == emulator.counters.submit_attempts
 
 
-@bug("AsyncClient.edit / JobHandle.wait never check timeout: a job is paid, then cancelled")
 @pytest.mark.parametrize("timeout", [float("nan"), -1.0], ids=["nan", "negative"])
 async def test_an_edit_timeout_is_checked_before_submitting(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, timeout: float
@@ -332,7 +331,6 @@ async def test_an_edit_timeout_is_checked_before_submitting(
     assert 0 == emulator.counters.submits
 
 
-@bug("JobHandle.wait passes timeout to anyio.move_on_after: NaN is anyio's ValueError")
 async def test_waiting_with_a_nan_timeout_is_an_input_error(
     client: AsyncClient, edit_input: EditImageInput
 ) -> None:
@@ -555,7 +553,6 @@ async def test_an_update_callback_that_raises_still_cancels_the_job(
     assert 1 == emulator.counters.cancels
 
 
-@bug("AsyncClient.edit applies timeout only after submit: submit's retry waits are unbounded")
 async def test_an_edit_timeout_bounds_the_submit_retries(
     emulator: Emulator, edit_input: EditImageInput, sleeps: list[float]
 ) -> None:

@@ -274,6 +274,21 @@ async def test_deadline_cancels_the_job(
     assert 0.3 == caught.value.timeout
 
 
+async def test_a_deadline_during_the_submit_cancels_the_job_it_queued(
+    client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """edit's timeout covers the submit: when it passes while the (shielded) POST is still
+    out, the job fal then queues is cancelled, and JobTimeoutError names it."""
+    emulator.schedule_fault("submit", "slow_response", delay=0.3)
+
+    with pytest.raises(JobTimeoutError) as caught:
+        await client.edit(edit_input, timeout=0.05)
+
+    (job,) = emulator.jobs.values()
+    assert (1, True) == (emulator.counters.cancels, job.cancelled)
+    assert job.request_id == caught.value.request_id
+
+
 async def test_cancelled_caller_cancels_the_job(
     client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
 ) -> None:
