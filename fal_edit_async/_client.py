@@ -196,9 +196,10 @@ class AsyncClient:
         """Submit one edit, wait for it, and return its typed output: fal-client's ``subscribe``.
 
         ``timeout`` covers the whole call, uploads and submit retries included (a retry is
-        never sent after it passed). When it passes, or the calling task is cancelled, the
-        job is cancelled on fal before the error or cancellation propagates. A NaN or
-        negative ``timeout`` is an :class:`InputError`, before anything is sent.
+        never sent after it passed). When it passes, the calling task is cancelled, or
+        ``on_update`` raises, the job is cancelled on fal before the error or cancellation
+        propagates. A NaN or negative ``timeout`` is an :class:`InputError`, before anything
+        is sent.
 
         Args:
             input: the edit to run.

@@ -146,11 +146,12 @@ class JobHandle:
     ) -> Completed:
         """Wait until the job completes; return its final status with every log line.
 
-        When ``timeout`` passes, or the calling task is cancelled, the job is cancelled on
-        fal (a shielded, time-bounded PUT) before :class:`JobTimeoutError` or the
-        cancellation propagates, so an abandoned job is not paid for. ``cancel_on_exit=False``
-        leaves that to the caller (a batch records what fal answers to its cancel).
-        ``timeout`` is checked first: NaN or a negative number is an :class:`InputError`.
+        When ``timeout`` passes, the calling task is cancelled, or ``on_update`` raises, the
+        job is cancelled on fal (a shielded, time-bounded PUT) before
+        :class:`JobTimeoutError`, the cancellation or the callback's error propagates, so an
+        abandoned job is not paid for. ``cancel_on_exit=False`` leaves that to the caller (a
+        batch records what fal answers to its cancel). ``timeout`` is checked first: NaN or
+        a negative number is an :class:`InputError`.
         """
         check_timeout(timeout)
         collected: list[LogEntry] = []
@@ -161,7 +162,7 @@ class JobHandle:
                 async with aclosing(self.updates(logs=True)) as updates:
                     async for update in updates:
                         collected.extend(getattr(update, "logs", ()))
-                        await call_back(on_update, update)
+                        await self._call_back(on_update, update, cancel_on_exit)
                         if isinstance(update, Completed):
                             return attrs.evolve(update, logs=tuple(collected))
         except anyio.get_cancelled_exc_class():
@@ -173,6 +174,17 @@ class JobHandle:
         if cancel_on_exit:
             await self.cancel_quietly()
         raise JobTimeoutError(self.request_id, timeout or 0.0)
+
+    async def _call_back(
+        self, callback: UpdateCallback | None, update: JobStatus, cancel_on_exit: bool
+    ) -> None:
+        """The caller's callback; when it raises, its caller is going away: cancel the job."""
+        try:
+            await call_back(callback, update)
+        except Exception:
+            if cancel_on_exit:
+                await self.cancel_quietly()
+            raise
 
     async def result(
         self, *, timeout: float | None = None, on_update: UpdateCallback | None = None

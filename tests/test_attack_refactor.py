@@ -536,7 +536,6 @@ async def test_a_failing_event_callback_still_cancels_its_job(
     assert 1 == emulator.counters.cancels
 
 
-@bug("JobHandle.wait cancels the job only on cancellation or deadline, not on_update's error")
 async def test_an_update_callback_that_raises_still_cancels_the_job(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
 ) -> None:
