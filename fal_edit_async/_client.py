@@ -131,7 +131,12 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the transport and its connections; a second call does nothing."""
+        """Close the transport and its connections; a second call does nothing.
+
+        A job another task still waits on (``wait``, ``result``, ``edit``) is cancelled on
+        fal first, all together and bounded by ``Timeouts.cancel``; that task then gets
+        ``RuntimeError``, as every call on a closed client does.
+        """
         if self._state is ClientState.CLOSED:
             return
         self._state = ClientState.CLOSED

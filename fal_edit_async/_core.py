@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, AnyStr, TypeVar
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+)
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import Any, AnyStr, TypeAlias, TypeVar
 from urllib.parse import quote, quote_plus
 
 import anyio
@@ -28,6 +37,12 @@ from ._transport import Request, Response, StreamResponse, Transport
 __all__ = ["Core"]
 
 T = TypeVar("T")
+#: What :meth:`Core.aclose` awaits for each task still waiting on a job (its cancel).
+_Hook: TypeAlias = Callable[[], Coroutine[Any, Any, object]]
+
+#: The core whose :meth:`Core.aclose` is running this task's on-close hooks: their cancels may
+#: still be sent, while every other request is already refused.
+_CLOSING: ContextVar[Core | None] = ContextVar("fal_edit_async_closing", default=None)
 
 _REDACTED = "<redacted>"
 # Characters no form of quoting changes (JSON escapes, percent-encoding): a run of them is in
@@ -163,22 +178,56 @@ class Core:
         self._scrubber = _Scrubber(creds.key) if creds is not None else None
         self._authorization = creds.header_value if creds is not None else None
         self._closed = False
+        self._on_close: dict[object, _Hook] = {}
 
     @property
     def closed(self) -> bool:
         """True once :meth:`aclose` ran."""
         return self._closed
 
+    @property
+    def open(self) -> bool:
+        """True while requests may be sent: until :meth:`aclose`, and in its on-close hooks."""
+        return not self._closed or _CLOSING.get() is self
+
     def check_open(self) -> None:
         """Raise ``RuntimeError`` once :meth:`aclose` ran: a closed client is not reused."""
-        if self._closed:
+        if not self.open:
             raise RuntimeError("this client is closed; create a new one")
 
+    @contextmanager
+    def on_close(self, hook: _Hook) -> Iterator[None]:
+        """While inside, ``hook`` is awaited should the core be closed, before the transport
+        is: a job a task still waits on is cancelled on fal, not left running and billed."""
+        token = object()
+        self._on_close[token] = hook
+        try:
+            yield
+        finally:
+            self._on_close.pop(token, None)
+
     async def aclose(self) -> None:
-        """Close the transport (shielded: a cancelled caller still releases its sockets)."""
+        """Refuse new requests, run the on-close hooks (together, bounded by
+        ``Timeouts.cancel``), then close the transport; all shielded, so a cancelled caller
+        still cancels its jobs and releases its sockets."""
         self._closed = True
+        hooks, self._on_close = list(self._on_close.values()), {}
         with anyio.CancelScope(shield=True):
-            await self.transport.aclose()
+            try:
+                if hooks:
+                    await self._run_on_close(hooks)
+            finally:
+                await self.transport.aclose()
+
+    async def _run_on_close(self, hooks: list[_Hook]) -> None:
+        marker = _CLOSING.set(self)  # copied into the hooks' tasks: their requests may leave
+        try:
+            with anyio.move_on_after(self.config.timeouts.cancel):
+                async with anyio.create_task_group() as tg:
+                    for hook in hooks:
+                        tg.start_soon(hook)
+        finally:
+            _CLOSING.reset(marker)
 
     def may_authorize(self, url: str) -> bool:
         """True when ``url`` is on an origin the key may be sent to."""

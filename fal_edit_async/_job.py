@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from typing import Any, TypeAlias, Unpack
 
 import anyio
@@ -121,6 +121,7 @@ class JobHandle:
                     return
                 except ProtocolError as exc:
                     raise exc.for_request(self.request_id) from exc
+                self._core.check_open()  # an update read as the client closed: not one to act on
                 if isinstance(status, InProgress | Completed):
                     fresh = tuple(e for e in status.logs if _log_key(e) not in seen)
                     seen.update(_log_key(e) for e in fresh)
@@ -155,10 +156,15 @@ class JobHandle:
         """
         check_timeout(timeout)
         collected: list[LogEntry] = []
+        following = anyio.CancelScope()  # cancelled by the client's aclose(): see _on_close
         try:
             # move_on_after, not fail_after: only this scope's own deadline means "timed out",
             # never a TimeoutError raised by a callback or a library underneath.
-            with anyio.move_on_after(timeout) as deadline:
+            with (
+                following,
+                self._on_close(following, cancel_on_exit),
+                anyio.move_on_after(timeout) as deadline,
+            ):
                 async with aclosing(self.updates(logs=True)) as updates:
                     async for update in updates:
                         collected.extend(getattr(update, "logs", ()))
@@ -169,11 +175,28 @@ class JobHandle:
             if cancel_on_exit:
                 await self.cancel_quietly()
             raise
+        if following.cancelled_caught:
+            msg = f"the client was closed while waiting for job {self.request_id} (cancelled)"
+            raise RuntimeError(msg)
         if not deadline.cancelled_caught:
             raise AssertionError("unreachable: raw_statuses ends only after COMPLETED")
         if cancel_on_exit:
             await self.cancel_quietly()
         raise JobTimeoutError(self.request_id, timeout or 0.0)
+
+    def _on_close(
+        self, following: anyio.CancelScope, cancel_on_exit: bool
+    ) -> AbstractContextManager[None]:
+        """While waiting: should the client be closed, stop following (nothing more can be
+        read from it) and cancel the job, as this waiter no longer can."""
+        if not cancel_on_exit:
+            return nullcontext()
+
+        async def on_close() -> None:
+            following.cancel()
+            await self.cancel_quietly()
+
+        return self._core.on_close(on_close)
 
     async def _call_back(
         self, callback: UpdateCallback | None, update: JobStatus, cancel_on_exit: bool
@@ -263,8 +286,11 @@ class JobHandle:
         """Cancel, shielded from the caller's cancellation and bounded by ``Timeouts.cancel``.
 
         Used on the way out of a deadline or a cancelled task, where raising would hide the
-        original reason; returns None when the cancel could not be delivered in time.
+        original reason; returns None when the cancel could not be delivered in time, or at
+        all: by a closed client (whose ``aclose`` cancelled the jobs still waited on).
         """
+        if not self._core.open:
+            return None
         with (
             anyio.CancelScope(shield=True),
             anyio.move_on_after(self._core.config.timeouts.cancel),

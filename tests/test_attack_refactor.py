@@ -566,7 +566,6 @@ async def test_an_edit_timeout_bounds_the_submit_retries(
     assert all(s <= 1.0 for s in sleeps), sleeps
 
 
-@bug("AsyncClient.aclose closes the transport under a waiter, whose job is left running")
 async def test_closing_the_client_under_a_waiter_cancels_its_job(
     emulator: Emulator, edit_input: EditImageInput
 ) -> None:

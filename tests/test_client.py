@@ -18,6 +18,7 @@ from fal_edit_async import (
     InProgress,
     JobCancelledError,
     JobFailedError,
+    JobHandle,
     JobStatus,
     JobTimeoutError,
     NotFoundError,
@@ -494,6 +495,36 @@ async def test_closed_client_refuses_use(emulator: Emulator, edit_input: EditIma
 
     with pytest.raises(RuntimeError, match="closed"):
         await client.submit(edit_input)
+
+
+async def test_closing_under_waiters_cancels_each_job_and_interrupts_its_waiter(
+    emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """aclose() under two waiters cancels both jobs on fal, together, and each waiter stops
+    at once with the closed client's RuntimeError (though fal may never answer its stream
+    again); the client refuses everything after, cancels included."""
+    emulator.hold_jobs()
+    client = client_for(emulator)
+    handles = [await client.submit(edit_input), await client.submit(edit_input)]
+    errors: list[RuntimeError] = []
+
+    async def waiter(handle: JobHandle) -> None:
+        try:
+            await handle.wait()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for handle in handles:
+            tg.start_soon(waiter, handle)
+            await emulator.wait_status_stream_open(handle.request_id)
+        await client.aclose()
+
+    assert (2, 2) == (len(errors), emulator.counters.cancels)
+    assert all(emulator.jobs[h.request_id].cancelled for h in handles)
+    assert None is await handles[0].cancel_quietly()
+    with pytest.raises(RuntimeError, match="closed"):
+        await handles[0].cancel()
 
 
 async def test_polling_intervals_back_off(
