@@ -228,6 +228,7 @@ class AiohttpTransport:
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
+        self._streams: set[_ReadChunks] = set()
         # No total: a status stream or a big download may rightly take long.
         self._default_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeouts.connect, sock_read=timeouts.read
@@ -250,9 +251,12 @@ class AiohttpTransport:
         return self._session
 
     async def aclose(self) -> None:
-        """Close the session; harmless to call twice."""
+        """Close the session; harmless to call twice. A body still being read (a status
+        stream in another task) fails at once with :class:`TransportError`."""
         session, self._session = self._session, None
         self._state = _State.CLOSED
+        for chunks in list(self._streams):
+            chunks.interrupt()
         if session is not None:
             await session.close()
 
@@ -288,6 +292,8 @@ class AiohttpTransport:
         async with AsyncExitStack() as stack:
             resp = await _mapped(request.url, stack.enter_async_context(self._send(request)))
             chunks = _ReadChunks(resp.content, request.url)
+            self._streams.add(chunks)
+            stack.callback(self._streams.discard, chunks)
             stack.callback(chunks.close)
             yield StreamResponse(
                 status=resp.status, headers=resp.headers, url=request.url, chunks=chunks
@@ -330,6 +336,11 @@ class _ReadChunks(_Chunks):
 
     async def _next(self) -> bytes:
         return await _mapped(self._url, self._content.read(_CHUNK))
+
+    def interrupt(self) -> None:
+        # aiohttp's session close detaches a connection from the body being read before it
+        # is lost, so a pending read would wait for the next bytes forever (or sock_read).
+        self._content.set_exception(aiohttp.ClientConnectionError("the transport was closed"))
 
 
 async def _mapped(url: str, step: Awaitable[T]) -> T:

@@ -500,28 +500,29 @@ async def test_closed_client_refuses_use(emulator: Emulator, edit_input: EditIma
 async def test_closing_under_waiters_cancels_each_job_and_interrupts_its_waiter(
     emulator: Emulator, edit_input: EditImageInput
 ) -> None:
-    """aclose() under two waiters cancels both jobs on fal, together, and each waiter stops
-    at once with the closed client's RuntimeError (though fal may never answer its stream
-    again); the client refuses everything after, cancels included."""
+    """aclose() under three waiters cancels the jobs of the two that own their cancel,
+    together, not the one that left it to its caller (cancel_on_exit=False, as a batch);
+    each stops at once with the closed client's RuntimeError, though fal never answers its
+    stream again; the client refuses everything after, cancels included."""
     emulator.hold_jobs()
     client = client_for(emulator)
-    handles = [await client.submit(edit_input), await client.submit(edit_input)]
+    handles = [await client.submit(edit_input) for _ in range(3)]
     errors: list[RuntimeError] = []
 
-    async def waiter(handle: JobHandle) -> None:
+    async def waiter(handle: JobHandle, cancel_on_exit: bool) -> None:
         try:
-            await handle.wait()
+            await handle.wait(cancel_on_exit=cancel_on_exit)
         except RuntimeError as exc:
             errors.append(exc)
 
     async with anyio.create_task_group() as tg:
-        for handle in handles:
-            tg.start_soon(waiter, handle)
+        for handle, owned in zip(handles, (True, True, False), strict=True):
+            tg.start_soon(waiter, handle, owned)
             await emulator.wait_status_stream_open(handle.request_id)
         await client.aclose()
 
-    assert (2, 2) == (len(errors), emulator.counters.cancels)
-    assert all(emulator.jobs[h.request_id].cancelled for h in handles)
+    assert (3, 2) == (len(errors), emulator.counters.cancels)
+    assert [True, True, False] == [emulator.jobs[h.request_id].cancelled for h in handles]
     assert None is await handles[0].cancel_quietly()
     with pytest.raises(RuntimeError, match="closed"):
         await handles[0].cancel()

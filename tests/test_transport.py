@@ -311,6 +311,47 @@ async def test_the_callers_own_errors_are_not_taken_for_network_failures(server:
         await transport.aclose()
 
 
+async def test_closing_the_transport_ends_a_read_in_another_task() -> None:
+    """aclose() under a stream whose server has gone quiet fails its pending read at once
+    with TransportError (aiohttp alone leaves it waiting for bytes that never come)."""
+    release = anyio.Event()
+
+    async def quiet(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"first")
+        await release.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/quiet", quiet)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/quiet"
+    transport = AiohttpTransport()
+    read: list[bytes] = []
+    first = anyio.Event()
+
+    async def reader() -> None:
+        async with transport.stream(Request(method="GET", url=url)) as resp:
+            with pytest.raises(TransportError, match="transport was closed"):
+                async for chunk in resp.aiter_bytes():
+                    read.append(chunk)
+                    first.set()
+
+    try:
+        with anyio.fail_after(10):  # a hang backstop, not a measurement
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                await first.wait()
+                await transport.aclose()
+    finally:
+        release.set()
+        await runner.cleanup()
+    assert [b"first"] == read
+
+
 async def test_a_refused_connection_was_never_sent() -> None:
     """Connecting to a closed port fails with sent=False: the one case a submit may retry."""
     with anyio.fail_after(10):  # a hang backstop, not a measurement
