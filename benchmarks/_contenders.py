@@ -124,7 +124,10 @@ class _Ours(Contender):
     def statistics(self) -> dict[str, Any]:
         import attrs
 
-        stats = self.client.statistics()
+        stats: Any = self.client.statistics()
+        if isinstance(stats, dict):  # older copies (PYTHONPATH=...) returned a plain dict
+            retries = stats.get("retries") or {}
+            return {**{k: v for k, v in stats.items() if k != "retries"}, **retries}
         counts = {k: v for k, v in attrs.asdict(stats, recurse=False).items() if k != "retries"}
         return {**counts, **stats.retries.as_dict()}
 
@@ -162,6 +165,54 @@ class OursBatch(_Ours):
         inputs = [self.input] * n
         async with self.client.edit_many(
             inputs, concurrency=self.concurrency, download_to=dest, downloads=self.downloads
+        ) as batch:
+            async for item in batch:
+                now = time.monotonic()
+                if item.ok and item.request_id is not None:
+                    result.done[item.request_id] = now
+                    result.bytes += sum(f.size for f in item.files)
+                else:
+                    result.fail(item.error or item.state)
+        return result
+
+
+class OursJournal(_Ours):
+    """``edit_many`` with a journal and ``download_to``, as ``fal-edit --journal`` runs it.
+
+    Each item is a distinct prompt, so each is a row of its own; the journal sits next to
+    the download folder. Downloads are checksummed, as the library does for a journaled
+    batch (the journal re-checks files on a re-run). ``"durable": false`` in the spec patches
+    the journal's fsynced writes (``synchronous=FULL``) to ordinary ones, to measure them.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        if spec.get("durable") is False:
+            from fal_edit_async._batch import _journal
+
+            run = _journal.Journal._run
+
+            async def normal(journal: Any, fn: Any, *, durable: bool = False) -> Any:
+                return await run(journal, fn)
+
+            setattr(_journal.Journal, "_run", normal)  # noqa: B010 - no typed assignment
+
+    async def prepare(self, n: int) -> None:
+        from fal_edit_async import EditImageInput
+
+        self.inputs = [
+            EditImageInput(prompt=f"{PROMPT} #{i}", image_urls=[self.image_uri]) for i in range(n)
+        ]
+
+    async def run(self, n: int, dest: Path | None) -> Round:
+        assert dest is not None
+        result = Round()
+        async with self.client.edit_many(
+            self.inputs[:n],
+            concurrency=self.concurrency,
+            download_to=dest,
+            downloads=self.downloads,
+            journal=dest.parent / f"{dest.name}.journal",
         ) as batch:
             async for item in batch:
                 now = time.monotonic()
@@ -356,6 +407,7 @@ class BareDownload(Floor):
 CONTENDERS: dict[str, Callable[[dict[str, Any]], Contender]] = {
     "ours-edit": OursEdit,
     "ours-batch": OursBatch,
+    "ours-journal": OursJournal,
     "fal-client": FalClient,
     "floor": Floor,
     "ours-download": OursDownload,

@@ -31,10 +31,11 @@ class JsonProcess:
     file whose tail is shown when the child fails.
     """
 
-    def __init__(self, label: str, argv: list[str]) -> None:
+    def __init__(self, label: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.label = label
         self._stderr = tempfile.TemporaryFile("w+")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+        source = os.environ if env is None else env
+        env = {k: v for k, v in source.items() if not k.startswith("FAL_")}
         self._popen = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -107,9 +108,14 @@ class JsonProcess:
         self.close()
 
 
-def start_emulator(args: list[str], timeout: float) -> tuple[JsonProcess, dict[str, Any]]:
-    """Start ``_emulator_proc.py``; returns it and its URLs and key once it listens."""
-    proc = JsonProcess("emulator", [PYTHON, str(HERE / "_emulator_proc.py"), *args])
+def start_emulator(
+    args: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[JsonProcess, dict[str, Any]]:
+    """Start ``_emulator_proc.py``; returns it and its URLs and key once it listens.
+
+    ``env``: the child's environment (default this process's), e.g. another PYTHONPATH.
+    """
+    proc = JsonProcess("emulator", [PYTHON, str(HERE / "_emulator_proc.py"), *args], env)
     try:
         return proc, proc.receive(timeout)
     except BaseException:
