@@ -437,12 +437,15 @@ async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.to_thread(sys.stdin.readline)  # "go": the driver has read the counters
         gc.collect()
         cpu, start = cpu_seconds(), time.monotonic()
+        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         result = await contender.run(spec["jobs"], root / "timed" if root else None)
         wall, cpu = time.monotonic() - start, cpu_seconds() - cpu
+        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - system
         stats = contender.statistics()
     return {
         "wall": wall,
         "cpu": cpu,
+        "cpu_system": system,  # of which in the kernel (fsync, file writes, sockets)
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "done": result.done,
         "failed": result.failed,
