@@ -396,22 +396,6 @@ def test_nan_settings_are_refused(build: Any) -> None:
 
 # Its premise is gone: Timeouts(cancel=nan) is refused when built (test_nan_settings_are_refused),
 # so this test can no longer build its client; kept for the review's record, to be decided.
-@bug("Timeouts(cancel=nan) is accepted; cancel_quietly's move_on_after(nan) raises ValueError")
-async def test_a_cancelled_edit_cancels_its_job_whatever_the_cancel_timeout(
-    emulator: Emulator, edit_input: EditImageInput
-) -> None:
-    """With a Timeouts(cancel=nan) the library accepted, cancelling edit() still cancels the job
-    on fal and propagates as a cancellation (today: ValueError, and no cancel sent)."""
-    emulator.hold_jobs()
-    async with client_for(emulator, timeouts=Timeouts(cancel=float("nan"))) as client:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(client.edit, edit_input)
-            await emulator.wait_in_flight(1)
-            tg.cancel_scope.cancel()
-
-    assert 1 == emulator.counters.cancels
-
-
 # -- 4. edit_many settings checked at the call ----------------------------------------------
 
 

@@ -97,7 +97,7 @@ async def test_ctrl_c_cancels_the_jobs_on_fal(emulator: Emulator, tmp_path: Path
     assert "Interrupted: fal accepted the cancel of 3 jobs." in err
     records = json_lines(out)
     assert sorted(request_ids) == sorted(r["request_id"] for r in records)
-    assert {"cancelled"} == {r["status"] for r in records}
+    assert {"interrupted"} == {r["status"] for r in records}  # fal took the cancels: best effort
 
 
 @pytest.mark.timeout(30)

@@ -356,7 +356,7 @@ class Journal:
             with self._lock:
                 if not durable:
                     return fn(db)
-                # One fsync per paid submit: FULL syncs the WAL at this commit.
+                # Two fsyncs per paid submit (before the POST, after the answer): FULL syncs.
                 db.execute("PRAGMA synchronous=FULL")
                 try:
                     return fn(db)

@@ -506,9 +506,10 @@ class Runner:
                 await self._write(journal.record_unsent(it.ledger_key, exc))
             raise exc
         request_id = exc.request_id if isinstance(exc, APIError) else None
-        it.request_id, it.unknown = request_id, True
+        it.unknown = True
         named = None
         if request_id and not await self._owned_elsewhere(it, request_id):
+            it.request_id = request_id  # another item's id is never this item's
             with contextlib.suppress(InputError):  # a request id no URL can hold
                 named = attach(self.core, request_id, self.endpoint)
         if journal is not None:  # first: should this run end while fal is asked about it

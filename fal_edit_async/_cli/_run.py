@@ -246,14 +246,20 @@ def _take(run: _Run, scope: anyio.CancelScope, result: ItemResult) -> None:
 
 
 def _report_stopped(run: _Run) -> None:
-    """Report each job a cut-short batch left behind as fal answered its cancel."""
+    """Report each job a cut-short batch left behind as fal answered its cancel: the jobs seen
+    submitted, and those whose submit was answered as the batch was left."""
     progress = run.reporter.progress
-    answers = {e.key: e.cancel for e in run.left}
-    for job in list(progress.active.values()):
-        answer = answers.get(job.key)
-        if answer in (CancelOutcome.REQUESTED, CancelOutcome.OK):
+    answers = {e.key: e for e in run.left}
+    jobs = {job.key: (job.request_id, job.state) for job in progress.active.values()}
+    for key, left in answers.items():
+        jobs.setdefault(key, (left.request_id, "submitted"))
+    for key, (request_id, stage) in jobs.items():
+        answer = answers[key].cancel if key in answers else None
+        if answer is CancelOutcome.OK:
             state, message = ItemState.CANCELLED, "cancelled on fal before it finished"
-        elif job.state == "downloading":  # paid for and done on fal: keep the way back to it
+        elif answer is CancelOutcome.REQUESTED:  # best effort: a running job may finish
+            state, message = ItemState.INTERRUPTED, "fal took the cancel, but it may still run"
+        elif stage == "downloading":  # paid for and done on fal: keep the way back to it
             state, message = ItemState.INTERRUPTED, "interrupted while downloading"
         elif answer is CancelOutcome.ALREADY_COMPLETED:
             state, message = ItemState.INTERRUPTED, "interrupted: the job had finished on fal"
@@ -265,15 +271,14 @@ def _report_stopped(run: _Run) -> None:
                 if run.options.journal
                 else "; `fal-edit result REQUEST_ID --out DIR` fetches it"
             )
-        estimate = progress.estimates.get(job.key, Decimal(0))
         result = ItemResult(
-            key=job.key,
-            index=run.places.get(job.key, (-1, None))[0],
+            key=key,
+            index=run.places.get(key, (-1, None))[0],
             state=state,
-            request_id=job.request_id,
-            error=JobCancelledError(job.request_id, message),
+            request_id=request_id,
+            error=JobCancelledError(request_id, message),
             attempts=1,
-            cost=estimate,
+            cost=progress.estimates.get(key, Decimal(0)),
         )
         run.report(result)
 
