@@ -1,10 +1,8 @@
-"""A hostile review of the batch ledger: each test states a promise of docs/guarantees.md that
-breaks ("never pay twice, nothing lost").
+"""A hostile review of the batch ledger: each test is a promise that once broke, and holds now.
 
-Every test is ``xfail(strict=True)``: it fails today, and the suite turns red the day the bug is
-fixed (an unexpected pass), so the marker must then be removed. The emulator plays fal over
-loopback HTTP and is the judge: ``billed_by_input`` above 1 is a double payment. Nothing
-sleeps to synchronise: tests wait on the emulator's gates and counters or on events.
+They came from attacking the code as a hostile user and a hostile server would; each was
+written failing (a strict xfail) and its marker removed with the fix. The emulator (over
+loopback HTTP) or ``MockTransport`` plays the server; nothing sleeps to synchronise.
 """
 
 from __future__ import annotations

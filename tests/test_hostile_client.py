@@ -1,8 +1,8 @@
-"""A hostile review of the core/transport refactor: each test here states a promise that breaks.
+"""A hostile review of the core, the transport and the client: each test is a promise that once broke, and holds now.
 
-Every test is ``xfail(strict=True)``: it fails today, and the suite turns red the day the bug is
-fixed (an unexpected pass), so the marker must then be removed. The emulator (over loopback
-HTTP) or :class:`MockTransport` plays the server; nothing sleeps to synchronise.
+They came from attacking the code as a hostile user and a hostile server would; each was
+written failing (a strict xfail) and its marker removed with the fix. The emulator (over
+loopback HTTP) or ``MockTransport`` plays the server; nothing sleeps to synchronise.
 """
 
 from __future__ import annotations
@@ -54,11 +54,6 @@ RECEIPT = {
     "cancel_url": f"{QUEUE}/fal-ai/gpt-image-1/requests/r1/cancel",
 }
 PNG = make_png()
-
-
-def bug(reason: str) -> pytest.MarkDecorator:
-    """The marker of a demonstrated bug."""
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def mock_client(handler: Any, **kw: Any) -> AsyncClient:
