@@ -1,4 +1,5 @@
-"""A hostile review of the core, the transport and the client: each test is a promise that once broke, and holds now.
+"""A hostile review of the core, the transport and the client: each test is a promise that
+once broke, and holds now.
 
 They came from attacking the code as a hostile user and a hostile server would; each was
 written failing (a strict xfail) and its marker removed with the fix. The emulator (over

@@ -1,4 +1,5 @@
-"""A hostile review of the batch ledger: each test is a promise that once broke, and holds now.
+"""A hostile review of the batch ledger: each test is a promise that once broke, and holds
+now.
 
 They came from attacking the code as a hostile user and a hostile server would; each was
 written failing (a strict xfail) and its marker removed with the fix. The emulator (over
@@ -44,11 +45,6 @@ from .conftest import client_for, make_png
 from .test_cli_support import emulator_thread, write_images
 
 WORKER = Path(__file__).with_name("journal_worker.py")
-
-
-def bug(reason: str) -> pytest.MarkDecorator:
-    """The marker of a demonstrated break: ``<cause: file:function>``."""
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def edit(source: Any, prompt: str = "pixel art") -> EditImageInput:
