@@ -29,7 +29,7 @@ import attrs
 from ._config import DEFAULT_LIMITS
 from ._core import Core
 from ._exceptions import DownloadError, TransportError
-from ._files import CONTENT_TYPES, EXTENSIONS, TempFile, safe_stem, sniff_image_format
+from ._files import CONTENT_TYPES, EXTENSIONS, ImageCheck, TempFile, safe_stem, sniff_image_format
 from ._models import DownloadedFile, ImageFile
 from ._protocol import is_transient, parse_retry_after
 from ._retry import with_retries
@@ -66,6 +66,22 @@ class _Target:
     max_bytes: int | None
     fsync: bool
     checksum: bool
+    size: tuple[int | None, int | None] = (None, None)  # the width and height fal reported
+
+    def check_structure(self, check: ImageCheck) -> None:
+        """The file is whole as its format defines it, and as large as fal said it is."""
+        try:
+            width, height = check.finish()
+        except ValueError as exc:
+            raise _Transient(f"not a whole image: {exc}") from None
+        expected_width, expected_height = self.size
+        for name, got, want in (
+            ("width", width, expected_width),
+            ("height", height, expected_height),
+        ):
+            if want is not None and got != want:
+                msg = f"the image's {name} is {got}, but fal reported {want}"
+                raise DownloadError(msg, url=self.url)
 
     def temp_file(self) -> TempFile:
         return TempFile(self.folder, self.prefix, fsync=self.fsync, checksum=self.checksum)
@@ -128,7 +144,16 @@ async def download_image(
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative integer, not {index!r}")
     prefix = f"{safe_stem(stem)}_{index}"
-    target = _Target(Path(dest), prefix, image.url, image.file_size, max_bytes, fsync, checksum)
+    target = _Target(
+        Path(dest),
+        prefix,
+        image.url,
+        image.file_size,
+        max_bytes,
+        fsync,
+        checksum,
+        size=(image.width, image.height),
+    )
     target.check_announced(image.file_size, "file_size")
     if image.url.startswith("data:"):
         result = await anyio.to_thread.run_sync(_write_data_uri, target)
@@ -207,14 +232,11 @@ async def _stream_to(
 ) -> DownloadedFile:
     """Write the body to ``temp`` in batches, verify it, and rename it into place."""
     fmt: str | None = None
+    check: ImageCheck | None = None
     head = b""
     pending: list[bytes] = []
     buffered = received = 0
     async for chunk in chunks:
-        if fmt is None:
-            head += chunk[:_SNIFF_LEN]
-            if len(head) >= _SNIFF_LEN:
-                fmt = _format_of(head, target.url)  # refuse a non-image at its first bytes
         received += len(chunk)
         if target.max_bytes is not None and received > target.max_bytes:
             raise DownloadError(f"body exceeds max_bytes={target.max_bytes}", url=target.url)
@@ -223,18 +245,40 @@ async def _stream_to(
         if target.file_size is not None and received > target.file_size:
             msg = f"body exceeds the file_size={target.file_size} fal reported"
             raise DownloadError(msg, url=target.url)
+        if check is not None:
+            _feed(check, chunk, target)
+        elif len(head) + len(chunk) >= _SNIFF_LEN:
+            head += chunk[:_SNIFF_LEN]
+            fmt = _format_of(head, target.url)  # refuse a non-image at its first bytes
+            check = ImageCheck(fmt)
+            for earlier in (*pending, chunk):  # nothing was flushed yet: all of it is here
+                _feed(check, earlier, target)
+        else:
+            head += chunk
         pending.append(chunk)
         buffered += len(chunk)
         if buffered >= _FLUSH:
             await _on_disk(target, temp.write, pending)
             pending, buffered = [], 0
-    fmt = fmt or _format_of(head, target.url)
+    if check is None:  # a body shorter than the sniffed head
+        fmt = _format_of(head, target.url)
+        check = ImageCheck(fmt)
+        _feed(check, head, target)
+    assert fmt is not None
     # aiohttp raises on a body cut short of Content-Length; this also covers file_size.
     for expected in (length, target.file_size):
         if expected is not None and received != expected:
             raise _Transient(f"body has {received} bytes, expected {expected}")
+    target.check_structure(check)
     digest = await _on_disk(target, temp.commit, pending, target.final_path(fmt))
     return target.result(fmt, received, digest)
+
+
+def _feed(check: ImageCheck, chunk: bytes, target: _Target) -> None:
+    try:
+        check.feed(chunk)
+    except ValueError as exc:  # broken as it streams in: no need to read the rest
+        raise _Transient(f"not a whole image: {exc}") from None
 
 
 async def _on_disk(target: _Target, func: Callable[..., T], *args: object) -> T:
@@ -263,6 +307,12 @@ def _write_data_uri(target: _Target) -> DownloadedFile:
         msg = f"data has {len(data)} bytes, but fal reported file_size={target.file_size}"
         raise DownloadError(msg, url=target.url)
     fmt = _format_of(data[:_SNIFF_LEN], target.url)
+    check = ImageCheck(fmt)
+    try:
+        check.feed(data)
+        target.check_structure(check)
+    except (ValueError, _Transient) as exc:  # a data URI does not change on a retry
+        raise DownloadError(str(exc), url=target.url) from None
     temp = target.temp_file()
     try:
         digest = temp.commit([data], target.final_path(fmt))

@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import io
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.parse import quote_from_bytes
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 from aiohttp import web
 from PIL import Image
@@ -42,9 +44,17 @@ def image_bytes(fmt: str, size: int = 32) -> bytes:
     return buf.getvalue()
 
 
+def padded_png(png: bytes, extra: int) -> bytes:
+    """``png`` grown by ``extra`` bytes of a private ancillary chunk, still a whole PNG."""
+    payload = bytes(extra)
+    chunk = len(payload).to_bytes(4, "big") + b"teSt" + payload
+    chunk += zlib.crc32(b"teSt" + payload).to_bytes(4, "big")
+    return png[:-12] + chunk + png[-12:]
+
+
 PNG = image_bytes("PNG")
 # Large enough to be written in more than one batch (the flush size is 4 MiB).
-BIG = PNG + bytes(5 * 1024 * 1024)
+BIG = padded_png(PNG, 5 * 1024 * 1024)
 
 
 class Server:
@@ -658,3 +668,32 @@ async def test_emulator_round_trip(dest: Path) -> None:
             emu.counters.downloads,
             emu.counters.cdn_auth_requests,
         )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(PNG[:8] + b"garbage" * 40, id="png-signature-then-garbage"),
+        pytest.param(PNG + b"trailing", id="bytes-after-iend"),
+        pytest.param(PNG[:-20] + PNG[-12:], id="a-chunk-cut-out"),
+    ],
+)
+async def test_a_file_that_is_not_a_whole_image_is_refused(
+    server: Server, transport: Core, dest: Path, data: bytes
+) -> None:
+    """The magic bytes are not enough: PNG chunks and CRCs through IEND are checked, every try,
+    and nothing is left on disk."""
+    with pytest.raises(DownloadError, match="not a whole image"):
+        await download_image(transport, server.image("/a.png", data), dest, "x", 0)
+    assert 3 == server.hits["/a.png"]  # retried: a CDN may have served it broken once
+    assert [] == files_in(dest)
+
+
+async def test_an_image_of_another_size_than_fal_reported_is_refused(
+    server: Server, transport: Core, dest: Path
+) -> None:
+    """fal said 1024x1024; the bytes are a 32x32 image: not this job's output."""
+    image = attrs.evolve(server.image("/a.png"), width=1024, height=1024)
+    with pytest.raises(DownloadError, match="width is 32, but fal reported 1024"):
+        await download_image(transport, image, dest, "x", 0)
+    assert [] == files_in(dest)

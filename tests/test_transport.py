@@ -93,7 +93,9 @@ async def test_key_goes_to_the_queue_and_never_elsewhere() -> None:
 
 async def test_downloads_never_carry_the_key_even_from_a_fal_origin(tmp_path: object) -> None:
     """A download from the queue's own origin still goes without Authorization."""
-    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    from .conftest import make_png
+
+    png = make_png()
     handler = Recorder(
         {f"{QUEUE}/files/": Response(status=200, body=png, headers={"Content-Type": "image/png"})}
     )
