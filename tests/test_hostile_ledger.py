@@ -43,24 +43,9 @@ from fal_edit_async.emulator import Emulator
 
 from .conftest import client_for, make_png
 from .test_cli_support import emulator_thread, write_images
+from .test_ledger import edit, most_billed, run
 
 WORKER = Path(__file__).with_name("journal_worker.py")
-
-
-def edit(source: Any, prompt: str = "pixel art") -> EditImageInput:
-    """An edit of one image."""
-    return EditImageInput(prompt=prompt, image_urls=[source])
-
-
-async def run(client: AsyncClient, items: Any, **options: Any) -> list[Any]:
-    """Run a batch to its end; its results in order of arrival."""
-    async with client.edit_many(items, **options) as batch:
-        return [r async for r in batch]
-
-
-def most_billed(emu: Emulator) -> int:
-    """The most jobs fal billed for any one input (1 is the promise)."""
-    return max(emu.counters.billed_by_input.values(), default=0)
 
 
 async def rows(journal: Path) -> dict[str, Any]:

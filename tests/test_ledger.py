@@ -41,9 +41,9 @@ from .conftest import client_for
 from .test_cli_support import emulator_thread, write_images
 
 
-def edit(uri: str, prompt: str = "pixel art") -> EditImageInput:
-    """An edit of the test image."""
-    return EditImageInput(prompt=prompt, image_urls=[uri])
+def edit(source: Any, prompt: str = "pixel art") -> EditImageInput:
+    """An edit of one image (a URI, a path or bytes)."""
+    return EditImageInput(prompt=prompt, image_urls=[source])
 
 
 async def run(client: AsyncClient, items: Any, **options: Any) -> list[Any]:
