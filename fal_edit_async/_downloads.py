@@ -68,8 +68,10 @@ class _Target:
     checksum: bool
     size: tuple[int | None, int | None] = (None, None)  # the width and height fal reported
 
-    def check_structure(self, check: ImageCheck) -> None:
+    def check_structure(self, check: ImageCheck | None) -> None:
         """The file is whole as its format defines it, and as large as fal said it is."""
+        if check is None:
+            raise _Transient("not a whole image: no bytes were checked")
         try:
             width, height = check.finish()
         except ValueError as exc:
@@ -232,7 +234,6 @@ async def _stream_to(
 ) -> DownloadedFile:
     """Write the body to ``temp`` in batches, verify it, and rename it into place."""
     fmt: str | None = None
-    check: ImageCheck | None = None
     head = b""
     pending: list[bytes] = []
     buffered = received = 0
@@ -245,40 +246,28 @@ async def _stream_to(
         if target.file_size is not None and received > target.file_size:
             msg = f"body exceeds the file_size={target.file_size} fal reported"
             raise DownloadError(msg, url=target.url)
-        if check is not None:
-            _feed(check, chunk, target)
-        elif len(head) + len(chunk) >= _SNIFF_LEN:
-            head += chunk[:_SNIFF_LEN]
-            fmt = _format_of(head, target.url)  # refuse a non-image at its first bytes
-            check = ImageCheck(fmt)
-            for earlier in (*pending, chunk):  # nothing was flushed yet: all of it is here
-                _feed(check, earlier, target)
-        else:
-            head += chunk
+        if fmt is None:
+            head += chunk[: _SNIFF_LEN - len(head)]
+            if len(head) >= _SNIFF_LEN:
+                fmt = _format_of(head, target.url)  # refuse a non-image at its first bytes
+                temp.check = ImageCheck(fmt)  # fed in the writer's thread, off the loop
         pending.append(chunk)
         buffered += len(chunk)
         if buffered >= _FLUSH:
             await _on_disk(target, temp.write, pending)
             pending, buffered = [], 0
-    if check is None:  # a body shorter than the sniffed head
+    if fmt is None:  # a body shorter than the sniffed head
         fmt = _format_of(head, target.url)
-        check = ImageCheck(fmt)
-        _feed(check, head, target)
-    assert fmt is not None
+        temp.check = ImageCheck(fmt)
     # aiohttp raises on a body cut short of Content-Length; this also covers file_size.
     for expected in (length, target.file_size):
         if expected is not None and received != expected:
             raise _Transient(f"body has {received} bytes, expected {expected}")
-    target.check_structure(check)
-    digest = await _on_disk(target, temp.commit, pending, target.final_path(fmt))
+    check = temp.check
+    digest = await _on_disk(
+        target, temp.commit, pending, target.final_path(fmt), lambda: target.check_structure(check)
+    )
     return target.result(fmt, received, digest)
-
-
-def _feed(check: ImageCheck, chunk: bytes, target: _Target) -> None:
-    try:
-        check.feed(chunk)
-    except ValueError as exc:  # broken as it streams in: no need to read the rest
-        raise _Transient(f"not a whole image: {exc}") from None
 
 
 async def _on_disk(target: _Target, func: Callable[..., T], *args: object) -> T:
@@ -290,6 +279,8 @@ async def _on_disk(target: _Target, func: Callable[..., T], *args: object) -> T:
         return await anyio.to_thread.run_sync(func, *args)
     except OSError as exc:
         raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
+    except ValueError as exc:  # the structure check, as the bytes were written
+        raise _Transient(f"not a whole image: {exc}") from None
 
 
 def _format_of(head: bytes, url: str) -> str:

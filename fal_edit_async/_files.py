@@ -14,6 +14,7 @@ import os
 import re
 import unicodedata
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -182,6 +183,8 @@ class TempFile:
         self._fsync = fsync
         self._hash = hashlib.sha256() if checksum else None
         self._file: BinaryIO | None = None
+        #: Checks the bytes as they are written, in the writer's thread (off the event loop).
+        self.check: ImageCheck | None = None
 
     def write(self, chunks: list[bytes]) -> None:
         """Append ``chunks``, creating the file (exclusively) on the first call."""
@@ -189,14 +192,21 @@ class TempFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Exclusive create: a clash with another download fails, never interleaves.
             self._file = open(self.path, "xb")
-        if self._hash is not None:
-            for chunk in chunks:
-                self._hash.update(chunk)  # releases the GIL, like the write
+        for chunk in chunks:
+            if self.check is not None:
+                self.check.feed(chunk)  # CRCs release the GIL, like the hash and the write
+            if self._hash is not None:
+                self._hash.update(chunk)
         self._file.writelines(chunks)
 
-    def commit(self, chunks: list[bytes], final: Path) -> str | None:
-        """Write the last batch and rename the file over ``final``; returns the SHA-256."""
+    def commit(
+        self, chunks: list[bytes], final: Path, verify: Callable[[], None] | None = None
+    ) -> str | None:
+        """Write the last batch, run ``verify`` (which raises to refuse the file), and rename
+        the file over ``final``; returns the SHA-256."""
         self.write(chunks)
+        if verify is not None:
+            verify()
         assert self._file is not None
         self._file.flush()
         if self._fsync:
