@@ -9,7 +9,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fal_edit_async import AsyncClient, EditImageInput, EditItem, InputError
+from fal_edit_async import AsyncClient, EditImageInput, EditItem, InputError, RetryPolicy
 from fal_edit_async.emulator import Emulator
 
 from .conftest import client_for, make_png
@@ -140,3 +140,25 @@ def test_n_items_of_k_images_give_n_times_k_files_and_touch_nothing_else(
     assert len(names) * images == len(set(paths))
     assert all(p.parent == out for p in paths)
     assert all(path.read_bytes() == data for path, data in before.items())
+
+
+async def test_a_half_downloaded_item_is_finished_under_its_own_name(
+    emulator: Emulator, png_data_uri: str, tmp_path: Path
+) -> None:
+    """An image fails to download; the journaled rerun finishes the item under the name it
+    claimed, and leaves no second set of files."""
+    journal, items, out = tmp_path / "j", [named("a", png_data_uri, 2)], tmp_path / "out"
+    emulator.schedule_fault("download", "truncated_download", times=1)
+    async with client_for(emulator, retry=RetryPolicy(wait=False, max_attempts=1)) as client:
+        async with client.edit_many(items, download_to=out, journal=journal) as batch:
+            (first,) = [r async for r in batch]
+    assert not first.ok
+    assert 1 == len(list(out.iterdir()))  # one of the two made it
+
+    async with client_for(emulator) as client:
+        async with client.edit_many(items, download_to=out, journal=journal) as batch:
+            (again,) = [r async for r in batch]
+
+    assert again.ok
+    assert {"a_0.png", "a_1.png"} == {f.path.name for f in again.files}
+    assert {"a_0.png", "a_1.png"} == {p.name for p in out.iterdir()}

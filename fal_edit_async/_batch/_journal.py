@@ -77,11 +77,13 @@ CREATE TABLE IF NOT EXISTS items (
     attempts INTEGER NOT NULL DEFAULT 0,
     cost TEXT NOT NULL DEFAULT '0',
     updated_at REAL NOT NULL,
-    sent_at REAL
+    sent_at REAL,
+    folder TEXT,
+    stem TEXT
 );
 """
 #: Columns added by schema 2, for journals written by schema 1.
-_ADDED_COLUMNS = {"sent_at": "REAL"}
+_ADDED_COLUMNS = {"sent_at": "REAL", "folder": "TEXT", "stem": "TEXT"}
 
 
 class JournalState(StrEnum):
@@ -131,6 +133,9 @@ class JournalEntry:
     cost: Decimal = Decimal(0)
     updated_at: float = 0.0
     sent_at: float | None = None
+    #: The folder and the name stem this item's outputs were claimed under, before writing.
+    folder: str | None = None
+    stem: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -174,8 +179,14 @@ def _entry(row: sqlite3.Row) -> JournalEntry:
         attempts=row["attempts"],
         cost=Decimal(row["cost"]),
         updated_at=row["updated_at"],
-        sent_at=row["sent_at"] if "sent_at" in row.keys() else None,  # schema 1 lacks it
+        sent_at=_column(row, "sent_at"),  # schema 1 lacks these
+        folder=_column(row, "folder"),
+        stem=_column(row, "stem"),
     )
+
+
+def _column(row: sqlite3.Row, name: str) -> Any:
+    return row[name] if name in row.keys() else None
 
 
 class Journal:
@@ -293,11 +304,11 @@ class Journal:
         if found is None:
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
             return
+        have = {r["name"] for r in db.execute("PRAGMA table_info(items)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
         if found["value"] == "1":
-            have = {r["name"] for r in db.execute("PRAGMA table_info(items)")}
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in have:
-                    db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
             # Schema 1 wrote "cancelled" for every job in flight when a batch was left,
             # whatever fal answered: ask fal again before paying for those items.
             db.execute(
@@ -537,6 +548,13 @@ class Journal:
             return [_entry(r) for r in rows]
 
         return next((e for e in await self._run(read) if e.key not in taken), None)
+
+    async def record_name(self, key: str, folder: str, stem: str) -> None:
+        """The name this item's outputs get in ``folder`` (absolute), claimed before any is
+        written, so a later run finishes them under that name instead of leaving a half set."""
+        sql = "UPDATE items SET folder = ?, stem = ?, updated_at = ? WHERE key = ?"
+        params = (folder, stem, time.time(), key)
+        await self._run(lambda db: db.execute(sql, params))
 
     async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
         """Every output file is on disk and verified (paths kept absolute)."""

@@ -657,13 +657,15 @@ class Runner:
             self.budget.committed += (await self.journal.summary()).estimated_cost
 
     def _owned_stem(self, entry: JournalEntry) -> str | None:
-        """The stem of this item's files from an earlier run in this folder, if any."""
-        if self.download_to is None or not entry.files:
+        """The stem an earlier run claimed (or wrote) for this item in this folder, if any."""
+        if self.download_to is None:
             return None
-        first = entry.files[0].path
-        if first.parent != self.download_to.absolute():
-            return None
-        return stem_of_output(first.name)
+        folder = self.download_to.absolute()
+        if entry.stem is not None and entry.folder == str(folder):
+            return entry.stem
+        if entry.files and entry.files[0].path.parent == folder:
+            return stem_of_output(entry.files[0].path.name)
+        return None
 
     async def _files_in_place(self, entry: JournalEntry, output: EditImageOutput) -> bool:
         """True when every output is on disk in this batch's folder, as it was written."""
@@ -680,6 +682,9 @@ class Runner:
         if self.download_to is None:
             return ()
         stem = self.claim_name(it.stem, it.owned_stem)
+        if self.journal is not None and stem != it.owned_stem:
+            folder = str(self.download_to.absolute())
+            await self._write(self.journal.record_name(it.ledger_key, folder, stem))
         done = await download_outcomes(
             self.core,
             output.images,
