@@ -211,6 +211,8 @@ class Journal:
         self._lock = threading.Lock()
         self._closed = False
         self._writer_alive = False
+        #: Written by schema 1, so rows may be keyed as its command line keyed them.
+        self.has_legacy_keys = False
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -316,8 +318,12 @@ class Journal:
                 (JournalState.CANCEL_REQUESTED.value, JournalState.CANCELLED.value),
             )
             db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA_VERSION,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('legacy_keys', '1')")
         elif found["value"] != _SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"journal schema {found['value']} is not supported")
+        self.has_legacy_keys = (
+            db.execute("SELECT 1 FROM meta WHERE name = 'legacy_keys'").fetchone() is not None
+        )
 
     def _take_lock(self) -> None:
         # The lock is on the database file itself (its inode): every spelling of the path, a
@@ -527,18 +533,14 @@ class Journal:
             output=json.dumps(to_wire(output)),
         )
 
-    async def owner_of(self, request_id: str) -> str | None:
-        """The key of the row that holds ``request_id``, if any."""
-
-        def read(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT key FROM items WHERE request_id = ?", (request_id,)).fetchone()
-            return row["key"] if row else None
-
-        return await self._run(read)
-
     async def legacy_row(self, fingerprint: str, taken: set[str]) -> JournalEntry | None:
         """A schema-1 row for this content under a name (``<name>@<fingerprint>``, as the
-        command line keyed items then), not yet claimed by another item of this run."""
+        command line keyed items then), not yet claimed by another item of this run.
+
+        Only a journal migrated from schema 1 is searched: the scan is per new item.
+        """
+        if not self.has_legacy_keys:
+            return None
 
         def read(db: sqlite3.Connection) -> list[JournalEntry]:
             rows = db.execute(

@@ -209,6 +209,8 @@ class Runner:
     order: _InOrder = attrs.field(factory=_InOrder)
     #: Request ids this batch has given to an item: no job is two items' result.
     owned_ids: set[str] = attrs.field(factory=set)
+    #: Each journaled request id's row, read once when the batch starts.
+    journaled_ids: dict[str, str] = attrs.field(factory=dict)
     #: Schema-1 rows (keyed ``<name>@<fingerprint>``) already taken by an item of this run.
     legacy_taken: set[str] = attrs.field(factory=set)
     #: Items cut short when the batch was left early (they yield no result).
@@ -489,12 +491,13 @@ class Runner:
                 self.ledger_error = self.ledger_error or exc
 
     async def _owned_elsewhere(self, it: _Item, request_id: str) -> bool:
-        """True when another item of this batch, or another row, holds ``request_id``."""
+        """True when another item of this batch, or another row, holds ``request_id``.
+
+        In memory (no journal query per submit): the rows' ids are read once by ``preload``.
+        """
         if request_id in self.owned_ids:
             return True
-        if self.journal is None:
-            return False
-        owner = await self.journal.owner_of(request_id)
+        owner = self.journaled_ids.get(request_id)
         return owner is not None and owner != it.ledger_key
 
     async def _submit_failed(self, it: _Item, exc: FalEditError) -> JobHandle:
@@ -652,9 +655,15 @@ class Runner:
         return True
 
     async def preload(self) -> None:
-        """Count what the journal says was spent before, before any new submit."""
-        if self.journal is not None:
-            self.budget.committed += (await self.journal.summary()).estimated_cost
+        """Before any new submit: count what the journal says was spent, and learn which row
+        holds which request id (one read of the journal, instead of a query per submit)."""
+        if self.journal is None:
+            return
+        entries = await self.journal.entries()
+        self.journaled_ids = {e.request_id: e.key for e in entries if e.request_id}
+        self.budget.committed += sum(
+            (e.cost * e.attempts for e in entries if e.request_id), Decimal(0)
+        )
 
     def _owned_stem(self, entry: JournalEntry) -> str | None:
         """The stem an earlier run claimed (or wrote) for this item in this folder, if any."""
