@@ -31,6 +31,7 @@ from fal_edit_async import (
     JournalLockedError,
     JournalState,
     MockTransport,
+    ProtocolError,
     Request,
     Response,
     UnknownSubmitError,
@@ -297,7 +298,7 @@ async def test_5_a_corrupt_row_fails_its_item_only(
 
     assert again["k0"].ok and again["k2"].ok
     assert ItemState.FAILED is again["k1"].state
-    assert isinstance(again["k1"].error, Exception)
+    assert isinstance(again["k1"].error, ProtocolError)  # the row's garbage, named as such
 
 
 async def test_5_an_unwritable_journal_stops_new_submits_and_loses_no_paid_job(
@@ -602,7 +603,7 @@ async def test_11_sigterm_cancels_summarises_and_exits_143(
     assert 2 == emulator.counters.cancels
     assert "SIGTERM: cancelling 2 jobs on fal" in err
     assert "of 2" in err  # the summary line
-    assert not list((tmp_path / "out").glob(".*.part")) if (tmp_path / "out").exists() else True
+    assert [] == list((tmp_path / "out").glob(".*.part"))
 
 
 # -- InternalError ------------------------------------------------------------------------------

@@ -486,9 +486,11 @@ class Journal:
             error_type=None,
         )
 
-    async def record_unsent(self, key: str, error: FalEditError) -> None:
-        """The submit provably created no job (fal refused it, or it never left)."""
-        await self._upsert(key, state=JournalState.UNSENT.value, **_error(error))
+    async def record_unsent(self, key: str, error: FalEditError | None = None) -> None:
+        """The submit provably created no job: fal refused it, it never left, or the run
+        ended while it waited out a refusal (no ``error`` then)."""
+        reason = _error(error) if error else {"error": "stopped before any submit was taken"}
+        await self._upsert(key, state=JournalState.UNSENT.value, **reason)
 
     async def record_unknown(
         self, key: str, error: FalEditError, *, urls: JobUrls | None = None
@@ -505,12 +507,6 @@ class Journal:
             }
         await self._upsert(
             key, durable=True, state=JournalState.UNKNOWN.value, **job, **_error(error)
-        )
-
-    async def record_unsent_quietly(self, key: str) -> None:
-        """Back to "no job": the run ended while its submit waited out a refusal."""
-        await self._upsert(
-            key, state=JournalState.UNSENT.value, error="stopped before any submit was taken"
         )
 
     async def record_cancel_requested(self, key: str) -> None:

@@ -456,7 +456,7 @@ class Runner:
             if it.live is None and not self.core.config.retry.retry_ambiguous_submit:
                 if self.journal is not None:
                     with anyio.CancelScope(shield=True):
-                        await self._write(self.journal.record_unsent_quietly(it.ledger_key))
+                        await self._write(self.journal.record_unsent(it.ledger_key))
             raise
         self.jobs.succeeded()
         await self.emit(
