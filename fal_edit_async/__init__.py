@@ -96,6 +96,10 @@ from ._models import (
     UnknownStatus as UnknownStatus,
     is_remote_url as is_remote_url,
 )
+from ._name_template import (
+    DEFAULT_NAME_TEMPLATE as DEFAULT_NAME_TEMPLATE,
+    NameTemplate as NameTemplate,
+)
 from ._pricing import CostEstimate as CostEstimate, estimate_cost as estimate_cost
 from ._statistics import (
     ClientStatistics as ClientStatistics,
@@ -132,6 +136,7 @@ __all__ = [
     "Credentials",
     "DEFAULT_ENDPOINT",
     "DEFAULT_LIMITS",
+    "DEFAULT_NAME_TEMPLATE",
     "DEFAULT_POLLING",
     "DEFAULT_QUEUE_URL",
     "DEFAULT_REST_URL",
@@ -177,6 +182,7 @@ __all__ = [
     "Limits",
     "LogEntry",
     "MockTransport",
+    "NameTemplate",
     "NotFoundError",
     "OutputFormat",
     "Polling",

@@ -36,6 +36,7 @@ from ._models import (
     JobStatus,
     SubmitOptions,
 )
+from ._name_template import DEFAULT_NAME_TEMPLATE
 from ._protocol import check_image_count, check_submit_options
 from ._statistics import ClientStatistics
 from ._transport import AiohttpTransport, Transport
@@ -283,6 +284,7 @@ class AsyncClient:
         resubmit_unknown: bool = False,
         retry_failed: bool = False,
         overwrite: bool = False,
+        name_template: str = DEFAULT_NAME_TEMPLATE,
         **options: Unpack[SubmitOptions],
     ) -> AbstractAsyncContextManager[Batch]:
         """Edit many images in parallel; results arrive as items finish.
@@ -300,7 +302,7 @@ class AsyncClient:
             items: what to edit.
             concurrency: jobs in flight on fal at most (default ``Limits.jobs``). Lowered
                 on 429 and raised back gradually when ``adaptive``, never above this.
-            download_to: a folder to download outputs into, as ``<input stem>_<n>.<ext>``,
+            download_to: a folder to download outputs into, named by ``name_template``,
                 written atomically; None keeps only the URLs. It is created and proven
                 writable before anything is sent. Each item's name is claimed once: unique
                 in the batch, in any script (写真1 stays 写真1), and clear of the files
@@ -322,6 +324,10 @@ class AsyncClient:
             retry_failed: submit again the items an earlier run recorded as failed.
             overwrite: let outputs replace files already in ``download_to`` that this batch
                 does not own (another run's outputs, files named like outputs).
+            name_template: how outputs are named (see :class:`NameTemplate`): ``{stem}``
+                (the input's name), ``{n}`` (the image's index, from 0), ``{key}``,
+                ``{request_id}``, ending in ``.{ext}``. A collision adds ``-2`` to
+                ``{stem}`` (or to the end, without one). Checked at the call.
             adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
             on_event: called with each progress event (a plain or async function).
             options: :class:`SubmitOptions` for every job, as for :meth:`submit`.
@@ -348,5 +354,6 @@ class AsyncClient:
             resubmit_unknown=resubmit_unknown,
             retry_failed=retry_failed,
             overwrite=overwrite,
+            name_template=name_template,
         )
         return edit_many(self._core, self._uploader, items, settings)

@@ -112,6 +112,7 @@ async def download_image(
     max_bytes: int | None = None,
     fsync: bool = False,
     checksum: bool = False,
+    base: str | None = None,
 ) -> DownloadedFile:
     """Download one output image into ``dest`` as ``<safe(stem)>_<index>.<ext>``.
 
@@ -131,6 +132,8 @@ async def download_image(
         max_bytes: refuse (without retrying) a file larger than this.
         fsync: flush the file to the disk before renaming it into place, so that it survives
             a power loss too (not only a crash of this process). Slower.
+        base: the whole name without its extension, already safe and claimed (a batch's
+            name template), instead of ``<safe(stem)>_<index>``.
         checksum: also compute the file's SHA-256 (``sha256`` is None without). Length and
             format are verified either way; the hash costs about a third of the throughput,
             so it is off unless something will check it later (a batch journal turns it on).
@@ -145,7 +148,7 @@ async def download_image(
     """
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative integer, not {index!r}")
-    prefix = f"{safe_stem(stem)}_{index}"
+    prefix = base if base is not None else f"{safe_stem(stem)}_{index}"
     target = _Target(
         Path(dest),
         prefix,
@@ -342,9 +345,11 @@ async def download_outcomes(
     max_bytes: int | None = None,
     fsync: bool = False,
     checksum: bool = False,
+    names: Sequence[str] | None = None,
 ) -> list[DownloadedFile | DownloadError]:
     """Download several images concurrently under ``limiter``; one entry per image, in order:
-    the file, or its error. One failure never stops the others."""
+    the file, or its error. One failure never stops the others. ``names`` gives each file's
+    name without extension (see :func:`download_image`'s ``base``)."""
     results: list[DownloadedFile | DownloadError | None] = [None] * len(images)
     fetch = functools.partial(
         download_image, core, max_bytes=max_bytes, fsync=fsync, checksum=checksum
@@ -353,7 +358,8 @@ async def download_outcomes(
     async def one(i: int, image: ImageFile) -> None:
         async with limiter:
             try:
-                results[i] = await fetch(image, dest, stem, i)
+                base = None if names is None else names[i]
+                results[i] = await fetch(image, dest, stem, i, base=base)
             except DownloadError as exc:
                 exc.add_note(f"image {i} of {len(images)} (stem {stem!r})")
                 results[i] = exc

@@ -24,10 +24,10 @@ __all__ = [
     "ImageCheck",
     "TempFile",
     "check_writable",
+    "image_names_in",
     "numbered_stem",
     "remove_stale_parts",
     "stem_of_output",
-    "stems_in",
     "safe_stem",
     "sniff_image_format",
 ]
@@ -47,7 +47,7 @@ _RESERVED = frozenset(
 )
 #: Temp files: ``.<stem>_<index>.<pid>-<counter>.part``; the pid tells a live run's from a
 #: dead one's.
-_STALE_PART = re.compile(r"^\..+_\d+\.(\d+)-[0-9a-f]+\.part$")
+_STALE_PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.part$")
 _TEMP_COUNTER = itertools.count()
 
 
@@ -96,14 +96,30 @@ def stem_of_output(name: str) -> str | None:
     return found.group(1) if found else None
 
 
-def stems_in(folder: Path) -> frozenset[str]:
-    """The stems of the files in ``folder`` named as outputs are (``<stem>_<n>.<ext>``): the
-    names an output written there could replace, whoever wrote them (an input, another run)."""
+def image_names_in(folder: Path) -> frozenset[str]:
+    """The names, without extension and case-folded, of the image files in ``folder``: the
+    names an output written there could replace, whoever wrote them (an input, another run).
+
+    The extension is ignored on purpose: ``shot_1.jpg`` keeps ``shot_1.png`` from being
+    written beside it, so a folder never holds two files that read as one image.
+    """
     try:
         names = [p.name for p in folder.iterdir()]
     except OSError:
         return frozenset()
-    return frozenset(stem for n in names if (stem := stem_of_output(n)) is not None)
+    return frozenset(
+        base.casefold()
+        for name in names
+        if (base := _image_base(name)) is not None and not name.startswith(".")
+    )
+
+
+def _image_base(name: str) -> str | None:
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and stem and ext.lower() in _IMAGE_EXTENSIONS else None
+
+
+_IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp"})
 
 
 def numbered_stem(stem: str, n: int) -> str:

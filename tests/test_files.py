@@ -142,14 +142,16 @@ def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:
             "mine": f".a_0.{os.getpid()}-1.part",
             "live": f".b_0.{live.pid}-1.part",
             "dead": f".c_0.{int(dead.stdout)}-1.part",
+            # A name template's file need not end in _<n>.
+            "dead-templated": f".v2 cat.r-1.{int(dead.stdout)}-2.part",
             "not-ours": ".d_0.notapid.part",
         }
         for name in names.values():
             (tmp_path / name).write_bytes(b"x")
 
-        assert 1 == remove_stale_parts(tmp_path)
+        assert 2 == remove_stale_parts(tmp_path)
 
-        assert sorted(n for k, n in names.items() if k != "dead") == sorted(
+        assert sorted(n for k, n in names.items() if not k.startswith("dead")) == sorted(
             p.name for p in tmp_path.iterdir()
         )
         live.communicate(b"")

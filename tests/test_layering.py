@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
             "_sse",
             "_protocol",
             "_files",
+            "_name_template",
         ),
         0,
     ),

@@ -22,9 +22,14 @@ def named(name: str, uri: str, n: int = 1) -> EditItem:
     )
 
 
-async def files_of(client: AsyncClient, items: list[EditItem], out: Path) -> list[Path]:
+async def files_of(
+    client: AsyncClient,
+    items: list[EditItem],
+    out: Path,
+    name_template: str = "{stem}_{n}.{ext}",
+) -> list[Path]:
     """Run the batch; every file each item reports."""
-    async with client.edit_many(items, download_to=out) as batch:
+    async with client.edit_many(items, download_to=out, name_template=name_template) as batch:
         results = [r async for r in batch]
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     return [f.path for r in results for f in r.files]
@@ -107,23 +112,47 @@ _NAMES = st.text(
 )
 
 
+#: Templates that put the stem, the index, the key and the request id in different places, or
+#: leave them out (then only the collision suffix keeps names apart).
+_TEMPLATES = [
+    "{stem}_{n}.{ext}",
+    "{n}.{ext}",
+    "{key}-{n:02}.{ext}",
+    "{request_id}_{n}.{ext}",
+    "edit {n} of {stem}.{ext}",
+    "{stem}.{ext}",
+    "same.{ext}",
+]
+
+
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     names=st.lists(_NAMES, min_size=1, max_size=6),
     images=st.integers(1, 3),
     existing=st.lists(_NAMES, max_size=3),
+    template=st.sampled_from(_TEMPLATES),
+    upper=st.booleans(),
 )
 def test_n_items_of_k_images_give_n_times_k_files_and_touch_nothing_else(
-    tmp_path_factory: pytest.TempPathFactory, names: list[str], images: int, existing: list[str]
+    tmp_path_factory: pytest.TempPathFactory,
+    names: list[str],
+    images: int,
+    existing: list[str],
+    template: str,
+    upper: bool,
 ) -> None:
-    """Any names, any duplicates, files already there: N*k distinct files inside the folder,
-    and every file that was there before is byte for byte as it was."""
+    """Any names, any duplicates, any template, files already there (in another case too):
+    N*k distinct files inside the folder, and every file that was there before is byte for
+    byte as it was."""
+    if "{n" not in template:
+        images = 1
     out = tmp_path_factory.mktemp("out")
     before = {}
     for i, name in enumerate(existing):
-        path = out / f"{(name or 'x').replace('/', '_').lstrip('.')[:60] or 'x'}_{i}.png"
+        base = f"{(name or 'x').replace('/', '_').lstrip('.')[:60] or 'x'}_{i}"
+        path = out / f"{base.upper() if upper else base}.png"
         try:
             path.write_bytes(b"theirs %d" % i)
         except OSError:
@@ -133,11 +162,12 @@ def test_n_items_of_k_images_give_n_times_k_files_and_touch_nothing_else(
 
     async def scenario() -> list[Path]:
         async with Emulator(fast_images=True) as emu, client_for(emu) as client:
-            return await files_of(client, [named(n, uri, images) for n in names], out)
+            items = [named(n, uri, images) for n in names]
+            return await files_of(client, items, out, template)
 
     paths = anyio.run(scenario)
 
-    assert len(names) * images == len(set(paths))
+    assert len(names) * images == len({p.name.casefold() for p in paths})
     assert all(p.parent == out for p in paths)
     assert all(path.read_bytes() == data for path, data in before.items())
 

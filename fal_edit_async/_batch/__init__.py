@@ -30,7 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._core import Core
 from .._exceptions import InputError
-from .._files import check_writable, remove_stale_parts, stems_in
+from .._files import check_writable, image_names_in, remove_stale_parts
 from .._uploads import Uploader
 from ._adaptive import AdaptiveLimiter
 from ._items import BatchItem, BatchSettings, BatchSummary, ItemResult, ItemState
@@ -152,6 +152,7 @@ async def edit_many(
         resubmit_unknown=settings.resubmit_unknown,
         retry_failed=settings.retry_failed,
         overwrite=settings.overwrite,
+        names=settings.names,
     )
     pipeline = jobs.limit + limits.uploads + settings.downloads
     async with AsyncExitStack() as stack:
@@ -191,7 +192,7 @@ def _prepare_folder(folder: Path) -> frozenset[str]:
             "download_to", str(folder), f"a folder this process can write ({exc})"
         ) from exc
     remove_stale_parts(folder)
-    return stems_in(folder)
+    return image_names_in(folder)
 
 
 async def _feed(

@@ -23,6 +23,7 @@ from .._converter import input_from_dict, to_wire
 from .._endpoint import DEFAULT_ENDPOINT, EndpointId
 from .._exceptions import FalEditError, InputError
 from .._models import DownloadedFile, EditImageInput, EditImageOutput, SubmitOptions
+from .._name_template import DEFAULT_NAME_TEMPLATE, DEFAULT_NAMES, NameTemplate
 from .._pricing import estimate_cost
 from .._protocol import check_submit_options
 from ._events import BatchEvent
@@ -275,6 +276,7 @@ class BatchSettings:
     resubmit_unknown: bool = False
     retry_failed: bool = False
     overwrite: bool = False
+    names: NameTemplate = DEFAULT_NAMES
 
     @classmethod
     def build(
@@ -293,6 +295,7 @@ class BatchSettings:
         resubmit_unknown: bool = False,
         retry_failed: bool = False,
         overwrite: bool = False,
+        name_template: str | NameTemplate = DEFAULT_NAME_TEMPLATE,
     ) -> BatchSettings:
         """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
         jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
@@ -313,6 +316,11 @@ class BatchSettings:
             resubmit_unknown=bool(resubmit_unknown),
             retry_failed=bool(retry_failed),
             overwrite=bool(overwrite),
+            names=(
+                name_template
+                if isinstance(name_template, NameTemplate)
+                else NameTemplate.parse(name_template)
+            ),
         )
 
 

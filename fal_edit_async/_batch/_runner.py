@@ -57,6 +57,7 @@ from .._models import (
     Queued,
     SubmitOptions,
 )
+from .._name_template import DEFAULT_NAMES, NameTemplate, claim_number
 from .._pricing import estimate_cost
 from .._protocol import check_image_count, job_retryable, submit_never_queued
 from .._statistics import RetryKind
@@ -201,9 +202,12 @@ class Runner:
     resubmit_unknown: bool = False
     retry_failed: bool = False
     overwrite: bool = False
-    #: Stems of the files already in the output folder when the batch started.
+    names: NameTemplate = DEFAULT_NAMES
+    #: The image files already in the output folder when the batch started, by their names
+    #: without extension, case-folded.
     foreign: frozenset[str] = frozenset()
-    stems: set[str] = attrs.field(factory=set)
+    #: The names (likewise) this batch has given out.
+    claimed: set[str] = attrs.field(factory=set)
     stem_suffixes: dict[str, int] = attrs.field(factory=dict)
     seen: dict[str, int] = attrs.field(factory=dict)
     order: _InOrder = attrs.field(factory=_InOrder)
@@ -228,26 +232,44 @@ class Runner:
         if self.on_event is not None:
             await call_back(self.on_event, event)  # type: ignore[arg-type]
 
-    def claim_name(self, stem: str, owned: str | None = None) -> str:
-        """The stem this item's files get: unique in the batch, and clear of every file in the
-        folder that the batch does not own (an input, another run's output), unless
-        ``overwrite``. ``owned`` is the stem the journal says this item wrote before.
+    def claim_name(self, it: _Item, count: int, request_id: str = "") -> tuple[str, list[str]]:
+        """The names this item's ``count`` files get (without extensions), and the claim the
+        journal keeps for them: unique in the batch, and clear of every file in the folder
+        that the batch does not own (an input, another run's output), unless ``overwrite``.
 
-        The claimed stem is final: it is safe already, so the download uses it as it is.
+        A claim the journal says this item made before is kept when it is still free.
+        Names compare case-insensitively: on macOS and Windows ``Photo`` replaces ``photo``.
         """
-        if owned is not None and owned not in self.stems:
-            self.stems.add(owned)
-            return owned
+        template, stem = self.names, it.stem
+        key = it.key
+
+        def bases(claim: int) -> list[str]:
+            return template.bases(
+                stem=stem, claim=claim, count=count, key=key, request_id=request_id
+            )
+
+        if it.owned_stem is not None:
+            claim = claim_number(it.owned_stem, stem)
+            if claim is not None:
+                names = bases(claim)
+                folded = {n.casefold() for n in names}
+                if len(folded) == count and not folded & self.claimed:
+                    self.claimed |= folded
+                    return it.owned_stem, names
         # Remember where each stem's numbering got to: re-scanning from 1 made a batch of
         # identical inputs quadratic.
-        n = self.stem_suffixes.get(stem, 1)
-        while (candidate := numbered_stem(stem, n)) in self.stems or (
-            not self.overwrite and candidate in self.foreign
-        ):
-            n += 1
-        self.stem_suffixes[stem] = n
-        self.stems.add(candidate)
-        return candidate
+        claim = self.stem_suffixes.get(stem, 1)
+        while True:
+            names = bases(claim)
+            folded = {n.casefold() for n in names}
+            if len(folded) != count:  # refused before submit; never loop on it
+                raise InputError("name_template", template.text, "'{n}' for several images")
+            if not folded & self.claimed and (self.overwrite or not folded & self.foreign):
+                break
+            claim += 1
+        self.stem_suffixes[stem] = claim
+        self.claimed |= folded
+        return numbered_stem(stem, claim), names
 
     def _identity(self, key: str | None, print_: str) -> str:
         """The item's ledger key: from its content (and the caller's key), never its position.
@@ -264,6 +286,9 @@ class Runner:
         key, name, raw = split_item(item)
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
+            if input.num_images > 1 and not self.names.numbered:
+                msg = "'{n}' in the template when an item asks for several images"
+                raise InputError("name_template", self.names.text, msg)
         except Exception as exc:  # InputError, or a mapping that breaks unforeseeably
             async with self.order.turn(index):
                 pass
@@ -690,7 +715,7 @@ class Runner:
     async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
             return ()
-        stem = self.claim_name(it.stem, it.owned_stem)
+        stem, names = self.claim_name(it, len(output.images), it.request_id or "")
         if self.journal is not None and stem != it.owned_stem:
             folder = str(self.download_to.absolute())
             await self._write(self.journal.record_name(it.ledger_key, folder, stem))
@@ -699,6 +724,7 @@ class Runner:
             output.images,
             self.download_to,
             stem,
+            names=names,
             limiter=self.downloads,
             max_bytes=self.core.config.limits.max_output_bytes,
             checksum=self.journal is not None,  # the journal re-checks files on a re-run

@@ -26,6 +26,7 @@ import anyio
 
 from .. import (
     DEFAULT_ENDPOINT,
+    DEFAULT_NAME_TEMPLATE,
     AuthError,
     Background,
     FalEditError,
@@ -33,6 +34,7 @@ from .. import (
     InputError,
     InputFidelity,
     JournalLockedError,
+    NameTemplate,
     OutputFormat,
     Quality,
     estimate_cost,
@@ -72,6 +74,13 @@ def _positive(kind: Callable[[str], Any], text: str) -> Any:
     if not ok:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _name_template(value: str) -> str:
+    try:
+        return NameTemplate.parse(value, "--name").text
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {exc.allowed}") from None
 
 
 def _out_folder(value: str) -> Path:
@@ -115,6 +124,16 @@ def _run_options() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="let outputs replace files already in --out (by default they get a new name)",
+    )
+    how.add_argument(
+        "--name",
+        type=_name_template,
+        default=DEFAULT_NAME_TEMPLATE,
+        metavar="TEMPLATE",
+        dest="name_template",
+        help="how outputs are named, from {stem} (the input's name), {n} (the image's index), "
+        "{key} and {request_id}, ending in .{ext} (default: %(default)s); a name already "
+        "taken gets -2, -3...",
     )
     how.add_argument(
         "--no-download", action="store_true", help="keep the outputs on fal; print their URLs"
@@ -329,6 +348,7 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
         overwrite=args.overwrite,
+        name_template=args.name_template,
     )
     reporter = _reporter(args, planned)
     return anyio.run(run_batch, planned, reporter, options)

@@ -25,6 +25,7 @@ import anyio.abc
 import attrs
 
 from .. import (
+    DEFAULT_NAME_TEMPLATE,
     AsyncClient,
     AuthError,
     Batch,
@@ -82,6 +83,7 @@ class RunOptions:
     retry_failed: bool = False
     resubmit_unknown: bool = False
     overwrite: bool = False
+    name_template: str = DEFAULT_NAME_TEMPLATE
 
 
 def check_credentials(*, emulator: bool) -> None:
@@ -226,6 +228,7 @@ async def _follow(
         retry_failed=options.retry_failed,
         resubmit_unknown=options.resubmit_unknown,
         overwrite=options.overwrite,
+        name_template=options.name_template,
     ) as batch:
         run.batch = batch
         async for result in batch:

@@ -100,6 +100,7 @@ assert_type(config.timeouts, fal.Timeouts)
 assert_type(fal.Credentials.from_env({}), fal.Credentials | None)
 assert_type(fal.Credentials("k").header_value, str)
 assert_type(fal.DEFAULT_LIMITS, fal.Limits)
+assert_type(fal.NameTemplate.parse(fal.DEFAULT_NAME_TEMPLATE).text, str)
 assert_type(fal.DEFAULT_TIMEOUTS.read, float)
 assert_type(fal.DEFAULT_QUEUE_URL, str)
 
@@ -146,7 +147,12 @@ async def client_api() -> None:
         assert_type(files, list[fal.DownloadedFile])
         items: list[fal.BatchItem] = [inp, ("key", inp), {"prompt": "p", "image_urls": []}]
         async with client.edit_many(
-            items, concurrency=4, download_to="out", journal="run.journal", budget=5.0
+            items,
+            concurrency=4,
+            download_to="out",
+            journal="run.journal",
+            budget=5.0,
+            name_template="{key}_{n:02}.{ext}",
         ) as batch:
             assert_type(batch, fal.Batch)
             async for result in batch:
