@@ -176,6 +176,45 @@ class OursBatch(_Ours):
         return result
 
 
+class OursBatchNoDownload(OursBatch):
+    """``edit_many`` keeping only the URLs (no ``download_to``), even where the case writes
+    files: the pipeline without its downloads."""
+
+    async def run(self, n: int, dest: Path | None) -> Round:
+        return await super().run(n, None)
+
+
+class OursManifest(_Ours):
+    """``edit_many`` over a JSONL manifest read one line at a time, as ``fal-edit batch``
+    feeds it: memory must not grow with the batch (no downloads)."""
+
+    async def prepare(self, n: int) -> None:
+        import tempfile
+
+        handle, name = tempfile.mkstemp(suffix=".jsonl")
+        with open(handle, "w") as file:  # noqa: ASYNC230 - set-up, before the timed round
+            for i in range(n):
+                line = {"prompt": f"{PROMPT} #{i}", "image_urls": [self.image_uri]}
+                file.write(json.dumps(line) + "\n")
+        self.manifest = Path(name)
+
+    async def run(self, n: int, dest: Path | None) -> Round:
+        result = Round()
+
+        def lines() -> Any:
+            with self.manifest.open() as file:
+                for text in file:
+                    yield json.loads(text)
+
+        # No per-job latency here: a dict of 100,000 timestamps would be the RSS measured.
+        async with self.client.edit_many(lines(), concurrency=self.concurrency) as batch:
+            async for item in batch:
+                if not item.ok:
+                    result.fail(item.error or item.state)
+        self.manifest.unlink()
+        return result
+
+
 class OursJournal(_Ours):
     """``edit_many`` with a journal and ``download_to``, as ``fal-edit --journal`` runs it.
 
@@ -408,6 +447,8 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Contender]] = {
     "ours-edit": OursEdit,
     "ours-batch": OursBatch,
     "ours-journal": OursJournal,
+    "ours-batch-nodl": OursBatchNoDownload,
+    "ours-manifest": OursManifest,
     "fal-client": FalClient,
     "floor": Floor,
     "ours-download": OursDownload,

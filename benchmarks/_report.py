@@ -24,6 +24,7 @@ from _results import (
     Summary,
     cell,
     checks_table,
+    col,
     find,
     markdown,
     table,
@@ -97,6 +98,9 @@ COLUMNS = {
     "sweep": JOB_COLUMNS,
     "memory": MEMORY_COLUMNS,
     "download": DOWNLOAD_COLUMNS,
+    "pipeline": JOB_COLUMNS,
+    "scale": MEMORY_COLUMNS,
+    "coldstart": (col("wall s", "wall", 3),),
 }
 
 

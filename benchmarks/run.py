@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import BenchError, run_contender, wait_for_quiet
 from _report import RESULTS_JSON, Report, machine
 from _results import (
+    REQUEST_KINDS,
     Check,
     Results,
     Summary,
@@ -60,20 +63,44 @@ MEMORY_CONCURRENCY, MEMORY_SIZES = 256, (1_000, 10_000)
 DOWNLOAD_FILES, OUTPUT_BYTES = 100, 4_000_000
 DOWNLOAD_JOBS, DOWNLOAD_CONCURRENCY = 16, 8
 
+#: (f): the batch pipeline at each level of jobs in flight, with and without downloads and
+#: a journal, against the floor (which downloads too).
+PIPELINE_JOBS, PIPELINE_LEVELS = 1_000, (64, 256)
+PIPELINE_CONTENDERS = ("floor", "ours-batch-nodl", "ours-batch", "ours-journal")
+#: (g): instant jobs from a lazily read manifest, batch sizes compared for peak RSS.
+SCALE_CONCURRENCY, SCALE_SIZES = 256, (10_000, 100_000)
+#: (h): ``fal-edit --help`` from a cold interpreter, this many times.
+COLD_STARTS = 7
+
 #: --quick: the same scenarios, smaller.
 QUICK_THROUGHPUT_JOBS = 200
 QUICK_SWEEP = {1: 8, 8: 48, 64: 128, 256: 256}
 QUICK_MEMORY_SIZES = (500, 2_500)
 QUICK_DOWNLOAD_FILES = 40
+QUICK_PIPELINE_JOBS = 400
+QUICK_SCALE_SIZES = (2_000, 20_000)
 
 #: Targets (see the brief in README.md).
 WALL_VS_FLOOR, CPU_VS_FLOOR, THROUGHPUT_VS_FAL = 1.3, 2.0, 3.0
 COMPLETION_P50_MS = 10.0
 RSS_LIMIT_MB, RSS_GROWTH = 200.0, 1.3
 DOWNLOAD_VS_BARE = 0.8
+#: (f) at 256 in flight: with downloads and a journal (wall, CPU), with downloads only (wall).
+JOURNAL_WALL_VS_FLOOR, JOURNAL_CPU_VS_FLOOR, DOWNLOAD_WALL_VS_FLOOR = 1.3, 2.0, 1.15
+SCALE_RSS_LIMIT_MB = 100.0
+COLD_START_S = 0.5
 
-SCENARIOS = ("throughput", "sweep", "memory", "download")
-ALIASES = {"a": "throughput", "e": "throughput", "b": "sweep", "c": "memory", "d": "download"}
+SCENARIOS = ("throughput", "sweep", "memory", "download", "pipeline", "scale", "coldstart")
+ALIASES = {
+    "a": "throughput",
+    "e": "throughput",
+    "b": "sweep",
+    "c": "memory",
+    "d": "download",
+    "f": "pipeline",
+    "g": "scale",
+    "h": "coldstart",
+}
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,30 @@ def build_cases(scenario: str, quick: bool) -> list[Case]:
     if scenario == "memory":
         sizes = QUICK_MEMORY_SIZES if quick else MEMORY_SIZES
         return [job_case(scenario, f"{n:,} jobs", n, MEMORY_CONCURRENCY, 0.0) for n in sizes]
+    if scenario == "pipeline":
+        jobs = QUICK_PIPELINE_JOBS if quick else PIPELINE_JOBS
+        return [
+            Case(
+                scenario,
+                f"{jobs:,} jobs @ {c}",
+                PIPELINE_CONTENDERS,
+                jobs,
+                c,
+                emulator_args(c, PROCESSING_TIME),
+                warmup_size(jobs, c),
+                writes_files=True,
+            )
+            for c in PIPELINE_LEVELS
+        ]
+    if scenario == "scale":
+        sizes = QUICK_SCALE_SIZES if quick else SCALE_SIZES
+        c = SCALE_CONCURRENCY
+        return [
+            Case(scenario, f"{n:,} jobs", ("ours-manifest",), n, c, emulator_args(c, 0.0), c)
+            for n in sizes
+        ]
+    if scenario == "coldstart":
+        return [Case(scenario, "fal-edit --help", ("fal-edit --help",), 1, 1, (), 0)]
     files = QUICK_DOWNLOAD_FILES if quick else DOWNLOAD_FILES
     emulator = emulator_args(DOWNLOAD_JOBS, 0.0, OUTPUT_BYTES)
     return [
@@ -151,9 +202,37 @@ def build_cases(scenario: str, quick: bool) -> list[Case]:
 # -- running -----------------------------------------------------------------------------------
 
 
+def cold_start() -> dict[str, float]:
+    """Seconds for ``fal-edit --help`` in a fresh interpreter, as a shell runs it."""
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "fal_edit_async", "--help"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    wall = time.monotonic() - started
+    return {key: math.nan for key in metrics_keys()} | {"wall": wall, "failed": 0}
+
+
+def metrics_keys() -> list[str]:
+    sample = {"jobs": {}}
+    empty = {"machine_busy": 0, "machine_steal": 0, "cpu": 0, **sample}
+    for key, _ in REQUEST_KINDS:
+        empty[key] = 0
+    report = {"wall": 1, "before": empty, "after": empty, "done": {}, "cpu": 0}
+    return list(metrics(report | {"maxrss_kb": 0, "bytes": 0, "failed": 0}, 1))
+
+
 def run_case(case: Case, repeats: int, warm: bool, settle: float) -> dict[str, Summary]:
     """Every contender of a case, repeats interleaved so that drift hits them all alike."""
     summaries = {name: Summary(name) for name in case.contenders}
+    if case.scenario == "coldstart":
+        (name,) = case.contenders
+        cold_start()  # the first run compiles the bytecode; a user's first run is rarer
+        summaries[name].runs = [cold_start() for _ in range(max(repeats, COLD_STARTS))]
+        print(f"  {case.key}: {summaries[name].median('wall'):.3f} s", file=sys.stderr)
+        return summaries
     for repeat in range(repeats):
         for name in case.contenders:
             spec: dict[str, Any] = {
@@ -271,6 +350,63 @@ def evaluate(results: Results) -> list[Check]:
                 at_most=False,
             )
         )
+    for index, level in enumerate(PIPELINE_LEVELS):
+        f = find(results, "pipeline", index)
+        if f is None or level != PIPELINE_LEVELS[-1]:
+            continue  # the targets are set at 256 in flight; 64 is reported
+        checks += [
+            ratio_check(
+                f"(f) ours-journal wall vs floor @ {level}",
+                median(f, "ours-journal", "wall"),
+                median(f, "floor", "wall"),
+                JOURNAL_WALL_VS_FLOOR,
+                at_most=True,
+            ),
+            ratio_check(
+                f"(f) ours-journal CPU/job vs floor @ {level}",
+                median(f, "ours-journal", "cpu_ms_per_job"),
+                median(f, "floor", "cpu_ms_per_job"),
+                JOURNAL_CPU_VS_FLOOR,
+                at_most=True,
+            ),
+            ratio_check(
+                f"(f) ours-batch (downloads) wall vs floor @ {level}",
+                median(f, "ours-batch", "wall"),
+                median(f, "floor", "wall"),
+                DOWNLOAD_WALL_VS_FLOOR,
+                at_most=True,
+            ),
+        ]
+    g_small, g_large = find(results, "scale", 0), find(results, "scale", 1)
+    if g_large is not None:
+        checks.append(
+            bound_check(
+                "(g) ours-manifest peak RSS, large batch",
+                median(g_large, "ours-manifest", "rss_mb"),
+                SCALE_RSS_LIMIT_MB,
+                "MB",
+            )
+        )
+    if g_small is not None and g_large is not None:
+        checks.append(
+            ratio_check(
+                "(g) ours-manifest peak RSS, large vs small batch",
+                median(g_large, "ours-manifest", "rss_mb"),
+                median(g_small, "ours-manifest", "rss_mb"),
+                RSS_GROWTH,
+                at_most=True,
+            )
+        )
+    h = find(results, "coldstart")
+    if h is not None:
+        checks.append(
+            bound_check(
+                "(h) fal-edit --help cold start",
+                median(h, "fal-edit --help", "wall"),
+                COLD_START_S,
+                "s",
+            )
+        )
     return checks
 
 
@@ -289,6 +425,22 @@ DESCRIPTIONS = {
     "memory": (
         "(c) Memory: a large batch of instant jobs",
         f"processing_time=0, {MEMORY_CONCURRENCY} in flight; peak RSS of the client process.",
+    ),
+    "pipeline": (
+        "(f) The batch pipeline",
+        f"{PIPELINE_JOBS:,} jobs of {PROCESSING_TIME * 1000:.0f} ms at each level in flight; "
+        "the floor downloads every output; ours-batch-nodl keeps URLs only, ours-batch "
+        "downloads, ours-journal downloads with a SQLite journal (fsynced).",
+    ),
+    "scale": (
+        "(g) Scale: a lazily read manifest",
+        f"Instant jobs from a JSONL manifest read line by line, {SCALE_CONCURRENCY} in flight, "
+        "no downloads; peak RSS of the client process.",
+    ),
+    "coldstart": (
+        "(h) Cold start",
+        f"`python -m fal_edit_async --help`, the median of {COLD_STARTS} runs after one that "
+        "compiles the bytecode.",
     ),
     "download": (
         "(d) Downloads",
