@@ -71,6 +71,13 @@ from ._exceptions import (
     TransportError as TransportError,
     UnknownSubmitError as UnknownSubmitError,
     ValidationError as ValidationError,
+    WebhookError as WebhookError,
+    WebhookKeysError as WebhookKeysError,
+    WebhookPayloadError as WebhookPayloadError,
+    WebhookRequestIdError as WebhookRequestIdError,
+    WebhookSignatureError as WebhookSignatureError,
+    WebhookTimestampError as WebhookTimestampError,
+    WebhookUnverifiedError as WebhookUnverifiedError,
 )
 from ._job import JobHandle as JobHandle, UpdateCallback as UpdateCallback
 from ._models import (
@@ -115,6 +122,7 @@ from ._transport import (
     Transport as Transport,
 )
 from ._version import __version__ as __version__
+from ._webhook_models import WebhookEvent as WebhookEvent, WebhookTag as WebhookTag
 
 __all__ = [
     "APIError",
@@ -206,6 +214,15 @@ __all__ = [
     "UnknownSubmitError",
     "UpdateCallback",
     "ValidationError",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookKeysError",
+    "WebhookPayloadError",
+    "WebhookRequestIdError",
+    "WebhookSignatureError",
+    "WebhookTag",
+    "WebhookTimestampError",
+    "WebhookUnverifiedError",
     "__version__",
     "estimate_batch",
     "estimate_cost",

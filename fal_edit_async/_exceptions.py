@@ -20,6 +20,13 @@
     ├── UnknownSubmitError    a submit's answer was lost: fal may have queued that job
     ├── JournalError          the batch journal cannot be opened, read or written
     │   └── JournalLockedError  another process is writing that journal
+    ├── WebhookError          a webhook delivery was refused; ``http_status`` to answer
+    │   ├── WebhookSignatureError   signature headers missing or malformed
+    │   │   └── WebhookUnverifiedError  well formed, but no key of fal's JWKS verifies it
+    │   ├── WebhookTimestampError   signed too long ago (a replay) or in the future
+    │   ├── WebhookRequestIdError   the body's request id is not the signed one
+    │   ├── WebhookPayloadError     the body is not a JSON object, or too large
+    │   └── WebhookKeysError        fal's public keys could not be fetched (answer 5xx)
     └── InternalError         anything else that went wrong inside one batch item
 
 Messages never contain the API key: nothing in this module is ever given one.
@@ -50,6 +57,13 @@ __all__ = [
     "TransportError",
     "UnknownSubmitError",
     "ValidationError",
+    "WebhookError",
+    "WebhookKeysError",
+    "WebhookPayloadError",
+    "WebhookRequestIdError",
+    "WebhookSignatureError",
+    "WebhookTimestampError",
+    "WebhookUnverifiedError",
 ]
 
 
@@ -267,6 +281,60 @@ class InternalError(FalEditError):
 
     The original exception is ``__cause__``; the batch goes on with the other items.
     """
+
+
+class WebhookError(FalEditError):
+    """A webhook delivery was refused: nothing of it was recorded.
+
+    ``http_status`` is what a receiver answers: a 4xx for a delivery that is bad (fal's
+    retries would not help), a 5xx when the fault is ours (fal retries it later).
+    """
+
+    http_status = 400
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
+        super().__init__(_with_request_id(message, request_id))
+
+
+class WebhookSignatureError(WebhookError):
+    """A signature header is missing or malformed (not 64 bytes of hex)."""
+
+    http_status = 401
+
+
+class WebhookUnverifiedError(WebhookSignatureError):
+    """The signature is well formed, but no key of fal's JWKS verifies it (tampered or forged)."""
+
+
+class WebhookTimestampError(WebhookError):
+    """The delivery was signed further from now than the tolerance: a replay, or a clock."""
+
+    def __init__(self, message: str, *, timestamp: float, now: float, **kw: Any) -> None:
+        self.timestamp = timestamp
+        self.now = now
+        super().__init__(message, **kw)
+
+
+class WebhookRequestIdError(WebhookError):
+    """The body names another request id than the signed ``X-Fal-Webhook-Request-Id``."""
+
+
+class WebhookPayloadError(WebhookError):
+    """The body is not a JSON object of fal's webhook shape, or is larger than allowed."""
+
+    def __init__(self, message: str, *, http_status: int = 400, **kw: Any) -> None:
+        self.http_status = http_status
+        super().__init__(message, **kw)
+
+
+class WebhookKeysError(WebhookError):
+    """fal's public keys (the JWKS) could not be fetched or held no Ed25519 key.
+
+    Answered 503: the delivery may be fine, and fal retries it later.
+    """
+
+    http_status = 503
 
 
 def field_errors_of(body: Any) -> list[Mapping[str, Any]]:

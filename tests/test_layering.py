@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
             "_protocol",
             "_files",
             "_name_template",
+            "_webhook_models",
         ),
         0,
     ),
@@ -42,6 +43,8 @@ LAYERS: dict[str, int] = {
     "_retry": 1,
     "_core": 2,
     **dict.fromkeys(("_uploads", "_downloads", "_status_stream", "_job"), 3),
+    # The webhook receiver: a server of its own (aiohttp.web), over layer-0 values only.
+    "webhooks": 3,
     "_batch": 4,
     "_client": 5,
     **dict.fromkeys(("_cli", "__init__", "__main__"), 6),
@@ -109,11 +112,14 @@ def test_no_module_imports_a_higher_layer() -> None:
 
 
 def test_only_the_transport_imports_aiohttp() -> None:
-    """aiohttp is the transport's business: one client module imports it (the emulator aside)."""
+    """aiohttp is the transport's business: one client module imports it (the emulator and
+    the webhook receiver, servers of their own, aside)."""
     importers = {
         where.partition(":")[0]
         for where, unit, target in _edges()
-        if target.split(".")[0] == "aiohttp" and not unit.startswith(f"{PACKAGE}.emulator")
+        if target.split(".")[0] == "aiohttp"
+        and not unit.startswith(f"{PACKAGE}.emulator")
+        and unit != "webhooks"
     }
     assert {f"{PACKAGE}._transport"} == importers
 

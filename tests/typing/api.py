@@ -193,3 +193,18 @@ def transports() -> None:
 
     fal.AsyncClient(api_key="k", transport=fal.MockTransport(handler))
     fal.AsyncClient(api_key="k", transport=fal.AiohttpTransport())
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+from fal_edit_async import webhooks  # noqa: E402
+
+_keys = webhooks.WebhookKeys.from_jwks({"keys": []})
+_event = webhooks.verify({}, b"{}", jwks=_keys, now=0.0, tolerance=300)
+assert_type(_event, fal.WebhookEvent)
+assert_type(_event.request_id, str)
+assert_type(_event.ok, bool)
+assert_type(_event.tag, fal.WebhookTag | None)
+assert_type(webhooks.JwksCache(webhooks.DEFAULT_JWKS_URL, ttl=3600.0), webhooks.JwksCache)
+_error: fal.WebhookError = fal.WebhookTimestampError("stale", timestamp=0.0, now=400.0)
+assert_type(_error.http_status, int)
