@@ -19,7 +19,13 @@ Choices where fal's behaviour is unconfirmed (protocol reference, "Open uncertai
   validates it when it runs, so input errors surface the way fal shows them, as a COMPLETED
   job with an error whose result endpoint answers 422 with a ``detail`` list;
 * the SSE stream pushes an event on every state change or new log line, not on queue position
-  changes; a job already complete at connect gets one COMPLETED event, then the body ends.
+  changes; a job already complete at connect gets one COMPLETED event, then the body ends;
+* the start timeout is read from ``X-Fal-Request-Timeout`` (what fal's clients send) or
+  ``X-Fal-Request-Start-Timeout`` (as some of fal's pages name it); when both are sent, the
+  shorter holds.
+
+The REST origin also serves the webhook JWKS (``/.well-known/jwks.json``, no key needed) and
+the request history (``/v1/models/requests/by-endpoint``, see ``_history``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from aiohttp import web
 from . import _hostile
 from ._engine import Engine
 from ._faults import Fault
+from ._history import HISTORY_PATH, history_answer
 from ._http import BaseApp, drop, json_response, safe_name, server_error
 from ._state import EmulatedJob, JobState
 from ._stream import StatusStream
@@ -47,6 +54,7 @@ __all__ = ["NAMESPACES", "QueueApp", "Route", "build_queue_app", "classify"]
 NAMESPACES = frozenset({"workflows", "comfy"})
 _LEGACY_ID = re.compile(r"^[0-9]+-[A-Za-z0-9-]+$")
 _STORAGE_ROUTES = {"/storage/auth/token": "token", "/storage/upload/initiate": "initiate"}
+_JWKS_PATH = "/.well-known/jwks.json"
 
 
 @attrs.frozen(kw_only=True)
@@ -68,6 +76,10 @@ def classify(method: str, path: str) -> Route | None:
     """Map a queue-origin request to its :class:`Route`, or None for a 404."""
     if method == "POST" and path in _STORAGE_ROUTES:
         return Route(name="storage", action=_STORAGE_ROUTES[path])
+    if method == "GET" and path == _JWKS_PATH:
+        return Route(name="jwks")
+    if method == "GET" and path == HISTORY_PATH:
+        return Route(name="history")
     segments = path.strip("/").split("/")
     if len(segments) == 1 and _LEGACY_ID.match(segments[0]):
         # A legacy ``123-my-app`` id: its root is ``123/my-app``.
@@ -125,6 +137,7 @@ class QueueApp(BaseApp):
             "result": self._result,
             "cancel": self._cancel,
             "storage": self._storage,
+            "history": self._history,
         }
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -132,6 +145,8 @@ class QueueApp(BaseApp):
         route = classify(request.method, request.path)
         if route is None:
             return json_response(404, {"detail": "Not Found"}, None)
+        if route.name == "jwks":  # public keys: no credentials asked
+            return json_response(200, self.engine.webhooks.signer.jwks(), None)
         if not self._accepts(request.headers.get("Authorization")):
             self.engine.counters.unauthorized += 1
             detail = "Missing or invalid credentials: send 'Authorization: Key <FAL_KEY>'"
@@ -203,7 +218,11 @@ class QueueApp(BaseApp):
             detail = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
             raise _Refused(422, {"detail": detail}) from None
         try:
-            timeout = _start_timeout(request.headers.get("X-Fal-Request-Timeout"))
+            timeouts = [
+                _start_timeout(request.headers.get(name), name)
+                for name in ("X-Fal-Request-Timeout", "X-Fal-Request-Start-Timeout")
+            ]
+            timeout = min((t for t in timeouts if t is not None), default=None)
             limit = _queue_limit(request.query.get("fal_max_queue_length"))
         except ValueError as exc:
             raise _Refused(400, {"detail": str(exc)}) from None
@@ -260,6 +279,13 @@ class QueueApp(BaseApp):
         code = 400 if outcome == "ALREADY_COMPLETED" else 202
         return json_response(code, {"status": outcome}, job.request_id)
 
+    async def _history(
+        self, request: web.Request, route: Route, hostile: Fault | None
+    ) -> web.StreamResponse:
+        self.engine.counters.history_queries += 1
+        status, body = history_answer(self.engine.history, request, hostile)
+        return json_response(status, body, None)
+
     async def _storage(
         self, request: web.Request, route: Route, hostile: Fault | None
     ) -> web.StreamResponse:
@@ -312,8 +338,8 @@ class _Refused(Exception):
         self.response = json_response(status, body, None)
 
 
-def _start_timeout(value: str | None) -> float | None:
-    """The ``X-Fal-Request-Timeout`` header in seconds (``"30"`` or ``"30.0"``).
+def _start_timeout(value: str | None, name: str = "X-Fal-Request-Timeout") -> float | None:
+    """A start-timeout header in seconds (``"30"`` or ``"30.0"``).
 
     Raises:
         ValueError: the header is not a positive number.
@@ -325,7 +351,7 @@ def _start_timeout(value: str | None) -> float | None:
     except ValueError:
         seconds = math.nan
     if not 0 < seconds < math.inf:  # also refuses nan
-        raise ValueError("X-Fal-Request-Timeout must be a positive number of seconds")
+        raise ValueError(f"{name} must be a positive number of seconds")
     return seconds
 
 

@@ -75,6 +75,11 @@ class Emulator:
             are 10 KB or more; what it answers afterwards is unconfirmed). The job's CDN
             files stay. None (the default) keeps results for ever; tests that must not
             depend on the clock call :meth:`expire_result` instead.
+        history_lag: seconds before a submitted request shows in the request history
+            (``GET <rest_url>/v1/models/requests/by-endpoint``); fal does not say how soon.
+        webhook_retries: how many more times a webhook delivery not answered 2xx is sent
+            (fal: 10, over about 2 hours).
+        webhook_retry_base: seconds before the first retry, doubling up to 30 minutes.
 
     Usage::
 
@@ -107,6 +112,9 @@ class Emulator:
         retryable_header: bool = True,
         cancel_running: CancelRunning = "honour",
         result_ttl: float | None = None,
+        history_lag: float = 0.0,
+        webhook_retries: int = 10,
+        webhook_retry_base: float = 15.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -120,6 +128,10 @@ class Emulator:
             and 0 <= result_ttl < math.inf
         ):
             raise ValueError(f"result_ttl must be None or seconds >= 0, got {result_ttl!r}")
+        if not (0 <= history_lag < math.inf) or not (0 <= webhook_retry_base < math.inf):
+            raise ValueError("history_lag and webhook_retry_base must be finite seconds >= 0")
+        if webhook_retries < 0:
+            raise ValueError(f"webhook_retries must not be negative, got {webhook_retries}")
         self._required_key = api_key
         self._api_key = api_key or "emulator-" + secrets.token_hex(8)
         self._host, self._port, self._cdn_port = host, port, cdn_port
@@ -137,6 +149,9 @@ class Emulator:
             retryable_header=retryable_header,
             cancel_ignore_rate=cancel_ignore_rate(cancel_running),
             result_ttl=result_ttl,
+            history_lag=history_lag,
+            webhook_retries=webhook_retries,
+            webhook_retry_base=webhook_retry_base,
         )
         self._runners: list[web.AppRunner] = []
         self._state = _Lifecycle.UNOPENED
@@ -245,6 +260,44 @@ class Emulator:
     def internal_errors(self) -> list[BaseException]:
         """Exceptions from emulator bugs while running jobs (such jobs end ``internal_error``)."""
         return self._engine.internal_errors
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the emulator publishes its webhook public keys (a JWKS, as fal does)."""
+        return f"{self._queue_url}/.well-known/jwks.json"
+
+    @property
+    def webhook_jwks(self) -> dict[str, Any]:
+        """The JWKS document served at :attr:`jwks_url`."""
+        return self._engine.webhooks.signer.jwks()
+
+    @property
+    def webhook_log(self) -> list[tuple[str, str, int]]:
+        """Every webhook POST sent: (request id, kind, HTTP status or 0 for no answer).
+
+        Kinds: ``genuine``, ``duplicate``, ``tampered`` and ``stale`` (see ``Faults``).
+        """
+        return self._engine.webhooks.log
+
+    def rotate_webhook_key(self, *, keep_old: bool = True) -> None:
+        """Sign webhooks with a new key from now on, as fal rotates its keys. The old key
+        stays in the JWKS unless ``keep_old=False``."""
+        self._engine.webhooks.signer.rotate(keep_old=keep_old)
+
+    @property
+    def history_lag(self) -> float:
+        """Seconds before a request shows in the request history; may be set."""
+        return self._engine.history.lag
+
+    @history_lag.setter
+    def history_lag(self, value: float) -> None:
+        if not 0 <= value < math.inf:
+            raise ValueError(f"history_lag must be finite seconds >= 0, got {value!r}")
+        self._engine.history.lag = value
+
+    async def wait_webhooks(self, n: int) -> None:
+        """Return once at least ``n`` webhooks were delivered (answered 2xx) in total."""
+        await self.wait_until(lambda: self.counters.webhooks_sent >= n)
 
     def url_for(self, endpoint_id: str) -> str:
         """The submit URL of an endpoint id, e.g. ``fal-ai/gpt-image-1/edit-image``."""

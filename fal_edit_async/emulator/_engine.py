@@ -21,11 +21,13 @@ from typing import Any, Literal
 import aiohttp
 
 from ._faults import ERROR_TYPES, Fault, FaultPlan, Faults
+from ._history import HistoryIndex
 from ._model import EditModel, InputImageError
 from ._state import Counters, EmulatedJob, JobQueue, JobState, input_key
 from ._storage import FileStore
 from ._sync import Gate, Waiters
 from ._validation import field_error, validate_input
+from ._webhooks import WebhookSender
 
 __all__ = ["CancelRunning", "Engine", "ProcessingTime", "cancel_ignore_rate"]
 
@@ -36,7 +38,6 @@ ProcessingTime = float | Callable[[], float]
 CancelRunning = Literal["honour", "ignore"] | float
 
 _LOG_STEPS = ("Preparing inputs", "Editing image", "Encoding outputs")
-_WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
 def cancel_ignore_rate(value: CancelRunning) -> float:
@@ -76,6 +77,9 @@ class Engine:
         retryable_header: send ``X-Fal-Retryable`` with failed results (False omits it).
         cancel_ignore_rate: the fraction of cancels of running jobs that are ignored.
         result_ttl: seconds a completed job's result is kept (None: for ever).
+        history_lag: seconds before a submitted request appears in the request history.
+        webhook_retries: how many times a failed webhook delivery is tried again.
+        webhook_retry_base: seconds before the first webhook retry (doubling).
     """
 
     def __init__(
@@ -93,6 +97,9 @@ class Engine:
         retryable_header: bool,
         cancel_ignore_rate: float = 0.0,
         result_ttl: float | None = None,
+        history_lag: float = 0.0,
+        webhook_retries: int = 10,
+        webhook_retry_base: float = 15.0,
     ) -> None:
         self.workers = workers
         self.result_ttl = result_ttl
@@ -105,6 +112,14 @@ class Engine:
         self.log_lines = log_lines
         self.counters = Counters()
         self.plan = FaultPlan(faults, self.counters.faults_injected)
+        self.history = HistoryIndex(history_lag)
+        self.webhooks = WebhookSender(
+            self.counters,
+            self.plan,
+            retries=webhook_retries,
+            retry_base=webhook_retry_base,
+            notify=self.notify,
+        )
         self.store = FileStore()
         self.model = EditModel(
             store=self.store,
@@ -184,6 +199,7 @@ class Engine:
             headers=headers,
         )
         self.jobs[job.request_id] = job
+        self.history.record(job)
         self.queue.push(job)
         self.counters.submits += 1
         self.counters.submits_by_input[job.input_hash] += 1
@@ -446,30 +462,9 @@ class Engine:
             self._track(task)
 
     async def _deliver_webhook(self, job: EmulatedJob) -> None:
-        """POST the result to the job's webhook once, best effort (no retries, no signature)."""
-        assert self.session is not None and job.webhook_url is not None
-        ok = job.result_status == 200
-        payload: dict[str, Any] = {
-            "request_id": job.request_id,
-            "gateway_request_id": job.request_id,
-            "status": "OK" if ok else "ERROR",
-            "payload": job.result_body,
-        }
-        if not ok:
-            payload["error"] = f"Invalid status code: {job.result_status}"
-        try:
-            async with self.session.post(
-                job.webhook_url, json=payload, timeout=_WEBHOOK_TIMEOUT
-            ) as response:
-                job.webhook_status = response.status
-                delivered = response.status < 300
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            delivered = False
-        if delivered:
-            self.counters.webhooks_sent += 1
-        else:
-            self.counters.webhook_failures += 1
-        self.notify()
+        """Deliver the job's signed webhook, with retries (see ``_webhooks``)."""
+        assert self.session is not None
+        await self.webhooks.deliver(self.session, job)
 
     # -- status payloads -------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ __all__ = [
 #: The queue API routes; HTTP-level faults apply to these unless ``Faults.routes`` says else.
 QUEUE_ROUTES = frozenset({"submit", "status", "stream", "result", "cancel"})
 #: Every route name: the queue routes, ``storage`` (CDN token, upload initiate), ``upload``
-#: (bytes sent to the CDN), ``download`` (CDN file GETs) and ``job`` (the model run itself).
-ROUTES = QUEUE_ROUTES | {"storage", "upload", "download", "job"}
+#: (bytes sent to the CDN), ``download`` (CDN file GETs), ``job`` (the model run itself),
+#: ``history`` (the request-history endpoint) and ``webhook`` (deliveries the emulator sends).
+ROUTES = QUEUE_ROUTES | {"storage", "upload", "download", "job", "history", "webhook"}
 
 #: Faults that replace or delay an HTTP answer, in the order random draws are made.
 HTTP_KINDS = ("connection_reset", "ingress_error", "rate_limit", "server_error", "slow_response")
@@ -44,6 +45,11 @@ ROUTE_KINDS = {
     "server_error_after_queue": "submit",
     # A completed job's result answers 400 "Request is still in progress" (lagging store).
     "result_in_progress": "result",
+    # Webhook deliveries: the genuine one twice; a copy altered after signing first; a
+    # genuine one signed 400 s ago (a replay) first.
+    "webhook_duplicate": "webhook",
+    "webhook_tampered": "webhook",
+    "webhook_stale": "webhook",
 }
 #: A hostile server: answers that are well-formed HTTP but test the client's defences. Each
 #: is only ever scheduled (``Emulator.schedule_fault``), never drawn at random, and applies
@@ -77,6 +83,12 @@ HOSTILE_KINDS: dict[str, frozenset[str]] = {
     "wrong_content_type": frozenset({"download"}),
     # The file followed by 1 MiB of junk, chunked (no Content-Length).
     "oversized": frozenset({"download"}),
+    # History pages that lie: ``next_cursor`` repeats the cursor used; ``has_more`` without
+    # a cursor; payloads ``null``; an item of another endpoint, outside the window.
+    "history_loop": frozenset({"history"}),
+    "history_no_cursor": frozenset({"history"}),
+    "history_no_payloads": frozenset({"history"}),
+    "history_foreign": frozenset({"history"}),
 }
 FAULT_KINDS = frozenset(HTTP_KINDS) | frozenset(ROUTE_KINDS) | frozenset(HOSTILE_KINDS)
 _ALIASES = {"truncated": "truncated_download", "reset": "connection_reset"}
@@ -197,6 +209,12 @@ class Faults:
     #: error type from ``ERROR_TYPES`` such as ``runner_disconnected`` (503).
     model_failure: float = attrs.field(default=0.0, validator=_rate)
     model_failure_kind: str = attrs.field(default="validation", validator=_model_kind)
+    #: A webhook's genuine delivery is POSTed twice (fal retries, so receivers see repeats).
+    webhook_duplicate: float = attrs.field(default=0.0, validator=_rate)
+    #: Before the genuine delivery, a copy whose body was changed after signing.
+    webhook_tampered: float = attrs.field(default=0.0, validator=_rate)
+    #: Before the genuine delivery, a genuine one signed 400 s ago (a replay).
+    webhook_stale: float = attrs.field(default=0.0, validator=_rate)
 
 
 @attrs.frozen(kw_only=True)

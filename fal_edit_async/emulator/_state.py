@@ -164,6 +164,11 @@ class Counters:
     cdn_auth_requests: int = 0
     webhooks_sent: int = 0
     webhook_failures: int = 0
+    #: Webhooks whose every delivery failed (retries exhausted).
+    webhooks_abandoned: int = 0
+    #: Webhook POSTs by kind: ``genuine``, ``duplicate``, ``tampered``, ``stale``.
+    webhook_posts: Counter[str] = attrs.field(factory=Counter)
+    history_queries: int = 0
     faults_injected: Counter[str] = attrs.field(factory=Counter)
     requests_total: int = 0
     unauthorized: int = 0
