@@ -36,6 +36,7 @@ from ._batch._journal import (
 )
 from ._client import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, AsyncClient as AsyncClient
 from ._config import (
+    DEFAULT_API_URL as DEFAULT_API_URL,
     DEFAULT_LIMITS as DEFAULT_LIMITS,
     DEFAULT_POLLING as DEFAULT_POLLING,
     DEFAULT_QUEUE_URL as DEFAULT_QUEUE_URL,
@@ -142,6 +143,7 @@ __all__ = [
     "Completed",
     "CostEstimate",
     "Credentials",
+    "DEFAULT_API_URL",
     "DEFAULT_ENDPOINT",
     "DEFAULT_LIMITS",
     "DEFAULT_NAME_TEMPLATE",

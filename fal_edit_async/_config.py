@@ -2,8 +2,8 @@
 
 Environment variables are read here and nowhere else, once, by :meth:`ClientConfig.from_env`:
 ``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``, joined as fal-client joins them),
-``FAL_QUEUE_URL`` and ``FAL_REST_URL``. The key is held by :class:`Credentials`, whose repr
-and str never show it.
+``FAL_QUEUE_URL``, ``FAL_REST_URL`` and ``FAL_API_URL``. The key is held by
+:class:`Credentials`, whose repr and str never show it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ._exceptions import InputError
 from ._protocol import header_safe
 
 __all__ = [
+    "DEFAULT_API_URL",
     "DEFAULT_LIMITS",
     "DEFAULT_POLLING",
     "DEFAULT_QUEUE_URL",
@@ -37,6 +38,8 @@ __all__ = [
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_REST_URL = "https://rest.fal.ai"
+#: fal's platform API: the request history (``/v1/models/requests/by-endpoint``).
+DEFAULT_API_URL = "https://api.fal.ai"
 
 
 def _number(value: object) -> TypeGuard[int | float]:
@@ -220,6 +223,10 @@ def _rest_url(value: object) -> str:
     return _base_url("rest_url", value)
 
 
+def _api_url(value: object) -> str:
+    return _base_url("api_url", value)
+
+
 @attrs.frozen(kw_only=True)
 class ClientConfig:
     """Everything an :class:`AsyncClient` needs; build it with :meth:`from_env`.
@@ -232,6 +239,8 @@ class ClientConfig:
     credentials: Credentials | None = attrs.field(default=None, converter=_credentials)
     queue_url: str = attrs.field(default=DEFAULT_QUEUE_URL, converter=_queue_url)
     rest_url: str = attrs.field(default=DEFAULT_REST_URL, converter=_rest_url)
+    #: fal's platform API (request history); the key is sent here too.
+    api_url: str = attrs.field(default=DEFAULT_API_URL, converter=_api_url)
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     limits: Limits = DEFAULT_LIMITS
     retry: RetryPolicy = DEFAULT_RETRY
@@ -246,6 +255,7 @@ class ClientConfig:
         api_key: str | None = None,
         queue_url: str | None = None,
         rest_url: str | None = None,
+        api_url: str | None = None,
         timeouts: Timeouts | None = None,
         limits: Limits | None = None,
         retry: RetryPolicy | None = None,
@@ -259,10 +269,12 @@ class ClientConfig:
         creds = Credentials(api_key) if api_key is not None else Credentials.from_env(env)
         queue_url = queue_url if queue_url is not None else env.get("FAL_QUEUE_URL") or None
         rest_url = rest_url if rest_url is not None else env.get("FAL_REST_URL") or None
+        api_url = api_url if api_url is not None else env.get("FAL_API_URL") or None
         return cls(
             credentials=creds,
             queue_url=DEFAULT_QUEUE_URL if queue_url is None else queue_url,
             rest_url=DEFAULT_REST_URL if rest_url is None else rest_url,
+            api_url=DEFAULT_API_URL if api_url is None else api_url,
             timeouts=DEFAULT_TIMEOUTS if timeouts is None else timeouts,
             limits=DEFAULT_LIMITS if limits is None else limits,
             retry=DEFAULT_RETRY if retry is None else retry,

@@ -1,10 +1,10 @@
 """The core every operation shares: configuration, a transport, counters, and the key policy.
 
 Job handles, batches, uploads, downloads and status streams take a :class:`Core`, never the
-client. The core decides where the key goes (``Authorization`` only on the configured queue
-and REST origins, and never on a request made with ``auth=False``) and blanks the key out of
-every answer before anyone reads it (bodies, headers, the chunks of a stream from those
-origins, and transport errors), so both hold for any :class:`Transport`.
+client. The core decides where the key goes (``Authorization`` only on the configured queue,
+REST and platform API origins, and never on a request made with ``auth=False``) and blanks
+the key out of every answer before anyone reads it (bodies, headers, the chunks of a stream
+from those origins, and transport errors), so both hold for any :class:`Transport`.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class Core:
         self.config = config
         self.transport = transport
         self.stats = Counters()
-        self._auth_bases = (config.queue_url, config.rest_url)
+        self._auth_bases = (config.queue_url, config.rest_url, config.api_url)
         creds = config.credentials
         self._scrubber = _Scrubber(creds.key) if creds is not None else None
         self._authorization = creds.header_value if creds is not None else None

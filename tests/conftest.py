@@ -25,7 +25,14 @@ FAST_POLLING = Polling(queued_interval=0.01, in_progress_interval=0.01, max_inte
 
 
 #: Variables a developer's shell may hold that would point a test at real fal or a real key.
-FAL_ENVIRONMENT = ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_QUEUE_URL", "FAL_REST_URL")
+FAL_ENVIRONMENT = (
+    "FAL_KEY",
+    "FAL_KEY_ID",
+    "FAL_KEY_SECRET",
+    "FAL_QUEUE_URL",
+    "FAL_REST_URL",
+    "FAL_API_URL",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +114,7 @@ def client_for(emu: Emulator, **overrides: object) -> AsyncClient:
         "api_key": emu.api_key,
         "queue_url": emu.queue_url,
         "rest_url": emu.rest_url,
+        "api_url": emu.rest_url,
         "retry": FAST_RETRY,
         "polling": FAST_POLLING,
         "timeouts": Timeouts(cancel=5.0),

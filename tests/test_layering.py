@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
     "_transport": 1,
     "_retry": 1,
     "_core": 2,
-    **dict.fromkeys(("_uploads", "_downloads", "_status_stream", "_job"), 3),
+    **dict.fromkeys(("_uploads", "_downloads", "_status_stream", "_job", "_history"), 3),
     # The webhook receiver: a server of its own (aiohttp.web), over layer-0 values only.
     "webhooks": 3,
     "_batch": 4,
