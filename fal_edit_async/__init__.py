@@ -5,36 +5,9 @@ Import everything from here; the underscore modules are private and may move.
 
 from __future__ import annotations
 
-from ._batch import Batch as Batch
-from ._batch._events import (
-    BatchEvent as BatchEvent,
-    ItemCompleted as ItemCompleted,
-    ItemDownloaded as ItemDownloaded,
-    ItemFailed as ItemFailed,
-    ItemInterrupted as ItemInterrupted,
-    ItemLog as ItemLog,
-    ItemQueued as ItemQueued,
-    ItemStarted as ItemStarted,
-    ItemSubmitted as ItemSubmitted,
-)
-from ._batch._items import (
-    BatchEstimate as BatchEstimate,
-    BatchItem as BatchItem,
-    BatchSummary as BatchSummary,
-    EditItem as EditItem,
-    EventCallback as EventCallback,
-    ItemResult as ItemResult,
-    ItemState as ItemState,
-    estimate_batch as estimate_batch,
-    item_key as item_key,
-)
-from ._batch._journal import (
-    Journal as Journal,
-    JournalEntry as JournalEntry,
-    JournalState as JournalState,
-    JournalSummary as JournalSummary,
-)
-from ._client import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, AsyncClient as AsyncClient
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._config import (
     DEFAULT_API_URL as DEFAULT_API_URL,
     DEFAULT_LIMITS as DEFAULT_LIMITS,
@@ -51,7 +24,7 @@ from ._config import (
     Timeouts as Timeouts,
 )
 from ._converter import input_from_dict as input_from_dict
-from ._endpoint import EndpointId as EndpointId
+from ._endpoint import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, EndpointId as EndpointId
 from ._exceptions import (
     APIError as APIError,
     AuthError as AuthError,
@@ -80,7 +53,6 @@ from ._exceptions import (
     WebhookTimestampError as WebhookTimestampError,
     WebhookUnverifiedError as WebhookUnverifiedError,
 )
-from ._job import JobHandle as JobHandle, UpdateCallback as UpdateCallback
 from ._models import (
     Background as Background,
     CancelOutcome as CancelOutcome,
@@ -108,22 +80,101 @@ from ._name_template import (
     DEFAULT_NAME_TEMPLATE as DEFAULT_NAME_TEMPLATE,
     NameTemplate as NameTemplate,
 )
-from ._pricing import CostEstimate as CostEstimate, estimate_cost as estimate_cost
+from ._pricing import (
+    CostEstimate as CostEstimate,
+    estimate_cost as estimate_cost,
+)
 from ._statistics import (
     ClientStatistics as ClientStatistics,
     RetryCounts as RetryCounts,
     RetryKind as RetryKind,
 )
-from ._transport import (
-    AiohttpTransport as AiohttpTransport,
-    MockTransport as MockTransport,
-    Request as Request,
-    Response as Response,
-    StreamResponse as StreamResponse,
-    Transport as Transport,
-)
 from ._version import __version__ as __version__
-from ._webhook_models import WebhookEvent as WebhookEvent, WebhookTag as WebhookTag
+from ._webhook_models import (
+    WebhookEvent as WebhookEvent,
+    WebhookTag as WebhookTag,
+)
+
+if TYPE_CHECKING:  # loaded on first use (see __getattr__); listed here for type checkers
+    from ._batch import Batch as Batch
+    from ._batch._events import (
+        BatchEvent as BatchEvent,
+        ItemCompleted as ItemCompleted,
+        ItemDownloaded as ItemDownloaded,
+        ItemFailed as ItemFailed,
+        ItemInterrupted as ItemInterrupted,
+        ItemLog as ItemLog,
+        ItemQueued as ItemQueued,
+        ItemStarted as ItemStarted,
+        ItemSubmitted as ItemSubmitted,
+    )
+    from ._batch._items import (
+        BatchEstimate as BatchEstimate,
+        BatchItem as BatchItem,
+        BatchSummary as BatchSummary,
+        EditItem as EditItem,
+        EventCallback as EventCallback,
+        ItemResult as ItemResult,
+        ItemState as ItemState,
+        estimate_batch as estimate_batch,
+        item_key as item_key,
+    )
+    from ._batch._journal import (
+        Journal as Journal,
+        JournalEntry as JournalEntry,
+        JournalState as JournalState,
+        JournalSummary as JournalSummary,
+    )
+    from ._client import AsyncClient as AsyncClient
+    from ._job import (
+        JobHandle as JobHandle,
+        UpdateCallback as UpdateCallback,
+    )
+    from ._transport import (
+        AiohttpTransport as AiohttpTransport,
+        MockTransport as MockTransport,
+        Request as Request,
+        Response as Response,
+        StreamResponse as StreamResponse,
+        Transport as Transport,
+    )
+
+#: Names whose modules import aiohttp and anyio: they load on first use, so that
+#: ``import fal_edit_async`` (and ``fal-edit --help``) stays fast.
+_LAZY: dict[str, str] = {
+    "AiohttpTransport": "._transport",
+    "AsyncClient": "._client",
+    "Batch": "._batch",
+    "BatchEstimate": "._batch._items",
+    "BatchEvent": "._batch._events",
+    "BatchItem": "._batch._items",
+    "BatchSummary": "._batch._items",
+    "EditItem": "._batch._items",
+    "EventCallback": "._batch._items",
+    "ItemCompleted": "._batch._events",
+    "ItemDownloaded": "._batch._events",
+    "ItemFailed": "._batch._events",
+    "ItemInterrupted": "._batch._events",
+    "ItemLog": "._batch._events",
+    "ItemQueued": "._batch._events",
+    "ItemResult": "._batch._items",
+    "ItemStarted": "._batch._events",
+    "ItemState": "._batch._items",
+    "ItemSubmitted": "._batch._events",
+    "JobHandle": "._job",
+    "Journal": "._batch._journal",
+    "JournalEntry": "._batch._journal",
+    "JournalState": "._batch._journal",
+    "JournalSummary": "._batch._journal",
+    "MockTransport": "._transport",
+    "Request": "._transport",
+    "Response": "._transport",
+    "StreamResponse": "._transport",
+    "Transport": "._transport",
+    "UpdateCallback": "._job",
+    "estimate_batch": "._batch._items",
+    "item_key": "._batch._items",
+}
 
 __all__ = [
     "APIError",
@@ -233,9 +284,28 @@ __all__ = [
     "item_key",
 ]
 
-# Reprs and tracebacks say fal_edit_async.X, not fal_edit_async._models.X (as httpx does).
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
-        _obj.__module__ = __name__
-del _name, _obj
+
+def _report_home(names: list[str]) -> None:
+    """Reprs and tracebacks say fal_edit_async.X, not fal_edit_async._models.X (as httpx
+    does)."""
+    for name in names:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__.startswith(__name__ + "._"):
+            obj.__module__ = __name__
+
+
+def __getattr__(name: str) -> Any:
+    """Load the lazy names, all at once: a class reports its home however it was reached."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for lazy, module in _LAZY.items():
+        globals()[lazy] = getattr(importlib.import_module(module, __name__), lazy)
+    _report_home(list(_LAZY))
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+_report_home([name for name in __all__ if name not in _LAZY])

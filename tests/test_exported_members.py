@@ -76,3 +76,26 @@ def test_version_is_a_string() -> None:
 def test_package_is_typed() -> None:
     """The package ships py.typed, so mypy reads its annotations."""
     assert files("fal_edit_async").joinpath("py.typed").is_file()
+
+
+def test_importing_the_package_leaves_aiohttp_and_anyio_for_first_use() -> None:
+    """``import fal_edit_async`` (and so ``fal-edit --help``) does not pay for the HTTP stack;
+    the first use of a name that needs it loads it, and the class still reports home."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fal_edit_async as f\n"
+        "heavy = {'aiohttp', 'anyio'}\n"
+        "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
+        "assert f.AsyncClient.__module__ == 'fal_edit_async'\n"
+        "assert heavy <= set(sys.modules)\n"
+        "assert 'AsyncClient' in dir(f)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    """The lazy loader does not swallow typos."""
+    with pytest.raises(AttributeError, match="Asyncclient"):
+        _ = fal_edit_async.Asyncclient  # type: ignore[attr-defined]
