@@ -227,14 +227,14 @@ class OursJournal(_Ours):
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
         if spec.get("durable") is False:
-            from fal_edit_async._batch import _journal
+            from fal_edit_async._batch._ledger import _sqlite
 
-            run = _journal.Journal._run
+            run = _sqlite.Journal._run
 
             async def normal(journal: Any, fn: Any, *, durable: bool = False) -> Any:
                 return await run(journal, fn)
 
-            setattr(_journal.Journal, "_run", normal)  # noqa: B010 - no typed assignment
+            setattr(_sqlite.Journal, "_run", normal)  # noqa: B010 - no typed assignment
 
     async def prepare(self, n: int) -> None:
         from fal_edit_async import EditImageInput

@@ -119,11 +119,14 @@ if TYPE_CHECKING:  # loaded on first use (see __getattr__); listed here for type
         estimate_batch as estimate_batch,
         item_key as item_key,
     )
-    from ._batch._journal import (
+    from ._batch._ledger import (
         Journal as Journal,
+        JournalBackend as JournalBackend,
         JournalEntry as JournalEntry,
         JournalState as JournalState,
         JournalSummary as JournalSummary,
+        PostgresJournal as PostgresJournal,
+        open_journal as open_journal,
     )
     from ._client import AsyncClient as AsyncClient
     from ._job import (
@@ -162,18 +165,21 @@ _LAZY: dict[str, str] = {
     "ItemState": "._batch._items",
     "ItemSubmitted": "._batch._events",
     "JobHandle": "._job",
-    "Journal": "._batch._journal",
-    "JournalEntry": "._batch._journal",
-    "JournalState": "._batch._journal",
-    "JournalSummary": "._batch._journal",
+    "Journal": "._batch._ledger",
+    "JournalBackend": "._batch._ledger",
+    "JournalEntry": "._batch._ledger",
+    "JournalState": "._batch._ledger",
+    "JournalSummary": "._batch._ledger",
     "MockTransport": "._transport",
     "Request": "._transport",
     "Response": "._transport",
     "StreamResponse": "._transport",
     "Transport": "._transport",
     "UpdateCallback": "._job",
+    "PostgresJournal": "._batch._ledger",
     "estimate_batch": "._batch._items",
     "item_key": "._batch._items",
+    "open_journal": "._batch._ledger",
 }
 
 __all__ = [
@@ -235,6 +241,7 @@ __all__ = [
     "JobTimeoutError",
     "JobUrls",
     "Journal",
+    "JournalBackend",
     "JournalEntry",
     "JournalError",
     "JournalLockedError",
@@ -247,6 +254,7 @@ __all__ = [
     "NotFoundError",
     "OutputFormat",
     "Polling",
+    "PostgresJournal",
     "ProtocolError",
     "Quality",
     "Queued",
@@ -282,6 +290,7 @@ __all__ = [
     "input_from_dict",
     "is_remote_url",
     "item_key",
+    "open_journal",
 ]
 
 

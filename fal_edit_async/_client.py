@@ -20,7 +20,7 @@ import anyio
 
 from ._batch import Batch, edit_many
 from ._batch._items import BatchItem, BatchSettings, EventCallback
-from ._batch._journal import Journal
+from ._batch._ledger import JournalBackend
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts, check_timeout
 from ._core import Core
 from ._downloads import download_all
@@ -280,7 +280,8 @@ class AsyncClient:
         downloads: int | None = None,
         job_retries: int = 1,
         budget: float | Decimal | None = None,
-        journal: str | os.PathLike[str] | Journal | None = None,
+        journal: str | os.PathLike[str] | JournalBackend | None = None,
+        max_in_flight: int | None = None,
         adaptive: bool = True,
         on_event: EventCallback | None = None,
         resubmit_unknown: bool = False,
@@ -315,12 +316,18 @@ class AsyncClient:
             budget: USD; items whose estimated cost would cross it are not submitted
                 (reported as ``not_submitted``); jobs already in flight finish.
             journal: a SQLite journal file (or an open :class:`Journal`), written by one
-                process at a time. Each submit is recorded before it is sent and its request
-                id as soon as fal answers; running the same batch again with the same journal
-                re-attaches to those jobs, downloads what was fetched before (into this
-                ``download_to``), skips items already downloaded there, and submits only
-                items that never had a job or whose job fal confirmed cancelled. Items are
-                known by their content (and key), never their position.
+                process at a time, or a ``postgresql://`` address (or an open
+                :class:`PostgresJournal`) that many workers share: each claims the items it
+                works on, so the same items given to every worker are done once
+                (``docs/many-machines.md``). Each submit is recorded before it is sent and
+                its request id as soon as fal answers; running the same batch again with
+                the same journal re-attaches to those jobs, downloads what was fetched before
+                (into this ``download_to``), skips items already downloaded there, and
+                submits only items that never had a job or whose job fal confirmed
+                cancelled. Items are known by their content (and key), never their position.
+            max_in_flight: jobs in flight at most across every worker of a shared journal
+                (fal's account concurrency), kept in the database; also caps
+                ``concurrency``.
             resubmit_unknown: submit again the items whose submit answer an earlier run
                 lost (``ItemState.UNKNOWN``); fal may have run those jobs already.
             retry_failed: submit again the items an earlier run recorded as failed.
@@ -357,5 +364,6 @@ class AsyncClient:
             retry_failed=retry_failed,
             overwrite=overwrite,
             name_template=name_template,
+            max_in_flight=max_in_flight,
         )
         return edit_many(self._core, self._uploader, items, settings)

@@ -6,7 +6,7 @@ import asyncio
 import asyncio.futures
 import base64
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -128,3 +128,25 @@ async def client(emulator: Emulator) -> AsyncIterator[AsyncClient]:
     """A client pointed at the emulator, closed after the test."""
     async with client_for(emulator) as c:
         yield c
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+    """A journal for one test, on each backend: a SQLite file, or a fresh PostgreSQL schema's
+    ``postgresql://`` address (skipped outside CI when no server is set up)."""
+    if request.param == "sqlite":
+        yield tmp_path / "j"
+        return
+    from ._postgres import fresh_schema
+
+    with fresh_schema() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def postgres_ledger() -> Iterator[str]:
+    """A fresh PostgreSQL schema's address (skipped outside CI when no server is set up)."""
+    from ._postgres import fresh_schema
+
+    with fresh_schema() as dsn:
+        yield dsn

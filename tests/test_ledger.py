@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,9 +34,11 @@ from fal_edit_async import (
     Request,
     Response,
     UnknownSubmitError,
+    open_journal,
 )
 from fal_edit_async.emulator import Emulator
 
+from ._postgres import execute
 from .conftest import client_for
 from .test_cli_support import emulator_thread, write_images
 
@@ -58,10 +59,10 @@ def most_billed(emu: Emulator) -> int:
     return max(emu.counters.billed_by_input.values(), default=0)
 
 
-async def states(journal: Path) -> dict[str, JournalState]:
-    """Each journaled key's state."""
-    async with Journal(journal, read_only=True) as j:
-        return {e.key: e.state for e in await j.entries()}
+async def states(journal: Path | str) -> dict[str, JournalState]:
+    """Each journaled key's state (pending rows are no state yet: as if there were none)."""
+    async with open_journal(journal, read_only=True) as j:
+        return {e.key: e.state for e in await j.entries() if e.state is not JournalState.PENDING}
 
 
 @pytest.fixture
@@ -75,10 +76,10 @@ async def best_effort() -> AsyncIterator[Emulator]:
 
 
 async def test_1_jobs_finished_before_ctrl_c_are_fetched_not_paid_again(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """Leaving a batch while finished jobs download: the rerun downloads them, pays nothing."""
-    journal, out = tmp_path / "j", tmp_path / "out"
+    journal, out = ledger, tmp_path / "out"
     items = [(f"k{i}", edit(png_data_uri, f"p{i}")) for i in range(4)]
     emulator.hold_downloads()
     async with client.edit_many(items, journal=journal, download_to=out) as batch:
@@ -94,10 +95,10 @@ async def test_1_jobs_finished_before_ctrl_c_are_fetched_not_paid_again(
 
 
 async def test_1_a_running_job_whose_cancel_fal_only_requested_is_used_when_it_finishes(
-    best_effort: Emulator, png_data_uri: str, tmp_path: Path
+    best_effort: Emulator, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """CANCELLATION_REQUESTED is not cancelled: the job ran on and billed, so the rerun uses it."""
-    emu, journal = best_effort, tmp_path / "j"
+    emu, journal = best_effort, ledger
     events: list[Any] = []
     emu.hold_jobs()
     async with client_for(emu) as client:
@@ -118,10 +119,10 @@ async def test_1_a_running_job_whose_cancel_fal_only_requested_is_used_when_it_f
 
 
 async def test_1_a_queued_job_fal_cancelled_is_submitted_again_once(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """A queued job is removed by the cancel; the resume sees it confirmed and submits anew."""
-    journal = tmp_path / "j"
+    journal = ledger
     emulator.hold_queue()
     async with client.edit_many([("a", edit(png_data_uri))], journal=journal) as batch:
         await emulator.wait_submitted(1)
@@ -212,14 +213,14 @@ def test_2_the_cli_says_so_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_3_deleting_a_manifest_line_pays_nothing_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ledger: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unkeyed lines named image, image-2...: dropping the first renames the rest, pays none."""
     from fal_edit_async._cli import main
 
     write_images(tmp_path, "image.png")
     lines = [f'{{"prompt": "p{i}", "inputs": ["image.png"]}}' for i in range(4)]
-    manifest, journal = tmp_path / "m.jsonl", tmp_path / "j"
+    manifest, journal = tmp_path / "m.jsonl", ledger
     argv = ["batch", str(manifest), "--journal", str(journal), "--out", str(tmp_path / "out")]
     with emulator_thread(monkeypatch) as (_, emu):
         manifest.write_text("\n".join(lines))
@@ -232,10 +233,10 @@ def test_3_deleting_a_manifest_line_pays_nothing_again(
 
 
 async def test_4_identical_inputs_are_distinct_items(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """Five copies of one edit are five items and five rows; the rerun recovers all five."""
-    journal = tmp_path / "j"
+    journal = ledger
     items = [edit(png_data_uri)] * 5
     first = await run(client, items, journal=journal, download_to=tmp_path / "out")
     again = await run(client, items, journal=journal, download_to=tmp_path / "out")
@@ -250,7 +251,7 @@ async def test_4_identical_inputs_are_distinct_items(
 
 
 async def test_5_an_unparsable_receipt_is_journaled_and_kept(
-    png_data_uri: str, tmp_path: Path
+    png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """A submit answer with a port of 99999: the job's id is journaled and followed."""
     queue = "https://queue.example"
@@ -272,10 +273,10 @@ async def test_5_an_unparsable_receipt_is_journaled_and_kept(
     async with AsyncClient(
         api_key="k", queue_url=queue, transport=transport, polling=_poll_only()
     ) as client:
-        (result,) = await run(client, [("a", edit(png_data_uri))], journal=tmp_path / "j")
+        (result,) = await run(client, [("a", edit(png_data_uri))], journal=ledger)
 
     assert result.ok and "r1" == result.request_id
-    assert {JournalState.COMPLETED} == set((await states(tmp_path / "j")).values())
+    assert {JournalState.COMPLETED} == set((await states(ledger)).values())
 
 
 def _poll_only() -> Any:
@@ -285,14 +286,13 @@ def _poll_only() -> Any:
 
 
 async def test_5_a_corrupt_row_fails_its_item_only(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """A row whose stored output is garbage: that item fails, the others complete."""
-    journal = tmp_path / "j"
+    journal = ledger
     items = [(f"k{i}", edit(png_data_uri, f"p{i}")) for i in range(3)]
     await run(client, items, journal=journal)
-    with sqlite3.connect(journal) as db:
-        db.execute("UPDATE items SET output = '{\"images\": 5}' WHERE key LIKE 'k1@%'")
+    execute(journal, "UPDATE {items} SET output = '{{\"images\": 5}}' WHERE key LIKE 'k1@%%'")
 
     again = {r.key: r for r in await run(client, items, journal=journal)}
 
@@ -302,23 +302,15 @@ async def test_5_a_corrupt_row_fails_its_item_only(
 
 
 async def test_5_an_unwritable_journal_stops_new_submits_and_loses_no_paid_job(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """The journal fails mid-batch: what fal accepted is followed, nothing more is submitted."""
-    journal = tmp_path / "j"
+    journal = ledger
     items = [(f"k{i}", edit(png_data_uri, f"p{i}")) for i in range(6)]
     emulator.hold_jobs()
     async with client.edit_many(items, journal=journal, concurrency=2) as batch:
         await emulator.wait_submitted(2)
-        with sqlite3.connect(journal) as db:  # another hand makes every further write fail
-            db.execute(
-                "CREATE TRIGGER no_more BEFORE UPDATE ON items "
-                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-            )
-            db.execute(
-                "CREATE TRIGGER no_new BEFORE INSERT ON items "
-                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-            )
+        break_writes(journal)  # another hand makes every further write fail
         emulator.release_jobs()
         results = [r async for r in batch]
 
@@ -334,26 +326,26 @@ async def test_5_an_unwritable_journal_stops_new_submits_and_loses_no_paid_job(
 
 
 async def test_6_still_in_progress_after_completion_is_asked_again(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """fal's 400 "Request is still in progress" after COMPLETED: retried, never journaled failed."""
     emulator.schedule_fault("result", "result_in_progress", times=2)
 
-    (result,) = await run(client, [("a", edit(png_data_uri))], journal=tmp_path / "j")
+    (result,) = await run(client, [("a", edit(png_data_uri))], journal=ledger)
 
     assert result.ok
     assert 2 == client.statistics().retries.not_ready
-    assert {JournalState.COMPLETED} == set((await states(tmp_path / "j")).values())
+    assert {JournalState.COMPLETED} == set((await states(ledger)).values())
 
 
 # -- 7: cancelled by someone else ---------------------------------------------------------------
 
 
 async def test_7_a_job_cancelled_elsewhere_is_recorded_and_resubmitted_next_time(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """Cancelled from the dashboard: reported cancelled once, then submitted again, once."""
-    journal = tmp_path / "j"
+    journal = ledger
     emulator.hold_queue()
     async with client.edit_many([("a", edit(png_data_uri))], journal=journal) as batch:
         await emulator.wait_submitted(1)
@@ -372,10 +364,10 @@ async def test_7_a_job_cancelled_elsewhere_is_recorded_and_resubmitted_next_time
 
 
 async def test_8_a_no_download_journal_then_an_out_folder_downloads(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """Written without downloads, resumed with a folder: the files arrive, nothing is paid."""
-    journal, out = tmp_path / "j", tmp_path / "out"
+    journal, out = ledger, tmp_path / "out"
     await run(client, [("a", edit(png_data_uri))], journal=journal)
 
     (again,) = await run(client, [("a", edit(png_data_uri))], journal=journal, download_to=out)
@@ -386,10 +378,10 @@ async def test_8_a_no_download_journal_then_an_out_folder_downloads(
 
 
 async def test_9_another_out_folder_gets_the_files(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """A rerun with another --out writes there, from the kept output, paying nothing."""
-    journal = tmp_path / "j"
+    journal = ledger
     await run(client, [("a", edit(png_data_uri))], journal=journal, download_to=tmp_path / "A")
 
     (again,) = await run(
@@ -401,10 +393,10 @@ async def test_9_another_out_folder_gets_the_files(
 
 
 async def test_9_a_resumed_job_that_fails_keeps_its_job_retry(
-    best_effort: Emulator, png_data_uri: str, tmp_path: Path
+    best_effort: Emulator, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """Re-attached after a crash, the job fails with a runner error: it still gets its retry."""
-    emu, journal = best_effort, tmp_path / "j"
+    emu, journal = best_effort, ledger
     emu.hold_jobs()
     async with client_for(emu) as client:
         async with client.edit_many([("a", edit(png_data_uri))], journal=journal):
@@ -420,10 +412,10 @@ async def test_9_a_resumed_job_that_fails_keeps_its_job_retry(
 
 
 async def test_9_a_budget_refusal_of_a_job_retry_is_not_final(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """No budget for the retry: not recorded as failed; more budget next run retries it."""
-    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    journal, items = ledger, [("a", edit(png_data_uri))]
     cost = float(_cost(items))
     emulator.schedule_fault("job", "model_failure", error_type="runner_disconnected")
     (first,) = await run(client, items, journal=journal, budget=cost)
@@ -436,25 +428,25 @@ async def test_9_a_budget_refusal_of_a_job_retry_is_not_final(
     assert 2 == emulator.counters.submits
 
 
-async def test_9_the_key_holds_the_endpoint(png_data_uri: str, tmp_path: Path) -> None:
+async def test_9_the_key_holds_the_endpoint(png_data_uri: str, tmp_path: Path, ledger: Any) -> None:
     """The same input on two endpoints is two items, two jobs."""
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         items = [("a", edit(png_data_uri))]
-        await run(client, items, journal=tmp_path / "j")
-        await run(client, items, journal=tmp_path / "j", endpoint="fal-ai/gpt-image-1/other")
+        await run(client, items, journal=ledger)
+        await run(client, items, journal=ledger, endpoint="fal-ai/gpt-image-1/other")
 
         assert 2 == emu.counters.submits
-        assert 2 == len(await states(tmp_path / "j"))
+        assert 2 == len(await states(ledger))
 
 
 # -- 10: results expire on fal; the journal keeps them -----------------------------------------
 
 
 async def test_10_a_kept_output_outlives_fal_s_copy(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """The result expired on fal: the rerun downloads from the output the journal kept."""
-    journal = tmp_path / "j"
+    journal = ledger
     (first,) = await run(client, [("a", edit(png_data_uri))], journal=journal)
     emulator.expire_result(first.request_id)
 
@@ -467,10 +459,10 @@ async def test_10_a_kept_output_outlives_fal_s_copy(
 
 
 async def test_10_a_job_fal_forgot_is_a_clear_end_not_a_retry_loop(
-    best_effort: Emulator, png_data_uri: str, tmp_path: Path
+    best_effort: Emulator, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """Never fetched and now expired: failed as result_expired, once; --retry-failed resubmits."""
-    emu, journal, items = best_effort, tmp_path / "j", [("a", edit(png_data_uri))]
+    emu, journal, items = best_effort, ledger, [("a", edit(png_data_uri))]
     emu.hold_jobs()
     async with client_for(emu) as client:
         async with client.edit_many(items, journal=journal):
@@ -495,12 +487,12 @@ async def test_10_a_job_fal_forgot_is_a_clear_end_not_a_retry_loop(
 
 
 async def test_12_a_5xx_naming_the_queued_job_is_followed(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """fal queued the job and answered 500 with its x-fal-request-id: that job is the item's."""
     emulator.schedule_fault("submit", "server_error_after_queue")
 
-    (result,) = await run(client, [("a", edit(png_data_uri))], journal=tmp_path / "j")
+    (result,) = await run(client, [("a", edit(png_data_uri))], journal=ledger)
 
     assert result.ok
     assert (1, 1) == (emulator.counters.submits, most_billed(emulator))
@@ -533,19 +525,20 @@ async def test_13_the_submit_rows_are_written_with_a_full_sync(
 
 
 async def test_14_a_row_left_mid_submit_is_unknown_and_reported(
-    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, ledger: Any
 ) -> None:
     """A run died after sending a submit: the rerun reports unknown and pays nothing, unless
     told to resubmit."""
-    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    journal, items = ledger, [("a", edit(png_data_uri))]
     await run(client, items, journal=journal)  # learn the row's key
     (key,) = await states(journal)
-    async with Journal(journal) as j:
+    async with open_journal(journal) as j:  # a run that dies right after the write
+        await j.claim(key)
         await j.record_submitting(key, endpoint="e", input={}, attempts=1, cost=_cost(items))
 
     (reported,) = await run(client, items, journal=journal, download_to=tmp_path / "o")
     unknown_after_report = await states(journal)
-    async with Journal(journal, read_only=True) as j:  # what `fal-edit journal show` lists
+    async with open_journal(journal, read_only=True) as j:  # what `fal-edit journal show` lists
         listed = [e.key for e in (await j.summary()).unknown]
     (resubmitted,) = await run(
         client, items, journal=journal, download_to=tmp_path / "o", resubmit_unknown=True
@@ -559,6 +552,32 @@ async def test_14_a_row_left_mid_submit_is_unknown_and_reported(
     assert 2 == emulator.counters.submits
 
 
+def break_writes(journal: Path | str) -> None:
+    """Every further write to the journal's rows fails, as on a full disk."""
+    if isinstance(journal, str):
+        execute(
+            journal,
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$",
+        )
+        execute(
+            journal,
+            "CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON {items} "
+            "FOR EACH ROW EXECUTE FUNCTION disk_full()",
+        )
+        return
+    execute(
+        journal,
+        "CREATE TRIGGER no_more BEFORE UPDATE ON {items} "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    execute(
+        journal,
+        "CREATE TRIGGER no_new BEFORE INSERT ON {items} "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+
+
 def _cost(items: Any) -> Any:
     from fal_edit_async import estimate_cost
 
@@ -569,7 +588,7 @@ def _cost(items: Any) -> Any:
 
 
 async def test_11_sigterm_cancels_summarises_and_exits_143(
-    emulator: Emulator, tmp_path: Path
+    emulator: Emulator, tmp_path: Path, ledger: Any
 ) -> None:
     """`docker stop`: the jobs are cancelled on fal, the summary printed, exit 143, no temp."""
     emulator.hold_jobs()
@@ -590,7 +609,7 @@ async def test_11_sigterm_cancels_summarises_and_exits_143(
         "--out",
         str(tmp_path / "out"),
         "--journal",
-        str(tmp_path / "j"),
+        str(ledger),
     ]
     async with await anyio.open_process(command, env=env) as process:
         await emulator.wait_in_flight(2)

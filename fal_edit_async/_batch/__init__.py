@@ -10,8 +10,8 @@ is pulled from the caller's iterable only when a pipeline slot frees up, so a ba
 millions holds only about ``jobs + uploads + downloads`` items in memory.
 
 Modules: ``_items`` (what a batch is made of and how each item ends), ``_events`` (progress
-events), ``_adaptive`` (the AIMD jobs limit), ``_journal`` (the durable record), ``_runner``
-(one item's way through the pipeline).
+events), ``_adaptive`` (the AIMD jobs limit), ``_ledger`` (the durable record, in SQLite or
+shared in PostgreSQL), ``_runner`` (one item's way through the pipeline).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .._files import check_writable, image_names_in, remove_stale_parts
 from .._uploads import Uploader
 from ._adaptive import AdaptiveLimiter
 from ._items import BatchItem, BatchSettings, BatchSummary, ItemResult, ItemState
-from ._journal import Journal
+from ._ledger import JournalBackend, open_journal
 from ._runner import Budget, Runner
 
 __all__ = ["Batch", "edit_many"]
@@ -153,14 +153,15 @@ async def edit_many(
         retry_failed=settings.retry_failed,
         overwrite=settings.overwrite,
         names=settings.names,
+        max_in_flight=settings.max_in_flight,
     )
     pipeline = jobs.limit + limits.uploads + settings.downloads
     async with AsyncExitStack() as stack:
         journal = settings.journal
-        if isinstance(journal, Journal):
+        if isinstance(journal, JournalBackend):
             runner.journal = journal  # the caller's: they close it
         elif journal is not None:
-            runner.journal = Journal(journal)
+            runner.journal = open_journal(journal)
             stack.push_async_callback(runner.journal.aclose)
         if runner.journal is not None:
             await runner.journal.open()
@@ -174,6 +175,8 @@ async def edit_many(
         batch = Batch(receive, runner)
         stack.callback(batch._end)
         async with anyio.create_task_group() as tg:
+            if runner.journal is not None:
+                tg.start_soon(runner.journal.keep_leases)
             tg.start_soon(_feed, runner, batch, items, send, pipeline)
             try:
                 yield batch
@@ -204,19 +207,27 @@ async def _feed(
 ) -> None:
     slots = anyio.CapacityLimiter(pipeline)
 
+    async def deliver(result: ItemResult) -> None:
+        batch._record(result)
+        await send.send(result)
+
     async def one(index: int, item: Any, token: object) -> None:
         try:
             result = await runner.run(index, item)
-            batch._record(result)
-            # Deliver before freeing the slot: the consumer gets it before new items compete.
-            await send.send(result)
+            if result is not None:  # None: another worker holds it; the sweep retries it
+                # Deliver before freeing the slot: the consumer gets it before new items compete.
+                await deliver(result)
         finally:
             slots.release_on_behalf_of(token)
 
     async with send, anyio.create_task_group() as tg:
+        fed = anyio.Event()
+        if runner.shared:
+            tg.start_soon(runner.sweep, deliver, fed)
         index = 0
         async for item in _aiter(items):
             token = object()
             await slots.acquire_on_behalf_of(token)
             tg.start_soon(one, index, item, token)
             index += 1
+        fed.set()

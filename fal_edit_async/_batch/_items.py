@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._journal import Journal
+    from ._ledger import JournalBackend
 
 
 @attrs.frozen(kw_only=True)
@@ -269,7 +269,7 @@ class BatchSettings:
     download_to: Path | None
     job_retries: int
     budget: Decimal | None
-    journal: str | os.PathLike[str] | Journal | None
+    journal: str | os.PathLike[str] | JournalBackend | None
     adaptive: bool
     on_event: EventCallback | None
     submit_options: SubmitOptions
@@ -277,6 +277,8 @@ class BatchSettings:
     retry_failed: bool = False
     overwrite: bool = False
     names: NameTemplate = DEFAULT_NAMES
+    #: Jobs in flight across every worker of a shared ledger (and this one's limit too).
+    max_in_flight: int | None = None
 
     @classmethod
     def build(
@@ -288,7 +290,7 @@ class BatchSettings:
         download_to: str | os.PathLike[str] | None,
         job_retries: int,
         budget: float | Decimal | None,
-        journal: str | os.PathLike[str] | Journal | None,
+        journal: str | os.PathLike[str] | JournalBackend | None,
         adaptive: bool,
         on_event: EventCallback | None,
         submit_options: SubmitOptions,
@@ -296,9 +298,14 @@ class BatchSettings:
         retry_failed: bool = False,
         overwrite: bool = False,
         name_template: str | NameTemplate = DEFAULT_NAME_TEMPLATE,
+        max_in_flight: int | None = None,
     ) -> BatchSettings:
         """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
         jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
+        cap = None if max_in_flight is None else _count("max_in_flight", max_in_flight, 1)
+        if cap is not None:
+            jobs = min(jobs, cap)  # more than the whole fleet may have is never useful
+        _check_journal(journal)
         files = limits.downloads if downloads is None else _count("downloads", downloads, 1)
         _check_sockets(limits, jobs, files, given=(concurrency, downloads))
         if on_event is not None and not callable(on_event):
@@ -321,7 +328,18 @@ class BatchSettings:
                 if isinstance(name_template, NameTemplate)
                 else NameTemplate.parse(name_template)
             ),
+            max_in_flight=cap,
         )
+
+
+def _check_journal(journal: object) -> None:
+    from ._ledger import JournalBackend
+
+    if journal is None or isinstance(journal, str | os.PathLike | JournalBackend):
+        if isinstance(journal, str) and not journal:
+            raise InputError("journal", journal, "a journal file, a postgresql:// address, or None")
+        return
+    raise InputError("journal", journal, "a journal file, a postgresql:// address, or None")
 
 
 def _check_sockets(

@@ -4,7 +4,7 @@ The :class:`Runner` holds what a batch shares (limits, budget, journal, output n
 each item to an :class:`ItemResult`; ``edit_many`` in this package's ``__init__`` feeds it.
 
 With a journal, every step that could cost money is written down before it can be lost (see
-``_journal``): the write-ahead row before the POST, the request id as fal answers, fal's answer
+``_ledger``): the write-ahead row before the POST, the request id as fal answers, fal's answer
 to a cancel, the output as it is fetched. A resumed item goes on from the state its row is in,
 and only fal's answers move a row on: a cancel counts when fal confirms it, a failure is
 final when it is the job's own verdict.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path, PurePath
@@ -83,12 +84,19 @@ from ._items import (
     reads_files,
     split_item,
 )
-from ._journal import Journal, JournalEntry, JournalState
+from ._ledger import JournalBackend, JournalEntry, JournalState, LeaseLost
 
 __all__ = ["Budget", "Runner"]
 
+
+class _Held(Exception):
+    """Another live worker of a shared ledger holds this item: it is checked again later."""
+
+
 #: fal's error type for a job whose result expired before anyone fetched it.
 EXPIRED = "result_expired"
+#: How often a worker of a shared ledger looks again at the items other workers held.
+SWEEP_INTERVAL = 0.25
 
 
 def _stem_of(input: EditImageInput, name: str | None, fallback: str) -> str:
@@ -170,6 +178,8 @@ class _Item:
     fingerprint: str | None = None
     #: The journal holds this item's request id (its ``submitted`` write landed).
     recorded: bool = False
+    #: This worker holds the item's lease on a shared ledger (released when it is done).
+    claimed: bool = False
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -197,7 +207,7 @@ class Runner:
     job_retries: int
     on_event: EventCallback | None
     budget: Budget
-    journal: Journal | None
+    journal: JournalBackend | None
     submit_options: SubmitOptions
     resubmit_unknown: bool = False
     retry_failed: bool = False
@@ -223,6 +233,20 @@ class Runner:
     cancels_accepted: int = 0
     #: Set once the journal could not be written: nothing more is submitted.
     ledger_error: JournalError | None = None
+    #: Jobs in flight at most across every worker of a shared ledger.
+    max_in_flight: int | None = None
+    #: Items another worker of a shared ledger held when their turn came, by ledger key.
+    deferred: dict[str, _Item] = attrs.field(factory=dict)
+    #: When this batch began (wall clock, as rows' ``updated_at``).
+    began: float = attrs.field(factory=time.time)
+    #: Items being worked on now (for knowing when a shared batch is over).
+    active: int = 0
+    #: Set when an item ends or is deferred: the sweeper looks again.
+    changed: anyio.Event = attrs.field(factory=anyio.Event)
+
+    @property
+    def shared(self) -> bool:
+        return self.journal is not None and self.journal.shared
 
     @property
     def endpoint(self) -> str:
@@ -281,8 +305,10 @@ class Runner:
         n = self.seen[base] = self.seen.get(base, 0) + 1
         return base if n == 1 else f"{base}~{n}"
 
-    async def run(self, index: int, item: Any) -> ItemResult:
-        """Take one item from its raw form to its result; never raises but cancellation."""
+    async def run(self, index: int, item: Any) -> ItemResult | None:
+        """Take one item from its raw form to its result; never raises but cancellation.
+
+        None: another worker of a shared ledger holds the item (see :meth:`attempt`)."""
         key, name, raw = split_item(item)
         try:
             input = raw if isinstance(raw, EditImageInput) else input_from_dict(raw)
@@ -314,8 +340,17 @@ class Runner:
             cost=estimate_cost(input).usd,
             fingerprint=print_ if key is None else None,
         )
+        return await self.attempt(it)
+
+    async def attempt(self, it: _Item) -> ItemResult | None:
+        """Work on one item; None when another worker of a shared ledger holds it (it is in
+        :attr:`deferred` then, for :meth:`sweep` to try again)."""
+        self.active += 1
         try:
             return await self._process(it)
+        except (_Held, LeaseLost):
+            self.deferred[it.ledger_key] = it
+            return None
         except FalEditError as exc:
             return await self._failed(it, exc)
         except Exception as exc:  # not ours: this item's failure, never the whole batch's
@@ -323,6 +358,55 @@ class Runner:
         except anyio.get_cancelled_exc_class():
             self.interrupted += 1  # cut short with the batch: no result, but part of it
             raise
+        finally:
+            self.active -= 1
+            if it.claimed and self.journal is not None:
+                it.claimed = False
+                with anyio.CancelScope(shield=True):
+                    await self._write(self.journal.release(it.ledger_key))
+            self.changed.set()
+
+    async def sweep(
+        self, deliver: Callable[[ItemResult], Awaitable[None]], fed: anyio.Event
+    ) -> None:
+        """On a shared ledger: try again the items other workers held, as they let go of
+        them (finished, released, or dead with their lease expired), until the batch is over.
+
+        Items taken over from a dead worker run beside the pipeline's own slots: the jobs
+        limit may be full of items waiting for room under ``max_in_flight``, which only the
+        dead worker's jobs, once followed to their end, can make.
+        """
+        assert self.journal is not None
+        journal = self.journal
+
+        async def again(it: _Item) -> None:
+            result = await self.attempt(it)
+            if result is not None:
+                await deliver(result)
+
+        async with anyio.create_task_group() as tg:
+            while not (fed.is_set() and not self.deferred and self.active == 0):
+                with anyio.move_on_after(SWEEP_INTERVAL):
+                    await self.changed.wait()
+                self.changed = anyio.Event()
+                if not self.deferred:
+                    continue
+                try:
+                    ready = await journal.claimable(list(self.deferred))
+                except JournalError as exc:
+                    self.ledger_error = self.ledger_error or exc
+                    ready = set(self.deferred)  # each one ends on the error, one by one
+                for key in ready:
+                    it = self.deferred.pop(key)
+                    self.active += 1  # counted before the task starts, so the loop waits
+                    tg.start_soon(self._again_counted, again, it)
+
+    async def _again_counted(self, again: Callable[[_Item], Awaitable[None]], it: _Item) -> None:
+        try:
+            await again(it)
+        finally:
+            self.active -= 1
+            self.changed.set()
 
     async def _failed(self, it: _Item, exc: FalEditError) -> ItemResult:
         await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=exc))
@@ -378,6 +462,14 @@ class Runner:
         under a name then, which the item takes over (so an upgrade pays nothing again)."""
         if self.journal is None:
             return None
+        if self.journal.shared:
+            claim = await self.journal.claim(it.ledger_key)
+            if claim.held_by is not None:
+                raise _Held(claim.held_by)
+            it.claimed = claim.entry is None or claim.entry.state is not JournalState.DOWNLOADED
+            if claim.entry is None or claim.entry.state is JournalState.PENDING:
+                return None  # claimed, and nothing was done for it yet
+            return claim.entry
         entry = await self.journal.get(it.ledger_key)
         if entry is None and it.fingerprint is not None and it.ledger_key == it.fingerprint:
             entry = await self.journal.legacy_row(it.fingerprint, self.legacy_taken)
@@ -408,8 +500,12 @@ class Runner:
     ) -> EditImageOutput:
         """Follow ``handle`` (or submit a job) to its output, with job retries."""
         while True:
+            # On a shared ledger, following a job an earlier worker submitted takes no slot:
+            # the slots may all be waiting for room under max_in_flight that only this job's
+            # end can make.
+            follow_only = handle is not None and self.shared
             try:
-                async with self.jobs.slot() as epoch:
+                async with _no_slot() if follow_only else self.jobs.slot() as epoch:
                     try:
                         if handle is None:
                             handle = await self._submit(it, epoch)
@@ -451,7 +547,14 @@ class Runner:
                     input=it.description,
                     attempts=it.attempts,
                     cost=it.cost,
+                    max_in_flight=self.max_in_flight,
                 )
+            except LeaseLost:
+                # Another worker has the item now: nothing was sent, nothing is owed.
+                it.attempts -= 1
+                it.claimed = False
+                self.budget.committed -= it.cost
+                raise
             except JournalError as exc:
                 self.ledger_error = self.ledger_error or exc
                 it.attempts -= 1
@@ -522,6 +625,12 @@ class Runner:
         """
         if request_id in self.owned_ids:
             return True
+        if self.journal is not None and self.journal.shared:
+            try:  # every worker's rows: another may have been given this id
+                owner = await self.journal.owner_of(request_id)
+            except JournalError:
+                owner = None
+            return owner is not None and owner != it.ledger_key
         owner = self.journaled_ids.get(request_id)
         return owner is not None and owner != it.ledger_key
 
@@ -653,6 +762,11 @@ class Runner:
         it.owned_stem = self._owned_stem(entry)
         if entry.output is not None:
             output = parse(entry.output, EditImageOutput)
+            if state is JournalState.DOWNLOADED and self.shared and entry.updated_at >= self.began:
+                # Downloaded by another worker of this batch while it ran: done, wherever
+                # that worker put the files. (Rows from before the batch began are a rerun's
+                # to fetch into this folder, as with one process.)
+                return it.result(ItemState.COMPLETED, output=output, files=entry.files)
             if self.download_to is None or await self._files_in_place(entry, output):
                 return it.result(ItemState.COMPLETED, output=output, files=entry.files)
             return output  # fetched before: download it here, whatever folder a run used
@@ -735,6 +849,11 @@ class Runner:
         files = tuple(f for f in done if isinstance(f, DownloadedFile))
         await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
         return files
+
+
+@asynccontextmanager
+async def _no_slot() -> AsyncIterator[int]:
+    yield 0
 
 
 def _internal(exc: Exception) -> InternalError:

@@ -91,6 +91,13 @@ def _out_folder(value: str) -> Path:
     return path
 
 
+def _journal(value: str) -> Path | str:
+    """A ``--journal``: a SQLite file, or a ``postgresql://`` address (kept as written)."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    return Path(value)
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -152,9 +159,17 @@ def _run_options() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--journal",
-        type=Path,
-        metavar="PATH",
-        help="record every job in this file; run again with it to resume without paying twice",
+        type=_journal,
+        metavar="PATH|URL",
+        help="record every job in this file; run again with it to resume without paying twice "
+        "(a postgresql:// address: a ledger that runs on many machines share)",
+    )
+    how.add_argument(
+        "--max-in-flight",
+        type=functools.partial(_positive, int),
+        metavar="N",
+        help="jobs on fal at once across every run sharing a postgresql:// --journal "
+        "(fal's account concurrency); also caps --concurrency",
     )
     how.add_argument(
         "--retry-failed",
@@ -235,7 +250,7 @@ def _add_journal(commands: Any, common: argparse.ArgumentParser) -> None:
     actions = journal.add_subparsers(dest="action", required=True, metavar="ACTION")
     text = "counts by state, cost so far, and the unknown and failed items with their reasons"
     show = actions.add_parser("show", parents=[common], help=text, description=text + ".")
-    show.add_argument("journal", type=Path, metavar="JOURNAL")
+    show.add_argument("journal", type=_journal, metavar="JOURNAL", help="a file or postgresql://")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_journal_show)
 
@@ -343,6 +358,7 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
         concurrency=args.concurrency,
         budget=args.budget,
         journal=args.journal,
+        max_in_flight=args.max_in_flight,
         timeout=args.timeout,
         emulator=args.emulator,
         retry_failed=args.retry_failed,

@@ -2,7 +2,9 @@
 
 It opens the journal read-only, so it works while a batch is running on it: counts by state,
 the estimated cost of the jobs fal accepted, and each item that needs a person (``unknown``:
-a submit whose answer was lost; ``failed``: fal's verdict), with its reason.
+a submit whose answer was lost; ``failed``: fal's verdict), with its reason. ``JOURNAL`` is a
+SQLite file or a ``postgresql://`` ledger; for the latter, it also lists the live workers and
+how many items each holds, so a batch run by many machines can be watched from any host.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import json
 from typing import TextIO
 
-from .. import Journal, JournalEntry, JournalState, JournalSummary
+from .. import JournalEntry, JournalState, JournalSummary, open_journal
 from ._run import OK
 
 __all__ = ["show"]
@@ -27,12 +29,13 @@ _MEANING = {
     JournalState.FAILED: "failed (--retry-failed submits again)",
     JournalState.UNKNOWN: "submit answer lost; fal may have run it (--resubmit-unknown)",
     JournalState.SUBMITTING: "being submitted by a live run",
+    JournalState.PENDING: "claimed by a worker, not submitted yet",
 }
 
 
 async def show(args: argparse.Namespace, out: TextIO) -> int:
     """Print the journal's summary (``--json``: one object)."""
-    async with Journal(args.journal, read_only=True) as journal:
+    async with open_journal(args.journal, read_only=True) as journal:
         summary = await journal.summary()
     if args.json:
         print(json.dumps(_as_json(summary)), file=out)
@@ -46,6 +49,10 @@ async def show(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{title}:", file=out)
             for entry in entries:
                 print(f"  {_line(entry)}", file=out)
+    if summary.workers:
+        print("live workers:", file=out)
+        for worker, n in sorted(summary.workers.items()):
+            print(f"  {worker}: {n} items", file=out)
     return OK
 
 
@@ -70,4 +77,5 @@ def _as_json(summary: JournalSummary) -> dict[str, object]:
         "estimated_cost": float(summary.estimated_cost),
         "unknown": [item(e) for e in summary.unknown],
         "failed": [item(e) for e in summary.failed],
+        "workers": dict(summary.workers),
     }

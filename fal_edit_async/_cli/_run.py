@@ -77,7 +77,8 @@ class RunOptions:
     endpoint: str
     concurrency: int | None = None
     budget: Decimal | None = None
-    journal: Path | None = None
+    journal: Path | str | None = None
+    max_in_flight: int | None = None
     timeout: float | None = None
     emulator: bool = False
     retry_failed: bool = False
@@ -223,6 +224,7 @@ async def _follow(
         concurrency=options.concurrency,
         budget=options.budget,
         journal=options.journal,
+        max_in_flight=options.max_in_flight,
         on_event=run.event,
         endpoint=options.endpoint,
         retry_failed=options.retry_failed,

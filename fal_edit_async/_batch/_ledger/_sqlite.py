@@ -1,24 +1,12 @@
-"""The batch ledger: a durable record of every item, so nothing is paid for twice or lost.
+"""The embedded ledger: one SQLite file, written by one process at a time.
 
-One SQLite file in WAL mode, written by one process at a time (an exclusive ``flock`` on
-``<journal>.lock``, released by the kernel however the process ends). A row per item, keyed by
-its content (see ``_items.item_key``), moves through states that only fal's answers move on::
-
-    (none) ─► submitting ─► submitted ─► completed ─► downloaded
-                  │             │  ▲
-                  │             ▼  │ (fal answered the cancel with "requested": the job may
-                  │      cancel_requested     still finish; a resume polls it)
-                  ▼             │
-               unknown          ▼
-                           cancelled (fal confirmed) · failed (fal's verdict) · unsent
-
-``submitting`` is written durably (fsync) *before* the submit POST, and ``submitted`` with the
-request id durably as soon as fal answers. A row still ``submitting`` when the journal is
-opened belongs to a run that died between the two: fal may or may not have queued its job,
-so it becomes ``unknown``, is reported, and is submitted again only when asked
-(``resubmit_unknown``). ``unsent`` means the last submit provably created no job (fal refused
-it, or the connection never opened): the next run submits it. Other writes use
-``synchronous=NORMAL``, which survives a crash of this process but maybe not a power cut.
+WAL mode, with an exclusive ``flock`` on the file (released by the kernel however the process
+ends). Rows and transitions are ``_states``'; this module only stores them. ``submitting`` and
+``submitted`` (and ``unknown``) commit under ``synchronous=FULL`` (an fsync before the paid
+POST and after fal's answer); other writes use ``synchronous=NORMAL``, which survives a crash
+of this process but maybe not a power cut. Since only this process writes, a row still
+``submitting`` when the journal is opened belongs to a run that died mid-submit: it becomes
+``unknown`` at once.
 
 The remaining gap: a job whose submit answer was lost (``unknown``) may have run and billed;
 only fal's request history can tell.
@@ -28,15 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
-from enum import StrEnum
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -45,16 +29,19 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._converter import parse, to_wire
-from .._exceptions import FalEditError, JournalError, JournalLockedError
-from .._models import DownloadedFile, EditImageOutput, JobUrls
-
-__all__ = ["Journal", "JournalEntry", "JournalState", "JournalSummary"]
-
-_LOST_ANSWER = (
-    "a run stopped after sending this submit and before fal's answer was recorded: fal may "
-    "have queued (and billed) that job"
+from ..._exceptions import JournalError, JournalLockedError
+from ._backend import Claim
+from ._states import (
+    LOST_ANSWER,
+    JournalEntry,
+    JournalState,
+    JournalSummary,
+    Recorder,
+    entry_of,
+    summarise,
 )
+
+__all__ = ["Journal"]
 
 T = TypeVar("T")
 
@@ -86,110 +73,7 @@ CREATE TABLE IF NOT EXISTS items (
 _ADDED_COLUMNS = {"sent_at": "REAL", "folder": "TEXT", "stem": "TEXT"}
 
 
-class JournalState(StrEnum):
-    """Where a journaled item stands (see the module docstring for the transitions)."""
-
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    CANCEL_REQUESTED = "cancel_requested"
-    COMPLETED = "completed"
-    DOWNLOADED = "downloaded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    UNSENT = "unsent"
-    UNKNOWN = "unknown"
-
-    @property
-    def has_job(self) -> bool:
-        """True when a job fal accepted (or may have) stands behind the row."""
-        return self in _WITH_JOB
-
-
-_WITH_JOB = frozenset(
-    {
-        JournalState.SUBMITTED,
-        JournalState.CANCEL_REQUESTED,
-        JournalState.COMPLETED,
-        JournalState.DOWNLOADED,
-    }
-)
-
-
-@attrs.frozen(kw_only=True)
-class JournalEntry:
-    """One journaled item."""
-
-    key: str
-    state: JournalState
-    request_id: str | None = None
-    endpoint: str | None = None
-    urls: JobUrls | None = None
-    input: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
-    output: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
-    files: tuple[DownloadedFile, ...] = ()
-    error: str | None = None
-    error_type: str | None = None
-    attempts: int = 0
-    cost: Decimal = Decimal(0)
-    updated_at: float = 0.0
-    sent_at: float | None = None
-    #: The folder and the name stem this item's outputs were claimed under, before writing.
-    folder: str | None = None
-    stem: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class JournalSummary:
-    """What a journal holds: counts by state, the cost of the jobs fal accepted, and the items
-    that need a person (``unknown`` and ``failed``, with their reasons)."""
-
-    path: Path
-    counts: Mapping[JournalState, int]
-    estimated_cost: Decimal
-    unknown: tuple[JournalEntry, ...]
-    failed: tuple[JournalEntry, ...]
-
-    @property
-    def total(self) -> int:
-        """Every item the journal knows."""
-        return sum(self.counts.values())
-
-
-def _entry(row: sqlite3.Row) -> JournalEntry:
-    urls = None
-    if row["request_id"] and row["status_url"]:
-        urls = JobUrls(
-            request_id=row["request_id"],
-            status_url=row["status_url"],
-            response_url=row["response_url"],
-            cancel_url=row["cancel_url"],
-        )
-    files = tuple(parse(f, DownloadedFile) for f in json.loads(row["files"] or "[]"))
-    return JournalEntry(
-        key=row["key"],
-        state=JournalState(row["state"]),
-        request_id=row["request_id"],
-        endpoint=row["endpoint"],
-        urls=urls,
-        input=json.loads(row["input"]) if row["input"] else None,
-        output=json.loads(row["output"]) if row["output"] else None,
-        files=files,
-        error=row["error"],
-        error_type=row["error_type"],
-        attempts=row["attempts"],
-        cost=Decimal(row["cost"]),
-        updated_at=row["updated_at"],
-        sent_at=_column(row, "sent_at"),  # schema 1 lacks these
-        folder=_column(row, "folder"),
-        stem=_column(row, "stem"),
-    )
-
-
-def _column(row: sqlite3.Row, name: str) -> Any:
-    return row[name] if name in row.keys() else None
-
-
-class Journal:
+class Journal(Recorder):
     """A batch ledger in one SQLite file; pass it (or a path) as ``edit_many(journal=...)``.
 
     Only one process may have a journal open for writing: a second one gets
@@ -256,7 +140,7 @@ class Journal:
             # Only this process writes: a row left mid-submit is a dead run's.
             db.execute(
                 "UPDATE items SET state = ?, error = ? WHERE state = ?",
-                (JournalState.UNKNOWN.value, _LOST_ANSWER, JournalState.SUBMITTING.value),
+                (JournalState.UNKNOWN.value, LOST_ANSWER, JournalState.SUBMITTING.value),
             )
             return db
         except (sqlite3.Error, OSError) as exc:
@@ -393,7 +277,7 @@ class Journal:
 
         def read(db: sqlite3.Connection) -> JournalEntry | None:
             row = db.execute("SELECT * FROM items WHERE key = ?", (key,)).fetchone()
-            return _entry(row) if row else None
+            return entry_of(dict(row)) if row else None
 
         return await self._run(read)
 
@@ -402,7 +286,7 @@ class Journal:
 
         def read(db: sqlite3.Connection) -> list[JournalEntry]:
             rows = db.execute("SELECT * FROM items ORDER BY updated_at").fetchall()
-            return [_entry(r) for r in rows]
+            return [entry_of(dict(r)) for r in rows]
 
         return await self._run(read)
 
@@ -412,25 +296,17 @@ class Journal:
         if self.read_only and not self._writer_alive:
             # Nobody is writing: a row still mid-submit belongs to a run that died there.
             entries = [
-                attrs.evolve(e, state=JournalState.UNKNOWN, error=e.error or _LOST_ANSWER)
+                attrs.evolve(e, state=JournalState.UNKNOWN, error=e.error or LOST_ANSWER)
                 if e.state is JournalState.SUBMITTING
                 else e
                 for e in entries
             ]
-        counts = Counter(e.state for e in entries)
-        cost = sum((e.cost * e.attempts for e in entries if e.request_id), Decimal(0))
-        return JournalSummary(
-            path=self.path,
-            counts=dict(counts),
-            estimated_cost=cost,
-            unknown=tuple(e for e in entries if e.state is JournalState.UNKNOWN),
-            failed=tuple(e for e in entries if e.state is JournalState.FAILED),
-        )
+        return summarise(self.path, entries)
 
-    async def _upsert(self, key: str, *, durable: bool = False, **values: Any) -> None:
+    async def _upsert(self, key: str, values: dict[str, Any], *, durable: bool = False) -> None:
         if self.read_only:
             raise JournalError(f"{self.path}: opened read-only")
-        values["updated_at"] = time.time()
+        values = {**values, "updated_at": time.time()}
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values)
@@ -441,93 +317,14 @@ class Journal:
         params = (key, *values.values())
         await self._run(lambda db: db.execute(sql, params), durable=durable)
 
-    async def record_submitting(
-        self,
-        key: str,
-        *,
-        endpoint: str,
-        input: Mapping[str, Any],
-        attempts: int,
-        cost: Decimal,
-    ) -> None:
-        """A submit for ``key`` is about to be sent: durably, before the POST."""
-        await self._upsert(
-            key,
-            durable=True,
-            state=JournalState.SUBMITTING.value,
-            endpoint=endpoint,
-            input=json.dumps(input),
-            attempts=attempts,
-            cost=str(cost),
-            sent_at=time.time(),
-            # The previous attempt's job (failed, or cancelled) is not this submit's.
-            request_id=None,
-            status_url=None,
-            response_url=None,
-            cancel_url=None,
-            error=None,
-            error_type=None,
-        )
-
-    async def record_submitted(self, key: str, urls: JobUrls, *, attempts: int) -> None:
-        """fal accepted a job for ``key``: its id and URLs, durably, before anything else."""
-        await self._upsert(
-            key,
-            durable=True,
-            state=JournalState.SUBMITTED.value,
-            request_id=urls.request_id,
-            status_url=urls.status_url,
-            response_url=urls.response_url,
-            cancel_url=urls.cancel_url,
-            attempts=attempts,
-            output=None,
-            files=None,
-            error=None,
-            error_type=None,
-        )
-
-    async def record_unsent(self, key: str, error: FalEditError | None = None) -> None:
-        """The submit provably created no job: fal refused it, it never left, or the run
-        ended while it waited out a refusal (no ``error`` then)."""
-        reason = _error(error) if error else {"error": "stopped before any submit was taken"}
-        await self._upsert(key, state=JournalState.UNSENT.value, **reason)
-
-    async def record_unknown(
-        self, key: str, error: FalEditError, *, urls: JobUrls | None = None
-    ) -> None:
-        """The submit's answer was lost: fal may have queued that job (``urls`` when fal's
-        error answer named it, so a resume can ask fal about it)."""
-        job: dict[str, Any] = {}
-        if urls is not None:
-            job = {
-                "request_id": urls.request_id,
-                "status_url": urls.status_url,
-                "response_url": urls.response_url,
-                "cancel_url": urls.cancel_url,
-            }
-        await self._upsert(
-            key, durable=True, state=JournalState.UNKNOWN.value, **job, **_error(error)
-        )
-
-    async def record_cancel_requested(self, key: str) -> None:
-        """fal took the cancel, but a running job may still finish: a resume polls it."""
-        await self._upsert(key, state=JournalState.CANCEL_REQUESTED.value)
-
-    async def record_completed(self, key: str, urls: JobUrls, output: EditImageOutput) -> None:
-        """The job finished and its output is known (kept: fal's copy expires).
-
-        The job's id is written again: had the ``submitted`` write failed (a full disk that
-        then freed), this row still names its job.
-        """
-        await self._upsert(
-            key,
-            state=JournalState.COMPLETED.value,
-            request_id=urls.request_id,
-            status_url=urls.status_url,
-            response_url=urls.response_url,
-            cancel_url=urls.cancel_url,
-            output=json.dumps(to_wire(output)),
-        )
+    async def _update(self, key: str, values: dict[str, Any]) -> None:
+        if self.read_only:
+            raise JournalError(f"{self.path}: opened read-only")
+        values = {**values, "updated_at": time.time()}
+        sets = ", ".join(f"{c} = ?" for c in values)
+        sql = f"UPDATE items SET {sets} WHERE key = ?"
+        params = (*values.values(), key)
+        await self._run(lambda db: db.execute(sql, params))
 
     async def legacy_row(self, fingerprint: str, taken: set[str]) -> JournalEntry | None:
         """A schema-1 row for this content under a name (``<name>@<fingerprint>``, as the
@@ -543,33 +340,43 @@ class Journal:
                 "SELECT * FROM items WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
                 ("%@" + fingerprint.replace("%", "\\%").replace("_", "\\_"),),
             ).fetchall()
-            return [_entry(r) for r in rows]
+            return [entry_of(dict(r)) for r in rows]
 
         return next((e for e in await self._run(read) if e.key not in taken), None)
 
-    async def record_name(self, key: str, folder: str, stem: str) -> None:
-        """The name this item's outputs get in ``folder`` (absolute), claimed before any is
-        written, so a later run finishes them under that name instead of leaving a half set."""
-        sql = "UPDATE items SET folder = ?, stem = ?, updated_at = ? WHERE key = ?"
-        params = (folder, stem, time.time(), key)
-        await self._run(lambda db: db.execute(sql, params))
+    # -- work sharing: one writer holds every item ------------------------------------------
 
-    async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
-        """Every output file is on disk and verified (paths kept absolute)."""
-        listing = [to_wire(attrs.evolve(f, path=f.path.absolute())) for f in files]
-        await self._upsert(key, state=JournalState.DOWNLOADED.value, files=json.dumps(listing))
+    @property
+    def shared(self) -> bool:
+        """Never: the file lock keeps every other writer out."""
+        return False
 
-    async def record_failed(self, key: str, error: FalEditError) -> None:
-        """The item failed for good, by fal's verdict (its error is kept, never the key)."""
-        await self._upsert(key, state=JournalState.FAILED.value, **_error(error))
+    @property
+    def where(self) -> Path:
+        """The journal's file."""
+        return self.path
 
-    async def record_cancelled(self, key: str) -> None:
-        """fal confirmed the job was cancelled; a new run submits the item again."""
-        await self._upsert(key, state=JournalState.CANCELLED.value)
+    async def claim(self, key: str) -> Claim:
+        """The row, if any: this process holds every item of the file."""
+        return Claim(entry=await self.get(key))
 
+    async def claimable(self, keys: Sequence[str]) -> set[str]:
+        """Every key: no other worker holds any."""
+        return set(keys)
 
-def _error(error: FalEditError) -> dict[str, Any]:
-    return {
-        "error": str(error),
-        "error_type": getattr(error, "error_type", None) or type(error).__name__,
-    }
+    async def release(self, key: str) -> None:
+        """Nothing to release: the file lock covers every item."""
+
+    async def keep_leases(self) -> None:
+        """Nothing to keep: the file lock lasts as long as the process."""
+
+    async def owner_of(self, request_id: str) -> str | None:
+        """The key of the row holding ``request_id``."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT key FROM items WHERE request_id = ? LIMIT 1", (request_id,)
+            ).fetchone()
+            return str(row["key"]) if row else None
+
+        return await self._run(read)

@@ -1,0 +1,536 @@
+"""A shared ledger: one PostgreSQL database (or schema) that many workers write at once.
+
+Rows and transitions are ``_states``' (the same as the SQLite journal's), in the table
+``fal_edit_items`` of the connection's current schema, plus two columns for work sharing:
+``holder`` (the worker working on the item) and ``lease_until`` (the database's clock, so the
+workers' clocks never matter).
+
+- **Claims.** A worker claims an item before working on it: one ``INSERT … ON CONFLICT DO
+  UPDATE … WHERE`` that creates the row (``pending``) or takes it when nobody holds it, the
+  lease expired, or the worker holds it already. A row taken over from a dead worker while it
+  was ``submitting`` becomes ``unknown`` in the same statement (fal may have queued that job);
+  a ``submitted`` row is re-attached by its request id. ``claimable`` checks many deferred
+  items at once with ``SELECT … FOR UPDATE SKIP LOCKED``, so workers never wait on each other.
+- **Leases.** :meth:`PostgresJournal.keep_leases` renews every lease of this worker in one
+  ``UPDATE`` each third of the lease; :meth:`release` frees an item when its worker is done,
+  and :meth:`aclose` frees them all. The paid write (``submitting``) lands only while this
+  worker still holds the item: a worker that lost its lease sends no submit (:class:`LeaseLost`).
+- **A global cap.** With ``max_in_flight``, the ``submitting`` write first takes a
+  transaction-scoped advisory lock, counts the rows in flight (:data:`IN_FLIGHT`, every worker's,
+  dead ones' included until someone takes their rows over) and writes only under the cap;
+  otherwise it waits and asks again.
+- **Durability.** Connections run with ``synchronous_commit = off`` (like SQLite's
+  ``NORMAL``: a crash of the worker loses nothing, a crash of the server may lose the last
+  commits); ``submitting``, ``submitted`` and ``unknown`` commit with ``synchronous_commit =
+  on``, so they are on the server's disk before the POST is sent or anything else happens.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import attrs
+
+from ..._exceptions import JournalError
+from ._backend import Claim, LeaseLost
+from ._states import (
+    IN_FLIGHT,
+    LOST_ANSWER,
+    JournalEntry,
+    JournalState,
+    JournalSummary,
+    Recorder,
+    entry_of,
+    submitting_columns,
+    summarise,
+)
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg.rows import DictRow
+
+__all__ = ["PostgresJournal", "is_postgres_dsn"]
+
+_SCHEMA_VERSION = "pg1"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS fal_edit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS fal_edit_items (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        request_id TEXT,
+        endpoint TEXT,
+        status_url TEXT,
+        response_url TEXT,
+        cancel_url TEXT,
+        input TEXT,
+        output TEXT,
+        files TEXT,
+        error TEXT,
+        error_type TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cost TEXT NOT NULL DEFAULT '0',
+        updated_at DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION,
+        folder TEXT,
+        stem TEXT,
+        holder TEXT,
+        lease_until TIMESTAMPTZ
+    )""",
+    # What the global cap counts, what owner_of looks up, and what a worker renews.
+    "CREATE INDEX IF NOT EXISTS fal_edit_items_in_flight ON fal_edit_items (state) "
+    "WHERE state IN ('submitting', 'submitted', 'cancel_requested')",
+    "CREATE INDEX IF NOT EXISTS fal_edit_items_request_id ON fal_edit_items (request_id) "
+    "WHERE request_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS fal_edit_items_holder ON fal_edit_items (holder) "
+    "WHERE holder IS NOT NULL",
+)
+#: Advisory lock keys, per schema: one for creating the tables, one for the in-flight cap.
+_SCHEMA_LOCK = "hashtext('fal_edit:schema:' || current_schema())"
+_CAP_LOCK = "hashtext('fal_edit:cap:' || current_schema())"
+_IN_FLIGHT = [s.value for s in IN_FLIGHT]
+_SCHEMES = ("postgresql://", "postgres://")
+
+# A claim: create the row, or take it when it is free, expired, or ours already. A row left
+# mid-submit by another worker is unknown from now on: fal may have queued its job.
+_CLAIM = """
+INSERT INTO fal_edit_items AS i (key, state, holder, lease_until, updated_at)
+VALUES (%(key)s, 'pending', %(me)s, now() + make_interval(secs => %(lease)s), %(now)s)
+ON CONFLICT (key) DO UPDATE SET
+    holder = excluded.holder,
+    lease_until = excluded.lease_until,
+    state = CASE WHEN i.state = 'submitting' AND i.holder IS DISTINCT FROM excluded.holder
+                 THEN 'unknown' ELSE i.state END,
+    error = CASE WHEN i.state = 'submitting' AND i.holder IS DISTINCT FROM excluded.holder
+                 THEN %(lost)s ELSE i.error END
+WHERE i.state <> 'downloaded'
+  AND (i.holder IS NULL OR i.holder = excluded.holder OR i.lease_until < now())
+RETURNING i.*
+"""
+_CLAIMABLE = """
+WITH free AS (
+    SELECT key FROM fal_edit_items
+    WHERE key = ANY(%(keys)s)
+      AND (state = 'downloaded' OR holder IS NULL OR holder = %(me)s OR lease_until < now())
+    FOR UPDATE SKIP LOCKED
+)
+SELECT key FROM free
+"""
+
+
+def is_postgres_dsn(spec: object) -> bool:
+    """True for a ``postgresql://`` (or ``postgres://``) address."""
+    return isinstance(spec, str) and spec.startswith(_SCHEMES)
+
+
+def _public(dsn: str) -> str:
+    """The address without its password, for messages and summaries."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    except ImportError:
+        return dsn.split("@")[-1]
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "postgresql://<unparsable address>"
+    parts.pop("password", None)
+    return make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+class PostgresJournal(Recorder):
+    """A batch ledger in PostgreSQL that many workers share; ``edit_many(journal=...)`` takes
+    it, or its address (``"postgresql://user@host/db"``; pick a schema with
+    ``?options=-csearch_path%3Dmy_batch``).
+
+    Every worker given the same items claims them one by one: an item another live worker
+    holds is left to it and checked again later; an item whose worker died (its lease not
+    renewed for ``lease`` seconds) is taken over, re-attached by its request id, or reported
+    ``unknown`` when it died mid-submit. ``worker`` names this worker in ``journal show``.
+
+    Usage::
+
+        async with PostgresJournal("postgresql://batch@db/ledger", lease=30) as journal:
+            async with client.edit_many(items, journal=journal, max_in_flight=40) as batch:
+                ...
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        read_only: bool = False,
+        lease: float = 30.0,
+        connections: int = 4,
+        worker: str | None = None,
+    ) -> None:
+        if not is_postgres_dsn(dsn):
+            raise JournalError("a PostgreSQL ledger's address starts with postgresql://")
+        if not lease > 0:
+            raise JournalError(f"lease must be a positive number of seconds, not {lease!r}")
+        if connections < 1:
+            raise JournalError(f"connections must be at least 1, not {connections!r}")
+        self.dsn = dsn
+        self.read_only = read_only
+        self.lease = float(lease)
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.has_legacy_keys = False
+        self._size = connections
+        self._free: list[AsyncConnection[DictRow]] = []
+        self._slots: anyio.Semaphore | None = None
+        self._opened = False
+        self._closed = False
+        #: Called with each statement sent (tests check what commits durably).
+        self._trace: Callable[[str], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresJournal({self.where!r})"
+
+    @property
+    def shared(self) -> bool:
+        """Always: any number of workers may write it at once."""
+        return True
+
+    @property
+    def where(self) -> str:
+        """The address, without its password."""
+        return _public(self.dsn)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _connect(self) -> AsyncConnection[DictRow]:
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError as exc:
+            raise JournalError(
+                "a postgresql:// journal needs psycopg: pip install 'fal-edit-async[postgres]'"
+            ) from exc
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10
+            )
+            await conn.execute("SET synchronous_commit = off")
+        except psycopg.Error as exc:
+            raise JournalError(f"{self.where}: cannot connect to the ledger: {exc}") from exc
+        return conn
+
+    async def open(self) -> None:
+        """Connect, and create the tables when missing; harmless when already open.
+
+        Raises:
+            JournalError: the server cannot be reached, or holds no ledger (read-only).
+        """
+        if self._closed:
+            raise RuntimeError("this journal is closed")
+        if self._opened:
+            return
+        with anyio.CancelScope(shield=True):
+            first = await self._connect()
+            try:
+                await self._prepare(first)
+            except BaseException:
+                await first.close()
+                raise
+            self._free = [first]
+            self._slots = anyio.Semaphore(self._size)
+            self._opened = True
+
+    async def _prepare(self, conn: AsyncConnection[DictRow]) -> None:
+        import psycopg
+
+        try:
+            if self.read_only:
+                cur = await conn.execute("SELECT to_regclass('fal_edit_items') AS t")
+                row = await cur.fetchone()
+                if row is None or row["t"] is None:
+                    raise JournalError(f"{self.where}: no fal-edit ledger there")
+                return
+            async with conn.transaction():
+                # Two workers starting at once must not both create the tables.
+                await conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO fal_edit_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
+                    (_SCHEMA_VERSION,),
+                )
+                cur = await conn.execute("SELECT value FROM fal_edit_meta WHERE name = 'schema'")
+                row = await cur.fetchone()
+            if row is None or row["value"] != _SCHEMA_VERSION:
+                found = row["value"] if row else None
+                raise JournalError(f"{self.where}: ledger schema {found} is not supported")
+        except psycopg.Error as exc:
+            raise JournalError(f"{self.where}: cannot open the ledger: {exc}") from exc
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:
+        if not self._opened:
+            await self.open()
+        assert self._slots is not None
+        async with self._slots:
+            conn = self._free.pop() if self._free else None
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    await conn.close()
+                conn = await self._connect()
+            try:
+                yield conn
+            finally:
+                self._free.append(conn)
+
+    async def _query(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | Sequence[Any] = (),
+        *,
+        durable: bool = False,
+    ) -> list[dict[str, Any]]:
+        """One statement, in its own commit; shielded, so a write that was asked for lands."""
+        import psycopg
+
+        rows: list[dict[str, Any]] = []
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._connection() as conn:
+                    if self._trace is not None:
+                        self._trace(("DURABLE " if durable else "") + sql.strip())
+                    if durable:
+                        async with conn.transaction():
+                            await conn.execute("SET LOCAL synchronous_commit = on")
+                            cur = await conn.execute(sql, params)
+                    else:
+                        cur = await conn.execute(sql, params)
+                    if cur.description:
+                        rows = await cur.fetchall()
+            except psycopg.Error as exc:
+                raise JournalError(f"{self.where}: {exc}") from exc
+        return rows
+
+    async def aclose(self) -> None:
+        """Release this worker's leases and close the connections; harmless twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            if self._opened and not self.read_only:
+                try:
+                    await self._query(
+                        "UPDATE fal_edit_items SET holder = NULL, lease_until = NULL "
+                        "WHERE holder = %s",
+                        (self.worker,),
+                    )
+                except JournalError:
+                    pass  # unreachable server: the leases expire by themselves
+            conns, self._free = self._free, []
+            for conn in conns:
+                await conn.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, key: str) -> JournalEntry | None:
+        """The entry for ``key``, if any."""
+        rows = await self._query("SELECT * FROM fal_edit_items WHERE key = %s", (key,))
+        return entry_of(rows[0]) if rows else None
+
+    async def entries(self) -> list[JournalEntry]:
+        """Every entry, oldest change first."""
+        rows = await self._query("SELECT * FROM fal_edit_items ORDER BY updated_at")
+        return [entry_of(r) for r in rows]
+
+    async def summary(self) -> JournalSummary:
+        """Counts by state, the cost of accepted jobs, the items that need attention, and how
+        many items each live worker holds."""
+        rows = await self._query(
+            "SELECT *, (holder IS NOT NULL AND lease_until > now()) AS live "
+            "FROM fal_edit_items ORDER BY updated_at"
+        )
+        entries: list[JournalEntry] = []
+        workers: dict[str, int] = {}
+        for row in rows:
+            entry = entry_of(row)
+            if row["live"]:
+                workers[entry.holder or ""] = workers.get(entry.holder or "", 0) + 1
+            elif entry.state is JournalState.SUBMITTING:
+                # Nobody works on it: its worker died between the submit and fal's answer.
+                entry = attrs.evolve(
+                    entry, state=JournalState.UNKNOWN, error=entry.error or LOST_ANSWER
+                )
+            entries.append(entry)
+        return summarise(self.where, entries, workers=workers)
+
+    async def legacy_row(self, fingerprint: str, taken: set[str]) -> JournalEntry | None:
+        """None: schema-1 keys exist only in SQLite journals."""
+        return None
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise JournalError(f"{self.where}: opened read-only")
+
+    async def _upsert(self, key: str, values: dict[str, Any], *, durable: bool = False) -> None:
+        self._writable()
+        values = {**values, "updated_at": time.time()}
+        columns = ", ".join(values)
+        marks = ", ".join(f"%({c})s" for c in values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+        sql = (
+            f"INSERT INTO fal_edit_items (key, {columns}) VALUES (%(key)s, {marks}) "
+            f"ON CONFLICT (key) DO UPDATE SET {updates}"
+        )
+        await self._query(sql, {**values, "key": key}, durable=durable)
+
+    async def _update(self, key: str, values: dict[str, Any]) -> None:
+        self._writable()
+        values = {**values, "updated_at": time.time()}
+        sets = ", ".join(f"{c} = %({c})s" for c in values)
+        await self._query(
+            f"UPDATE fal_edit_items SET {sets} WHERE key = %(key)s", {**values, "key": key}
+        )
+
+    async def record_submitting(
+        self,
+        key: str,
+        *,
+        endpoint: str,
+        input: Mapping[str, Any],
+        attempts: int,
+        cost: Decimal,
+        max_in_flight: int | None = None,
+    ) -> None:
+        """A submit for ``key`` is about to be sent: durably, before the POST, and only while
+        this worker holds the item and (with ``max_in_flight``) the ledger has room.
+
+        Waits (cancellably) while the ledger has ``max_in_flight`` rows in flight.
+
+        Raises:
+            LeaseLost: another worker took the item over; send nothing.
+        """
+        self._writable()
+        values = submitting_columns(endpoint, input, attempts, cost)
+        wait = 0.01
+        while not await self._try_submitting(key, values, max_in_flight):
+            # Full: ask again soon (jittered, so waiting workers do not ask in step).
+            await anyio.sleep(wait * (0.5 + random.random()))
+            wait = min(wait * 1.5, 0.2)
+
+    async def _try_submitting(self, key: str, values: dict[str, Any], cap: int | None) -> bool:
+        import psycopg
+
+        values = {**values, "updated_at": time.time()}
+        sets = ", ".join(f"{c} = %({c})s" for c in values)
+        update = f"UPDATE fal_edit_items SET {sets} WHERE key = %(key)s AND holder = %(me)s"
+        params = {**values, "key": key, "me": self.worker}
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    if self._trace is not None:
+                        self._trace("DURABLE " + update)
+                    await conn.execute("SET LOCAL synchronous_commit = on")
+                    if cap is not None:
+                        # One submit decision at a time across every worker: count, then write.
+                        await conn.execute(f"SELECT pg_advisory_xact_lock({_CAP_LOCK})")
+                        cur = await conn.execute(
+                            "SELECT count(*) AS n FROM fal_edit_items "
+                            "WHERE state = ANY(%s) AND key <> %s",
+                            (_IN_FLIGHT, key),
+                        )
+                        row = await cur.fetchone()
+                        if row is not None and row["n"] >= cap:
+                            return False
+                    cur = await conn.execute(update, params)
+                    if cur.rowcount != 1:
+                        raise LeaseLost(key)
+            except psycopg.Error as exc:
+                raise JournalError(f"{self.where}: {exc}") from exc
+        return True
+
+    # -- work sharing -------------------------------------------------------------------
+
+    async def claim(self, key: str) -> Claim:
+        """Take ``key``'s lease (creating its row as ``pending``), or say who holds it.
+
+        A downloaded row is nobody's to take: it comes back as it is, with no lease.
+        """
+        self._writable()
+        params = {
+            "key": key,
+            "me": self.worker,
+            "lease": self.lease,
+            "now": time.time(),
+            "lost": LOST_ANSWER,
+        }
+        rows = await self._query(_CLAIM, params)
+        if rows:
+            return Claim(entry=entry_of(rows[0]))
+        entry = await self.get(key)
+        if entry is None or entry.state is JournalState.DOWNLOADED:
+            return Claim(entry=entry)
+        return Claim(entry=entry, held_by=entry.holder or "another worker")
+
+    async def claimable(self, keys: Sequence[str]) -> set[str]:
+        """Of ``keys``, those no other live worker holds (or already downloaded)."""
+        if not keys:
+            return set()
+        rows = await self._query(_CLAIMABLE, {"keys": list(keys), "me": self.worker})
+        return {r["key"] for r in rows}
+
+    async def release(self, key: str) -> None:
+        """Free ``key`` for other workers (only if this worker still holds it)."""
+        if self.read_only:
+            return
+        await self._query(
+            "UPDATE fal_edit_items SET holder = NULL, lease_until = NULL "
+            "WHERE key = %s AND holder = %s",
+            (key, self.worker),
+        )
+
+    async def renew(self) -> int:
+        """Push back the expiry of every lease this worker holds; how many there were."""
+        rows = await self._query(
+            "UPDATE fal_edit_items SET lease_until = now() + make_interval(secs => %s) "
+            "WHERE holder = %s RETURNING key",
+            (self.lease, self.worker),
+        )
+        return len(rows)
+
+    async def keep_leases(self) -> None:
+        """Renew this worker's leases every third of the lease, until cancelled.
+
+        A renewal that fails is tried again at the next turn; should the leases expire
+        meanwhile, other workers take the items over and this one sends no submit for them.
+        """
+        while True:
+            await anyio.sleep(self.lease / 3)
+            try:
+                await self.renew()
+            except JournalError:
+                pass
+
+    async def owner_of(self, request_id: str) -> str | None:
+        """The key of the row holding ``request_id``, if any (every worker's rows)."""
+        rows = await self._query(
+            "SELECT key FROM fal_edit_items WHERE request_id = %s LIMIT 1", (request_id,)
+        )
+        return str(rows[0]["key"]) if rows else None

@@ -1,0 +1,324 @@
+"""The ledger's states and transitions, in one place for every backend.
+
+A row per item, keyed by its content (see ``_items.item_key``), moves through states that
+only fal's answers move on::
+
+    pending ─► submitting ─► submitted ─► completed ─► downloaded
+    (shared       │             │  ▲
+     ledgers)     │             ▼  │ (fal answered the cancel with "requested": the job may
+                  │      cancel_requested     still finish; a resume polls it)
+                  ▼             │
+               unknown          ▼
+                           cancelled (fal confirmed) · failed (fal's verdict) · unsent
+
+``submitting`` is written durably *before* the submit POST, and ``submitted`` with the request
+id durably as soon as fal answers. A row still ``submitting`` when nobody is working on it
+belongs to a run that died between the two: fal may or may not have queued its job, so it
+becomes ``unknown``, is reported, and is submitted again only when asked
+(``resubmit_unknown``). ``unsent`` means the last submit provably created no job (fal refused
+it, or the connection never opened): the next run submits it. ``pending`` is a row a shared
+ledger made when a worker claimed the item, before any submit: the same as no row.
+
+Each ``record_*`` method of :class:`Recorder` is one transition: the columns it writes are
+decided here, and each backend only says how a row is written (``_upsert``, ``_update``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..._converter import parse, to_wire
+from ..._exceptions import FalEditError
+from ..._models import DownloadedFile, EditImageOutput, JobUrls
+
+__all__ = [
+    "IN_FLIGHT",
+    "LOST_ANSWER",
+    "JournalEntry",
+    "JournalState",
+    "JournalSummary",
+    "Recorder",
+    "entry_of",
+    "error_columns",
+    "submitting_columns",
+    "summarise",
+]
+
+LOST_ANSWER = (
+    "a run stopped after sending this submit and before fal's answer was recorded: fal may "
+    "have queued (and billed) that job"
+)
+
+
+class JournalState(StrEnum):
+    """Where a journaled item stands (see ``docs/guarantees.md`` for what each means)."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    CANCEL_REQUESTED = "cancel_requested"
+    COMPLETED = "completed"
+    DOWNLOADED = "downloaded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNSENT = "unsent"
+    UNKNOWN = "unknown"
+
+    @property
+    def has_job(self) -> bool:
+        """True when a job fal accepted (or may have) stands behind the row."""
+        return self in _WITH_JOB
+
+
+_WITH_JOB = frozenset(
+    {
+        JournalState.SUBMITTED,
+        JournalState.CANCEL_REQUESTED,
+        JournalState.COMPLETED,
+        JournalState.DOWNLOADED,
+    }
+)
+
+#: States whose job may be on fal right now (or about to be): what a global cap counts.
+IN_FLIGHT = (JournalState.SUBMITTING, JournalState.SUBMITTED, JournalState.CANCEL_REQUESTED)
+
+
+@attrs.frozen(kw_only=True)
+class JournalEntry:
+    """One journaled item."""
+
+    key: str
+    state: JournalState
+    request_id: str | None = None
+    endpoint: str | None = None
+    urls: JobUrls | None = None
+    input: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
+    output: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
+    files: tuple[DownloadedFile, ...] = ()
+    error: str | None = None
+    error_type: str | None = None
+    attempts: int = 0
+    cost: Decimal = Decimal(0)
+    updated_at: float = 0.0
+    sent_at: float | None = None
+    #: The folder and the name stem this item's outputs were claimed under, before writing.
+    folder: str | None = None
+    stem: str | None = None
+    #: On a shared ledger: the worker holding the item's lease now, if any.
+    holder: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JournalSummary:
+    """What a journal holds: counts by state, the cost of the jobs fal accepted, and the items
+    that need a person (``unknown`` and ``failed``, with their reasons).
+
+    ``path`` is the journal's file, or a shared ledger's address (without its password);
+    ``workers`` counts the items each live worker of a shared ledger holds.
+    """
+
+    path: Path | str
+    counts: Mapping[JournalState, int]
+    estimated_cost: Decimal
+    unknown: tuple[JournalEntry, ...]
+    failed: tuple[JournalEntry, ...]
+    workers: Mapping[str, int] = attrs.field(factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Every item the journal knows (``pending`` rows included)."""
+        return sum(self.counts.values())
+
+
+def entry_of(row: Mapping[str, Any]) -> JournalEntry:
+    """A row (column name to value, as either backend reads it) as an entry."""
+    urls = None
+    if row["request_id"] and row["status_url"]:
+        urls = JobUrls(
+            request_id=row["request_id"],
+            status_url=row["status_url"],
+            response_url=row["response_url"],
+            cancel_url=row["cancel_url"],
+        )
+    files = tuple(parse(f, DownloadedFile) for f in json.loads(row["files"] or "[]"))
+    return JournalEntry(
+        key=row["key"],
+        state=JournalState(row["state"]),
+        request_id=row["request_id"],
+        endpoint=row["endpoint"],
+        urls=urls,
+        input=json.loads(row["input"]) if row["input"] else None,
+        output=json.loads(row["output"]) if row["output"] else None,
+        files=files,
+        error=row["error"],
+        error_type=row["error_type"],
+        attempts=row["attempts"],
+        cost=Decimal(row["cost"]),
+        updated_at=row["updated_at"],
+        sent_at=row.get("sent_at"),  # schema 1 lacks these
+        folder=row.get("folder"),
+        stem=row.get("stem"),
+        holder=row.get("holder"),
+    )
+
+
+def summarise(path: Path | str, entries: Sequence[JournalEntry], **extra: Any) -> JournalSummary:
+    """Counts, cost and the rows that need a person, from every entry."""
+    counts: dict[JournalState, int] = {}
+    for e in entries:
+        counts[e.state] = counts.get(e.state, 0) + 1
+    cost = sum((e.cost * e.attempts for e in entries if e.request_id), Decimal(0))
+    return JournalSummary(
+        path=path,
+        counts=counts,
+        estimated_cost=cost,
+        unknown=tuple(e for e in entries if e.state is JournalState.UNKNOWN),
+        failed=tuple(e for e in entries if e.state is JournalState.FAILED),
+        **extra,
+    )
+
+
+def _job_columns(urls: JobUrls) -> dict[str, Any]:
+    return {
+        "request_id": urls.request_id,
+        "status_url": urls.status_url,
+        "response_url": urls.response_url,
+        "cancel_url": urls.cancel_url,
+    }
+
+
+def error_columns(error: FalEditError) -> dict[str, Any]:
+    """An error as the row keeps it (its message and type, never the key)."""
+    return {
+        "error": str(error),
+        "error_type": getattr(error, "error_type", None) or type(error).__name__,
+    }
+
+
+class Recorder(ABC):
+    """Every transition of a row, written through the backend's two primitives.
+
+    A ``record_*`` call returns once its write is as durable as the transition needs
+    (``durable=True``: on disk, fsynced, before the call returns). A backend may gather
+    several calls into one commit, as long as none returns before its own write is.
+    """
+
+    @abstractmethod
+    async def _upsert(self, key: str, values: dict[str, Any], *, durable: bool = False) -> None:
+        """Write ``values`` into ``key``'s row, creating it if needed (``updated_at`` is set)."""
+
+    @abstractmethod
+    async def _update(self, key: str, values: dict[str, Any]) -> None:
+        """Write ``values`` into ``key``'s existing row, if there is one."""
+
+    async def record_submitting(
+        self,
+        key: str,
+        *,
+        endpoint: str,
+        input: Mapping[str, Any],
+        attempts: int,
+        cost: Decimal,
+        max_in_flight: int | None = None,
+    ) -> None:
+        """A submit for ``key`` is about to be sent: durably, before the POST.
+
+        ``max_in_flight``: on a shared ledger, first wait until fewer rows than that are in
+        flight (:data:`IN_FLIGHT`) across every worker; one process needs no wait, since its
+        own jobs limit is capped at it.
+        """
+        del max_in_flight
+        await self._upsert(key, submitting_columns(endpoint, input, attempts, cost), durable=True)
+
+    async def record_submitted(self, key: str, urls: JobUrls, *, attempts: int) -> None:
+        """fal accepted a job for ``key``: its id and URLs, durably, before anything else."""
+        values = {
+            "state": JournalState.SUBMITTED.value,
+            **_job_columns(urls),
+            "attempts": attempts,
+            "output": None,
+            "files": None,
+            "error": None,
+            "error_type": None,
+        }
+        await self._upsert(key, values, durable=True)
+
+    async def record_unsent(self, key: str, error: FalEditError | None = None) -> None:
+        """The submit provably created no job: fal refused it, it never left, or the run
+        ended while it waited out a refusal (no ``error`` then)."""
+        reason = error_columns(error) if error else {"error": "stopped before any submit was taken"}
+        await self._upsert(key, {"state": JournalState.UNSENT.value, **reason})
+
+    async def record_unknown(
+        self, key: str, error: FalEditError, *, urls: JobUrls | None = None
+    ) -> None:
+        """The submit's answer was lost: fal may have queued that job (``urls`` when fal's
+        error answer named it, so a resume can ask fal about it)."""
+        job = _job_columns(urls) if urls is not None else {}
+        values = {"state": JournalState.UNKNOWN.value, **job, **error_columns(error)}
+        await self._upsert(key, values, durable=True)
+
+    async def record_cancel_requested(self, key: str) -> None:
+        """fal took the cancel, but a running job may still finish: a resume polls it."""
+        await self._upsert(key, {"state": JournalState.CANCEL_REQUESTED.value})
+
+    async def record_completed(self, key: str, urls: JobUrls, output: EditImageOutput) -> None:
+        """The job finished and its output is known (kept: fal's copy expires).
+
+        The job's id is written again: had the ``submitted`` write failed (a full disk that
+        then freed), this row still names its job.
+        """
+        values = {
+            "state": JournalState.COMPLETED.value,
+            **_job_columns(urls),
+            "output": json.dumps(to_wire(output)),
+        }
+        await self._upsert(key, values)
+
+    async def record_name(self, key: str, folder: str, stem: str) -> None:
+        """The name this item's outputs get in ``folder`` (absolute), claimed before any is
+        written, so a later run finishes them under that name instead of leaving a half set."""
+        await self._update(key, {"folder": folder, "stem": stem})
+
+    async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
+        """Every output file is on disk and verified (paths kept absolute)."""
+        listing = [to_wire(attrs.evolve(f, path=f.path.absolute())) for f in files]
+        values = {"state": JournalState.DOWNLOADED.value, "files": json.dumps(listing)}
+        await self._upsert(key, values)
+
+    async def record_failed(self, key: str, error: FalEditError) -> None:
+        """The item failed for good, by fal's verdict (its error is kept, never the key)."""
+        await self._upsert(key, {"state": JournalState.FAILED.value, **error_columns(error)})
+
+    async def record_cancelled(self, key: str) -> None:
+        """fal confirmed the job was cancelled; a new run submits the item again."""
+        await self._upsert(key, {"state": JournalState.CANCELLED.value})
+
+
+def submitting_columns(
+    endpoint: str, input: Mapping[str, Any], attempts: int, cost: Decimal
+) -> dict[str, Any]:
+    return {
+        "state": JournalState.SUBMITTING.value,
+        "endpoint": endpoint,
+        "input": json.dumps(input),
+        "attempts": attempts,
+        "cost": str(cost),
+        "sent_at": time.time(),
+        # The previous attempt's job (failed, or cancelled) is not this submit's.
+        "request_id": None,
+        "status_url": None,
+        "response_url": None,
+        "cancel_url": None,
+        "error": None,
+        "error_type": None,
+    }
