@@ -2,6 +2,9 @@
 
 Usage: python tests/journal_worker.py QUEUE_URL API_KEY JOURNAL OUT N CONCURRENCY DOWNLOADS
 
+JOURNAL may be a ``postgresql://`` address: the worker then shares it, with leases of
+``$LEASE`` seconds (default 30) and at most ``$MAX_IN_FLIGHT`` jobs in flight across workers.
+
 Prints one line per journaled step (``submitted KEY``, ``completed KEY``, ``downloaded KEY``),
 flushed at once, so the test knows what the journal holds before it kills this process;
 then ``summary {json}``.
@@ -12,7 +15,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import sys
+from typing import Any
 
 import anyio
 from PIL import Image
@@ -24,6 +29,7 @@ from fal_edit_async import (
     ItemCompleted,
     ItemDownloaded,
     ItemSubmitted,
+    PostgresJournal,
     RetryPolicy,
 )
 
@@ -42,7 +48,11 @@ def _report(event: BatchEvent) -> None:
 
 
 async def main(argv: list[str]) -> int:
-    queue_url, api_key, journal, out, n, concurrency, downloads = argv
+    queue_url, api_key, where, out, n, concurrency, downloads = argv
+    journal: Any = where
+    if where.startswith("postgresql://"):
+        journal = PostgresJournal(where, lease=float(os.environ.get("LEASE", "30")))
+    cap = os.environ.get("MAX_IN_FLIGHT")
     image = _png()
     items = [
         (f"item{i:04d}", EditImageInput(prompt=f"pixel art #{i}", image_urls=[image]))
@@ -58,6 +68,7 @@ async def main(argv: list[str]) -> int:
             download_to=out,
             concurrency=int(concurrency),
             downloads=int(downloads),
+            max_in_flight=int(cap) if cap else None,
             on_event=_report,
         ) as batch,
     ):
