@@ -197,6 +197,7 @@ async def test_a_row_taken_over_mid_submit_is_unknown_and_not_paid(
     assert 1 == emulator.counters.submits
     async with PostgresJournal(postgres_ledger, read_only=True) as j:
         assert [key] == [e.key for e in (await j.summary()).unknown]
+        assert JournalState.UNKNOWN is (await j.get(key) or _none()).state  # as stored
 
 
 async def test_a_dead_workers_job_is_re_attached_by_its_request_id(

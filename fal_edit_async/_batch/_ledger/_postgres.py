@@ -42,6 +42,7 @@ import anyio
 import attrs
 
 from ..._exceptions import JournalError
+from ..._models import DownloadedFile
 from ._backend import Claim, LeaseLost
 from ._states import (
     IN_FLIGHT,
@@ -169,7 +170,7 @@ class PostgresJournal(Recorder):
         *,
         read_only: bool = False,
         lease: float = 30.0,
-        connections: int = 4,
+        connections: int = 8,
         worker: str | None = None,
     ) -> None:
         if not is_postgres_dsn(dsn):
@@ -184,8 +185,12 @@ class PostgresJournal(Recorder):
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.has_legacy_keys = False
         self._size = connections
-        self._free: list[AsyncConnection[DictRow]] = []
-        self._slots: anyio.Semaphore | None = None
+        # Two sets of connections: the durable writes' (synchronous_commit on, so each is one
+        # statement and one round trip) and the others' (off).
+        self._free: dict[bool, list[AsyncConnection[DictRow]]] = {False: [], True: []}
+        self._slots: dict[bool, anyio.Semaphore] = {}
+        #: Keys this worker holds a lease on, so releasing a released item costs nothing.
+        self._held: set[str] = set()
         self._opened = False
         self._closed = False
         #: Called with each statement sent (tests check what commits durably).
@@ -218,7 +223,7 @@ class PostgresJournal(Recorder):
 
     # -- connections --------------------------------------------------------------------
 
-    async def _connect(self) -> AsyncConnection[DictRow]:
+    async def _connect(self, *, durable: bool = False) -> AsyncConnection[DictRow]:
         try:
             import psycopg
             from psycopg.rows import dict_row
@@ -230,7 +235,7 @@ class PostgresJournal(Recorder):
             conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10
             )
-            await conn.execute("SET synchronous_commit = off")
+            await conn.execute(f"SET synchronous_commit = {'on' if durable else 'off'}")
         except psycopg.Error as exc:
             raise JournalError(f"{self.where}: cannot connect to the ledger: {exc}") from exc
         return conn
@@ -252,8 +257,8 @@ class PostgresJournal(Recorder):
             except BaseException:
                 await first.close()
                 raise
-            self._free = [first]
-            self._slots = anyio.Semaphore(self._size)
+            self._free = {False: [first], True: []}
+            self._slots = {False: anyio.Semaphore(self._size), True: anyio.Semaphore(self._size)}
             self._opened = True
 
     async def _prepare(self, conn: AsyncConnection[DictRow]) -> None:
@@ -284,20 +289,22 @@ class PostgresJournal(Recorder):
             raise JournalError(f"{self.where}: cannot open the ledger: {exc}") from exc
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:
+    async def _connection(
+        self, *, durable: bool = False
+    ) -> AsyncIterator[AsyncConnection[DictRow]]:
         if not self._opened:
             await self.open()
-        assert self._slots is not None
-        async with self._slots:
-            conn = self._free.pop() if self._free else None
+        free = self._free[durable]
+        async with self._slots[durable]:
+            conn = free.pop() if free else None
             if conn is None or conn.closed or conn.broken:
                 if conn is not None:
                     await conn.close()
-                conn = await self._connect()
+                conn = await self._connect(durable=durable)
             try:
                 yield conn
             finally:
-                self._free.append(conn)
+                free.append(conn)
 
     async def _query(
         self,
@@ -312,15 +319,10 @@ class PostgresJournal(Recorder):
         rows: list[dict[str, Any]] = []
         with anyio.CancelScope(shield=True):
             try:
-                async with self._connection() as conn:
+                async with self._connection(durable=durable) as conn:
                     if self._trace is not None:
                         self._trace(("DURABLE " if durable else "") + sql.strip())
-                    if durable:
-                        async with conn.transaction():
-                            await conn.execute("SET LOCAL synchronous_commit = on")
-                            cur = await conn.execute(sql, params)
-                    else:
-                        cur = await conn.execute(sql, params)
+                    cur = await conn.execute(sql, params)
                     if cur.description:
                         rows = await cur.fetchall()
             except psycopg.Error as exc:
@@ -342,7 +344,8 @@ class PostgresJournal(Recorder):
                     )
                 except JournalError:
                     pass  # unreachable server: the leases expire by themselves
-            conns, self._free = self._free, []
+            conns = self._free[False] + self._free[True]
+            self._free = {False: [], True: []}
             for conn in conns:
                 await conn.close()
 
@@ -392,6 +395,8 @@ class PostgresJournal(Recorder):
     async def _upsert(self, key: str, values: dict[str, Any], *, durable: bool = False) -> None:
         self._writable()
         values = {**values, "updated_at": time.time()}
+        if values.get("state") == JournalState.DOWNLOADED.value and key in self._held:
+            values |= {"holder": None, "lease_until": None}  # done: released with this write
         columns = ", ".join(values)
         marks = ", ".join(f"%({c})s" for c in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values)
@@ -444,10 +449,9 @@ class PostgresJournal(Recorder):
         params = {**values, "key": key, "me": self.worker}
         with anyio.CancelScope(shield=True):
             try:
-                async with self._connection() as conn, conn.transaction():
+                async with self._connection(durable=True) as conn, conn.transaction():
                     if self._trace is not None:
                         self._trace("DURABLE " + update)
-                    await conn.execute("SET LOCAL synchronous_commit = on")
                     if cap is not None:
                         # One submit decision at a time across every worker: count, then write.
                         await conn.execute(f"SELECT pg_advisory_xact_lock({_CAP_LOCK})")
@@ -483,6 +487,7 @@ class PostgresJournal(Recorder):
         }
         rows = await self._query(_CLAIM, params)
         if rows:
+            self._held.add(key)
             return Claim(entry=entry_of(rows[0]))
         entry = await self.get(key)
         if entry is None or entry.state is JournalState.DOWNLOADED:
@@ -498,13 +503,20 @@ class PostgresJournal(Recorder):
 
     async def release(self, key: str) -> None:
         """Free ``key`` for other workers (only if this worker still holds it)."""
-        if self.read_only:
-            return
+        if self.read_only or key not in self._held:
+            return  # never claimed, or released already with its last write
+        self._held.discard(key)
         await self._query(
             "UPDATE fal_edit_items SET holder = NULL, lease_until = NULL "
             "WHERE key = %s AND holder = %s",
             (key, self.worker),
         )
+
+    async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
+        """Every output file is on disk and verified; the item's lease is released with it
+        (one write instead of two: nothing is left to do for it)."""
+        await super().record_downloaded(key, files)
+        self._held.discard(key)
 
     async def renew(self) -> int:
         """Push back the expiry of every lease this worker holds; how many there were."""
