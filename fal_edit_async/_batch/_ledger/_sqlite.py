@@ -31,6 +31,7 @@ import attrs
 
 from ..._exceptions import JournalError, JournalLockedError
 from ._backend import Claim
+from ._group_commit import GroupCommit, Operation
 from ._states import (
     LOST_ANSWER,
     JournalEntry,
@@ -91,8 +92,9 @@ class Journal(Recorder):
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
-        # One connection, used from worker threads one call at a time.
+        # One connection, used from worker threads one transaction at a time.
         self._lock = threading.Lock()
+        self._group: GroupCommit[sqlite3.Connection] = GroupCommit(self._commit)
         self._closed = False
         self._writer_alive = False
         #: Written by schema 1, so rows may be keyed as its command line keyed them.
@@ -250,27 +252,42 @@ class Journal(Recorder):
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         if self._db is None:
             await self.open()
+        try:
+            return await self._group.run(fn, durable=durable)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"{self.path}: {exc}") from exc
+
+    def _commit(self, batch: Sequence[Operation[sqlite3.Connection]]) -> None:
+        """One transaction for every queued operation (in a worker thread). Each runs under
+        its own savepoint, so one that fails leaves the others' writes; the two paid writes
+        (before the POST, after fal's answer) make it a FULL, fsynced commit."""
         db = self._db
-        assert db is not None
-
-        def locked() -> T:
-            with self._lock:
-                if not durable:
-                    return fn(db)
-                # Two fsyncs per paid submit (before the POST, after the answer): FULL syncs.
+        if db is None:
+            raise JournalError(f"{self.path}: the journal is closed")
+        durable = any(op.durable for op in batch)
+        with self._lock:
+            if durable:
                 db.execute("PRAGMA synchronous=FULL")
-                try:
-                    return fn(db)
-                finally:
-                    db.execute("PRAGMA synchronous=NORMAL")
-
-        # Shielded: a write that was asked for must land, or the journal would lie after Ctrl-C.
-        with anyio.CancelScope(shield=True):
             try:
-                result = await anyio.to_thread.run_sync(locked)
-            except (sqlite3.Error, OSError) as exc:
-                raise JournalError(f"{self.path}: {exc}") from exc
-        return result
+                db.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    db.execute("SAVEPOINT op")
+                    try:
+                        op.result = op.fn(db)
+                    except Exception as exc:  # this operation's, raised to its caller
+                        db.execute("ROLLBACK TO op")
+                        op.error = exc
+                    db.execute("RELEASE op")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                for op in batch:
+                    op.result = None  # nothing of the batch landed
+                raise
+            finally:
+                if durable:
+                    db.execute("PRAGMA synchronous=NORMAL")
 
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for ``key``, if any."""
