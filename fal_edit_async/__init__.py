@@ -105,6 +105,7 @@ if TYPE_CHECKING:  # loaded on first use (see __getattr__); listed here for type
         ItemInterrupted as ItemInterrupted,
         ItemLog as ItemLog,
         ItemQueued as ItemQueued,
+        ItemReattached as ItemReattached,
         ItemStarted as ItemStarted,
         ItemSubmitted as ItemSubmitted,
     )
@@ -160,6 +161,7 @@ _LAZY: dict[str, str] = {
     "ItemInterrupted": "._batch._events",
     "ItemLog": "._batch._events",
     "ItemQueued": "._batch._events",
+    "ItemReattached": "._batch._events",
     "ItemResult": "._batch._items",
     "ItemStarted": "._batch._events",
     "ItemState": "._batch._items",
@@ -230,6 +232,7 @@ __all__ = [
     "ItemInterrupted",
     "ItemLog",
     "ItemQueued",
+    "ItemReattached",
     "ItemResult",
     "ItemStarted",
     "ItemState",

@@ -43,12 +43,11 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """fal-edit without a command exits 2 and names the commands."""
-    with pytest.raises(SystemExit) as caught:
-        main([])
-    assert 2 == caught.value.code
-    assert "COMMAND" in capsys.readouterr().err
+def test_no_arguments_print_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """fal-edit without arguments prints its help with the commands and examples (exit 0)."""
+    assert 0 == main([])
+    out = capsys.readouterr().out
+    assert "COMMAND" in out and "examples:" in out and "batch" in out
 
 
 def test_emulator_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +141,7 @@ def test_manifest_bad_lines_fail_alone(
     assert "qualty" in records[3]["error"]
     assert "lost" == records[4]["input"] and "missing.png" in records[4]["error"]
     assert "prompt" in records[5]["error"]
-    assert "1 done, 4 failed (4 InputError) of 5" in captured.err
+    assert "1 done, 4 failed (4 invalid input) of 5" in captured.err
 
 
 def test_dry_run_sends_nothing(
@@ -156,7 +155,10 @@ def test_dry_run_sends_nothing(
         assert 0 == main([*argv, "--dry-run", "--json", "--budget", "0.05"])
     assert 0 == emu.counters.submits and 0 == emu.counters.requests_total
     captured = capsys.readouterr()
-    records = json_lines(captured.out)
+    *records, total = json_lines(captured.out)
+    assert {"status": "total", "items": 2, "invalid": 0, "within_budget": 1} == {
+        k: total[k] for k in ("status", "items", "invalid", "within_budget")
+    }
     assert ["lighthouse", "cat"] == [r["input"] for r in records]
     assert all(r["status"] == "estimate" and not r["worst_case"] for r in records)
     total = sum(Decimal(str(r["cost"])) for r in records)
@@ -175,7 +177,7 @@ def test_dry_run_sends_nothing(
         ),
         pytest.param(["edit", PROMPT, "ftp://host/a.png"], "not an http(s) URL: ", id="url"),
         pytest.param(["batch", "gone.jsonl"], "cannot read manifest ", id="manifest"),
-        pytest.param(["edit", " ", "there.png"], "prompt: invalid value ' '", id="prompt"),
+        pytest.param(["edit", " ", "there.png"], "prompt: ' ' is not a non-empty", id="prompt"),
     ],
 )
 def test_bad_inputs_are_usage_errors(
@@ -395,16 +397,22 @@ def test_terminal_without_rich_gets_plain_lines(
 def test_display_shows_queue_positions_and_running_jobs() -> None:
     """The display's bottom lines count jobs in flight and show each one's state."""
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
-    display = LiveDisplay(Progress(3, {"cat": Decimal("0.27"), "dog": Decimal("0.27")}), console)
-    display.event(ItemSubmitted(key="cat", request_id="req-cat"))
-    display.event(ItemSubmitted(key="dog", request_id="req-dog"))
-    display.event(ItemQueued(key="cat", request_id="req-cat", position=2))
-    display.event(ItemStarted(key="dog", request_id="req-dog"))
-    display.event(ItemLog(key="dog", request_id="req-dog", entry=LogEntry(message="step 1")))
+    progress = Progress(3, {"cat": Decimal("0.27"), "dog": Decimal("0.27")})
+    display = LiveDisplay(progress, console)
+    for event in (
+        ItemSubmitted(key="cat", request_id="req-cat"),
+        ItemSubmitted(key="dog", request_id="req-dog"),
+        ItemQueued(key="cat", request_id="req-cat", position=2),
+        ItemStarted(key="dog", request_id="req-dog"),
+        ItemLog(key="dog", request_id="req-dog", entry=LogEntry(message="step 1")),
+    ):
+        progress.on_event(event)
+        display.event(event)
     console.print(display.render())
     shown = plain(console.file.getvalue())  # type: ignore[attr-defined]
     assert "[dog] step 1" in shown
-    assert "0/3" in shown and "2 in flight (1 queued)" in shown and "~$0.54 so far" in shown
+    assert "0/3" in shown and "2 in flight (1 queued)" in shown
+    assert "~$0.00 spent by this run, ~$0.54 in flight" in shown
     assert "queued #3" in shown and "req-cat" in shown
     assert "running" in shown and "req-dog" in shown
 

@@ -22,6 +22,7 @@ __all__ = [
     "ItemInterrupted",
     "ItemLog",
     "ItemQueued",
+    "ItemReattached",
     "ItemStarted",
     "ItemSubmitted",
 ]
@@ -30,6 +31,16 @@ __all__ = [
 @attrs.frozen(kw_only=True)
 class ItemSubmitted:
     """fal accepted the item's job; ``attempt`` counts job-level retries from 1."""
+
+    key: str
+    request_id: str
+    attempt: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class ItemReattached:
+    """A job an earlier run submitted (read from the journal) is followed again: it is in
+    flight, though this run paid nothing to submit it."""
 
     key: str
     request_id: str
@@ -106,6 +117,7 @@ class ItemInterrupted:
 #: Any progress event.
 BatchEvent: TypeAlias = (
     ItemSubmitted
+    | ItemReattached
     | ItemQueued
     | ItemStarted
     | ItemLog

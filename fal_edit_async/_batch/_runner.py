@@ -44,6 +44,7 @@ from .._exceptions import (
     NotFoundError,
     ProtocolError,
     UnknownSubmitError,
+    field_errors_of,
 )
 from .._files import numbered_stem, safe_stem, stem_of_output
 from .._job import JobHandle, attach, call_back, submit
@@ -72,6 +73,7 @@ from ._events import (
     ItemInterrupted,
     ItemLog,
     ItemQueued,
+    ItemReattached,
     ItemStarted,
     ItemSubmitted,
 )
@@ -418,7 +420,7 @@ class Runner:
         # Only fal's verdict on the job is final. After a failed download, a garbled status or
         # a refused job retry the row keeps its job, so a re-run re-attaches for free.
         if isinstance(exc, JobFailedError) and it.request_id is not None and journal is not None:
-            await self._write(journal.record_failed(it.ledger_key, exc))
+            await self._write(journal.record_failed(it.ledger_key, _typed(exc)))
         if it.unknown:
             state = ItemState.UNKNOWN
         elif isinstance(exc, JournalError) and it.accepted == 0:
@@ -509,6 +511,12 @@ class Runner:
                     try:
                         if handle is None:
                             handle = await self._submit(it, epoch)
+                        elif resumed_from is not None:  # in flight again, paid for before
+                            await self.emit(
+                                ItemReattached(
+                                    key=it.key, request_id=handle.request_id, attempt=it.attempts
+                                )
+                            )
                         return await self._follow(it, handle, resumed=resumed_from is not None)
                     except BaseException as exc:
                         # The batch being left, or a callback that raised: the job must not
@@ -754,9 +762,7 @@ class Runner:
             if self.retry_failed:
                 it.retry_base = it.attempts
                 return None
-            failed = JobFailedError(
-                request_id=entry.request_id or "", error=entry.error, error_type=entry.error_type
-            )
+            failed = _replayed_failure(entry)
             await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=failed))
             return it.result(ItemState.FAILED, error=failed)
         it.owned_stem = self._owned_stem(entry)
@@ -854,6 +860,39 @@ class Runner:
 @asynccontextmanager
 async def _no_slot() -> AsyncIterator[int]:
     yield 0
+
+
+def _typed(exc: JobFailedError) -> JobFailedError:
+    """``exc`` with the error type of its 422 body when fal sent no header for it, so the
+    journal keeps the cause (``content_policy_violation``), not just the class name."""
+    if exc.error_type is not None:
+        return exc
+    kinds = [str(e["type"]) for e in field_errors_of(exc.detail) if e.get("type")]
+    if not kinds:
+        return exc
+    return JobFailedError(
+        request_id=exc.request_id,
+        error=exc.error,
+        error_type=kinds[0],
+        detail=exc.detail,
+        status=exc.status,
+        retryable=exc.retryable,
+        timeout_type=exc.timeout_type,
+    )
+
+
+def _replayed_failure(entry: JournalEntry) -> JobFailedError:
+    """The failure an earlier run recorded, as that run reported it: the journal keeps the
+    error's whole text (its type and request id in it already) and its fal error type, or the
+    class name when fal gave none, which is no error type."""
+    request_id = entry.request_id or ""
+    text = entry.error
+    error_type = entry.error_type if entry.error_type != JobFailedError.__name__ else None
+    if text is not None:
+        text = text.removesuffix(f" (request_id={request_id})")
+        if error_type:
+            text = text.replace(f" [{error_type}]", "", 1)
+    return JobFailedError(request_id=request_id, error=text, error_type=error_type)
 
 
 def _internal(exc: Exception) -> InternalError:

@@ -3,11 +3,12 @@
 A thin layer over the public API: ``edit`` and ``batch`` run :meth:`AsyncClient.edit_many`
 with a live display (or JSON lines when piped); ``status``, ``logs``, ``result`` and
 ``cancel`` re-attach to any job by its request id; ``journal show`` reads a batch's journal;
-``emulator`` serves the local emulator.
+``report`` writes the HTML page of a journal; ``emulator`` serves the local emulator;
+``completion`` prints a shell completion script; ``help`` shows help.
 It imports only public names, plus the short allow-list in ``tests/test_cli_imports.py``.
 
 Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors (and a journal
-another run is using), 130 interrupted, 143 terminated (SIGTERM).
+another run is using), 130 interrupted, 141 stdout closed, 143 terminated (SIGTERM).
 Errors are one line; ``--debug`` adds the traceback. The API key is never printed.
 """
 
@@ -20,7 +21,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 import anyio
 
@@ -29,6 +30,7 @@ from .. import (
     DEFAULT_NAME_TEMPLATE,
     AuthError,
     Background,
+    Credentials,
     FalEditError,
     ImageSize,
     InputError,
@@ -37,14 +39,29 @@ from .. import (
     NameTemplate,
     OutputFormat,
     Quality,
+    __version__,
     estimate_cost,
+    is_remote_url,
 )
 from . import _jobs, _ledger
-from ._inputs import Planned, UsageError, check_out_folder, expand, plan_edit, plan_manifest
-from ._report import JsonReporter, LinesReporter, Progress, Reporter
+from ._completion import script
+from ._inputs import (
+    Planned,
+    Skipped,
+    UsageError,
+    check_out_folder,
+    expand,
+    plan_edit,
+    plan_manifest,
+)
+from ._messages import message
+from ._parser import Parser, endpoint, examples
+from ._progress import Progress
+from ._report import JsonReporter, LinesReporter, Reporter, Verbosity
 from ._run import (
     FAILED,
     INTERRUPTED,
+    NO_CREDENTIALS_FOR_JOBS,
     USAGE,
     RunOptions,
     auth_message,
@@ -98,17 +115,20 @@ def _journal(value: str) -> Path | str:
     return Path(value)
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common() -> Parser:
+    common = Parser(add_help=False)
     common.add_argument(
-        "--endpoint", default=DEFAULT_ENDPOINT, help=f"fal endpoint id (default {DEFAULT_ENDPOINT})"
+        "--endpoint",
+        type=endpoint,
+        default=DEFAULT_ENDPOINT,
+        help=f"fal endpoint id (default {DEFAULT_ENDPOINT})",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return common
 
 
-def _run_options() -> argparse.ArgumentParser:
-    run = argparse.ArgumentParser(add_help=False)
+def _run_options() -> Parser:
+    run = Parser(add_help=False)
     schema = run.add_argument_group("edit options (sent to the model; its defaults if not given)")
     for flag, field, choices in _ENUM_OPTIONS:
         schema.add_argument(flag, dest=field, choices=[c.value for c in choices])
@@ -183,7 +203,9 @@ def _run_options() -> argparse.ArgumentParser:
         "(fal may have run and billed those already)",
     )
     how.add_argument(
-        "--dry-run", action="store_true", help="print the estimated cost; send nothing"
+        "--dry-run",
+        action="store_true",
+        help="check every input and print the estimated cost; send nothing",
     )
     how.add_argument(
         "--timeout",
@@ -192,7 +214,20 @@ def _run_options() -> argparse.ArgumentParser:
         help="stop after this long, cancelling the jobs still on fal",
     )
     how.add_argument(
+        "--report",
+        type=Path,
+        metavar="PAGE",
+        help="write an HTML page of the run: each input beside its outputs (open it offline)",
+    )
+    how.add_argument(
         "--json", action="store_true", help="one JSON object per finished item on stdout"
+    )
+    loud = how.add_mutually_exclusive_group()
+    loud.add_argument(
+        "--quiet", "-q", action="store_true", help="print only failures and the summary"
+    )
+    loud.add_argument(
+        "--verbose", "-v", action="store_true", help="print every model log line and retry"
     )
     how.add_argument(
         "--emulator",
@@ -202,15 +237,29 @@ def _run_options() -> argparse.ArgumentParser:
     return run
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+_EPILOG = (
+    "Credentials: FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); FAL_QUEUE_URL and FAL_REST_URL "
+    "to point at another queue (`fal-edit emulator` prints them).\n"
+    "Exit status: 0 all done, 1 some items failed, 2 usage or credential error, "
+    "130 interrupted, 141 stdout closed, 143 terminated.\n\n"
+)
+
+
+def _parser() -> Parser:
+    parser = Parser(
         prog="fal-edit",
         description="Edit images with fal's gpt-image-1 edit endpoint.",
-        epilog="Credentials: FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); FAL_QUEUE_URL to "
-        "point at another queue. Exit status: 0 all done, 1 some items failed, 2 usage or "
-        "credential error, 130 interrupted, 143 terminated.",
+        epilog=_EPILOG
+        + examples(
+            'fal-edit edit "make it pixel art" photo.png',
+            'fal-edit edit "studio background" photos/ --journal run.db --report report.html',
+            "fal-edit batch jobs.jsonl --budget 20 --dry-run",
+            'fal-edit edit "watercolour" photo.png --emulator   # offline, nothing paid',
+            "fal-edit help batch",
+        ),
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"fal-edit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     common, run = _common(), _run_options()
     edit = commands.add_parser(
         "edit",
@@ -218,38 +267,75 @@ def _parser() -> argparse.ArgumentParser:
         help="edit images: one job per input image",
         description="Edit each INPUT (an image file, a folder of images, or an http(s) URL) "
         "with PROMPT, one job per image (or one job for all with --together).",
+        epilog=examples(
+            'fal-edit edit "make it pixel art" photo.png',
+            'fal-edit edit "white studio background" photos/ --out edited/ --journal run.db',
+            'fal-edit edit "add a hat" https://example.com/cat.jpg --quality low --dry-run',
+            'fal-edit edit "combine them" front.png back.png --together',
+        ),
     )
     edit.add_argument("prompt", metavar="PROMPT", help="what to do to the images")
     edit.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="an image file, a folder, or an http(s) URL"
+        "inputs", nargs="*", metavar="INPUT", help="an image file, a folder, or an http(s) URL"
     )
     edit.add_argument(
         "--together", action="store_true", help="send every input in one request's image_urls"
+    )
+    edit.add_argument(
+        "--recursive", "-r", action="store_true", help="take images in subfolders too"
     )
     edit.set_defaults(handler=_edit)
     batch = commands.add_parser(
         "batch",
         parents=[common, run],
         help="run a JSON-lines manifest: one edit per line",
-        description='Run MANIFEST, one JSON object per line: {"prompt": ..., "inputs": [files, '
-        'folders or URLs] or "image_urls": [URLs], options..., "key": optional name}. Relative '
-        "paths are taken from the manifest's folder; flags set options lines leave out.",
+        description='Run MANIFEST, one JSON object per line: {"prompt": ..., "inputs": [files '
+        'or URLs] or "image_urls": [URLs], options..., "key": optional name}. Relative '
+        "paths are taken from the manifest's folder; flags set options lines leave out. "
+        "The lines' JSON Schema is docs/manifest.schema.json.",
+        epilog=examples(
+            "fal-edit batch jobs.jsonl --dry-run",
+            "fal-edit batch jobs.jsonl --budget 25 --journal jobs.db --report report.html",
+            "fal-edit batch jobs.jsonl --json > results.jsonl",
+            'a line: {"prompt": "pixel art", "inputs": ["cat.png"], "quality": "low"}',
+        ),
     )
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="a .jsonl file")
     batch.set_defaults(handler=_batch)
     _add_job_commands(commands, common)
     _add_journal(commands, common)
+    _add_report(commands)
     _add_emulator(commands)
+    _add_completion(commands)
+    helper = commands.add_parser(
+        "help",
+        help="show help for a command",
+        description="Show help for fal-edit, or for one of its commands.",
+        epilog=examples("fal-edit help", "fal-edit help batch", "fal-edit help journal show"),
+    )
+    helper.add_argument("topic", nargs="*", metavar="COMMAND")
+    helper.set_defaults(handler=functools.partial(_help, parser))
     return parser
 
 
 def _add_journal(commands: Any, common: argparse.ArgumentParser) -> None:
     journal = commands.add_parser(
-        "journal", help="look into a batch's journal", description="Look into a batch's journal."
+        "journal",
+        help="look into a batch's journal",
+        description="Look into a batch's journal.",
+        epilog=examples("fal-edit journal show run.db", "fal-edit journal show run.db --json"),
     )
-    actions = journal.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = journal.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=Parser
+    )
     text = "counts by state, cost so far, and the unknown and failed items with their reasons"
-    show = actions.add_parser("show", parents=[common], help=text, description=text + ".")
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help=text,
+        description=text + ".",
+        epilog=examples("fal-edit journal show run.db", "fal-edit journal show run.db --json"),
+    )
     show.add_argument("journal", type=_journal, metavar="JOURNAL", help="a file or postgresql://")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_journal_show)
@@ -259,15 +345,57 @@ def _journal_show(args: argparse.Namespace) -> int:
     return anyio.run(_ledger.show, args, sys.stdout)
 
 
+def _add_report(commands: Any) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write the HTML page of a journal's items",
+        description="Write one self-contained HTML page of the items JOURNAL records: outputs, "
+        "prompt and options, state, cost, request id and errors, with a filter by state. "
+        "(The journal keeps local inputs by their hash, so only URL inputs are shown; "
+        "--report on edit and batch shows every input.)",
+        epilog=examples(
+            "fal-edit report run.db",
+            "fal-edit report run.db --out edited/report.html",
+        ),
+    )
+    report.add_argument("journal", type=Path, metavar="JOURNAL")
+    report.add_argument(
+        "--out",
+        type=Path,
+        metavar="PAGE",
+        help="where to write the page (default: report.html beside the journal)",
+    )
+    report.set_defaults(handler=_report_page)
+
+
+def _report_page(args: argparse.Namespace) -> int:
+    page = args.out or args.journal.with_name("report.html")
+    n = anyio.run(_ledger.report, args.journal, page)
+    print(f"wrote {page} ({n} item{'' if n == 1 else 's'})", file=sys.stderr)
+    return 0
+
+
 def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     specs = {
-        "status": "print a job's status",
-        "logs": "print a job's log lines (--follow streams them until it completes)",
-        "result": "wait for a job and print its output (--out downloads it)",
-        "cancel": "cancel a job on fal",
+        "status": ("print a job's status", "fal-edit status REQUEST_ID --logs"),
+        "logs": (
+            "print a job's log lines (--follow streams them until it completes)",
+            "fal-edit logs REQUEST_ID --follow",
+        ),
+        "result": (
+            "wait for a job and print its output (--out downloads it)",
+            "fal-edit result REQUEST_ID --out edited/",
+        ),
+        "cancel": ("cancel a job on fal", "fal-edit cancel REQUEST_ID"),
     }
-    for name, text in specs.items():
-        sub = commands.add_parser(name, parents=[common], help=text, description=text + ".")
+    for name, (text, example) in specs.items():
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=text,
+            description=text + ". REQUEST_ID is printed by edit and batch (and in --json).",
+            epilog=examples(example, f"fal-edit {name} REQUEST_ID --endpoint fal-ai/OTHER/MODEL"),
+        )
         sub.add_argument("request_id", metavar="REQUEST_ID")
         sub.set_defaults(handler=functools.partial(_job, getattr(_jobs, name)))
         if name != "result":
@@ -290,7 +418,15 @@ def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_emulator(commands: Any) -> None:
     emulator = commands.add_parser(
-        "emulator", help="serve the fal-compatible emulator in the foreground"
+        "emulator",
+        help="serve the fal-compatible emulator in the foreground",
+        description="Serve a local fal-compatible emulator (queue, storage, CDN) until Ctrl-C. "
+        "It prints the export lines that point fal-edit (and fal-client) at it.",
+        epilog=examples(
+            "fal-edit emulator --port 8765",
+            "fal-edit emulator --model-failure 0.1 --rate-limit 0.05 --verbose",
+            "fal-edit emulator --api-key secret   # only this key is accepted",
+        ),
     )
     try:
         # The emulator's own command line, so `fal-edit emulator` and
@@ -303,14 +439,63 @@ def _add_emulator(commands: Any) -> None:
     emulator.set_defaults(handler=_emulator)
 
 
+def _add_completion(commands: Any) -> None:
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for bash or zsh.",
+        epilog=examples(
+            "source <(fal-edit completion bash)      # in ~/.bashrc",
+            "fal-edit completion zsh > ~/.zfunc/_fal-edit",
+        ),
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(handler=_completion)
+
+
+def _completion(args: argparse.Namespace) -> int:
+    print(script(_parser(), args.shell), end="")
+    return 0
+
+
+def _help(parser: Parser, args: argparse.Namespace) -> int:
+    target = parser
+    for word in args.topic:
+        commands = target.commands()
+        if word not in commands:
+            target.error(f"no command {word!r}; commands: {', '.join(commands)}")
+        target = commands[word]
+    target.print_help()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failures, 2 usage, 130 Ctrl-C)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help()
+        return 0
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # Report them under the command they were given to, with its flags to suggest.
+        _leaf(parser, args).unknown(extras)
     try:
         status: int = args.handler(args)
     except BaseException as exc:  # one clear line per error; the traceback only with --debug
         return _failure(exc, debug=getattr(args, "debug", False))
     return status
+
+
+def _leaf(parser: Parser, args: argparse.Namespace) -> Parser:
+    """The (sub)command parser that took ``args``."""
+    target = parser
+    for name in (getattr(args, "command", None), getattr(args, "action", None)):
+        commands = target.commands()
+        if name is None or name not in commands:
+            break
+        target = commands[name]
+    return target
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -322,9 +507,26 @@ def _emulator(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
-    sources = expand(args.inputs)
+    if not args.inputs:
+        _missing_input(args)
+    skipped = Skipped()
+    sources = expand(args.inputs, recursive=args.recursive, skipped=skipped)
+    if (note := skipped.notice()) is not None and not args.quiet:
+        print(note, file=sys.stderr)
     planned = plan_edit(args.prompt, sources, _schema_options(args), together=args.together)
     return _run(args, planned)
+
+
+def _missing_input(args: argparse.Namespace) -> NoReturn:
+    """``fal-edit edit photo.png``: say which argument is missing, by what was given."""
+    edit = _parser().commands()["edit"]
+    given = args.prompt
+    if is_remote_url(given) or Path(given).expanduser().exists():
+        edit.error(
+            f"missing PROMPT: {given!r} is an input; the prompt comes first: "
+            f'fal-edit edit "make it pixel art" {given}'
+        )
+    edit.error("missing INPUT: give the image files, folders or URLs to edit after PROMPT")
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -338,14 +540,22 @@ def _schema_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
     if args.dry_run:
-        return dry_run(planned, sys.stdout, sys.stderr, json_mode=args.json, budget=args.budget)
+        return dry_run(
+            planned,
+            sys.stdout,
+            sys.stderr,
+            json_mode=args.json,
+            budget=args.budget,
+            endpoint=args.endpoint,
+        )
     check_credentials(emulator=args.emulator)
     if args.emulator and args.journal is not None:
         # The in-process emulator's jobs and URLs end with this run: a journal of them could
         # never be resumed, and a re-run would fail every journaled item.
         raise UsageError(
             "--journal cannot resume jobs of --emulator, which ends with this run; to try "
-            "resuming offline, run `fal-edit emulator` elsewhere and point FAL_QUEUE_URL at it"
+            "resuming offline, run `fal-edit emulator` elsewhere and paste the export lines "
+            "it prints (FAL_QUEUE_URL, FAL_REST_URL, FAL_KEY)"
         )
     out = None if args.no_download else args.out
     if out is not None:
@@ -365,6 +575,7 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
         resubmit_unknown=args.resubmit_unknown,
         overwrite=args.overwrite,
         name_template=args.name_template,
+        report=args.report,
     )
     reporter = _reporter(args, planned)
     return anyio.run(run_batch, planned, reporter, options)
@@ -373,19 +584,37 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
 def _reporter(args: argparse.Namespace, planned: list[Planned]) -> Reporter:
     estimates = {p.key: estimate_cost(p.input).usd for p in planned if p.input is not None}
     progress = Progress(len(planned), estimates)
-    if args.json or not sys.stdout.isatty():
-        return JsonReporter(progress, sys.stdout, sys.stderr, args.emulator, args.debug)
+    verbosity = Verbosity(quiet=args.quiet, verbose=args.verbose)
+    records = args.json or not sys.stdout.isatty()
+    # The live display goes wherever a person watches: stdout, or stderr when stdout is
+    # redirected (`> results.jsonl`) and stderr is still the terminal.
+    screen = sys.stderr if records else sys.stdout
+    display: Reporter | None = None
+    if screen.isatty():
+        display = _live(progress, screen, args, verbosity)
+    if records:
+        return JsonReporter(
+            progress, sys.stdout, sys.stderr, args.emulator, args.debug, verbosity, display
+        )
+    return display or LinesReporter(progress, sys.stdout, args.debug, verbosity)
+
+
+def _live(
+    progress: Progress, screen: TextIO, args: argparse.Namespace, verbosity: Verbosity
+) -> Reporter | None:
     try:
         from rich.console import Console
 
         from ._display import LiveDisplay
     except ImportError:  # no `cli` extra: plain lines still work
-        return LinesReporter(progress, sys.stdout, args.debug)
-    return LiveDisplay(progress, Console(file=sys.stdout), args.debug)
+        return None
+    console = Console(file=screen)
+    return LiveDisplay(progress, console, args.debug, verbosity, args.emulator)
 
 
 def _job(command: Callable[[argparse.Namespace, Any], Awaitable[int]], args: Any) -> int:
-    check_credentials(emulator=False)
+    if Credentials.from_env() is None:  # these commands have no --emulator to offer
+        raise UsageError(NO_CREDENTIALS_FOR_JOBS)
     return anyio.run(command, args, sys.stdout)
 
 
@@ -415,6 +644,18 @@ def _message(exc: BaseException) -> str:
         return "interrupted"
     if isinstance(exc, AuthError):
         return f"error: {auth_message(exc)}"
-    if isinstance(exc, UsageError | FalEditError | OSError):
+    if isinstance(exc, FalEditError):
+        rid = getattr(exc, "request_id", None)
+        return f"error: {message(exc)}" + (f" (request id {rid})" if rid else "")
+    if isinstance(exc, UsageError):
         return f"error: {exc}"
+    if isinstance(exc, OSError):
+        return f"error: {_os_message(exc)}"
     return f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+def _os_message(exc: OSError) -> str:
+    """``[Errno 13] Permission denied: PosixPath('x')`` as ``x: permission denied``."""
+    what = exc.strerror or str(exc)
+    where = exc.filename
+    return f"{where}: {what[:1].lower()}{what[1:]}" if where is not None else what

@@ -17,8 +17,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .. import BatchEvent, ItemLog, ItemResult
-from ._report import ActiveJob, Progress, describe, duration
+from .. import BatchEvent, ItemLog
+from ._progress import ActiveJob, Finished, Progress, duration
+from ._report import Verbosity, describe, retry_line
 
 __all__ = ["LiveDisplay"]
 
@@ -27,46 +28,63 @@ MAX_ROWS = 8
 #: Redraws per second while running (the ETA and running times tick between events).
 FPS = 4
 BAR_WIDTH = 40
-_ORDER = {"downloading": 0, "running": 1, "submitted": 2, "queued": 3}
+_ORDER = {"downloading": 0, "running": 1, "re-attached": 2, "submitted": 3, "queued": 4}
 
 
 @attrs.define
 class LiveDisplay:
-    """Progress and active jobs at the bottom of the terminal; logs and results scroll above."""
+    """Progress and active jobs at the bottom of the terminal; logs and results scroll above.
+
+    With ``--quiet`` nothing scrolls but failures, and the panel is not drawn.
+    """
 
     progress: Progress
     console: Console
     debug: bool = False
+    verbosity: Verbosity = attrs.field(factory=Verbosity)
+    emulator: bool = False
     _live: Live | None = None
 
     def start(self) -> None:
         """Show the display (diagnostics printed before it stay above it)."""
+        if self.verbosity.quiet:
+            return
         self._live = Live(
             console=self.console,
             get_renderable=self.render,
             auto_refresh=False,
             transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._live.start(refresh=True)
 
     def notice(self, text: str) -> None:
         self.console.print(Text(text, style="bold yellow"))
+        self._refresh()
 
     def event(self, event: BatchEvent) -> None:
-        self.progress.on_event(event)
         if isinstance(event, ItemLog):
-            self.console.print(Text.assemble((f"[{event.key}] ", "cyan"), event.entry.message))
+            if self.verbosity.logs(self.progress.total):
+                self.console.print(Text.assemble((f"[{event.key}] ", "cyan"), event.entry.message))
+        elif (line := retry_line(event)) is not None and not self.verbosity.quiet:
+            self.console.print(Text(line, style="yellow"))
+        self._refresh()
 
-    def result(self, result: ItemResult, line: int | None = None) -> None:
-        self.progress.on_result(result)
-        self.console.print(Text(describe(result), style="green" if result.ok else "red"))
-        if self.debug and result.error is not None:
-            text = "".join(traceback.format_exception(result.error)).rstrip()
+    def result(self, finished: Finished) -> None:
+        ok = finished.result.ok
+        if ok and self.verbosity.quiet:
+            return
+        self.console.print(Text(describe(finished), style="green" if ok else "red"))
+        if self.debug and finished.result.error is not None:
+            text = "".join(traceback.format_exception(finished.result.error)).rstrip()
             self.console.print(Text(text, style="dim"))
+        self._refresh()  # the item leaves the panel in the same frame its line appears
 
-    def close(self, summary: str) -> None:
+    def close(self, lines: list[str]) -> None:
         self.stop()
-        self.console.print(Text(summary, style="bold"))
+        for n, line in enumerate(lines):
+            self.console.print(Text(line, style="bold" if n == 0 else ""))
 
     def stop(self) -> None:
         """Draw the final state and give the terminal back (the cursor too)."""
@@ -74,54 +92,73 @@ class LiveDisplay:
             self._live.stop()
             self._live = None
 
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.refresh()
+
     async def animate(self) -> None:
         while True:
-            if self._live is not None:
-                self._live.refresh()
+            self._refresh()
             await anyio.sleep(1 / FPS)
 
     def render(self) -> RenderableType:
-        """The bottom of the screen: two overall lines (fit for 80 columns), then active jobs."""
+        """The bottom of the screen: three overall lines (fit for 80 columns), then jobs."""
         p = self.progress
         bar = ProgressBar(total=max(p.total, 1), completed=p.finished, width=BAR_WIDTH)
         top = Table.grid(padding=(0, 1))
         top.add_row(bar, _timing(p))
-        return Group(top, _counts(p), _jobs(p))
+        return Group(top, _counts(p), _cost(p, self.emulator), _jobs(p))
 
 
 def _timing(p: Progress) -> Text:
     eta = p.eta()
-    return Text.assemble(
-        (f"{p.finished}/{p.total}", "bold"),
-        f" · {duration(p.elapsed())}",
-        (f" · ETA {duration(eta)}" if eta is not None else "", ""),
-    )
+    tail = f" · {p.stopping}" if p.stopping else (f" · ETA {duration(eta)}" if eta else "")
+    return Text.assemble((f"{p.finished}/{p.total}", "bold"), f" · {duration(p.elapsed())}", tail)
+
+
+_STYLES = {"done": "green", "failed": "red", "unknown": "red", "interrupted": "yellow"}
 
 
 def _counts(p: Progress) -> Text:
     queued = sum(1 for job in p.active.values() if job.state == "queued")
-    return Text.assemble(
-        (f"{p.done} done", "green"),
-        " · ",
-        (f"{p.failed} failed", "red" if p.failed else ""),
-        " · ",
-        (f"{len(p.active)} in flight", "cyan"),
-        (f" ({queued} queued)" if queued else "", "yellow"),
-        f" · ~${p.cost_so_far():.2f} so far",
-    )
+    parts: list[tuple[str, str]] = [(f"{p.done} done", "green")]
+    if p.resumed:
+        parts[0] = (f"{p.done} done ({p.resumed} from the journal)", "green")
+    for state in ("failed", "cancelled", "not submitted", "skipped", "unknown", "interrupted"):
+        if p.counts[state] or state == "failed":
+            parts.append((f"{p.counts[state]} {state}", _STYLES.get(state, "yellow")))
+    flight = f"{len(p.active)} in flight" + (f" ({queued} queued)" if queued else "")
+    parts.append((flight, "cyan"))
+    text = Text()
+    for n, (words, style) in enumerate(parts):
+        if n:
+            text.append(" · ")
+        text.append(words, style if words[0] != "0" else "")
+    return text
+
+
+def _cost(p: Progress, emulator: bool) -> Text:
+    text = Text(p.cost_text(emulator=emulator), style="dim" if emulator else "")
+    if p.lowest is not None:
+        text.append(f" · rate limited: in flight lowered to {p.lowest}", style="yellow")
+    return text
 
 
 def _jobs(p: Progress) -> Table:
     table = Table.grid(padding=(0, 2))
     jobs = sorted(p.active.values(), key=lambda j: (_ORDER.get(j.state, 9), j.position or 0))
     for job in jobs[:MAX_ROWS]:
-        table.add_row(Text(f"  {job.key}", overflow="ellipsis"), _state(job, p), job.request_id)
+        name = Text(f"  {job.key}", overflow="ellipsis", no_wrap=True)
+        log = Text(job.last_log or "", style="dim", overflow="ellipsis", no_wrap=True)
+        table.add_row(name, _state(job, p), job.request_id, log)
     if len(jobs) > MAX_ROWS:
-        table.add_row(Text(f"  … and {len(jobs) - MAX_ROWS} more", style="dim"), "", "")
+        table.add_row(Text(f"  … and {len(jobs) - MAX_ROWS} more", style="dim"), "", "", "")
     return table
 
 
 def _state(job: ActiveJob, p: Progress) -> Text:
+    if p.stopping and job.state in ("queued", "submitted", "re-attached"):
+        return Text("cancelling", style="yellow")  # a queue position heard before is stale now
     if job.state == "queued":
         return Text(f"queued #{(job.position or 0) + 1}", style="yellow")
     since = duration(p.clock() - job.since)

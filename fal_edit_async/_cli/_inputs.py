@@ -24,11 +24,15 @@ from .. import (
     input_from_dict,
     is_remote_url,
 )
+from ._messages import PlainInputError, message
+from ._schema import problems
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "Planned",
+    "Skipped",
     "Source",
+    "check_image_file",
     "UsageError",
     "check_out_folder",
     "expand",
@@ -61,10 +65,49 @@ class Planned:
     input: EditImageInput | None = None
     error: FalEditError | None = None
     line: int | None = None
+    #: The inputs of an item that failed before it had an input, for the report.
+    shown: tuple[str, ...] = ()
 
 
-def expand(arguments: Iterable[str], base: Path | None = None) -> list[Source]:
+@attrs.define
+class Skipped:
+    """What folders held that is not taken: other files, and subfolders (without --recursive)."""
+
+    files: list[Path] = attrs.field(factory=list)
+    folders: list[Path] = attrs.field(factory=list)
+
+    def notice(self) -> str | None:
+        """One line saying what was left out, or None."""
+        parts = []
+        if self.files:
+            names = ", ".join(str(p) for p in self.files[:3])
+            more = f" and {len(self.files) - 3} more" if len(self.files) > 3 else ""
+            what = "that is not an image" if len(self.files) == 1 else "that are not images"
+            parts.append(f"{_count(len(self.files), 'file')} {what} ({names}{more})")
+        if self.folders:
+            names = ", ".join(f"{p}/" for p in self.folders[:3])
+            more = f" and {len(self.folders) - 3} more" if len(self.folders) > 3 else ""
+            parts.append(
+                f"{_count(len(self.folders), 'subfolder')} ({names}{more}; --recursive takes "
+                "their images too)"
+            )
+        return f"Skipped {' and '.join(parts)}." if parts else None
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def expand(
+    arguments: Iterable[str],
+    base: Path | None = None,
+    *,
+    recursive: bool = False,
+    skipped: Skipped | None = None,
+) -> list[Source]:
     """Files, folders (every image in them) and http(s) URLs, in the order given.
+
+    What a folder holds besides images is noted in ``skipped``.
 
     Raises:
         UsageError: a path that does not exist, or a folder without images.
@@ -77,17 +120,13 @@ def expand(arguments: Iterable[str], base: Path | None = None) -> list[Source]:
         path = Path(argument).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
-        sources.extend(_local(argument, path))
+        sources.extend(_local(argument, path, recursive, skipped or Skipped()))
     return sources
 
 
-def _local(argument: str, path: Path) -> list[Source]:
+def _local(argument: str, path: Path, recursive: bool, skipped: Skipped) -> list[Source]:
     if path.is_dir():
-        images = sorted(
-            p
-            for p in path.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
+        images = _images(path, recursive, skipped)
         if not images:
             suffixes = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
             raise UsageError(f"no images ({suffixes}) in folder {argument}")
@@ -97,6 +136,49 @@ def _local(argument: str, path: Path) -> list[Source]:
     if "://" in argument:
         raise UsageError(f"not an http(s) URL: {argument}")
     raise UsageError(f"no such file or folder: {argument}")
+
+
+def _images(folder: Path, recursive: bool, skipped: Skipped) -> list[Path]:
+    images = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if recursive:
+                images += _images(p, recursive, skipped)
+            else:
+                skipped.folders.append(p)
+        elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            images.append(p)
+        else:
+            skipped.files.append(p)
+    return images
+
+
+#: The first bytes of each format the model accepts.
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", 0), (b"\xff\xd8\xff", 0), (b"WEBP", 8))
+
+
+def check_image_file(path: Path) -> str | None:
+    """Why a local file is no image the model accepts (empty, or not PNG, JPEG or WebP by its
+    first bytes), or None. Reads 12 bytes, so a 200-file dry run stays instant."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "it is empty"
+    if not any(head[at : at + len(magic)] == magic for magic, at in _MAGIC):
+        return "its contents are not PNG, JPEG or WebP, whatever its name says"
+    return None
+
+
+def _bad_file(urls: Sequence[ImageSource], field: str) -> InputError | None:
+    for n, source in enumerate(urls):
+        if isinstance(source, Path) and (why := check_image_file(source)) is not None:
+            return PlainInputError(f"{field}[{n}]", source, f"{source} is not an image ({why})")
+    return None
 
 
 def _url_name(url: str) -> str:
@@ -136,8 +218,13 @@ def plan_edit(
         try:
             input = input_from_dict({"prompt": prompt, "image_urls": urls, **options})
         except InputError as exc:
-            raise UsageError(str(exc)) from exc
-        planned.append(Planned(key=key, input=input))
+            raise UsageError(message(exc)) from exc
+        bad = _bad_file(urls, "image_urls")
+        shown = tuple(str(s) for s in urls)
+        if bad is None:
+            planned.append(Planned(key=key, input=input))
+        else:
+            planned.append(Planned(key=key, error=bad, shown=shown))
     return planned
 
 
@@ -156,7 +243,10 @@ def plan_manifest(path: Path, defaults: Mapping[str, Any]) -> list[Planned]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read manifest {path}: {exc}") from exc
-    rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # Lines as editors number them: split on newlines only (splitlines also splits on
+    # U+2028 and form feeds, which JSON strings may hold, and then every number after is off).
+    lines = text.split("\n")
+    rows = [(n, line.rstrip("\r")) for n, line in enumerate(lines, 1) if line.strip()]
     parsed = [_parse_line(n, line) for n, line in rows]
     explicit = [_explicit_key(payload) for _, payload in parsed]
     names = [_line_name(n, payload) for n, payload in parsed]
@@ -172,7 +262,7 @@ def _parse_line(n: int, line: str) -> tuple[int, object]:
     try:
         return n, json.loads(line)
     except ValueError as exc:
-        return n, InputError(f"line {n}", line.strip(), f"a JSON object ({exc})")
+        return n, PlainInputError(f"line {n}", line.strip(), f"not a JSON object ({exc})")
 
 
 def _explicit_key(payload: object) -> str | None:
@@ -204,8 +294,12 @@ def _plan_line(
         if isinstance(payload, InputError):
             raise payload
         if key in seen:
-            raise InputError("key", key, f"a key not used before (line {seen[key]} has it)")
+            raise PlainInputError(
+                "key", key, f"key {key!r} is already used by line {seen[key]}; keys are unique"
+            )
         seen[key] = n
+        if isinstance(payload, dict) and (found := problems(payload)):
+            raise PlainInputError(f"line {n}", payload, "; ".join(found))
         input = _line_input(payload, base, defaults)
     except InputError as exc:
         return Planned(key=key, error=exc, line=n)
@@ -230,10 +324,22 @@ def _line_sources(inputs: object, base: Path) -> list[ImageSource]:
         inputs = [inputs]
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
         raise InputError("inputs", inputs, "a list of files, folders or http(s) URLs")
+    for entry in inputs:
+        if not is_remote_url(entry) and (base / Path(entry).expanduser()).is_dir():
+            raise PlainInputError(
+                "inputs",
+                entry,
+                f"inputs: {entry} is a folder, which would make one job of all its images; "
+                "list the files (one line each), or run `fal-edit edit PROMPT FOLDER`",
+            )
     try:
-        return [s.value for s in expand(inputs, base)]
+        sources: list[ImageSource] = [s.value for s in expand(inputs, base)]
     except UsageError as exc:
-        raise InputError("inputs", inputs, str(exc)) from exc
+        raise PlainInputError("inputs", inputs, f"inputs: {exc}") from exc
+    bad = _bad_file(sources, "inputs")
+    if bad is not None:
+        raise bad
+    return sources
 
 
 def check_out_folder(out: Path, planned: Sequence[Planned]) -> None:

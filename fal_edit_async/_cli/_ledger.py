@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import TextIO
 
 from .. import JournalEntry, JournalState, JournalSummary, open_journal
+from ._html import write_journal_report
 from ._run import OK
 
-__all__ = ["show"]
+__all__ = ["report", "show"]
 
 #: What each state means, for the human listing.
 _MEANING = {
@@ -79,3 +81,10 @@ def _as_json(summary: JournalSummary) -> dict[str, object]:
         "failed": [item(e) for e in summary.failed],
         "workers": dict(summary.workers),
     }
+
+
+async def report(path: Path, page: Path) -> int:
+    """Write the HTML page of the journal's items to ``page``; returns how many it shows."""
+    async with open_journal(path, read_only=True) as journal:
+        entries = await journal.entries()
+    return write_journal_report(page, entries, path)

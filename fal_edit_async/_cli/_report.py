@@ -1,183 +1,57 @@
-"""A run's progress, and the plain ways to show it: JSON lines for pipelines, text lines.
+"""The plain ways to show a run: JSON lines for pipelines, text lines for a terminal without
+rich. The rich live display (``_display``) is a third reporter with the same methods.
 
-:class:`Progress` folds the batch's events and results into counts, active jobs, an ETA and
-the cost so far; the reporters only render it. The rich live display (``_display``) is
-a third reporter with the same methods.
+Reporters only render: :class:`~._progress.Progress` holds the numbers, and the run updates it
+before it tells a reporter anything, so every view agrees.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any, Protocol, TextIO
 
 import attrs
 
-from .. import (
-    BatchEvent,
-    BudgetExceededError,
-    FalEditError,
-    ItemCompleted,
-    ItemDownloaded,
-    ItemFailed,
-    ItemLog,
-    ItemQueued,
-    ItemResult,
-    ItemStarted,
-    ItemState,
-    ItemSubmitted,
-    JobFailedError,
-)
+from .. import BatchEvent, FalEditError, ItemLog, ItemReattached, ItemResult, ItemSubmitted
+from ._messages import cause, message
+from ._progress import ActiveJob, Finished, Progress, duration
 
 __all__ = [
     "ActiveJob",
     "JsonReporter",
     "LinesReporter",
+    "OutputClosed",
     "Progress",
     "Reporter",
+    "Verbosity",
     "describe",
     "duration",
     "reason",
     "record",
 ]
 
+#: Runs of up to this many items print every model log line by default (more would bury the
+#: results); --verbose prints them always, --quiet never.
+LOG_LINES_UP_TO = 8
 
-@attrs.define
-class ActiveJob:
-    """A job on fal that has not finished: its state as last heard."""
-
-    key: str
-    request_id: str
-    since: float
-    state: str = "submitted"  # submitted, queued, running, downloading
-    position: int | None = None
+reason = cause
 
 
-@attrs.define
-class Progress:
-    """Counts, active jobs, ETA and cost of a run, updated from events and results."""
-
-    total: int
-    estimates: Mapping[str, Decimal] = attrs.field(factory=dict)
-    clock: Callable[[], float] = time.monotonic
-    started: float = attrs.field(init=False)
-    active: dict[str, ActiveJob] = attrs.field(factory=dict, init=False)
-    states: Counter[ItemState] = attrs.field(factory=Counter, init=False)
-    reasons: Counter[str] = attrs.field(factory=Counter, init=False)
-    cost: Decimal = attrs.field(default=Decimal(0), init=False)
-    resumed: int = attrs.field(default=0, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.started = self.clock()
-
-    def on_event(self, event: BatchEvent) -> None:
-        """Follow one job's state: submitted, queued at a position, running, downloading."""
-        if isinstance(event, ItemSubmitted):
-            self.active[event.key] = ActiveJob(event.key, event.request_id, self.clock())
-        job = self.active.get(event.key)
-        if job is None:
-            return
-        if isinstance(event, ItemQueued):
-            job.state, job.position = "queued", event.position
-        elif isinstance(event, ItemStarted):
-            job.state, job.since = "running", self.clock()
-        elif isinstance(event, ItemCompleted):
-            job.state, job.since = "downloading", self.clock()
-        elif isinstance(event, ItemDownloaded | ItemFailed):
-            del self.active[event.key]
-
-    def on_result(self, result: ItemResult) -> None:
-        """Count a finished item (its job, if any, is no longer active)."""
-        self.active.pop(result.key, None)
-        self.states[result.state] += 1
-        self.cost += result.cost
-        self.resumed += bool(getattr(result, "resumed", False))
-        if result.error is not None and result.state in (ItemState.FAILED, ItemState.NOT_SUBMITTED):
-            self.reasons[reason(result.error)] += 1
-
-    @property
-    def finished(self) -> int:
-        """Items that ended, whatever the outcome."""
-        return sum(self.states.values())
-
-    @property
-    def done(self) -> int:
-        """Items completed (and downloaded, when asked)."""
-        return self.states[ItemState.COMPLETED]
-
-    @property
-    def failed(self) -> int:
-        """Items that ended without a result: failed, cancelled or not submitted."""
-        return self.finished - self.done
-
-    def elapsed(self) -> float:
-        """Seconds since the run started."""
-        return self.clock() - self.started
-
-    def eta(self) -> float | None:
-        """Seconds left at the pace so far; None until an item has finished."""
-        if not self.finished or self.finished >= self.total:
-            return None
-        return self.elapsed() / self.finished * (self.total - self.finished)
-
-    def cost_so_far(self) -> Decimal:
-        """Estimated USD of finished items plus the jobs on fal now (they will be paid)."""
-        return self.cost + sum((self.estimates.get(k, Decimal(0)) for k in self.active), Decimal(0))
-
-    def summary(self) -> str:
-        """One line: done, failed (with reasons), cancelled, unknown, interrupted, cost, time."""
-        parts = [
-            f"{self.done} done" + (f" ({self.resumed} from the journal)" if self.resumed else "")
-        ]
-        apart = {
-            state: self.states[state]
-            for state in (ItemState.CANCELLED, ItemState.UNKNOWN, ItemState.INTERRUPTED)
-        }
-        failed = self.failed - sum(apart.values())
-        if failed:
-            why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
-            parts.append(f"{failed} failed" + (f" ({why})" if why else ""))
-        parts += [f"{n} {state.value}" for state, n in apart.items() if n]
-        if self.finished < self.total:
-            parts.append(f"{self.total - self.finished} not started")
-        return (
-            f"{', '.join(parts)} of {self.total} · ~${self.cost:.2f} estimated"
-            f" · {duration(self.elapsed())}"
-        )
+class OutputClosed(Exception):
+    """stdout was closed under us (``| head -1``): the run stops as if interrupted."""
 
 
-def reason(error: BaseException) -> str:
-    """A short cause for the summary, shared by items that failed the same way."""
-    if isinstance(error, BudgetExceededError):
-        return "over budget"
-    if isinstance(error, JobFailedError):
-        return error.error_type or _field_error_type(error.detail) or "job failed"
-    return type(error).__name__
+@attrs.frozen
+class Verbosity:
+    """What scrolls by: model log lines, a line per finished item, retries."""
 
+    quiet: bool = False
+    verbose: bool = False
 
-def _field_error_type(body: object) -> str | None:
-    """The first field error type in a fal error body; a string ``detail`` is a value_error."""
-    # JobFailedError.detail is the raw body: read the 422 shape from it here rather than make
-    # the library's helper for it public just for this summary line.
-    detail = body.get("detail") if isinstance(body, Mapping) else None
-    if isinstance(detail, str):
-        return "value_error"
-    entries = detail if isinstance(detail, list) else []
-    types = (entry.get("type") for entry in entries if isinstance(entry, Mapping))
-    return next((str(t) for t in types if t), None)
-
-
-def duration(seconds: float) -> str:
-    """``4.2 s`` under a minute, else ``m:ss`` or ``h:mm:ss``."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+    def logs(self, total: int) -> bool:
+        """Print model log lines for a run of ``total`` items."""
+        return not self.quiet and (self.verbose or total <= LOG_LINES_UP_TO)
 
 
 def outputs(result: ItemResult) -> list[str]:
@@ -201,42 +75,43 @@ def sources(result: ItemResult) -> list[str]:
     return named
 
 
-def record(
-    result: ItemResult, *, line: int | None = None, emulator: bool = False
-) -> dict[str, Any]:
-    """The JSON object printed for a finished item."""
+def record(finished: Finished, *, emulator: bool = False) -> dict[str, Any]:
+    """The JSON object printed for a finished item.
+
+    ``status`` is the library's state; ``outcome`` the panel's word for it (``skipped`` for a
+    failure an earlier run recorded); ``error_type`` is fal's error type when it gave one.
+    """
+    result = finished.result
     data: dict[str, Any] = {
         "input": result.key,
         "sources": sources(result),
         "request_id": result.request_id,
         "status": result.state.value,
+        "outcome": finished.outcome,
         "outputs": outputs(result),
-        "error": str(result.error) if result.error else None,
-        "error_type": type(result.error).__name__ if result.error else None,
+        "error": message(result.error) if result.error else None,
+        "error_type": cause(result.error) if result.error else None,
         "cost": float(result.cost),
     }
-    if line is not None:
-        data["line"] = line
-    if getattr(result, "resumed", False):
+    if finished.line is not None:
+        data["line"] = finished.line
+    if finished.seconds is not None:
+        data["seconds"] = round(finished.seconds, 2)
+    if result.resumed:
         data["resumed"] = True
     if emulator:
         data["emulator"] = True
     return data
 
 
-def describe(result: ItemResult) -> str:
-    """One human line for a finished item: where its images went, or why it failed."""
+def describe(finished: Finished) -> str:
+    """One human line for a finished item: where its images went, or why it did not."""
+    result = finished.result
     if result.ok:
         where = ", ".join(outputs(result)) or "(no images)"
         return f"✓ {result.key} → {where}"
-    label = {
-        ItemState.CANCELLED: "cancelled",
-        ItemState.NOT_SUBMITTED: "not submitted",
-        ItemState.UNKNOWN: "unknown",
-        ItemState.INTERRUPTED: "interrupted",
-    }
-    state = label.get(result.state, "failed")
-    return f"✗ {result.key} {state}: {result.error}"
+    why = message(result.error) if result.error else "no reason given"
+    return f"✗ {result.key} {finished.outcome}: {why}"
 
 
 def log_line(event: ItemLog) -> str:
@@ -244,8 +119,17 @@ def log_line(event: ItemLog) -> str:
     return f"[{event.key}] {event.entry.message}"
 
 
+def retry_line(event: BatchEvent) -> str | None:
+    """A line for a job submitted again after a transient failure, or re-attached."""
+    if isinstance(event, ItemSubmitted) and event.attempt > 1:
+        return f"[{event.key}] job submitted again (attempt {event.attempt}): {event.request_id}"
+    if isinstance(event, ItemReattached):
+        return f"[{event.key}] re-attached to the job of an earlier run: {event.request_id}"
+    return None
+
+
 class Reporter(Protocol):
-    """What a run tells its user, however it is shown."""
+    """What a run tells its user, however it is shown. The run updates ``progress`` first."""
 
     progress: Progress
 
@@ -258,11 +142,11 @@ class Reporter(Protocol):
     def event(self, event: BatchEvent) -> None:
         """A progress event of the batch."""
 
-    def result(self, result: ItemResult, line: int | None = None) -> None:
-        """A finished item."""
+    def result(self, finished: Finished) -> None:
+        """A finished item (raises :class:`OutputClosed` when stdout went away)."""
 
-    def close(self, summary: str) -> None:
-        """The run ended: stop any display and show the summary."""
+    def close(self, lines: list[str]) -> None:
+        """The run ended: stop any display and show the summary lines."""
 
     async def animate(self) -> None:
         """Keep a live display fresh until cancelled (returns at once for plain output)."""
@@ -274,39 +158,67 @@ def _traceback(error: FalEditError | None) -> str:
     return "".join(traceback.format_exception(error)).rstrip()
 
 
+def _print(text: str, stream: TextIO) -> None:
+    print(text, file=stream, flush=True)
+
+
 @attrs.define
 class JsonReporter:
-    """One JSON object per finished item on ``out``; logs and diagnostics on ``err``."""
+    """One JSON object per finished item on ``out``; logs and diagnostics on ``err``, or on
+    a live display there (``display``) when stderr is a terminal."""
 
     progress: Progress
     out: TextIO
     err: TextIO
     emulator: bool = False
     debug: bool = False
+    verbosity: Verbosity = attrs.field(factory=Verbosity)
+    display: Reporter | None = None
+    closed: bool = False
 
     def start(self) -> None:
-        return
+        if self.display is not None:
+            self.display.start()
 
     def notice(self, text: str) -> None:
-        print(text, file=self.err, flush=True)
+        if self.display is not None:
+            self.display.notice(text)
+        else:
+            _print(text, self.err)
 
     def event(self, event: BatchEvent) -> None:
-        self.progress.on_event(event)
-        if isinstance(event, ItemLog):
-            print(log_line(event), file=self.err, flush=True)
+        if self.display is not None:
+            self.display.event(event)
+            return
+        if isinstance(event, ItemLog) and self.verbosity.logs(self.progress.total):
+            _print(log_line(event), self.err)
+        elif (line := retry_line(event)) is not None and not self.verbosity.quiet:
+            _print(line, self.err)
 
-    def result(self, result: ItemResult, line: int | None = None) -> None:
-        self.progress.on_result(result)
-        data = record(result, line=line, emulator=self.emulator)
-        print(json.dumps(data, ensure_ascii=False), file=self.out, flush=True)
-        if self.debug and result.error is not None:
-            print(_traceback(result.error), file=self.err, flush=True)
+    def result(self, finished: Finished) -> None:
+        if self.display is not None:
+            self.display.result(finished)
+        elif self.debug and finished.result.error is not None:
+            _print(_traceback(finished.result.error), self.err)
+        if self.closed:
+            return
+        data = record(finished, emulator=self.emulator)
+        try:
+            _print(json.dumps(data, ensure_ascii=False), self.out)
+        except (BrokenPipeError, ValueError) as exc:  # ValueError: write to a closed file
+            self.closed = True
+            raise OutputClosed from exc
 
-    def close(self, summary: str) -> None:
-        print(summary, file=self.err, flush=True)
+    def close(self, lines: list[str]) -> None:
+        if self.display is not None:
+            self.display.close(lines)
+            return
+        for line in lines:
+            _print(line, self.err)
 
     async def animate(self) -> None:
-        return
+        if self.display is not None:
+            await self.display.animate()
 
 
 @attrs.define
@@ -316,27 +228,31 @@ class LinesReporter:
     progress: Progress
     out: TextIO
     debug: bool = False
+    verbosity: Verbosity = attrs.field(factory=Verbosity)
 
     def start(self) -> None:
         return
 
     def notice(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        _print(text, self.out)
 
     def event(self, event: BatchEvent) -> None:
-        self.progress.on_event(event)
-        if isinstance(event, ItemLog):
-            print(log_line(event), file=self.out, flush=True)
+        if isinstance(event, ItemLog) and self.verbosity.logs(self.progress.total):
+            _print(log_line(event), self.out)
+        elif (line := retry_line(event)) is not None and not self.verbosity.quiet:
+            _print(line, self.out)
 
-    def result(self, result: ItemResult, line: int | None = None) -> None:
-        self.progress.on_result(result)
+    def result(self, finished: Finished) -> None:
         p = self.progress
-        print(f"{describe(result)}  [{p.finished}/{p.total}]", file=self.out, flush=True)
-        if self.debug and result.error is not None:
-            print(_traceback(result.error), file=self.out, flush=True)
+        if self.verbosity.quiet and finished.result.ok:
+            return
+        _print(f"{describe(finished)}  [{p.finished}/{p.total}]", self.out)
+        if self.debug and finished.result.error is not None:
+            _print(_traceback(finished.result.error), self.out)
 
-    def close(self, summary: str) -> None:
-        print(summary, file=self.out, flush=True)
+    def close(self, lines: list[str]) -> None:
+        for line in lines:
+            _print(line, self.out)
 
     async def animate(self) -> None:
         return

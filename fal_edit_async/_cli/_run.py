@@ -9,6 +9,7 @@ journal keeps those re-attachable). A second signal exits at once (status 130 fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import anyio.abc
 import attrs
 
 from .. import (
+    DEFAULT_ENDPOINT,
     DEFAULT_NAME_TEMPLATE,
     AsyncClient,
     AuthError,
@@ -40,12 +42,16 @@ from .. import (
     estimate_batch,
     estimate_cost,
 )
+from ._html import write_report
 from ._inputs import Planned, UsageError
-from ._report import Reporter
+from ._messages import cause, message, next_step
+from ._progress import Finished, Progress, plural
+from ._report import OutputClosed, Reporter
 
 __all__ = [
     "EMULATOR_BANNER",
     "NO_CREDENTIALS",
+    "NO_CREDENTIALS_FOR_JOBS",
     "RunOptions",
     "auth_message",
     "check_credentials",
@@ -65,8 +71,13 @@ NO_CREDENTIALS = (
     "no fal credentials: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET), "
     "or add --emulator to try it offline on a local emulator"
 )
+#: For status, logs, result and cancel, which have no --emulator to offer.
+NO_CREDENTIALS_FOR_JOBS = (
+    "no fal credentials: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); for a local "
+    "emulator, paste the export lines `fal-edit emulator` prints"
+)
 #: Exit statuses: 128 + the signal's number for a run that a signal stopped.
-OK, FAILED, USAGE, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
+OK, FAILED, USAGE, INTERRUPTED, BROKEN_PIPE, TERMINATED = 0, 1, 2, 130, 141, 143
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +96,8 @@ class RunOptions:
     resubmit_unknown: bool = False
     overwrite: bool = False
     name_template: str = DEFAULT_NAME_TEMPLATE
+    #: Write the HTML report here when the run ends.
+    report: Path | None = None
 
 
 def check_credentials(*, emulator: bool) -> None:
@@ -132,14 +145,49 @@ class _Run:
     batch: Batch | None = None
     #: What fal answered to each cancel sent on the way out, by item.
     left: list[ItemInterrupted] = attrs.field(factory=list)
+    #: stdout was closed (``| head``): the run stops as if interrupted.
+    pipe_closed: bool = False
+    scope: anyio.CancelScope | None = None
+
+    @property
+    def progress(self) -> Progress:
+        return self.reporter.progress
 
     def event(self, event: BatchEvent) -> None:
         if isinstance(event, ItemInterrupted):
             self.left.append(event)
+        self.progress.on_event(event)
         self.reporter.event(event)
+        if self.batch is not None and (note := self.progress.on_limit(self.batch.concurrency)):
+            self.reporter.notice(note)
 
     def report(self, result: ItemResult) -> None:
-        self.reporter.result(result, self.places.get(result.key, (-1, None))[1])
+        finished = self.progress.on_result(result, self.places.get(result.key, (-1, None))[1])
+        if finished is None:
+            return  # told once already (an item cut short, then yielded after all)
+        try:
+            self.reporter.result(finished)
+        except OutputClosed:
+            self._pipe_closed()
+
+    def _pipe_closed(self) -> None:
+        self.pipe_closed = True
+        _silence_stdout()
+        if not self.interrupted:
+            self.interrupted = True
+            self.progress.stopping = "stopping"
+            n = len(self.progress.active)
+            self.reporter.notice(f"stdout was closed: cancelling {_jobs(n)} on fal...")
+            if self.scope is not None:
+                self.scope.cancel()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so nothing more (not even the exit's flush) fails on it."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: RunOptions) -> int:
@@ -151,6 +199,7 @@ async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: Run
         if options.out is None:
             reporter.notice("The emulator's image URLs stop working when fal-edit exits.")
     reporter.start()
+    timed_out = False
     try:
         for index, item in enumerate(planned):
             if item.error is not None:
@@ -161,17 +210,98 @@ async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: Run
         valid = [EditItem(input=p.input, name=p.key) for p in planned if p.input is not None]
         timed_out = await _run_valid(run, valid) if valid else False
     finally:
-        reporter.close(reporter.progress.summary())
+        with contextlib.suppress(OutputClosed):
+            reporter.close(closing_lines(run))
+        if options.report is not None:
+            write_report(
+                options.report,
+                planned,
+                run.progress,
+                emulator=options.emulator,
+                journal=options.journal is not None,
+            )
     return _status(run, timed_out)
+
+
+def closing_lines(run: _Run) -> list[str]:
+    """The summary, then retries and rate limiting, then each item that did not finish with
+    its cause and what to do next."""
+    p, options = run.progress, run.options
+    lines = [p.summary(emulator=options.emulator)]
+    extra = []
+    if p.job_retries:
+        extra.append(f"{_jobs(p.job_retries)} submitted again after a transient failure")
+    if run.batch is not None:
+        retries = run.batch.summary().request_retries
+        total = sum(retries.values())
+        if total:
+            kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in retries.items() if n)
+            extra.append(f"{plural(total, 'request')} retried ({kinds})")
+    if p.lowest is not None:
+        extra.append(f"rate limited: in flight lowered to {p.lowest}")
+    if extra:
+        lines.append("Retries: " + "; ".join(extra))
+    lines += _failure_lines(run)
+    if run.interrupted and options.journal is None and p.done < p.total:
+        lines.append(
+            "No --journal: running this again submits (and pays for) every item again, and "
+            "the outputs get new names. Add --journal PATH to make a run resumable."
+        )
+    if options.report is not None:
+        lines.append(f"Report: {options.report}")
+    return lines
+
+
+#: Items listed one by one at the end; more are counted.
+MAX_LISTED = 20
+
+
+def _failure_lines(run: _Run) -> list[str]:
+    p, journal = run.progress, run.options.journal is not None
+    failed = [f for f in p.finished_items.values() if f.outcome != "done"]
+    if not failed:
+        return []
+    lines = ["Not done:"]
+    groups: dict[tuple[str, str], list[Finished]] = {}
+    for f in failed:
+        step = next_step(f.result, f.outcome, journal=journal, line=f.line)
+        why = cause(f.result.error) if f.result.error else f.outcome
+        groups.setdefault((why, step), []).append(f)
+    shown = 0
+    for (why, step), items in groups.items():
+        if len(items) > 3 and why in ("over budget", "cancelled"):  # one line for the many
+            lines.append(f"  {plural(len(items), 'item')} {items[0].outcome} ({why}): {step}")
+            continue
+        for f in items:
+            if shown == MAX_LISTED:
+                break
+            shown += 1
+            where = f" (line {f.line})" if f.line else ""
+            text = message(f.result.error) if f.result.error else f.outcome
+            lines.append(f"  ✗ {f.result.key}{where} {f.outcome}: {text} → {step}")
+    hidden = (
+        len(failed)
+        - shown
+        - sum(
+            len(v)
+            for (w, _), v in groups.items()
+            if len(v) > 3 and w in ("over budget", "cancelled")
+        )
+    )
+    if hidden > 0:
+        lines.append(f"  … and {hidden} more (--json or --report lists every item)")
+    return lines
 
 
 def _status(run: _Run, timed_out: bool) -> int:
     if run.auth_error is not None:
         print(f"fal-edit: error: {auth_message(run.auth_error)}", file=sys.stderr)
         return USAGE
+    if run.pipe_closed:
+        return BROKEN_PIPE
     if run.interrupted:
         return TERMINATED if run.stopped_by == signal.SIGTERM else INTERRUPTED
-    p = run.reporter.progress
+    p = run.progress
     return OK if p.done == p.total and not timed_out else FAILED
 
 
@@ -179,7 +309,7 @@ async def _run_valid(run: _Run, items: list[EditItem]) -> bool:
     """Run the batch; True when the deadline cut it short."""
     options, reporter = run.options, run.reporter
     deadline = anyio.current_time() + options.timeout if options.timeout else math.inf
-    scope = anyio.CancelScope(deadline=deadline)
+    scope = run.scope = anyio.CancelScope(deadline=deadline)
     async with open_client(emulator=options.emulator) as client:
         async with anyio.create_task_group() as tg:
             await tg.start(_watch_signals, run, scope)
@@ -187,9 +317,13 @@ async def _run_valid(run: _Run, items: list[EditItem]) -> bool:
             with scope:
                 await _follow(run, client, items, scope)
             tg.cancel_scope.cancel()
-    _report_stopped(run)
     timed_out = scope.cancelled_caught and not run.interrupted and run.auth_error is None
-    if timed_out:
+    if timed_out or run.auth_error is not None:
+        run.progress.stopping = "timed out" if timed_out else "key refused"
+    _report_stopped(run)
+    if run.pipe_closed:
+        reporter.notice(f"Stopped: {_cancels(run)}")
+    elif timed_out:
         reporter.notice(f"Timed out after {options.timeout:g} s: {_cancels(run)}")
     elif run.interrupted:
         reporter.notice(f"Interrupted: {_cancels(run)}")
@@ -247,13 +381,14 @@ def _take(run: _Run, scope: anyio.CancelScope, result: ItemResult) -> None:
     run.report(result)
     if isinstance(result.error, AuthError) and run.auth_error is None:
         run.auth_error = result.error  # the key is wrong for every item: stop now
+        run.progress.stopping = "key refused"
         scope.cancel()
 
 
 def _report_stopped(run: _Run) -> None:
     """Report each job a cut-short batch left behind as fal answered its cancel: the jobs seen
     submitted, and those whose submit was answered as the batch was left."""
-    progress = run.reporter.progress
+    progress = run.progress
     answers = {e.key: e for e in run.left}
     jobs = {job.key: (job.request_id, job.state) for job in progress.active.values()}
     for key, left in answers.items():
@@ -311,7 +446,8 @@ async def _watch_signals(
             if run.interrupted:
                 _exit_now(run)
             run.interrupted, run.stopped_by = True, signum
-            n = len(run.reporter.progress.active)
+            run.progress.stopping = "stopping"
+            n = len(run.progress.active)
             name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
             run.reporter.notice(
                 f"{name}: cancelling {_jobs(n)} on fal... ({name} again to quit at once)"
@@ -321,8 +457,9 @@ async def _watch_signals(
 
 def _exit_now(run: _Run) -> None:
     """The second Ctrl-C: say which jobs may still run on fal, then leave without cleanup."""
-    ids = [job.request_id for job in run.reporter.progress.active.values()]
-    run.reporter.close("Interrupted again: exiting now.")
+    ids = [job.request_id for job in run.progress.active.values()]
+    with contextlib.suppress(OutputClosed):
+        run.reporter.close(["Interrupted again: exiting now."])
     if ids:
         where = "the journal has them" if run.options.journal else "fal-edit cancel REQUEST_ID"
         print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
@@ -332,10 +469,21 @@ def _exit_now(run: _Run) -> None:
 
 
 def dry_run(
-    planned: Sequence[Planned], out: TextIO, err: TextIO, *, json_mode: bool, budget: Decimal | None
+    planned: Sequence[Planned],
+    out: TextIO,
+    err: TextIO,
+    *,
+    json_mode: bool,
+    budget: Decimal | None,
+    endpoint: str = DEFAULT_ENDPOINT,
 ) -> int:
-    """Print what each item would cost, and the total; nothing is sent, no key is needed."""
+    """Check every input (files by their contents too) and print what the run would cost.
+
+    Human output groups items of the same price in one line; ``--json`` prints one object per
+    item, then one ``{"status": "total", ...}`` object. Nothing is sent, no key is needed.
+    """
     committed, fits = Decimal(0), 0
+    groups: dict[str, list[str]] = {}
     for item in planned:
         if item.input is None:
             _print_invalid(item, out, json_mode)
@@ -348,21 +496,45 @@ def dry_run(
             record |= {"worst_case": estimate.worst_case, "line": item.line}
             print(json.dumps({k: v for k, v in record.items() if v is not None}), file=out)
         else:
-            print(f"{item.key}: ~{estimate}", file=out)
-    total = estimate_batch([(p.key, p.input) for p in planned if p.input is not None])
-    text = f"Dry run: {total}"
-    invalid = sum(1 for p in planned if p.input is None)
+            groups.setdefault(str(estimate), []).append(item.key)
+    for price, keys in groups.items():
+        names = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        print(f"{plural(len(keys), 'item')} at ~{price} each: {names}", file=out)
+    valid = [(p.key, p.input) for p in planned if p.input is not None]
+    total = estimate_batch(valid)
+    invalid = len(planned) - len(valid)
+    other = endpoint != DEFAULT_ENDPOINT
+    if json_mode:
+        summary: dict[str, object] = {
+            "status": "total",
+            "items": total.items,
+            "cost": float(total.total_usd),
+            "worst_case": total.worst_case,
+            "invalid": invalid,
+        }
+        if budget is not None:
+            summary |= {"budget": float(budget), "within_budget": fits}
+        if other:
+            summary["priced_as"] = DEFAULT_ENDPOINT
+        print(json.dumps(summary), file=out)
+    text = f"Dry run: {plural(total.items, 'item')}, estimated ${total.total_usd}"
+    if total.worst_case:
+        text += f" ({total.worst_case} priced at their worst case: quality or size is auto)"
     if invalid:
-        text += f"; {invalid} invalid item(s) would fail before submitting"
+        text += f"; {plural(invalid, 'invalid item')} would fail before submitting"
     if budget is not None:
         text += f"; the ${budget:.2f} budget covers {fits} of them"
+    if other:
+        text += f"; priced as {DEFAULT_ENDPOINT}: {endpoint} may cost otherwise"
     print(text + ". Nothing was sent.", file=err)
     return FAILED if invalid else OK
 
 
 def _print_invalid(item: Planned, out: TextIO, json_mode: bool) -> None:
+    error = message(item.error) if item.error is not None else "invalid"
     if json_mode:
-        record = {"input": item.key, "status": "failed", "error": str(item.error)}
+        record = {"input": item.key, "status": "failed", "error": error}
         print(json.dumps(record | ({"line": item.line} if item.line else {})), file=out)
     else:
-        print(f"✗ {item.key}: {item.error}", file=out)
+        where = f" (line {item.line})" if item.line else ""
+        print(f"✗ {item.key}{where}: {error}", file=out)

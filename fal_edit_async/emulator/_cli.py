@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import secrets
+import shlex
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -37,15 +41,20 @@ _RATES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the emulator's options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="queue/REST port (default: any)")
-    parser.add_argument("--cdn-port", type=int, default=0, help="CDN port (default: any)")
-    parser.add_argument("--workers", type=int, default=4, help="jobs run at once (default 4)")
+    parser.add_argument("--port", type=_port, default=0, help="queue/REST port (default: any)")
+    parser.add_argument("--cdn-port", type=_port, default=0, help="CDN port (default: any)")
+    parser.add_argument("--workers", type=_positive, default=4, help="jobs run at once (default 4)")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="print a line per request it answers"
+    )
     parser.add_argument(
         "--processing-time", type=float, default=1.0, help="seconds each job runs (default 1.0)"
     )
     parser.add_argument("--log-lines", type=int, default=3, help="log lines per job")
     parser.add_argument(
-        "--api-key", default=None, help="the only key accepted (default: any non-empty key)"
+        "--api-key",
+        default=None,
+        help="the only key accepted (default: a random one, printed at start)",
     )
     parser.add_argument(
         "--fast-images", action="store_true", help="serve cached placeholder images (benchmarks)"
@@ -96,6 +105,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text}")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -132,7 +161,9 @@ def _emulator(args: argparse.Namespace) -> Emulator:
         workers=args.workers,
         processing_time=args.processing_time,
         log_lines=args.log_lines,
-        api_key=args.api_key,
+        # A key is printed, so it is the one required: a banner never shows a key that does
+        # not matter, and a client without it fails here as it would on fal.
+        api_key=args.api_key or "emulator-" + secrets.token_hex(8),
         fast_images=args.fast_images,
         output_bytes=args.output_bytes,
         faults=faults,
@@ -149,26 +180,58 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(emulator, out or sys.stdout))
+    except OSError as exc:  # a port in use, an address not ours
+        print(f"error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(emulator, out or sys.stdout, verbose=args.verbose))
+    except OSError as exc:
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
-async def _serve(emulator: Emulator, out: TextIO) -> int:
+def banner(emu: Emulator) -> list[str]:
+    """The lines printed at start: URLs, the key, and paste-ready ``export`` lines."""
+    return [
+        f"emulator queue URL: {emu.queue_url}",
+        f"emulator CDN URL:   {emu.cdn_url}",
+        f"emulator API key:   {emu.api_key} (the only key it accepts)",
+        "fal_edit_async emulator: a local stand-in for fal.ai, not the real service; nothing "
+        "is paid. Point fal-edit (or fal-client) at it by pasting:",
+        f"  export FAL_QUEUE_URL={shlex.quote(emu.queue_url)}",
+        f"  export FAL_REST_URL={shlex.quote(emu.rest_url)}",
+        f"  export FAL_KEY={shlex.quote(emu.api_key)}",
+        "Ctrl-C to stop.",
+    ]
+
+
+async def _log_requests(emulator: Emulator, out: TextIO) -> None:
+    """Print each request the emulator answered, as it is logged (``--verbose``)."""
+    seen = 0
+    while True:
+        log = emulator.counters.request_log
+        for _, method, path, status in log[seen:]:
+            at = time.strftime("%H:%M:%S")
+            answer = status if status else "dropped"
+            print(f"{at} {method} {path} {answer}", file=out, flush=True)
+        seen = len(log)
+        await asyncio.sleep(0.2)  # a display's refresh, not synchronisation
+
+
+async def _serve(emulator: Emulator, out: TextIO, *, verbose: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with emulator as emu:
-            print(f"emulator queue URL: {emu.queue_url}", file=out)
-            print(f"emulator CDN URL:   {emu.cdn_url}", file=out)
-            print(f"emulator API key:   {emu.api_key}", file=out)
-            print(
-                "fal_edit_async emulator: a local stand-in for fal.ai, not the real service. "
-                "REST storage is on the queue URL. Ctrl-C to stop.",
-                file=out,
-                flush=True,
-            )
+            print("\n".join(banner(emu)), file=out, flush=True)
+            logger = asyncio.ensure_future(_log_requests(emu, out)) if verbose else None
             await stop.wait()
+            if logger is not None:
+                logger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await logger
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -180,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and serve; the ``python -m fal_edit_async.emulator`` entry point."""
     parser = argparse.ArgumentParser(
         prog="python -m fal_edit_async.emulator",
-        description="Serve a local fal-compatible emulator (queue, storage, CDN).",
+        description="Serve a local fal-compatible emulator (queue, storage, CDN) until "
+        "Ctrl-C. It prints export lines for FAL_QUEUE_URL, FAL_REST_URL (storage uploads, "
+        "used for files over 256 KiB) and FAL_KEY that point a client at it.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
