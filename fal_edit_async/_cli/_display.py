@@ -61,7 +61,6 @@ class LiveDisplay:
 
     def notice(self, text: str) -> None:
         self.console.print(Text(text, style="bold yellow"))
-        self._refresh()
 
     def event(self, event: BatchEvent) -> None:
         if isinstance(event, ItemLog):
@@ -69,22 +68,20 @@ class LiveDisplay:
                 self.console.print(Text.assemble((f"[{event.key}] ", "cyan"), event.entry.message))
         elif (line := retry_line(event)) is not None and not self.verbosity.quiet:
             self.console.print(Text(line, style="yellow"))
-        self._refresh()
 
     def result(self, finished: Finished) -> None:
         ok = finished.result.ok
-        if ok and self.verbosity.quiet:
+        if (ok and self.verbosity.quiet) or finished.repeat:
             return
         self.console.print(Text(describe(finished), style="green" if ok else "red"))
         if self.debug and finished.result.error is not None:
             text = "".join(traceback.format_exception(finished.result.error)).rstrip()
             self.console.print(Text(text, style="dim"))
-        self._refresh()  # the item leaves the panel in the same frame its line appears
 
     def close(self, lines: list[str]) -> None:
         self.stop()
-        for n, line in enumerate(lines):
-            self.console.print(Text(line, style="bold" if n == 0 else ""))
+        for n, line in enumerate(lines):  # soft wrap: long lines stay whole when copied
+            self.console.print(Text(line, style="bold" if n == 0 else ""), soft_wrap=True)
 
     def stop(self) -> None:
         """Draw the final state and give the terminal back (the cursor too)."""

@@ -53,6 +53,8 @@ class Row:
     error: str | None = None
     next_step: str | None = None
     line: int | None = None
+    #: False when the inputs are not usable images (empty, fake): linked, not shown.
+    viewable: bool = True
 
 
 _OPTION_NAMES = (
@@ -98,6 +100,7 @@ def rows_from_run(planned: Sequence[Planned], progress: Progress, *, journal: bo
             "options": _options(input),
             "inputs": [_source(s) for s in input.image_urls] if input else list(item.shown),
             "line": item.line,
+            "viewable": input is not None,
         }
         if finished is None:
             active = progress.active.get(item.key)
@@ -177,11 +180,18 @@ def _href(target: str, page: Path) -> str | None:
     return quote(Path(relative).as_posix())
 
 
-def _images(targets: Sequence[str], page: Path, role: str) -> str:
+def _images(targets: Sequence[str], page: Path, role: str, *, viewable: bool = True) -> str:
     parts = []
     for target in targets:
         href = _href(target, page)
         label = html.escape(PurePath(target).name if "://" not in target else target)
+        if href is not None and not viewable:  # not an image: a link to the file, no <img>
+            src = html.escape(href, quote=True)
+            parts.append(
+                f'<figure class="{role}"><a href="{src}">{label}</a>'
+                "<figcaption>not an image</figcaption></figure>"
+            )
+            continue
         if href is None:
             parts.append(f'<figure class="{role}"><figcaption>{label}</figcaption></figure>')
             continue
@@ -217,7 +227,7 @@ def _item(row: Row, page: Path) -> str:
         f"<h2>{esc(row.key)}</h2>"
         f'<p class="prompt">{esc(row.prompt)}</p>'
         f'<div class="pair"><div class="side"><h3>input</h3>'
-        f"{_images(row.inputs, page, 'input')}</div>"
+        f"{_images(row.inputs, page, 'input', viewable=row.viewable)}</div>"
         f'<div class="side"><h3>output</h3>{_images(row.outputs, page, "output")}</div></div>'
         f"<dl>{dl}</dl>{error}{step}{logs}</article>"
     )

@@ -77,7 +77,7 @@ def message(exc: BaseException) -> str:
         if exc.error_type:
             rest = rest.replace(f" [{exc.error_type}]", "", 1)
         return _BYTES.sub(lambda m: megabytes(int(m[1])), text + rest)
-    return _BYTES.sub(lambda m: megabytes(int(m[1])), str(exc))
+    return _REQUEST_ID.sub("", _BYTES.sub(lambda m: megabytes(int(m[1])), str(exc)))
 
 
 def _input_message(exc: InputError) -> str:
@@ -143,9 +143,9 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
             return "run again with the same --journal to fetch it"
         return f"`fal-edit result {rid} --out DIR` fetches it"
     if state == "cancelled":
-        return f"{again} to submit it again"
+        return f"cancelled on fal: {again} to submit again"
     if isinstance(error, BudgetExceededError):
-        return f"raise --budget (${error.budget:.2f}) and {again}"
+        return f"raise --budget (it is ${error.budget:.2f}) and {again}"
     if isinstance(error, JournalError):
         return "free space for the journal (or fix its folder), then run again"
     if isinstance(error, InputError):

@@ -74,6 +74,9 @@ class Finished:
     line: int | None
     seconds: float | None
     logs: tuple[str, ...]
+    #: Another item already ended the same way that is not worth a line each (over budget):
+    #: the terminal shows the first, the summary counts them all.
+    repeat: bool = False
 
 
 @attrs.define
@@ -166,7 +169,14 @@ class Progress:
         seen = self._first_seen.get(result.key)
         seconds = self.clock() - seen if seen is not None else None
         logs = tuple(self._logs.pop(result.key, ()))
-        done = Finished(result=result, outcome=state, line=line, seconds=seconds, logs=logs)
+        repeat = (
+            state == "not submitted"
+            and result.error is not None
+            and self.reasons[cause(result.error)] > 1
+        )
+        done = Finished(
+            result=result, outcome=state, line=line, seconds=seconds, logs=logs, repeat=repeat
+        )
         self.finished_items[result.key] = done
         return done
 
@@ -237,6 +247,16 @@ class Progress:
             parts.append(f"~${self.spent_before:.2f} by earlier runs")
         if self.active:
             parts.append(f"~${self.in_flight_cost:.2f} in flight")
+        if self.counts["interrupted"]:
+            left = sum(
+                (
+                    self.estimates.get(k, Decimal(0))
+                    for k, f in self.finished_items.items()
+                    if f.outcome == "interrupted"
+                ),
+                Decimal(0),
+            )
+            parts.append(f"~${left:.2f} for jobs left on fal that may still run")
         note = "emulator: nothing is paid" if emulator else "estimated"
         return f"{', '.join(parts)} ({note})"
 

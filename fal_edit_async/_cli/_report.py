@@ -111,7 +111,10 @@ def describe(finished: Finished) -> str:
         where = ", ".join(outputs(result)) or "(no images)"
         return f"✓ {result.key} → {where}"
     why = message(result.error) if result.error else "no reason given"
-    return f"✗ {result.key} {finished.outcome}: {why}"
+    text = f"✗ {result.key} {finished.outcome}: {why}"
+    if finished.outcome == "not submitted":
+        text += " (more like it are counted at the end)"
+    return text
 
 
 def log_line(event: ItemLog) -> str:
@@ -244,7 +247,7 @@ class LinesReporter:
 
     def result(self, finished: Finished) -> None:
         p = self.progress
-        if self.verbosity.quiet and finished.result.ok:
+        if (self.verbosity.quiet and finished.result.ok) or finished.repeat:
             return
         _print(f"{describe(finished)}  [{p.finished}/{p.total}]", self.out)
         if self.debug and finished.result.error is not None:

@@ -270,7 +270,8 @@ def _failure_lines(run: _Run) -> list[str]:
     shown = 0
     for (why, step), items in groups.items():
         if len(items) > 3 and why in ("over budget", "cancelled"):  # one line for the many
-            lines.append(f"  {plural(len(items), 'item')} {items[0].outcome} ({why}): {step}")
+            also = f" ({why})" if why != items[0].outcome else ""
+            lines.append(f"  {plural(len(items), 'item')} {items[0].outcome}{also}: {step}")
             continue
         for f in items:
             if shown == MAX_LISTED:
@@ -405,12 +406,6 @@ def _report_stopped(run: _Run) -> None:
             state, message = ItemState.INTERRUPTED, "interrupted: the job had finished on fal"
         else:
             state, message = ItemState.INTERRUPTED, "interrupted: fal did not answer the cancel"
-        if state is ItemState.INTERRUPTED:
-            message += (
-                "; run again with the same --journal to fetch it"
-                if run.options.journal
-                else "; `fal-edit result REQUEST_ID --out DIR` fetches it"
-            )
         result = ItemResult(
             key=key,
             index=run.places.get(key, (-1, None))[0],
