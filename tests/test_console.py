@@ -585,3 +585,17 @@ def test_the_namespace_shape_is_unchanged_by_the_parser() -> None:
     args, extras = _parser().parse_known_args(["edit", PROMPT, "a.png"])
     assert isinstance(args, argparse.Namespace) and [] == extras
     assert (["a.png"], False) == (args.inputs, args.recursive)
+
+
+def test_control_characters_in_names_never_reach_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file called "\\x1b[2J.png" is shown escaped: its name cannot clear the screen."""
+    [photo] = write_images(tmp_path / "in", "\x1b[2Jevil.png")
+    terminal = _Tty()
+    with emulator_thread(monkeypatch):
+        monkeypatch.setitem(sys.modules, "rich.console", None)  # plain lines
+        monkeypatch.setattr(sys, "stdout", terminal)
+        assert 0 == main(["edit", PROMPT, str(photo), "--out", str(tmp_path / "o")])
+    shown = terminal.getvalue()
+    assert "\x1b" not in shown and "\\x1b[2Jevil" in shown

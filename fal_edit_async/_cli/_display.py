@@ -19,7 +19,7 @@ from rich.text import Text
 
 from .. import BatchEvent, ItemLog
 from ._progress import ActiveJob, Finished, Progress, duration
-from ._report import Verbosity, describe, retry_line
+from ._report import Verbosity, describe, printable, retry_line
 
 __all__ = ["LiveDisplay"]
 
@@ -65,7 +65,8 @@ class LiveDisplay:
     def event(self, event: BatchEvent) -> None:
         if isinstance(event, ItemLog):
             if self.verbosity.logs(self.progress.total):
-                self.console.print(Text.assemble((f"[{event.key}] ", "cyan"), event.entry.message))
+                key, said = printable(event.key), printable(event.entry.message)
+                self.console.print(Text.assemble((f"[{key}] ", "cyan"), said))
         elif (line := retry_line(event)) is not None and not self.verbosity.quiet:
             self.console.print(Text(line, style="yellow"))
 
@@ -145,8 +146,8 @@ def _jobs(p: Progress) -> Table:
     table = Table.grid(padding=(0, 2))
     jobs = sorted(p.active.values(), key=lambda j: (_ORDER.get(j.state, 9), j.position or 0))
     for job in jobs[:MAX_ROWS]:
-        name = Text(f"  {job.key}", overflow="ellipsis", no_wrap=True)
-        log = Text(job.last_log or "", style="dim", overflow="ellipsis", no_wrap=True)
+        name = Text(f"  {printable(job.key)}", overflow="ellipsis", no_wrap=True)
+        log = Text(printable(job.last_log or ""), style="dim", overflow="ellipsis", no_wrap=True)
         table.add_row(name, _state(job, p), job.request_id, log)
     if len(jobs) > MAX_ROWS:
         table.add_row(Text(f"  … and {len(jobs) - MAX_ROWS} more", style="dim"), "", "", "")

@@ -8,6 +8,7 @@ before it tells a reporter anything, so every view agrees.
 from __future__ import annotations
 
 import json
+import re
 import traceback
 from typing import Any, Protocol, TextIO
 
@@ -36,6 +37,14 @@ __all__ = [
 LOG_LINES_UP_TO = 8
 
 reason = cause
+#: Control characters (but tab) in a name or a log line: shown escaped, never sent to the
+#: terminal, where a file called "\x1b[2J.png" would clear the screen.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\x1b``), safe to print on a terminal."""
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
 
 
 class OutputClosed(Exception):
@@ -109,9 +118,9 @@ def describe(finished: Finished) -> str:
     result = finished.result
     if result.ok:
         where = ", ".join(outputs(result)) or "(no images)"
-        return f"✓ {result.key} → {where}"
+        return printable(f"✓ {result.key} → {where}")
     why = message(result.error) if result.error else "no reason given"
-    text = f"✗ {result.key} {finished.outcome}: {why}"
+    text = printable(f"✗ {result.key} {finished.outcome}: {why}")
     if finished.outcome == "not submitted":
         text += " (more like it are counted at the end)"
     return text
@@ -119,15 +128,18 @@ def describe(finished: Finished) -> str:
 
 def log_line(event: ItemLog) -> str:
     """A model log line, labelled with the input it belongs to."""
-    return f"[{event.key}] {event.entry.message}"
+    return printable(f"[{event.key}] {event.entry.message}")
 
 
 def retry_line(event: BatchEvent) -> str | None:
     """A line for a job submitted again after a transient failure, or re-attached."""
     if isinstance(event, ItemSubmitted) and event.attempt > 1:
-        return f"[{event.key}] job submitted again (attempt {event.attempt}): {event.request_id}"
+        text = f"[{event.key}] job submitted again (attempt {event.attempt}): {event.request_id}"
+        return printable(text)
     if isinstance(event, ItemReattached):
-        return f"[{event.key}] re-attached to the job of an earlier run: {event.request_id}"
+        return printable(
+            f"[{event.key}] re-attached to the job of an earlier run: {event.request_id}"
+        )
     return None
 
 

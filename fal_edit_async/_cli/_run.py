@@ -46,7 +46,7 @@ from ._html import write_report
 from ._inputs import Planned, UsageError
 from ._messages import cause, message, next_step
 from ._progress import Finished, Progress, plural
-from ._report import OutputClosed, Reporter
+from ._report import OutputClosed, Reporter, printable
 
 __all__ = [
     "EMULATOR_BANNER",
@@ -279,7 +279,7 @@ def _failure_lines(run: _Run) -> list[str]:
             shown += 1
             where = f" (line {f.line})" if f.line else ""
             text = message(f.result.error) if f.result.error else f.outcome
-            lines.append(f"  ✗ {f.result.key}{where} {f.outcome}: {text} → {step}")
+            lines.append(printable(f"  ✗ {f.result.key}{where} {f.outcome}: {text} → {step}"))
     hidden = (
         len(failed)
         - shown
