@@ -599,3 +599,33 @@ def test_control_characters_in_names_never_reach_the_terminal(
         assert 0 == main(["edit", PROMPT, str(photo), "--out", str(tmp_path / "o")])
     shown = terminal.getvalue()
     assert "\x1b" not in shown and "\\x1b[2Jevil" in shown
+
+
+def test_an_empty_manifest_and_a_missing_journal_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty manifest runs nothing (exit 2, said plainly); so does a report of no journal."""
+    (tmp_path / "jobs.jsonl").write_text("\n\n")
+    assert 2 == main(["batch", str(tmp_path / "jobs.jsonl"), "--dry-run"])
+    assert "has no lines" in capsys.readouterr().err
+    assert 2 == main(["report", str(tmp_path / "none.db")])
+    assert "no such journal: " in capsys.readouterr().err
+
+
+def test_the_end_lists_at_most_twenty_failures_and_counts_the_rest() -> None:
+    """A run with 25 failures lists 20 with their next step, then says how many more."""
+    from fal_edit_async._cli._report import JsonReporter
+    from fal_edit_async._cli._run import RunOptions, _Run, closing_lines
+
+    progress = Progress(25, clock=lambda: 0.0)
+    reporter = JsonReporter(progress, io.StringIO(), io.StringIO())
+    run = _Run(reporter, RunOptions(out=None, endpoint="fal-ai/x"), {})
+    for n in range(25):
+        error = JobFailedError(request_id=f"r{n}", error="boom", error_type="runner_disconnected")
+        progress.on_result(_result(f"item-{n}", ItemState.FAILED, error=error))
+
+    lines = closing_lines(run)
+
+    assert 20 == sum(1 for line in lines if line.startswith("  ✗ item-"))
+    assert "  … and 5 more (--json or --report lists every item)" in lines
+    assert all("run it again (with --journal" in line for line in lines if "✗" in line)

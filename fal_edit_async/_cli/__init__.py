@@ -369,6 +369,8 @@ def _add_report(commands: Any) -> None:
 
 
 def _report_page(args: argparse.Namespace) -> int:
+    if not args.journal.is_file():
+        raise UsageError(f"no such journal: {args.journal}")
     page = args.out or args.journal.with_name("report.html")
     n = anyio.run(_ledger.report, args.journal, page)
     print(f"wrote {page} ({n} item{'' if n == 1 else 's'})", file=sys.stderr)

@@ -247,6 +247,8 @@ def plan_manifest(path: Path, defaults: Mapping[str, Any]) -> list[Planned]:
     # U+2028 and form feeds, which JSON strings may hold, and then every number after is off).
     lines = text.split("\n")
     rows = [(n, line.rstrip("\r")) for n, line in enumerate(lines, 1) if line.strip()]
+    if not rows:
+        raise UsageError(f"manifest {path} has no lines: one JSON object per line, one edit each")
     parsed = [_parse_line(n, line) for n, line in rows]
     explicit = [_explicit_key(payload) for _, payload in parsed]
     names = [_line_name(n, payload) for n, payload in parsed]

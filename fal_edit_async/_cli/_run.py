@@ -208,6 +208,8 @@ async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: Run
         # A line's key, given or derived from file names, is only its name: the journal
         # knows each item by its content, so naming, renaming or reordering lines pays nothing.
         valid = [EditItem(input=p.input, name=p.key) for p in planned if p.input is not None]
+        if run.pipe_closed:  # nobody reads the results any more: send nothing
+            valid = []
         timed_out = await _run_valid(run, valid) if valid else False
     finally:
         with contextlib.suppress(OutputClosed):
@@ -257,39 +259,32 @@ MAX_LISTED = 20
 
 
 def _failure_lines(run: _Run) -> list[str]:
-    p, journal = run.progress, run.options.journal is not None
-    failed = [f for f in p.finished_items.values() if f.outcome != "done"]
-    if not failed:
-        return []
-    lines = ["Not done:"]
+    """Each item that did not finish, with its cause and what to do next; the many that
+    ended alike for a reason of the run (over budget, cancelled) in one line."""
+    journal = run.options.journal is not None
     groups: dict[tuple[str, str], list[Finished]] = {}
-    for f in failed:
-        step = next_step(f.result, f.outcome, journal=journal, line=f.line)
-        why = cause(f.result.error) if f.result.error else f.outcome
-        groups.setdefault((why, step), []).append(f)
-    shown = 0
+    for f in run.progress.finished_items.values():
+        if f.outcome != "done":
+            step = next_step(f.result, f.outcome, journal=journal, line=f.line)
+            why = cause(f.result.error) if f.result.error else f.outcome
+            groups.setdefault((why, step), []).append(f)
+    if not groups:
+        return []
+    lines, listed, hidden = ["Not done:"], 0, 0
     for (why, step), items in groups.items():
-        if len(items) > 3 and why in ("over budget", "cancelled"):  # one line for the many
+        if len(items) > 3 and why in ("over budget", "cancelled"):
             also = f" ({why})" if why != items[0].outcome else ""
             lines.append(f"  {plural(len(items), 'item')} {items[0].outcome}{also}: {step}")
             continue
         for f in items:
-            if shown == MAX_LISTED:
-                break
-            shown += 1
+            if listed == MAX_LISTED:
+                hidden += 1
+                continue
+            listed += 1
             where = f" (line {f.line})" if f.line else ""
             text = message(f.result.error) if f.result.error else f.outcome
             lines.append(printable(f"  ✗ {f.result.key}{where} {f.outcome}: {text} → {step}"))
-    hidden = (
-        len(failed)
-        - shown
-        - sum(
-            len(v)
-            for (w, _), v in groups.items()
-            if len(v) > 3 and w in ("over budget", "cancelled")
-        )
-    )
-    if hidden > 0:
+    if hidden:
         lines.append(f"  … and {hidden} more (--json or --report lists every item)")
     return lines
 
