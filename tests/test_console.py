@@ -629,3 +629,17 @@ def test_the_end_lists_at_most_twenty_failures_and_counts_the_rest() -> None:
     assert 20 == sum(1 for line in lines if line.startswith("  ✗ item-"))
     assert "  … and 5 more (--json or --report lists every item)" in lines
     assert all("run it again (with --journal" in line for line in lines if "✗" in line)
+
+
+def test_an_unknown_submit_says_why_it_was_not_retried() -> None:
+    """A submit whose answer was lost (a 500 that may have queued a job) says why no second
+    submit was sent, and how to look it up."""
+    from fal_edit_async import ServerError
+    from fal_edit_async._cli._messages import next_step
+
+    error = ServerError("Internal Server Error", status=500, request_id="r9")
+    result = _result("a", ItemState.UNKNOWN, error=error, request_id="r9")
+
+    step = next_step(result, "unknown", journal=True, line=None)
+
+    assert "not retried" in step and "pay twice" in step and "fal-edit status r9" in step

@@ -135,8 +135,8 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
         return "an earlier run's verdict: add --retry-failed to submit it again"
     if state == "unknown":
         return (
-            f"fal may have run (and billed) it: `fal-edit status {rid}`; "
-            "--resubmit-unknown submits it again"
+            "not retried, since fal may have queued (and will bill) it and a second submit "
+            f"would pay twice: `fal-edit status {rid}`; --resubmit-unknown submits it again"
         )
     if state == "interrupted":
         if journal:
