@@ -28,6 +28,7 @@ from ._endpoint import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT, EndpointId as Endpo
 from ._exceptions import (
     APIError as APIError,
     AuthError as AuthError,
+    BillingError as BillingError,
     BudgetExceededError as BudgetExceededError,
     DownloadError as DownloadError,
     FalEditError as FalEditError,
@@ -195,6 +196,7 @@ __all__ = [
     "BatchEvent",
     "BatchItem",
     "BatchSummary",
+    "BillingError",
     "BudgetExceededError",
     "CancelOutcome",
     "ClientConfig",

@@ -18,6 +18,7 @@ import attrs
 
 from ._exceptions import InputError
 from ._protocol import header_safe
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
+#: Names this client and its version, as fal-client does (``fal-client/1.0.3 (python)``).
+DEFAULT_USER_AGENT = f"fal-edit-async/{__version__} (python)"
 DEFAULT_REST_URL = "https://rest.fal.ai"
 #: fal's platform API: the request history (``/v1/models/requests/by-endpoint``).
 DEFAULT_API_URL = "https://api.fal.ai"
@@ -123,12 +126,15 @@ class Timeouts:
     ``read`` bounds each wait for bytes, never a whole response, so a long status stream or a
     large download is not cut off while data keeps arriving. ``stream_idle`` must exceed fal's
     15 s keep-alive interval. ``cancel`` bounds the shielded cancel sent on the way out.
+    ``submit`` replaces ``read`` for the submit POST, which fal may answer slowly (fal-client
+    allows it 120 s); a submit that times out is an unknown outcome, never sent again.
     """
 
     connect: float = attrs.field(default=10.0, validator=_positive("Timeouts"))
     read: float = attrs.field(default=60.0, validator=_positive("Timeouts"))
     stream_idle: float = attrs.field(default=45.0, validator=_positive("Timeouts"))
     cancel: float = attrs.field(default=10.0, validator=_positive("Timeouts"))
+    submit: float = attrs.field(default=120.0, validator=_positive("Timeouts"))
 
 
 @attrs.frozen(kw_only=True)
@@ -146,6 +152,12 @@ class Limits:
     Sizes, in bytes: a local input image larger than ``max_input_bytes`` is an
     :class:`InputError`; one up to ``inline_bytes`` is sent inline as a data URI rather than
     uploaded; a download larger than ``max_output_bytes`` is refused.
+
+    What a server sends is bounded too, so a broken or hostile one cannot fill the memory:
+    an API answer (a status, a result: sync-mode results hold their images) larger than
+    ``max_response_bytes`` is a :class:`ProtocolError`; a status-stream line or event larger
+    than ``max_event_bytes`` ends the stream (the job is polled instead); a job keeps its
+    last ``max_log_lines`` log lines (older ones are dropped from ``Completed.logs``).
     """
 
     max_connections: int = attrs.field(default=512, validator=_positive("Limits"))
@@ -155,6 +167,9 @@ class Limits:
     max_input_bytes: int = attrs.field(default=50 * 2**20, validator=_positive("Limits"))
     inline_bytes: int = attrs.field(default=256 * 2**10, validator=_non_negative("Limits"))
     max_output_bytes: int = attrs.field(default=64 * 2**20, validator=_positive("Limits"))
+    max_response_bytes: int = attrs.field(default=32 * 2**20, validator=_positive("Limits"))
+    max_event_bytes: int = attrs.field(default=2**20, validator=_positive("Limits"))
+    max_log_lines: int = attrs.field(default=10_000, validator=_positive("Limits"))
 
 
 @attrs.frozen(kw_only=True)
@@ -182,6 +197,10 @@ class Polling:
     The interval starts at the state's value and grows by ``backoff`` up to ``max_interval``
     while nothing changes; any change resets it. ``stream_failures`` dropped streams in a row
     make the client fall back to polling for the rest of that job.
+
+    A status value this client does not know is treated as "still running", but only for
+    ``max_unknown_statuses`` updates in a row: then the wait ends in a :class:`ProtocolError`
+    naming the job (it can be re-attached), rather than waiting for ever.
     """
 
     queued_interval: float = attrs.field(default=1.0, validator=_non_negative("Polling"))
@@ -190,6 +209,7 @@ class Polling:
     backoff: float = attrs.field(default=1.5, validator=_positive("Polling"))
     use_stream: bool = True
     stream_failures: int = attrs.field(default=3, validator=_positive("Polling"))
+    max_unknown_statuses: int = attrs.field(default=120, validator=_positive("Polling"))
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -245,7 +265,7 @@ class ClientConfig:
     limits: Limits = DEFAULT_LIMITS
     retry: RetryPolicy = DEFAULT_RETRY
     polling: Polling = DEFAULT_POLLING
-    user_agent: str = "fal-edit-async"
+    user_agent: str = DEFAULT_USER_AGENT
 
     @classmethod
     def from_env(

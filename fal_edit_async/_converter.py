@@ -6,12 +6,19 @@ timestamps, dispatches status payloads on their ``status`` tag (unknown tags bec
 and turns any structuring failure into a :class:`ProtocolError` that names the bad field's path.
 Server payloads are parsed tolerantly (unknown keys ignored); :func:`make_converter` with
 ``strict=True`` forbids them, which tests use against our own emulator to catch drift.
+
+What only informs (log lines, metrics, the queue position) is read leniently, as fal-client
+reads it (logs untyped, ``metrics`` with a default): a log line with ``message: null`` or a
+numeric timestamp, ``metrics: null``, or IN_QUEUE without ``queue_position`` is kept as well
+as it can be, never a :class:`ProtocolError` that would abort a paid job.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +67,60 @@ def _parse_datetime(value: Any, _: type) -> datetime:
         raise ValueError(f"expected an ISO 8601 string, got {value!r}")
     # Python 3.11's fromisoformat reads a trailing "Z"; fal sends it.
     return datetime.fromisoformat(value)
+
+
+def _lenient_datetime(value: Any) -> datetime | None:
+    """A log timestamp: ISO 8601, or Unix seconds (milliseconds when that large); else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, int | float):
+            seconds = value / 1000 if abs(value) > 1e11 else value
+            return datetime.fromtimestamp(seconds, UTC)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value)
+    except (ValueError, OverflowError, OSError):
+        pass
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _log_entry_hook(conv: cattrs.Converter) -> Any:
+    """One log line, whatever its shape: a line is information, never a reason to fail (a
+    strict converter still reports unknown keys, which is how tests catch drift)."""
+    text = override(struct_hook=lambda v, _: _text(v))
+    fields: Any = make_dict_structure_fn(
+        LogEntry,
+        conv,
+        message=override(struct_hook=lambda v, _: _text(v) or ""),
+        level=text,
+        source=text,
+        timestamp=override(struct_hook=lambda v, _: _lenient_datetime(v)),
+    )
+
+    def hook(value: Any, cls: type) -> LogEntry:
+        if not isinstance(value, Mapping):
+            return LogEntry(message=_text(value) or "")
+        if "message" not in value:
+            value = {**value, "message": ""}
+        return fields(value, cls)  # type: ignore[no-any-return]
+
+    return hook
+
+
+def _metrics(value: Any, _: type) -> Mapping[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _position(value: Any, _: type) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) and value == int(value) else None
 
 
 def _format_datetime(value: datetime) -> str:
@@ -118,13 +179,16 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
     # StrEnum members are str already; send their plain value, not the member.
     conv.register_unstructure_hook(StrEnum, lambda member: member.value)
 
+    conv.register_structure_hook(LogEntry, _log_entry_hook(conv))
+
     def logs(value: Any, _: type) -> tuple[LogEntry, ...]:
-        if value is None:  # fal sends "logs": null when logs were not asked for
+        # fal sends "logs": null when logs were not asked for; anything else not a list is
+        # odd, and dropped rather than refused.
+        if not isinstance(value, list | tuple):
             return ()
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list of log entries or null, got {value!r}")
         return conv.structure(value, tuple[LogEntry, ...])
 
+    lenient = {"logs": logs, "metrics": _metrics, "position": _position}
     tag_to_class: dict[str, type] = {}
     for cls, tag in STATUS_TAGS.items():
         if cls is UnknownStatus:
@@ -132,8 +196,9 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
         tag_to_class[tag] = cls
         fields = {a.name for a in attrs.fields(cls)}
         overrides = {a: override(rename=w) for a, w in _RENAMES.get(cls, {}).items()}
-        if "logs" in fields:
-            overrides["logs"] = override(struct_hook=logs)
+        for name, hook in lenient.items():
+            if name in fields:
+                overrides[name] = override(rename=_RENAMES.get(cls, {}).get(name), struct_hook=hook)
         structure: Any = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
         unstructure: Any = make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
         conv.register_structure_hook(cls, _without_envelope(structure))

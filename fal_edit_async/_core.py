@@ -303,13 +303,23 @@ class Core:
         headers: Mapping[str, str] | None = None,
         data: bytes | AsyncIterable[bytes | memoryview] | None = None,
         auth: bool = True,
+        read_timeout: float | None = None,
     ) -> Response:
         """Send one request and read the whole answer (never follows redirects).
 
         ``auth=False`` never sends the key, even to a fal origin (a presigned upload URL).
+        ``read_timeout`` replaces ``Timeouts.read`` for this request (a submit's is longer).
         """
         request = self._request(
-            method, url, headers=headers, auth=auth, json=json, params=params, data=data
+            method,
+            url,
+            headers=headers,
+            auth=auth,
+            json=json,
+            params=params,
+            data=data,
+            read_timeout=read_timeout,
+            max_body=self.config.limits.max_response_bytes,  # what a server sends is bounded
         )
         return self._scrubbed(await self._send(self.transport.request(request)))
 

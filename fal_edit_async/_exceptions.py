@@ -7,6 +7,7 @@
     ├── TransportError        connection failed, was reset or timed out
     ├── APIError              fal answered with a non-2xx status
     │   ├── AuthError           401 / 403: the key is missing, wrong or not allowed
+    │   │   └── BillingError          402, 403 "User is locked": the account cannot pay
     │   ├── NotFoundError       404: unknown endpoint or request id
     │   ├── RateLimitError      429: too many requests; ``retry_after`` when fal said
     │   ├── ValidationError     422: the model rejected the input; ``field_errors``
@@ -40,6 +41,7 @@ from typing import Any
 __all__ = [
     "APIError",
     "AuthError",
+    "BillingError",
     "BudgetExceededError",
     "DownloadError",
     "FalEditError",
@@ -121,7 +123,13 @@ class APIError(FalEditError):
 
 
 class AuthError(APIError):
-    """fal refused the credentials (401 or 403): set FAL_KEY to a valid key."""
+    """fal refused the credentials: 401 (set FAL_KEY to a valid key) or 403 (the key may not
+    do this). A batch submits nothing more after one."""
+
+
+class BillingError(AuthError):
+    """The key is valid but the account may not run jobs (402, or 403 "User is locked.
+    Reason: Exhausted balance"): add credit; a batch submits nothing more."""
 
 
 class NotFoundError(APIError):

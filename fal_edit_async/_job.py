@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractContextManager, aclosing, nullcontext
 from typing import Any, TypeAlias, Unpack
@@ -21,6 +22,7 @@ from ._exceptions import (
     JobCancelledError,
     JobFailedError,
     JobTimeoutError,
+    NotFoundError,
     ProtocolError,
 )
 from ._models import (
@@ -110,7 +112,7 @@ class JobHandle:
         twice across reconnects, and its ``logs`` hold only the entries not yielded before.
         Use ``contextlib.aclosing`` when breaking out early.
         """
-        seen: set[_LogKey] = set()
+        seen = _Seen(2 * self._core.config.limits.max_log_lines)
         last: JobStatus | None = None
         statuses = raw_statuses(self._core, self.urls, logs=logs)
         async with aclosing(statuses):
@@ -123,8 +125,7 @@ class JobHandle:
                     raise exc.for_request(self.request_id) from exc
                 self._core.check_open()  # an update read as the client closed: not one to act on
                 if isinstance(status, InProgress | Completed):
-                    fresh = tuple(e for e in status.logs if _log_key(e) not in seen)
-                    seen.update(_log_key(e) for e in fresh)
+                    fresh = tuple(e for e in status.logs if seen.add(_log_key(e)))
                     status = attrs.evolve(status, logs=fresh)
                 if _same_state(last, status) and not getattr(status, "logs", ()):
                     continue
@@ -155,7 +156,8 @@ class JobHandle:
         a negative number is an :class:`InputError`.
         """
         check_timeout(timeout)
-        collected: list[LogEntry] = []
+        # The last lines only: a job that logs without end must not fill the memory.
+        collected: deque[LogEntry] = deque(maxlen=self._core.config.limits.max_log_lines)
         following = anyio.CancelScope()  # cancelled by the client's aclose(): see _on_close
         try:
             # move_on_after, not fail_after: only this scope's own deadline means "timed out",
@@ -232,6 +234,15 @@ class JobHandle:
             if resp.ok:
                 return self._output(resp)
             error = api_error(resp.status, resp.headers, resp.body)
+            if resp.status == 404 and completed is not None and not completed.failed:
+                # fal answers COMPLETED for a request id it does not know, then 404 here.
+                raise NotFoundError(
+                    "no result for this request id: fal does not know it, or its result "
+                    "expired (fal keeps results for about an hour)",
+                    status=404,
+                    body=error.body,
+                    request_id=self.request_id,
+                )
             failed = completed is not None and completed.failed
             if error.error_type == "client_cancelled" or resp.status == 499:
                 raise JobCancelledError(self.request_id)
@@ -260,8 +271,12 @@ class JobHandle:
         )
 
     def _output(self, resp: Response) -> EditImageOutput:
+        if resp.status == 202:  # "accepted, still running": a status, not a result
+            raise _not_ready(resp, None, self.request_id)
         try:
             payload = resp.json("result")
+            if result_not_ready(resp.status, payload):  # {"status": "IN_PROGRESS"}
+                raise _not_ready(resp, payload, self.request_id)
             output = parse(payload, EditImageOutput)
         except ProtocolError as exc:
             raise exc.for_request(self.request_id) from exc
@@ -300,6 +315,30 @@ class JobHandle:
             except FalEditError:
                 return None
         return None
+
+
+def _not_ready(resp: Response, body: Any, request_id: str) -> APIError:
+    """A 2xx result answer that says the result is not there yet; retried as not ready."""
+    return APIError(
+        "the result is not ready yet", status=resp.status, body=body, request_id=request_id
+    )
+
+
+class _Seen:
+    """The log lines already yielded, the most recent ``size`` of them remembered."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: dict[_LogKey, None] = {}
+
+    def add(self, key: _LogKey) -> bool:
+        """Remember ``key``; True when it is new."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            del self._keys[next(iter(self._keys))]  # the oldest: a dict keeps its order
+        return True
 
 
 def _not_the_jobs_answer(completed: Completed | None, status: int, error: APIError) -> bool:
@@ -359,8 +398,18 @@ async def submit(
     url = f"{queue_url}/{ep.submit_path}"
 
     async def post() -> SubmitReceipt:
+        # The POST is shielded, so a deadline that passed before it must stop it here: no
+        # job is paid for after the caller stopped waiting.
+        await anyio.lowlevel.checkpoint()
         with anyio.CancelScope(shield=True):
-            resp = await core.request("POST", url, json=body, params=params, headers=extra)
+            resp = await core.request(
+                "POST",
+                url,
+                json=body,
+                params=params,
+                headers=extra,
+                read_timeout=core.config.timeouts.submit,
+            )
         resp.raise_for_status()
         return parse_receipt(resp.json("submit"), queue_url, ep)
 

@@ -289,9 +289,10 @@ class LogEntry:
 
 @attrs.frozen(kw_only=True)
 class Queued:
-    """IN_QUEUE: waiting for a runner; ``position`` requests are ahead (0-based)."""
+    """IN_QUEUE: waiting for a runner; ``position`` requests are ahead (0-based), None when
+    fal did not say (it sends ``queue_position: null``, or none at all, at times)."""
 
-    position: int
+    position: int | None = None
     request_id: str | None = None
 
 

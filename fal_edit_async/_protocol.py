@@ -19,6 +19,7 @@ from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._exceptions import (
     APIError,
     AuthError,
+    BillingError,
     InputError,
     NotFoundError,
     ProtocolError,
@@ -46,6 +47,7 @@ __all__ = [
     "check_submit_options",
     "decode_json",
     "header_safe",
+    "is_ingress_error",
     "is_transient",
     "job_retryable",
     "job_urls",
@@ -225,6 +227,10 @@ def submit_headers(
             or start_timeout <= 1
         ):
             raise InputError("start_timeout", start_timeout, "a number of seconds above 1")
+        # fal documents X-Fal-Request-Start-Timeout (it wins when both are sent); the
+        # deprecated header is kept because fal-client 1.0.3 sends only that one, so it is
+        # the one known to work on every gateway that still reads the old name.
+        out["X-Fal-Request-Start-Timeout"] = str(float(start_timeout))
         out["X-Fal-Request-Timeout"] = str(float(start_timeout))
     return out
 
@@ -253,25 +259,45 @@ def is_transient(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
+_NOT_DONE = ("IN_QUEUE", "IN_PROGRESS")
+
+
 def result_not_ready(status: int, body: Any) -> bool:
-    """True for fal's answer to a result GET that came too early: 400 "still in progress"."""
-    detail = body.get("detail") if isinstance(body, Mapping) else None
-    return status == 400 and isinstance(detail, str) and "still in progress" in detail.lower()
+    """True for an answer to a result GET that says the result is not there yet: fal's 400
+    "still in progress", a 202 (the status endpoint's "running"), or a body whose ``status``
+    is IN_QUEUE / IN_PROGRESS. fal's result store may lag its status: ask again."""
+    if status == 202:
+        return True
+    if not isinstance(body, Mapping):
+        return False
+    detail = body.get("detail")
+    if status == 400 and isinstance(detail, str) and "still in progress" in detail.lower():
+        return True
+    return status < 500 and body.get("status") in _NOT_DONE
+
+
+def is_ingress_error(exc: BaseException) -> bool:
+    """True for a 502/503/504 from fal's ingress, in front of the queue: no
+    ``x-fal-request-id`` and nginx's error page, the test fal-client makes
+    (``_is_ingress_error``). A load balancer's bare 504 may come after the queue stored the
+    POST, so it proves nothing."""
+    if not isinstance(exc, APIError) or exc.status not in (502, 503, 504):
+        return False
+    return exc.request_id is None and isinstance(exc.body, str) and "nginx" in exc.body
 
 
 def submit_never_queued(exc: BaseException) -> bool:
     """True when a failed submit provably created no job, so sending it again is safe.
 
-    fal refused it (any 4xx: 429 and 422 included), a gateway error without a request id
-    (the queue never saw it), or a connection that never opened. Anything else (a reset or
-    timeout after sending, a 5xx from fal itself, a garbled 200) may hide a queued job.
+    fal refused it (any 4xx: 429 and 422 included), an ingress error (see
+    :func:`is_ingress_error`: the queue never saw it), or a connection that never opened.
+    Anything else (a reset or timeout after sending, a 5xx from fal itself or from a load
+    balancer, a garbled 200) may hide a queued job.
     """
     if isinstance(exc, TransportError):
         return not exc.sent
     if isinstance(exc, APIError):
-        if 400 <= exc.status < 500:
-            return True
-        return exc.status in (502, 503, 504) and exc.request_id is None
+        return 400 <= exc.status < 500 or is_ingress_error(exc)
     return False
 
 
@@ -323,6 +349,12 @@ def _message(body: Any, status: int) -> str:
     return f"HTTP {status}"
 
 
+def _locked(message: str) -> bool:
+    # fal: 403 {"detail": "User is locked. Reason: Exhausted balance"}.
+    text = message.lower()
+    return "locked" in text or "balance" in text
+
+
 def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
     """The typed error for a non-2xx answer."""
     try:
@@ -345,8 +377,14 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
         # API calls never follow redirects: the key would travel to wherever they point.
         where = headers.get("location") or headers.get("Location") or "nowhere"
         message = f"redirect to {where} not followed; the key goes only to the configured hosts"
-    if status in (401, 403):
+    if status == 402 or (status == 403 and _locked(message)):
+        advice = "the key is valid but the account cannot pay: add credit in fal's dashboard"
+        return BillingError(f"{message}. {advice}", **kw)
+    if status == 401:
         return AuthError(f"{message}. Set FAL_KEY to a valid fal API key", **kw)
+    if status == 403:
+        advice = "the key is not allowed to do this: check its scope and the fal account"
+        return AuthError(f"{message}. {advice}", **kw)
     if status == 404:
         return NotFoundError(message, **kw)
     if status == 422:
@@ -360,7 +398,12 @@ def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
 
 
 def cancel_outcome(status: int, headers: Mapping[str, str], body: bytes) -> CancelOutcome:
-    """What a cancel PUT achieved; 400 and 404 are outcomes here, not errors."""
+    """What a cancel PUT achieved; 400 and 404 are outcomes here, not errors.
+
+    fal answers 400 ``{"status": "ALREADY_COMPLETED"}``, and has been seen answering 400
+    ``{"detail": "..."}``: both mean fal will not cancel it, so the job is left to finish
+    and be re-attached (``ALREADY_COMPLETED``), unless the detail says it is not found.
+    """
     try:
         parsed = _loads(body) if body else {}
     except ValueError:
@@ -370,6 +413,11 @@ def cancel_outcome(status: int, headers: Mapping[str, str], body: bytes) -> Canc
     if 200 <= status < 300:
         return CancelOutcome.OK if value == "OK" else CancelOutcome.REQUESTED
     if status == 400 and value == "ALREADY_COMPLETED":
+        return CancelOutcome.ALREADY_COMPLETED
+    detail = parsed.get("detail") if isinstance(parsed, Mapping) else None
+    if status == 400 and isinstance(detail, str):
+        if "not found" in detail.lower():
+            return CancelOutcome.NOT_FOUND
         return CancelOutcome.ALREADY_COMPLETED
     if status == 404:
         return CancelOutcome.NOT_FOUND

@@ -16,7 +16,7 @@ import anyio
 
 from ._config import RetryPolicy
 from ._exceptions import APIError, RateLimitError, TransportError
-from ._protocol import is_transient
+from ._protocol import is_ingress_error, is_transient
 from ._statistics import Counters, RetryKind
 
 __all__ = ["backoff_delay", "retry_delay", "retry_kind", "wait_before_retry", "with_retries"]
@@ -34,7 +34,7 @@ def retry_kind(exc: BaseException, *, submit: bool, policy: RetryPolicy) -> Retr
     """The kind of a retryable failure, or None when it must not be retried.
 
     A submit is retried only when fal cannot have enqueued it: a 429, an ingress 502/503/504
-    (no ``x-fal-request-id``: the gateway never reached the queue), or a connection that
+    (no ``x-fal-request-id`` and nginx's page: the queue never saw it), or a connection that
     failed before the request was sent. Anything ambiguous (a reset or timeout after sending,
     a 5xx from fal itself) is retried only when the policy opts in, since a second POST may
     be a second paid job. Other calls are idempotent and retry on 408, 429, 5xx and
@@ -51,8 +51,7 @@ def retry_kind(exc: BaseException, *, submit: bool, policy: RetryPolicy) -> Retr
     if exc.timeout_type == "user":
         return None  # the caller's own start_timeout expired: trying again cannot help
     if submit:
-        ingress = exc.status in (502, 503, 504) and exc.request_id is None
-        if ingress or (policy.retry_ambiguous_submit and exc.status >= 500):
+        if is_ingress_error(exc) or (policy.retry_ambiguous_submit and exc.status >= 500):
             return "server_error"
         return None
     if not is_transient(exc.status):

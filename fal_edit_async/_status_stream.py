@@ -3,7 +3,13 @@
 :func:`raw_statuses` yields every status payload it receives, as parsed models, until one is
 COMPLETED. It prefers fal's server-sent events stream; it reconnects a dropped stream, and
 falls back to polling for the rest of the job when the stream is refused (404, 405, 501, not
-``text/event-stream``) or drops ``Polling.stream_failures`` times in a row without progress.
+``text/event-stream``), sends an event larger than ``Limits.max_event_bytes``, or drops
+``Polling.stream_failures`` times in a row without progress. Any 2xx opens the stream, as in
+the official clients (fal's status answers 202 while a job runs).
+
+A status value this client does not know counts as "still running", for at most
+``Polling.max_unknown_statuses`` updates in a row; then a :class:`ProtocolError` ends the
+wait (the job stays re-attachable), so a status fal adds one day cannot hang a batch.
 De-duplication across reconnects is the caller's job (``JobHandle.updates``), because only
 the caller knows what it has already shown.
 
@@ -20,11 +26,11 @@ import anyio
 
 from ._converter import parse_status
 from ._core import Core
-from ._exceptions import APIError, AuthError, NotFoundError, TransportError
-from ._models import Completed, JobStatus, JobUrls, Queued
+from ._exceptions import APIError, AuthError, NotFoundError, ProtocolError, TransportError
+from ._models import Completed, JobStatus, JobUrls, Queued, UnknownStatus
 from ._protocol import decode_json, is_transient
 from ._retry import retry_delay, wait_before_retry, with_retries
-from ._sse import SSEDecoder
+from ._sse import EventTooLargeError, SSEDecoder
 
 __all__ = ["fetch_status", "raw_statuses"]
 
@@ -66,11 +72,11 @@ async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
     ) as resp:
         if resp.status in _REFUSED:
             raise _StreamRefused
-        if resp.status != 200:
+        if not 200 <= resp.status < 300:
             raise await core.error_of(resp)
         if resp.content_type != "text/event-stream":
             raise _StreamRefused
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(max_event_bytes=core.config.limits.max_event_bytes)
         async for chunk in resp.aiter_bytes():
             for event in decoder.feed(chunk):
                 yield parse_status(decode_json(event.data, what="status event"))
@@ -98,7 +104,27 @@ async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobS
 
 
 async def raw_statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
-    """Every status update received for one job, ending after the first COMPLETED."""
+    """Every status update received for one job, ending after the first COMPLETED.
+
+    Raises:
+        ProtocolError: ``Polling.max_unknown_statuses`` unknown statuses in a row.
+    """
+    limit = core.config.polling.max_unknown_statuses
+    unknown = 0
+    async with aclosing(_statuses(core, urls, logs=logs)) as statuses:
+        async for status in statuses:
+            unknown = unknown + 1 if isinstance(status, UnknownStatus) else 0
+            if unknown >= limit and isinstance(status, UnknownStatus):
+                raise ProtocolError(
+                    f"status {status.status!r} unknown to this client, {unknown} times in a "
+                    "row (Polling.max_unknown_statuses)",
+                    payload=dict(status.payload),
+                    request_id=urls.request_id,
+                )
+            yield status
+
+
+async def _statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
     config, stats = core.config, core.stats
     failures = 0
     use_stream = config.polling.use_stream
@@ -120,6 +146,9 @@ async def raw_statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
             stats.stream_drops += 1  # the body ended before COMPLETED
         except _StreamRefused:
             stats.stream_refused += 1
+            break
+        except EventTooLargeError:
+            stats.stream_errors += 1  # a polled answer has its own, larger bound
             break
         except AuthError:
             raise

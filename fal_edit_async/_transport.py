@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json as jsonlib
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from enum import Enum
@@ -28,8 +29,8 @@ import aiohttp
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._config import DEFAULT_TIMEOUTS, Timeouts
-from ._exceptions import TransportError
+from ._config import DEFAULT_TIMEOUTS, DEFAULT_USER_AGENT, Timeouts
+from ._exceptions import ProtocolError, TransportError
 from ._protocol import api_error, decode_json
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Response",
     "StreamResponse",
     "Transport",
+    "body_too_large",
 ]
 
 T = TypeVar("T")
@@ -67,8 +69,10 @@ class Request:
     """One HTTP request, as the core hands it to a transport.
 
     ``follow_redirects`` is only ever true for requests that carry no key (downloads);
-    ``read_timeout`` replaces ``Timeouts.read`` as the longest wait for the next bytes. Its
-    repr never shows the ``Authorization`` header's value.
+    ``read_timeout`` replaces ``Timeouts.read`` as the longest wait for the next bytes;
+    ``max_body`` bounds the answer :meth:`Transport.request` reads (more is a
+    :class:`ProtocolError`, raised before the rest is read). Its repr never shows the
+    ``Authorization`` header's value.
     """
 
     method: str
@@ -79,10 +83,19 @@ class Request:
     data: Body | None = None
     follow_redirects: bool = False
     read_timeout: float | None = None
+    max_body: int | None = None
 
 
 def _content_type(headers: Mapping[str, str]) -> str:
     return headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+
+def body_too_large(request: Request) -> ProtocolError:
+    """The error for an answer over ``request.max_body``."""
+    return ProtocolError(
+        f"answer larger than {request.max_body} bytes (Limits.max_response_bytes)",
+        details=[f"{request.method} {request.url}"],
+    )
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
@@ -182,7 +195,8 @@ class Transport(Protocol):
     Implement it to put the client on another HTTP stack; :class:`AiohttpTransport` is the
     default, :class:`MockTransport` answers in memory. A transport never follows a redirect
     unless ``request.follow_redirects`` says so, raises :class:`TransportError` (with
-    ``sent=False`` only when the request provably never left) for network failures, and
+    ``sent=False`` only when the request provably never left) for network failures, never
+    reads more of an answer than ``request.max_body`` (see :func:`body_too_large`), and
     delivers bodies with their ``Content-Encoding`` undone (checking ``Content-Length``
     against the encoded bytes it read).
     """
@@ -209,11 +223,17 @@ class _State(Enum):
 class AiohttpTransport:
     """The default transport: one ``aiohttp.ClientSession``, opened on first use.
 
+    It honours the environment as fal-client (httpx) does: ``HTTPS_PROXY`` / ``HTTP_PROXY``
+    / ``NO_PROXY`` (and ``~/.netrc`` for proxy credentials), and ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` for the certificates it trusts, read when the first request opens the
+    session. ``trust_env=False`` ignores all of them.
+
     Args:
         timeouts: ``connect`` and ``read`` (per wait for bytes; there is no total, so a long
             stream or a big download is not cut off while data keeps arriving).
         max_connections: open sockets at most.
         user_agent: the ``User-Agent`` header.
+        trust_env: read proxies and certificate locations from the environment.
     """
 
     def __init__(
@@ -221,11 +241,13 @@ class AiohttpTransport:
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_connections: int = 512,
-        user_agent: str = "fal-edit-async",
+        user_agent: str = DEFAULT_USER_AGENT,
+        trust_env: bool = True,
     ) -> None:
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._user_agent = user_agent
+        self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
         self._streams: set[_ReadChunks] = set()
@@ -241,11 +263,15 @@ class AiohttpTransport:
         if self._state is _State.CLOSED:
             raise RuntimeError("this transport is closed; create a new client")
         if self._session is None:
+            # aiohttp's own default context is made when aiohttp is imported, so it misses an
+            # SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made.
+            context = ssl.create_default_context() if self._trust_env else True
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=context),
                 timeout=self._default_timeout,
                 headers={"User-Agent": self._user_agent},
                 raise_for_status=False,
+                trust_env=self._trust_env,
             )
             self._state = _State.OPENED
         return self._session
@@ -283,7 +309,19 @@ class AiohttpTransport:
 
     async def _read(self, request: Request) -> Response:
         async with self._send(request) as resp:
-            body = await resp.read()
+            limit = request.max_body
+            if limit is None:
+                body = await resp.read()
+            else:
+                length = _content_length(resp.headers)
+                if length is not None and length > limit:
+                    raise body_too_large(request)
+                buffer = bytearray()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    buffer += chunk
+                    if len(buffer) > limit:
+                        raise body_too_large(request)
+                body = bytes(buffer)
             return Response(status=resp.status, headers=resp.headers, body=body, url=request.url)
 
     @asynccontextmanager
@@ -386,7 +424,10 @@ class MockTransport:
             body = b"".join([bytes(chunk) async for chunk in request.data])
             request = attrs.evolve(request, data=body)
         answer = self._handler(request)
-        return await answer if inspect.isawaitable(answer) else answer
+        resp = await answer if inspect.isawaitable(answer) else answer
+        if request.max_body is not None and len(resp.body) > request.max_body:
+            raise body_too_large(request)
+        return resp
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:

@@ -233,19 +233,6 @@ def test_strict_converter_rejects_unknown_fields(payload: Any, cls: Any, path: s
 # --- malformed payloads --------------------------------------------------------------------------
 
 MALFORMED = [
-    pytest.param({"status": "IN_PROGRESS", "logs": [{"message": "a"}, {"message": "b",
-                  "timestamp": 5}]}, JobStatus, "$.logs[1].timestamp", id="timestamp-not-a-string"),
-    pytest.param({"status": "IN_PROGRESS", "logs": [{"message": "a", "timestamp": "yesterday"}]},
-                 JobStatus, "$.logs[0].timestamp", id="timestamp-not-iso"),
-    pytest.param({"status": "IN_PROGRESS", "logs": [{"level": "INFO"}]}, JobStatus,
-                 "$.logs[0].message", id="log-without-message"),
-    pytest.param({"status": "IN_PROGRESS", "logs": "oops"}, JobStatus, "$.logs",
-                 id="logs-not-a-list"),
-    pytest.param({"status": "COMPLETED", "logs": None, "metrics": "fast"}, JobStatus, "$.metrics",
-                 id="metrics-not-an-object"),
-    pytest.param({"status": "IN_QUEUE"}, JobStatus, "queue_position", id="no-queue-position"),
-    pytest.param({"status": "IN_QUEUE", "queue_position": None}, JobStatus, "position",
-                 id="queue-position-null"),
     pytest.param({"request_id": RID}, JobStatus, "$.status", id="no-status"),
     pytest.param({"status": 3}, JobStatus, "$.status", id="status-not-a-string"),
     pytest.param(["IN_QUEUE"], JobStatus, "$.status", id="status-payload-not-an-object"),
@@ -276,9 +263,6 @@ def test_malformed_payload_raises_protocol_error_with_path(
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param({"status": "IN_QUEUE", "queue_position": "3"}, id="position-string"),
-        pytest.param({"status": "IN_QUEUE", "queue_position": 2.7}, id="position-float"),
-        pytest.param({"status": "IN_QUEUE", "queue_position": True}, id="position-bool"),
         pytest.param({"status": "COMPLETED", "error": 5}, id="error-int"),
     ],
 )
@@ -448,3 +432,46 @@ def test_input_from_dict_refuses_bad_data(data: Any, field: str, allowed: str) -
 
     assert field == caught.value.field
     assert allowed == caught.value.allowed
+
+
+# --- sloppy payloads: read leniently, as fal-client reads them -----------------------------------
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+SLOPPY = [
+    pytest.param({"status": "IN_PROGRESS", "logs": [{"message": None, "level": "INFO"}]},
+                 InProgress(logs=(LogEntry(message="", level="INFO"),)), id="message-null"),
+    pytest.param({"status": "IN_PROGRESS", "logs": [{"level": "INFO"}]},
+                 InProgress(logs=(LogEntry(message="", level="INFO"),)), id="message-missing"),
+    pytest.param({"status": "IN_PROGRESS", "logs": [{"message": 42}]},
+                 InProgress(logs=(LogEntry(message="42"),)), id="message-number"),
+    pytest.param({"status": "IN_PROGRESS", "logs": [{"message": "a", "timestamp": T0.timestamp()}]},
+                 InProgress(logs=(LogEntry(message="a", timestamp=T0),)), id="timestamp-seconds"),
+    pytest.param({"status": "IN_PROGRESS",
+                  "logs": [{"message": "a", "timestamp": T0.timestamp() * 1000}]},
+                 InProgress(logs=(LogEntry(message="a", timestamp=T0),)), id="timestamp-millis"),
+    pytest.param({"status": "IN_PROGRESS", "logs": [{"message": "a", "timestamp": "yesterday"}]},
+                 InProgress(logs=(LogEntry(message="a"),)), id="timestamp-not-iso"),
+    pytest.param({"status": "IN_PROGRESS", "logs": ["plain line"]},
+                 InProgress(logs=(LogEntry(message="plain line"),)), id="log-a-string"),
+    pytest.param({"status": "IN_PROGRESS", "logs": "oops"}, InProgress(), id="logs-not-a-list"),
+    pytest.param({"status": "COMPLETED", "logs": None, "metrics": None}, Completed(),
+                 id="metrics-null"),
+    pytest.param({"status": "COMPLETED", "logs": None, "metrics": "fast"}, Completed(),
+                 id="metrics-not-an-object"),
+    pytest.param({"status": "IN_QUEUE"}, Queued(position=None), id="no-queue-position"),
+    pytest.param({"status": "IN_QUEUE", "queue_position": None}, Queued(position=None),
+                 id="queue-position-null"),
+    pytest.param({"status": "IN_QUEUE", "queue_position": "3"}, Queued(), id="position-string"),
+    pytest.param({"status": "IN_QUEUE", "queue_position": 2.7}, Queued(), id="position-float"),
+    pytest.param({"status": "IN_QUEUE", "queue_position": 2.0}, Queued(position=2),
+                 id="position-whole-float"),
+    pytest.param({"status": "IN_QUEUE", "queue_position": True}, Queued(), id="position-bool"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("payload", "expected"), SLOPPY)
+def test_sloppy_informational_fields_are_kept_not_refused(payload: Any, expected: Any) -> None:
+    """Logs, metrics and the queue position only inform: odd values never abort a paid job."""
+    assert expected == parse_status(payload)
+    assert expected == parse_status(payload, conv=strict)

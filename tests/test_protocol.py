@@ -83,6 +83,7 @@ def test_submit_headers_are_validated_and_formatted() -> None:
         "X-A": "1",
         "X-Fal-Queue-Priority": "low",
         "X-Fal-Runner-Hint": "gpu-a",
+        "X-Fal-Request-Start-Timeout": "30.0",
         "X-Fal-Request-Timeout": "30.0",
     } == headers
 

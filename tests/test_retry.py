@@ -77,7 +77,19 @@ def _api(cls: type[APIError], status: int, **kw: object) -> APIError:
     ("exc", "submit", "expected"),
     [
         pytest.param(_api(RateLimitError, 429), True, "rate_limit", id="submit-429"),
-        pytest.param(_api(ServerError, 503), True, "server_error", id="submit-ingress-503"),
+        pytest.param(
+            _api(ServerError, 503, body="<center>nginx</center>"),
+            True,
+            "server_error",
+            id="submit-ingress-503",
+        ),
+        pytest.param(_api(ServerError, 504), True, None, id="submit-bare-504-unknown"),
+        pytest.param(
+            _api(ServerError, 502, body={"detail": "Bad Gateway"}),
+            True,
+            None,
+            id="submit-json-502-unknown",
+        ),
         pytest.param(_api(ServerError, 503, request_id="r"), True, None, id="submit-503-from-fal"),
         pytest.param(_api(ServerError, 500), True, None, id="submit-500"),
         pytest.param(TransportError("x", sent=False), True, "transport", id="submit-not-sent"),

@@ -49,11 +49,11 @@ class ItemReattached:
 
 @attrs.frozen(kw_only=True)
 class ItemQueued:
-    """The job waits in fal's queue with ``position`` requests ahead."""
+    """The job waits in fal's queue with ``position`` requests ahead (None: fal did not say)."""
 
     key: str
     request_id: str
-    position: int
+    position: int | None
 
 
 @attrs.frozen(kw_only=True)

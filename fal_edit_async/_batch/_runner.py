@@ -33,6 +33,7 @@ from .._downloads import download_outcomes
 from .._endpoint import DEFAULT_ENDPOINT, EndpointId
 from .._exceptions import (
     APIError,
+    AuthError,
     BudgetExceededError,
     DownloadError,
     FalEditError,
@@ -245,6 +246,9 @@ class Runner:
     active: int = 0
     #: Set when an item ends or is deferred: the sweeper looks again.
     changed: anyio.Event = attrs.field(factory=anyio.Event)
+    #: Set once fal refused the key or the account (401, 402, 403): every other submit would
+    #: be refused the same way, so nothing more is sent.
+    account_error: AuthError | None = None
 
     @property
     def shared(self) -> bool:
@@ -482,8 +486,9 @@ class Runner:
 
     def _refuse_submit(self, it: _Item) -> ItemResult | None:
         """NOT_SUBMITTED when the journal broke or the budget would be crossed, else None."""
-        if self.ledger_error is not None:
-            return it.result(ItemState.NOT_SUBMITTED, error=self.ledger_error)
+        if self.ledger_error is not None or self.account_error is not None:
+            error = self.ledger_error or self.account_error
+            return it.result(ItemState.NOT_SUBMITTED, error=error)
         try:
             self.budget.reserve(it.cost)
         except BudgetExceededError as exc:
@@ -645,6 +650,8 @@ class Runner:
     async def _submit_failed(self, it: _Item, exc: FalEditError) -> JobHandle:
         """Record what a failed submit proves, then raise; or re-attach to the job it made."""
         journal = self.journal
+        if isinstance(exc, AuthError):
+            self.account_error = self.account_error or exc
         if submit_never_queued(exc):
             it.attempts -= 1
             if journal is not None:

@@ -26,6 +26,8 @@ def describe_status(status: JobStatus) -> str:
     """One line for a status: the state, the queue position, or the error."""
     if isinstance(status, Queued):
         ahead = status.position
+        if ahead is None:
+            return "IN_QUEUE"
         return f"IN_QUEUE ({ahead} request{'' if ahead == 1 else 's'} ahead)"
     if isinstance(status, InProgress):
         return "IN_PROGRESS"

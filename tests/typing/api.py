@@ -58,7 +58,7 @@ assert_type(receipt.queue_position, int | None)
 def describe(status: fal.JobStatus) -> str:
     """JobStatus is exactly these four classes: a fifth would fail assert_never."""
     if isinstance(status, fal.Queued):
-        assert_type(status.position, int)
+        assert_type(status.position, int | None)
         return f"queued at {status.position}"
     if isinstance(status, fal.InProgress):
         assert_type(status.logs, tuple[fal.LogEntry, ...])
@@ -114,6 +114,7 @@ base: fal.FalEditError = input_error
 value_error: ValueError = input_error
 timeout: TimeoutError = fal.JobTimeoutError("r", 1.0)
 api_error: fal.APIError = fal.RateLimitError("slow", status=429, retry_after=1.0)
+auth_error: fal.AuthError = fal.BillingError("locked", status=403)
 assert_type(fal.RateLimitError("slow", status=429).retry_after, float | None)
 assert_type(fal.APIError("x", status=500).status, int)
 assert_type(fal.APIError("x", status=500).request_id, str | None)
