@@ -249,6 +249,8 @@ class Runner:
     #: Set once fal refused the key or the account (401, 402, 403): every other submit would
     #: be refused the same way, so nothing more is sent.
     account_error: AuthError | None = None
+    #: The items not sent because of it (ledger keys).
+    account_refused: set[str] = attrs.field(factory=set)
 
     @property
     def shared(self) -> bool:
@@ -429,6 +431,8 @@ class Runner:
             state = ItemState.UNKNOWN
         elif isinstance(exc, JournalError) and it.accepted == 0:
             state = ItemState.NOT_SUBMITTED
+        elif it.ledger_key in self.account_refused:
+            state = ItemState.NOT_SUBMITTED
         else:
             state = ItemState.FAILED
         return it.result(state, error=exc)
@@ -551,6 +555,9 @@ class Runner:
             handle, resumed_from = None, None
 
     async def _submit(self, it: _Item, epoch: int) -> JobHandle:
+        if self.account_error is not None:  # items that were waiting for a slot meanwhile
+            self.account_refused.add(it.ledger_key)
+            raise self.account_error
         it.attempts += 1
         if self.journal is not None:
             try:

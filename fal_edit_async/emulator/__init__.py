@@ -32,6 +32,7 @@ from ._faults import (
     ROUTES as ROUTES,
     Faults as Faults,
 )
+from ._profile import FAL_PROFILE as FAL_PROFILE, Profile as Profile
 from ._state import (
     Counters as Counters,
     EmulatedJob as EmulatedJob,
@@ -46,9 +47,11 @@ __all__ = [
     "ERROR_TYPES",
     "EmulatedJob",
     "Emulator",
+    "FAL_PROFILE",
     "Faults",
     "HOSTILE_KINDS",
     "JobState",
+    "Profile",
     "QUEUE_ROUTES",
     "ROUTES",
     "add_arguments",

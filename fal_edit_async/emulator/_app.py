@@ -126,9 +126,12 @@ class QueueApp(BaseApp):
         accepts: decides whether an Authorization header value is a valid ``Key``.
     """
 
-    def __init__(self, engine: Engine, accepts: Callable[[str | None], bool]) -> None:
+    def __init__(
+        self, engine: Engine, accepts: Callable[[str | None], bool], serves: str = "both"
+    ) -> None:
         super().__init__(engine)
         self._accepts = accepts
+        self._serves = serves  # "both", "queue" or "rest": which routes this origin answers
         self._handlers: dict[str, _Handler]
         self._handlers = {
             "submit": self._submit,
@@ -143,6 +146,9 @@ class QueueApp(BaseApp):
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Classify, authenticate, maybe inject a fault, then answer."""
         route = classify(request.method, request.path)
+        if route is not None and self._serves != "both":
+            if (route.name == "storage") != (self._serves == "rest"):
+                route = None  # not on this origin
         if route is None:
             return json_response(404, {"detail": "Not Found"}, None)
         if route.name == "jwks":  # public keys: no credentials asked
@@ -199,6 +205,8 @@ class QueueApp(BaseApp):
         late = engine.plan.take("server_error_after_queue")
         if late is not None:  # queued too, but the client hears a 5xx that names the job
             return server_error(late.status or 500, job.request_id)
+        if engine.plan.take("gateway_timeout_after_queue") is not None:
+            return web.Response(status=504, text="upstream request timeout")
         answer: dict[str, Any] = {"status": "IN_QUEUE", "request_id": job.request_id}
         answer.update(engine.urls(job))
         answer["queue_position"] = engine.queue.position(job)
@@ -218,11 +226,12 @@ class QueueApp(BaseApp):
             detail = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
             raise _Refused(422, {"detail": detail}) from None
         try:
-            timeouts = [
+            # Both are read; the documented one wins when both are sent.
+            start, old = (
                 _start_timeout(request.headers.get(name), name)
-                for name in ("X-Fal-Request-Timeout", "X-Fal-Request-Start-Timeout")
-            ]
-            timeout = min((t for t in timeouts if t is not None), default=None)
+                for name in ("X-Fal-Request-Start-Timeout", "X-Fal-Request-Timeout")
+            )
+            timeout = start if start is not None else old
             limit = _queue_limit(request.query.get("fal_max_queue_length"))
         except ValueError as exc:
             raise _Refused(400, {"detail": str(exc)}) from None
@@ -237,6 +246,8 @@ class QueueApp(BaseApp):
         self.engine.counters.status_polls += 1
         job = self._find(route)
         if job is None:
+            if self.engine.profile.unknown_id_completed:
+                return json_response(200, _unknown_completed(route), route.request_id)
             return json_response(404, {"detail": "Request not found"}, route.request_id)
         payload = self.engine.status_payload(job, _wants_logs(request))
         code = 200 if job.state is JobState.COMPLETED else 202
@@ -257,7 +268,11 @@ class QueueApp(BaseApp):
             return json_response(404, {"detail": "Request not found"}, route.request_id)
         in_progress = job.state is not JobState.COMPLETED
         # After completion only by the fault: fal's result store may lag its status.
-        if in_progress or self.engine.plan.take("result_in_progress") is not None:
+        lagging = None if in_progress else self.engine.plan.take("result_in_progress")
+        if lagging is not None and lagging.status == 202:
+            body = {"status": "IN_PROGRESS", "request_id": job.request_id}
+            return json_response(202, body, job.request_id)
+        if in_progress or lagging is not None:
             return json_response(400, {"detail": "Request is still in progress"}, job.request_id)
         if job.result_fetched_at is None:
             job.result_fetched_at = time.monotonic()
@@ -277,6 +292,9 @@ class QueueApp(BaseApp):
             return json_response(404, {"status": "NOT_FOUND"}, route.request_id)
         outcome = self.engine.cancel(job)
         code = 400 if outcome == "ALREADY_COMPLETED" else 202
+        if code == 400 and self.engine.profile.cancel_detail:
+            detail = f"Request {job.request_id} cannot be cancelled: it has completed"
+            return json_response(400, {"detail": detail}, job.request_id)
         return json_response(code, {"status": outcome}, job.request_id)
 
     async def _history(
@@ -310,6 +328,8 @@ class QueueApp(BaseApp):
     ) -> web.StreamResponse:
         job = self._find(route)
         if job is None:
+            if self.engine.profile.unknown_id_completed:
+                return await _one_event(request, _unknown_completed(route))
             return json_response(404, {"detail": "Request not found"}, route.request_id)
         refused = self.engine.plan.take("refuse_stream")
         if refused is not None:
@@ -322,6 +342,22 @@ class QueueApp(BaseApp):
 
 #: A queue route's handler; ``hostile`` is the hostile behaviour scheduled for this request.
 _Handler = Callable[[web.Request, Route, Fault | None], Awaitable[web.StreamResponse]]
+
+
+def _unknown_completed(route: Route) -> dict[str, Any]:
+    """fal's status for a request id it does not know (seen live): COMPLETED, no error."""
+    return {"status": "COMPLETED", "request_id": route.request_id, "logs": None, "metrics": {}}
+
+
+async def _one_event(request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
+    """A status stream of one event, then the end of the body."""
+    response = web.StreamResponse(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+    await response.write_eof()
+    return response
 
 
 def _raw_json(status: int, body: bytes, request_id: str) -> web.Response:
@@ -369,9 +405,9 @@ def _queue_limit(value: str | None) -> int | None:
 
 
 def build_queue_app(
-    engine: Engine, accepts: Callable[[str | None], bool], max_body: int
+    engine: Engine, accepts: Callable[[str | None], bool], max_body: int, serves: str = "both"
 ) -> web.Application:
-    """The queue + REST application."""
+    """The queue + REST application; ``serves`` ``"queue"`` or ``"rest"`` for one of them."""
     app = web.Application(client_max_size=max_body)
-    app.router.add_route("*", "/{tail:.*}", QueueApp(engine, accepts).handle)
+    app.router.add_route("*", "/{tail:.*}", QueueApp(engine, accepts, serves).handle)
     return app

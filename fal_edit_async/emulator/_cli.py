@@ -29,6 +29,7 @@ _RATES = (
     ("ingress_error", "502 nginx page without x-fal-request-id"),
     ("connection_reset", "drop the connection without an answer"),
     ("server_error_after_queue", "queue the submit, then answer 5xx naming the job"),
+    ("gateway_timeout_after_queue", "queue the submit, then answer a bare 504"),
     ("slow_response", "delay the answer by --slow-delay seconds"),
     ("stream_drop", "end status streams before COMPLETED"),
     ("refuse_stream", "answer status streams with 405"),

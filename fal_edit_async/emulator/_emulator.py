@@ -15,6 +15,7 @@ from ._app import build_queue_app
 from ._cdn import build_cdn_app
 from ._engine import CancelRunning, Engine, ProcessingTime, cancel_ignore_rate
 from ._faults import Faults
+from ._profile import FAL_PROFILE, Profile
 from ._state import STATE_RANK, Counters, EmulatedJob, JobState
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "Emulator"]
@@ -45,7 +46,7 @@ class Emulator:
         processing_time: seconds each job spends IN_PROGRESS, or a callable returning them.
         log_lines: log lines each job emits while IN_PROGRESS.
         api_key: the only key accepted; when None any non-empty ``Key`` is accepted and
-            :attr:`api_key` is a generated one.
+            :attr:`api_key` is a generated one (the only one, with ``Profile.require_key``).
         faults: random fault rates (see :class:`Faults`); none by default.
         host: the interface to listen on.
         port: the queue/REST port (0 picks a free one).
@@ -80,6 +81,9 @@ class Emulator:
         webhook_retries: how many more times a webhook delivery not answered 2xx is sent
             (fal: 10, over about 2 hours).
         webhook_retry_base: seconds before the first retry, doubling up to 30 minutes.
+        profile: how closely to play fal where it is untidier than its documentation (see
+            :class:`Profile`; :meth:`fal_like` turns it all on). The documented behaviour
+            by default.
 
     Usage::
 
@@ -115,6 +119,7 @@ class Emulator:
         history_lag: float = 0.0,
         webhook_retries: int = 10,
         webhook_retry_base: float = 15.0,
+        profile: Profile | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -132,8 +137,9 @@ class Emulator:
             raise ValueError("history_lag and webhook_retry_base must be finite seconds >= 0")
         if webhook_retries < 0:
             raise ValueError(f"webhook_retries must not be negative, got {webhook_retries}")
-        self._required_key = api_key
+        self._profile = profile = profile or Profile()
         self._api_key = api_key or "emulator-" + secrets.token_hex(8)
+        self._required_key = self._api_key if profile.require_key else api_key
         self._host, self._port, self._cdn_port = host, port, cdn_port
         self._max_body = max_upload_bytes
         self._engine = Engine(
@@ -152,10 +158,11 @@ class Emulator:
             history_lag=history_lag,
             webhook_retries=webhook_retries,
             webhook_retry_base=webhook_retry_base,
+            profile=profile,
         )
         self._runners: list[web.AppRunner] = []
         self._state = _Lifecycle.UNOPENED
-        self._queue_url = self._cdn_url = ""
+        self._queue_url = self._cdn_url = self._rest_url = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,9 +173,15 @@ class Emulator:
         self._state = _Lifecycle.OPEN
         try:
             await self._engine.open()
-            accepts = self._accepts
-            queue_app = build_queue_app(self._engine, accepts, self._max_body)
-            self._queue_url = await self._serve(queue_app, self._port)
+            accepts, body = self._accepts, self._max_body
+            if self._profile.separate_rest:
+                queue_app = build_queue_app(self._engine, accepts, body, "queue")
+                self._queue_url = await self._serve(queue_app, self._port)
+                rest_app = build_queue_app(self._engine, accepts, body, "rest")
+                self._rest_url = await self._serve(rest_app, 0)
+            else:
+                queue_app = build_queue_app(self._engine, accepts, body)
+                self._queue_url = self._rest_url = await self._serve(queue_app, self._port)
             self._cdn_url = await self._serve(
                 build_cdn_app(self._engine, self._max_body), self._cdn_port
             )
@@ -228,8 +241,28 @@ class Emulator:
 
     @property
     def rest_url(self) -> str:
-        """The REST storage API origin; the same origin as :attr:`queue_url`."""
-        return self._queue_url
+        """The REST storage API origin: :attr:`queue_url`'s, or its own with
+        ``Profile.separate_rest`` (as fal's ``rest.fal.ai``)."""
+        return self._rest_url
+
+    @property
+    def profile(self) -> Profile:
+        """How closely the emulator plays fal's untidy ways."""
+        return self._profile
+
+    @classmethod
+    def fal_like(cls, **options: Any) -> Emulator:
+        """An emulator as unforgiving as the live service: :data:`FAL_PROFILE`, cancels of
+        running jobs ignored (fal's cancel is best effort), results kept an hour.
+
+        Any argument of :class:`Emulator` may be given, and wins.
+        """
+        defaults: dict[str, Any] = {
+            "profile": FAL_PROFILE,
+            "cancel_running": "ignore",
+            "result_ttl": 3600.0,
+        }
+        return cls(**(defaults | options))
 
     @property
     def cdn_url(self) -> str:

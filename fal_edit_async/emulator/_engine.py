@@ -23,6 +23,7 @@ import aiohttp
 from ._faults import ERROR_TYPES, Fault, FaultPlan, Faults
 from ._history import HistoryIndex
 from ._model import EditModel, InputImageError
+from ._profile import Profile, sloppy_log, sloppy_status
 from ._state import Counters, EmulatedJob, JobQueue, JobState, input_key
 from ._storage import FileStore
 from ._sync import Gate, Waiters
@@ -37,6 +38,8 @@ ProcessingTime = float | Callable[[], float]
 #: this fraction (0 to 1) of such cancels.
 CancelRunning = Literal["honour", "ignore"] | float
 
+#: The documented behaviour: no untidy switch on.
+DOCUMENTED = Profile()
 _LOG_STEPS = ("Preparing inputs", "Editing image", "Encoding outputs")
 
 
@@ -80,6 +83,7 @@ class Engine:
         history_lag: seconds before a submitted request appears in the request history.
         webhook_retries: how many times a failed webhook delivery is tried again.
         webhook_retry_base: seconds before the first webhook retry (doubling).
+        profile: how closely to play fal's untidy ways (see :class:`Profile`).
     """
 
     def __init__(
@@ -100,8 +104,10 @@ class Engine:
         history_lag: float = 0.0,
         webhook_retries: int = 10,
         webhook_retry_base: float = 15.0,
+        profile: Profile = DOCUMENTED,
     ) -> None:
         self.workers = workers
+        self.profile = profile
         self.result_ttl = result_ttl
         self.cancel_ignore_rate = cancel_ignore_rate
         # Its own RNG, so ignoring cancels does not shift the sequence of fault draws.
@@ -127,6 +133,7 @@ class Engine:
             output_bytes=output_bytes,
             fetch_timeout=fetch_timeout,
             max_fetch_bytes=max_fetch_bytes,
+            refuse_loopback=profile.refuse_loopback_inputs,
         )
         self.jobs: dict[str, EmulatedJob] = {}
         self.queue = JobQueue()
@@ -291,9 +298,10 @@ class Engine:
 
     def add_log(self, job: EmulatedJob, message: str, level: str = "INFO") -> None:
         """Append a log line to a job and wake its status streams."""
-        job.logs.append(
-            {"message": message, "level": level, "source": "USER", "timestamp": _now_iso()}
-        )
+        entry = {"message": message, "level": level, "source": "USER", "timestamp": _now_iso()}
+        if self.profile.sloppy_payloads:
+            entry = sloppy_log(entry, len(job.logs))
+        job.logs.append(entry)
         job.touch()
         self.notify()
 
@@ -469,9 +477,15 @@ class Engine:
     # -- status payloads -------------------------------------------------------------------
 
     def status_payload(
-        self, job: EmulatedJob, with_logs: bool, logs_from: int = 0
+        self, job: EmulatedJob, with_logs: bool, logs_from: int = 0, *, streamed: bool = False
     ) -> dict[str, Any]:
         """A status object; with ``logs_from`` only the log lines from that index on."""
+        payload = self._status_payload(job, with_logs, logs_from)
+        if self.profile.sloppy_payloads:
+            return sloppy_status(payload, streamed=streamed)
+        return payload
+
+    def _status_payload(self, job: EmulatedJob, with_logs: bool, logs_from: int) -> dict[str, Any]:
         payload: dict[str, Any] = {"status": job.state.value, "request_id": job.request_id}
         payload.update(self.urls(job))
         if job.state is JobState.IN_QUEUE:

@@ -43,6 +43,8 @@ ROUTE_KINDS = {
     "model_failure": "job",
     # The job is queued for real (it runs and bills), then the submit answers a 5xx.
     "server_error_after_queue": "submit",
+    # Queued too, then a load balancer's bare 504: no request id, no nginx page.
+    "gateway_timeout_after_queue": "submit",
     # A completed job's result answers 400 "Request is still in progress" (lagging store).
     "result_in_progress": "result",
     # Webhook deliveries: the genuine one twice; a copy altered after signing first; a
@@ -57,6 +59,9 @@ ROUTE_KINDS = {
 HOSTILE_KINDS: dict[str, frozenset[str]] = {
     # 302 to ``location`` (another origin, typically), instead of the answer.
     "redirect": frozenset({"submit", "status", "stream", "result", "cancel", "download"}),
+    # The account cannot pay: 402, or 403 "User is locked. Reason: Exhausted balance".
+    "payment_required": QUEUE_ROUTES,
+    "user_locked": QUEUE_ROUTES,
     # A 401 whose body quotes the Authorization header it received.
     "echo_key": QUEUE_ROUTES | {"storage"},
     # The submit answer's URLs all point at ``location`` instead of the queue origin.
@@ -191,9 +196,14 @@ class Faults:
     #: body) with ``x-fal-request-id`` naming the queued job. The job runs and bills like any
     #: other, so a client that resubmits on this answer pays twice.
     server_error_after_queue: float = attrs.field(default=0.0, validator=_rate)
+    #: A submit is queued for real, then answered 504 ``upstream request timeout`` in plain
+    #: text, without ``x-fal-request-id``: a load balancer gave up after the queue stored the
+    #: POST. Nothing in it tells this from an ingress error but the missing nginx page.
+    gateway_timeout_after_queue: float = attrs.field(default=0.0, validator=_rate)
     #: A result GET of a job that has COMPLETED still answers 400 ``{"detail": "Request is
     #: still in progress"}``, as fal's eventually consistent result store can just after
     #: completion; the next GET gets the result. Only GETs of completed jobs draw or take it.
+    #: Scheduled with ``status=202``, the answer is 202 ``{"status": "IN_PROGRESS"}``.
     result_in_progress: float = attrs.field(default=0.0, validator=_rate)
     #: The answer waits ``slow_delay`` seconds, or until ``Emulator.release_slow()``.
     slow_response: float = attrs.field(default=0.0, validator=_rate)

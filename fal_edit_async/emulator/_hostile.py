@@ -42,11 +42,24 @@ _EXTRA_FIELDS = {"x_future_field": {"nested": [1, 2, 3]}, "eta_seconds": 1.5}
 _JUNK = 1024 * 1024
 
 
+#: fal's answers for an account that cannot pay (fal's errors page documents 402; the 403
+#: was seen live).
+ACCOUNT_ANSWERS = {
+    "payment_required": (402, "Payment required: add credit to your account"),
+    "user_locked": (403, "User is locked. Reason: Exhausted balance"),
+}
+
+
 def early_answer(fault: Fault, request: web.Request) -> web.Response | None:
-    """The whole answer for ``redirect`` and ``echo_key``; None for the other kinds."""
+    """The whole answer for ``redirect``, ``echo_key``, ``payment_required`` and
+    ``user_locked``; None for the other kinds."""
     if fault.kind == "redirect":
         assert fault.location is not None
         return web.Response(status=302, headers={"Location": fault.location}, text="Found")
+    if fault.kind in ACCOUNT_ANSWERS:
+        status, detail = ACCOUNT_ANSWERS[fault.kind]
+        body = json.dumps({"detail": detail}).encode()
+        return web.Response(status=status, body=body, content_type="application/json")
     if fault.kind == "echo_key":
         detail = f"Invalid credentials: {request.headers.get('Authorization', '')}"
         body = json.dumps({"detail": detail}).encode()

@@ -113,7 +113,9 @@ class BaseApp:
             # No x-fal-request-id: this answer comes from the ingress, not from fal.
             return web.Response(status=status, text=page, content_type="text/html")
         if fault.kind == "rate_limit":
-            headers = {"Retry-After": _seconds(fault.retry_after or 0.0)}
+            headers = {"X-Fal-Needs-Retry": "1"}  # fal's own hint, sent with every 429
+            if self.engine.profile.rate_limit_retry_after:
+                headers["Retry-After"] = _seconds(fault.retry_after or 0.0)
             return json_response(429, {"detail": "Rate limit exceeded"}, None, headers)
         return server_error(status, None)
 

@@ -24,6 +24,7 @@ from ._images import (
     placeholder,
     transform_of,
 )
+from ._profile import is_loopback_url
 from ._state import EmulatedJob
 from ._storage import FileStore
 from ._validation import field_error
@@ -44,6 +45,7 @@ class EditModel:
         output_bytes: pad each output to about this many bytes.
         fetch_timeout: seconds allowed to fetch an http(s) input.
         max_fetch_bytes: the largest input fetched over http(s).
+        refuse_loopback: refuse input URLs on a loopback address, as fal cannot reach them.
     """
 
     def __init__(
@@ -54,12 +56,14 @@ class EditModel:
         output_bytes: int | None,
         fetch_timeout: float,
         max_fetch_bytes: int,
+        refuse_loopback: bool = False,
     ) -> None:
         self.store = store
         self.fast_images = fast_images
         self.output_bytes = output_bytes
         self.fetch_timeout = fetch_timeout
         self.max_fetch_bytes = max_fetch_bytes
+        self.refuse_loopback = refuse_loopback
         self.session: aiohttp.ClientSession | None = None
         self._fast_cache: dict[EditSpec, Rendered] = {}
         self._fast_lock = anyio.Lock()
@@ -138,6 +142,8 @@ class EditModel:
             if url.startswith(self.store.cdn_url + "/"):
                 # Our own CDN, but no such file; don't GET it (a held download gate would hang).
                 raise ImageInputError("no such file on this CDN")
+            if self.refuse_loopback and is_loopback_url(url):
+                raise ImageInputError("the URL is on a loopback address, unreachable from fal")
             return await self._get(url)
         except ImageInputError as exc:
             raise InputImageError(index, url, str(exc)) from exc

@@ -38,8 +38,9 @@ class StatusStream:
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """Send events until COMPLETED (then end the body), a drop fault, or shutdown."""
+        done = self.job.state is JobState.COMPLETED
         response = web.StreamResponse(
-            status=200,
+            status=200 if done else self.engine.profile.stream_status,
             headers={
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
@@ -91,7 +92,9 @@ class StatusStream:
             await self._wait(changed, response)
 
     def _events_now(self) -> list[bytes]:
-        payload = self.engine.status_payload(self.job, self.with_logs, self.sent_logs)
+        payload = self.engine.status_payload(
+            self.job, self.with_logs, self.sent_logs, streamed=True
+        )
         self.sent_logs = len(self.job.logs)
         if self.framing.kind is None:
             return [b"data: " + json.dumps(payload).encode() + b"\n\n"]
