@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractContextManager, aclosing, nullcontext
 from typing import Any, TypeAlias, Unpack
@@ -329,7 +329,9 @@ class _Seen:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._keys: dict[_LogKey, None] = {}
+        # OrderedDict, not dict: a dict's first key is found by skipping every slot deleted
+        # before it, so evicting the oldest over and over would grow quadratic.
+        self._keys: OrderedDict[_LogKey, None] = OrderedDict()
 
     def add(self, key: _LogKey) -> bool:
         """Remember ``key``; True when it is new."""
@@ -337,7 +339,7 @@ class _Seen:
             return False
         self._keys[key] = None
         if len(self._keys) > self._size:
-            del self._keys[next(iter(self._keys))]  # the oldest: a dict keeps its order
+            self._keys.popitem(last=False)
         return True
 
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import anyio
+import anyio.lowlevel
 
 from ._converter import parse_status
 from ._core import Core
@@ -80,6 +81,9 @@ async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
         async for chunk in resp.aiter_bytes():
             for event in decoder.feed(chunk):
                 yield parse_status(decode_json(event.data, what="status event"))
+            # A read of data already buffered does not suspend: without this, a server
+            # sending faster than we parse would keep the loop from every other task.
+            await anyio.lowlevel.checkpoint()
 
 
 async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:

@@ -26,6 +26,7 @@ from enum import Enum
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import aiohttp
+import anyio.to_thread
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -248,6 +249,7 @@ class AiohttpTransport:
         self._max_connections = max_connections
         self._user_agent = user_agent
         self._trust_env = trust_env
+        self._ssl: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
         self._streams: set[_ReadChunks] = set()
@@ -259,13 +261,21 @@ class AiohttpTransport:
     def __repr__(self) -> str:
         return f"AiohttpTransport(max_connections={self._max_connections})"
 
+    async def _ensure_open(self) -> None:
+        if self._session is not None or self._state is _State.CLOSED:
+            return
+        if self._trust_env and self._ssl is None:
+            # aiohttp's own default context is made when aiohttp is imported, so it misses an
+            # SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made. In a
+            # thread: loading the system's certificates blocks for tens of milliseconds.
+            context = await anyio.to_thread.run_sync(ssl.create_default_context)
+            self._ssl = self._ssl or context
+
     def _open(self) -> aiohttp.ClientSession:
         if self._state is _State.CLOSED:
             raise RuntimeError("this transport is closed; create a new client")
         if self._session is None:
-            # aiohttp's own default context is made when aiohttp is imported, so it misses an
-            # SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made.
-            context = ssl.create_default_context() if self._trust_env else True
+            context: ssl.SSLContext | bool = self._ssl or True
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=context),
                 timeout=self._default_timeout,
@@ -305,6 +315,7 @@ class AiohttpTransport:
 
     async def request(self, request: Request) -> Response:
         """Send ``request`` and read the whole answer."""
+        await self._ensure_open()
         return await _mapped(request.url, self._read(request))
 
     async def _read(self, request: Request) -> Response:
@@ -327,6 +338,7 @@ class AiohttpTransport:
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
         """Send ``request``; read the body inside the block, through ``aiter_bytes()``."""
+        await self._ensure_open()
         async with AsyncExitStack() as stack:
             resp = await _mapped(request.url, stack.enter_async_context(self._send(request)))
             chunks = _ReadChunks(resp.content, request.url)
