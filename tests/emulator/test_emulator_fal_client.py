@@ -194,3 +194,34 @@ async def test_upload_falls_back_to_initiate(emu: Emulator, fal: Any) -> None:
     assert (1, 1) == (counters.upload_initiates, counters.upload_puts)
     # fal_client sends its key along with the PUT to the upload URL; the counter shows it.
     assert 1 == counters.cdn_auth_requests
+
+
+async def test_fal_client_runs_against_the_fal_like_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fal_client, unchanged, on the fal-like profile: a required key, REST on its own
+    origin (an upload), sloppy payloads (null queue positions, numeric log timestamps)."""
+    async with Emulator.fal_like(workers=1) as emu:
+        monkeypatch.setenv("FAL_KEY", emu.api_key)
+        monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", emu.queue_url + "/")
+        monkeypatch.setattr(fal_client.client, "REST_URL", emu.rest_url)
+        monkeypatch.setattr(fal_client.client, "CDN_URL", emu.cdn_url)
+        client = fal_client.AsyncClient(key=emu.api_key)
+        try:
+            path = tmp_path / "in.png"
+            path.write_bytes(png_bytes())
+            url = await client.upload_file(path)
+            emu.hold_queue()
+            await client.submit(ENDPOINT, edit_input(prompt="first", image_urls=[url]))
+            second = await client.submit(ENDPOINT, edit_input(prompt="second", image_urls=[url]))
+            assert fal_client.Queued(position=None) == await second.status()
+            emu.release_queue()
+            events = [e async for e in second.iter_events(with_logs=True, interval=POLL)]
+            assert isinstance(events[-1], fal_client.Completed)
+            result = await second.get(interval=POLL)
+            assert 1 == len(result["images"])
+        finally:
+            await (await client._client).aclose()
+        assert emu.rest_url != emu.queue_url
+        assert 0 == emu.counters.unauthorized
+        assert [] == emu.internal_errors
