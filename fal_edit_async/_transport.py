@@ -20,10 +20,12 @@ from __future__ import annotations
 import inspect
 import json as jsonlib
 import ssl
+import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from enum import Enum
 from typing import Any, Protocol, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio.to_thread
@@ -221,13 +223,18 @@ class _State(Enum):
     CLOSED = 3  # closed for good; any further use is a bug
 
 
+#: NO_PROXY matching as urllib (and so aiohttp) does it; typeshed does not list it.
+_no_proxy: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+
 class AiohttpTransport:
     """The default transport: one ``aiohttp.ClientSession``, opened on first use.
 
     It honours the environment as fal-client (httpx) does: ``HTTPS_PROXY`` / ``HTTP_PROXY``
-    / ``NO_PROXY`` (and ``~/.netrc`` for proxy credentials), and ``SSL_CERT_FILE`` /
-    ``SSL_CERT_DIR`` for the certificates it trusts, read when the first request opens the
-    session. ``trust_env=False`` ignores all of them.
+    / ``NO_PROXY`` (credentials in the proxy's URL), and ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` for the certificates it trusts, read once, when the first request opens
+    the session. ``trust_env=False`` ignores all of them. ``~/.netrc`` is never read: its
+    passwords must not go to a CDN.
 
     Args:
         timeouts: ``connect`` and ``read`` (per wait for bytes; there is no total, so a long
@@ -250,6 +257,9 @@ class AiohttpTransport:
         self._user_agent = user_agent
         self._trust_env = trust_env
         self._ssl: ssl.SSLContext | None = None
+        self._proxies: dict[str, str] = {}
+        #: The proxy for each (scheme, host, port), or None: worked out once per origin.
+        self._proxy_of: dict[tuple[str, str, int | None], str | None] = {}
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
         self._streams: set[_ReadChunks] = set()
@@ -270,6 +280,21 @@ class AiohttpTransport:
             # thread: loading the system's certificates blocks for tens of milliseconds.
             context = await anyio.to_thread.run_sync(ssl.create_default_context)
             self._ssl = self._ssl or context
+            # Read here once: aiohttp's trust_env reads the environment and ~/.netrc again in
+            # a worker thread for every request (two thread hops each).
+            self._proxies = urllib.request.getproxies_environment()
+
+    def _proxy(self, url: str) -> str | None:
+        if not self._proxies:
+            return None
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        if origin not in self._proxy_of:
+            proxy = self._proxies.get(parts.scheme)
+            if proxy is not None and _no_proxy(parts.netloc, self._proxies):
+                proxy = None
+            self._proxy_of[origin] = proxy
+        return self._proxy_of[origin]
 
     def _open(self) -> aiohttp.ClientSession:
         if self._state is _State.CLOSED:
@@ -281,7 +306,6 @@ class AiohttpTransport:
                 timeout=self._default_timeout,
                 headers={"User-Agent": self._user_agent},
                 raise_for_status=False,
-                trust_env=self._trust_env,
             )
             self._state = _State.OPENED
         return self._session
@@ -311,6 +335,7 @@ class AiohttpTransport:
             data=request.data,
             allow_redirects=request.follow_redirects,
             timeout=timeout,
+            proxy=self._proxy(request.url),
         )
 
     async def request(self, request: Request) -> Response:
