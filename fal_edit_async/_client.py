@@ -8,13 +8,13 @@ module ever sees the client.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Self, Unpack
+from typing import Any, Self, Unpack
 
 import anyio
 
@@ -22,11 +22,13 @@ from ._batch import Batch, edit_many
 from ._batch._items import BatchItem, BatchSettings, EventCallback
 from ._batch._ledger import JournalBackend
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts, check_timeout
+from ._converter import as_input
 from ._core import Core
 from ._downloads import download_all
 from ._endpoint import DEFAULT_ENDPOINT
-from ._exceptions import InputError, JobTimeoutError
+from ._exceptions import InputError, JobTimeoutError, MissingCredentialsError
 from ._job import JobHandle, UpdateCallback, attach, submit
+from ._logging import setup_from_env
 from ._models import (
     CancelOutcome,
     DownloadedFile,
@@ -62,7 +64,13 @@ class AsyncClient:
     aiohttp transport (a :class:`MockTransport` in unit tests); the client closes it.
 
     A client is used once: after :meth:`aclose` (or the end of its ``async with`` block)
-    every call raises ``RuntimeError``.
+    every call raises ``RuntimeError``. It runs on asyncio only, and on one event loop: the
+    first it is used on (:class:`EventLoopError` otherwise). For scripts, threads and
+    notebooks, :class:`Client` is the same client behind blocking calls.
+
+    Raises:
+        MissingCredentialsError: no key (no ``FAL_KEY``, no ``api_key=``), before anything
+            could be sent.
 
     Usage::
 
@@ -96,6 +104,9 @@ class AsyncClient:
                 retry=retry,
                 polling=polling,
             )
+        if config.credentials is None:
+            raise MissingCredentialsError
+        setup_from_env()
         if transport is None:
             transport = AiohttpTransport(
                 timeouts=config.timeouts,
@@ -122,6 +133,7 @@ class AsyncClient:
             raise RuntimeError(
                 "this client was already entered or closed; create a new AsyncClient"
             )
+        self._core.check_loop()  # trio, or a second loop: say so now, not at the first request
         self._state = ClientState.OPENED
         return self
 
@@ -153,7 +165,9 @@ class AsyncClient:
         """Re-attach to a job by its request id (URLs built with the sub-path dropped)."""
         return attach(self._core, request_id, endpoint)
 
-    async def submit(self, input: EditImageInput, **options: Unpack[SubmitOptions]) -> JobHandle:
+    async def submit(
+        self, input: EditImageInput | Mapping[str, Any], **options: Unpack[SubmitOptions]
+    ) -> JobHandle:
         """Enqueue one edit job and return its handle.
 
         Local files and bytes in ``image_urls`` are inlined as data URIs when small and
@@ -169,13 +183,15 @@ class AsyncClient:
         request id, and the job is then cancelled on fal before the cancellation propagates.
 
         Args:
-            input: the edit to run.
+            input: the edit to run: an :class:`EditImageInput`, or the model's JSON mapping
+                (``{"prompt": ..., "image_urls": [...]}``), checked the same way.
             options: :class:`SubmitOptions`: ``endpoint``, ``webhook_url``, ``priority``
                 (``"normal"`` or ``"low"``), ``hint``, ``start_timeout`` (seconds above 1
                 the job may wait to start), ``headers`` (never ``Authorization``).
         """
         check_submit_options(options, "submit")
-        return await submit(self._core, self._uploader, input, **options)
+        self._core.check_loop()
+        return await submit(self._core, self._uploader, as_input(input), **options)
 
     async def status(
         self, request_id: str, *, endpoint: str = DEFAULT_ENDPOINT, logs: bool = False
@@ -195,7 +211,7 @@ class AsyncClient:
 
     async def edit(
         self,
-        input: EditImageInput,
+        input: EditImageInput | Mapping[str, Any],
         *,
         timeout: float | None = None,
         on_update: UpdateCallback | None = None,
@@ -210,13 +226,15 @@ class AsyncClient:
         is sent.
 
         Args:
-            input: the edit to run.
+            input: the edit to run: an :class:`EditImageInput` or its JSON mapping.
             timeout: seconds for submit, wait and result together.
             on_update: called with each status update (a plain or an async function).
             options: :class:`SubmitOptions`, as for :meth:`submit`.
         """
         check_submit_options(options, "edit")
         check_timeout(timeout)
+        input = as_input(input)
+        self._core.check_loop()  # here: under trio, uploads would fail first, less clearly
         accepted: list[JobHandle] = []
 
         async def on_accepted(handle: JobHandle) -> None:
@@ -258,6 +276,7 @@ class AsyncClient:
         # Here, not only in the core: inside the task group its RuntimeError would come out
         # as an ExceptionGroup, and a data: URI never reaches it.
         self._core.check_open()
+        self._core.check_loop()
         if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes <= 0):
             raise InputError("max_bytes", max_bytes, "a positive number of bytes")
         items = images.images if isinstance(images, EditImageOutput) else images
@@ -366,4 +385,14 @@ class AsyncClient:
             name_template=name_template,
             max_in_flight=max_in_flight,
         )
-        return edit_many(self._core, self._uploader, items, settings)
+        return self._on_this_loop(edit_many(self._core, self._uploader, items, settings))
+
+    @asynccontextmanager
+    async def _on_this_loop(
+        self, batch: AbstractAsyncContextManager[Batch]
+    ) -> AsyncIterator[Batch]:
+        """``batch``, entered once the loop is known to be right: under trio or on another loop
+        one clear error, rather than each item failing with it."""
+        self._core.check_loop()
+        async with batch as entered:
+            yield entered

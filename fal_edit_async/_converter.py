@@ -15,8 +15,10 @@ as it can be, never a :class:`ProtocolError` that would abort a paid job.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,6 +30,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._exceptions import InputError, ProtocolError
+from ._files import sniff_image_format
 from ._models import (
     Completed,
     EditImageInput,
@@ -40,12 +43,15 @@ from ._models import (
 
 __all__ = [
     "STATUS_TAGS",
+    "as_input",
     "converter",
+    "from_dict",
     "input_from_dict",
     "input_to_wire",
     "make_converter",
     "parse",
     "parse_status",
+    "to_dict",
     "to_wire",
 ]
 
@@ -303,3 +309,58 @@ def input_from_dict(data: Mapping[str, Any]) -> EditImageInput:
         if key not in data:
             raise InputError(key, None, "a value (the field is required)")
     return EditImageInput(**data)
+
+
+def as_input(value: EditImageInput | Mapping[str, Any]) -> EditImageInput:
+    """An :class:`EditImageInput` as is, or one built from its JSON mapping (fal-client's
+    ``{"prompt": ..., "image_urls": [...]}``), checked by :func:`input_from_dict`; anything
+    else is an :class:`InputError`. Nothing is sent before this passes."""
+    if isinstance(value, EditImageInput):
+        return value
+    if isinstance(value, Mapping):
+        return input_from_dict(value)
+    raise InputError("input", type(value).__name__, "an EditImageInput or a mapping of its fields")
+
+
+def _plain_source(source: Any) -> str:
+    """An image source as a string: URLs as they are, a path as text, bytes as a data URI."""
+    if isinstance(source, str):
+        return source
+    if isinstance(source, bytes):
+        kind = sniff_image_format(source[:12])
+        mime = f"image/{kind}" if kind else "application/octet-stream"
+        return f"data:{mime};base64,{base64.b64encode(source).decode('ascii')}"
+    return str(os.fspath(source))
+
+
+def to_dict(value: Any) -> dict[str, Any]:
+    """A model as plain JSON-ready data (what ``Model.to_dict()`` returns)."""
+    if isinstance(value, EditImageInput):
+        data = {
+            a.name: converter.unstructure(getattr(value, a.name))
+            for a in attrs.fields(EditImageInput)
+        }
+        data["image_urls"] = [_plain_source(u) for u in value.image_urls]
+        return data
+    data = converter.unstructure(value)
+    if not isinstance(data, dict):
+        raise TypeError(f"to_dict() takes a model, not {type(value).__name__}")
+    return data
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """A model from its JSON mapping (what ``Model.from_dict()`` does).
+
+    An input is checked as :func:`input_from_dict` checks it; a status must carry its own
+    tag (or none); anything else is parsed as a server payload would be.
+    """
+    if cls is EditImageInput:
+        return input_from_dict(data)  # type: ignore[return-value]
+    tag = STATUS_TAGS.get(cls)
+    if tag and isinstance(data, Mapping) and data.get("status", tag) != tag:
+        raise ProtocolError(
+            f"unexpected {_name(cls)} payload",
+            details=[f"$.status: expected {tag!r}, got {data.get('status')!r}"],
+            payload=data,
+        )
+    return parse(data, cls)

@@ -9,8 +9,12 @@ from those origins, and transport errors), so both hold for any :class:`Transpor
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
+import time
+import weakref
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -23,13 +27,14 @@ from collections.abc import (
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, AnyStr, TypeAlias, TypeVar
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlencode
 
 import anyio
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._config import ClientConfig
-from ._exceptions import APIError, TransportError
+from ._exceptions import APIError, EventLoopError, TransportError
+from ._logging import logger
 from ._protocol import api_error, same_origin
 from ._statistics import Counters
 from ._transport import Request, Response, StreamResponse, Transport
@@ -43,6 +48,18 @@ _Hook: TypeAlias = Callable[[], Coroutine[Any, Any, object]]
 #: The core whose :meth:`Core.aclose` is running this task's on-close hooks: their cancels may
 #: still be sent, while every other request is already refused.
 _CLOSING: ContextVar[Core | None] = ContextVar("fal_edit_async_closing", default=None)
+
+_NOT_ASYNCIO = (
+    "fal_edit_async runs on asyncio only (aiohttp, its HTTP client, is asyncio-only): use "
+    "asyncio.run() or anyio.run(..., backend='asyncio'), not trio; or the synchronous Client, "
+    "which runs its own asyncio loop"
+)
+_OTHER_LOOP = (
+    "this client was first used on another asyncio event loop, which its connections belong "
+    "to (a client made at module level, used by two asyncio.run() calls?): create the client "
+    "inside the function the loop runs (async with AsyncClient() as fal: ...), or use the "
+    "synchronous Client, which keeps one loop for its whole life"
+)
 
 _REDACTED = "<redacted>"
 # Characters no form of quoting changes (JSON escapes, percent-encoding): a run of them is in
@@ -179,6 +196,9 @@ class Core:
         self._authorization = creds.header_value if creds is not None else None
         self._closed = False
         self._on_close: dict[object, _Hook] = {}
+        # The loop this core's connections belong to: set by the first check_loop() (weak, so
+        # a finished asyncio.run() does not keep its loop alive).
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
     def closed(self) -> bool:
@@ -194,6 +214,18 @@ class Core:
         """Raise ``RuntimeError`` once :meth:`aclose` ran: a closed client is not reused."""
         if not self.open:
             raise RuntimeError("this client is closed; create a new one")
+
+    def check_loop(self) -> None:
+        """Raise :class:`EventLoopError` off asyncio (trio) or on a loop other than the first
+        one this core ran on; binds the core to the running loop on first use."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise EventLoopError(_NOT_ASYNCIO) from None
+        if self._loop is None:
+            self._loop = weakref.ref(loop)
+        elif self._loop() is not loop:
+            raise EventLoopError(_OTHER_LOOP)
 
     @contextmanager
     def on_close(self, hook: _Hook) -> Iterator[None]:
@@ -250,28 +282,51 @@ class Core:
         **fields: Any,
     ) -> Request:
         self.check_open()
+        self.check_loop()
         out = dict(headers or {})
         if auth and self._authorization is not None and self.may_authorize(url):
             out["Authorization"] = self._authorization
         return Request(method=method, url=url, headers=out, **fields)
 
-    async def _send(self, step: Awaitable[T]) -> T:
+    async def _send(self, step: Awaitable[T], request: Request | None = None) -> T:
         """Await the transport's send, counting the request once it left: answered, or failed
         after it was sent (a reset). A request the transport refused locally (a header
         aiohttp rejects) or whose connection never opened was not sent, so
-        ``statistics().requests`` leaves it out.
+        ``statistics().requests`` leaves it out. Each one is logged at DEBUG.
         """
+        started = time.monotonic()
         try:
             result = await step
         except TransportError as exc:
             self.stats.requests += exc.sent
             error = self._scrubber.blank_error(exc) if self._scrubber is not None else exc
+            if request is not None:
+                self._log(request, started, None, f"failed: {error}")
             if error is exc:
                 raise
         else:
             self.stats.requests += 1
+            if request is not None:
+                self._log(request, started, result, "")
             return result
         raise error  # outside the except block: not chained to the one that quoted the key
+
+    def _log(self, request: Request, started: float, answer: object, failure: str) -> None:
+        """One DEBUG line: method, URL, status (or the failure), duration, request id."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        url = request.url
+        if request.params:
+            url += ("&" if "?" in url else "?") + urlencode(request.params)
+        headers = getattr(answer, "headers", None)
+        request_id = headers.get("x-fal-request-id") if headers is not None else None
+        outcome = failure or str(getattr(answer, "status", "?"))
+        line = f"{request.method} {url} {outcome} {(time.monotonic() - started) * 1000:.0f} ms"
+        if request_id:
+            line += f" request_id={request_id}"
+        if self._scrubber is not None:  # no URL we build holds the key; this makes it certain
+            line = self._scrubber.blank_text(line)
+        logger.debug("%s", line)
 
     def _scrubbed(self, resp: Response) -> Response:
         if self._scrubber is None:
@@ -321,7 +376,7 @@ class Core:
             read_timeout=read_timeout,
             max_body=self.config.limits.max_response_bytes,  # what a server sends is bounded
         )
-        return self._scrubbed(await self._send(self.transport.request(request)))
+        return self._scrubbed(await self._send(self.transport.request(request), request))
 
     @asynccontextmanager
     async def stream(
@@ -347,7 +402,8 @@ class Core:
             read_timeout=read_timeout,
         )
         async with AsyncExitStack() as stack:
-            resp = await self._send(stack.enter_async_context(self.transport.stream(request)))
+            opened = stack.enter_async_context(self.transport.stream(request))
+            resp = await self._send(opened, request)
             yield self._scrubbed_stream(resp, url)
 
     async def error_of(self, resp: StreamResponse) -> APIError:

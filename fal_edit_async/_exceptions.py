@@ -4,6 +4,7 @@
 
     FalEditError
     ├── InputError            a request failed local validation; nothing was sent
+    │   └── MissingCredentialsError  no key: FAL_KEY is not set and none was given
     ├── TransportError        connection failed, was reset or timed out
     ├── APIError              fal answered with a non-2xx status
     │   ├── AuthError           401 / 403: the key is missing, wrong or not allowed
@@ -28,7 +29,8 @@
     │   ├── WebhookRequestIdError   the body's request id is not the signed one
     │   ├── WebhookPayloadError     the body is not a JSON object, or too large
     │   └── WebhookKeysError        fal's public keys could not be fetched (answer 5xx)
-    └── InternalError         anything else that went wrong inside one batch item
+    ├── InternalError         anything else that went wrong inside one batch item
+    └── EventLoopError        used off asyncio, or from a loop other than its own (a RuntimeError)
 
 Messages never contain the API key: nothing in this module is ever given one.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "BillingError",
     "BudgetExceededError",
     "DownloadError",
+    "EventLoopError",
     "FalEditError",
     "InputError",
     "InternalError",
@@ -52,6 +55,7 @@ __all__ = [
     "JobTimeoutError",
     "JournalError",
     "JournalLockedError",
+    "MissingCredentialsError",
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
@@ -85,6 +89,21 @@ class InputError(FalEditError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{field}: invalid value {_short_repr(value)}; expected {allowed}")
+
+
+class MissingCredentialsError(InputError):
+    """No API key: ``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``) is not set and no
+    ``api_key=`` was given. Raised when the client is built, so nothing is ever sent."""
+
+    def __init__(self) -> None:
+        self.field = "api_key"
+        self.value = None
+        self.allowed = "a fal key"
+        FalEditError.__init__(
+            self,
+            "no fal credentials: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET), or pass "
+            "api_key=; an emulator takes any key (Emulator.api_key)",
+        )
 
 
 class TransportError(FalEditError):
@@ -343,6 +362,12 @@ class WebhookKeysError(WebhookError):
     """
 
     http_status = 503
+
+
+class EventLoopError(FalEditError, RuntimeError):
+    """The client was used where it cannot run: under an async library other than asyncio
+    (aiohttp, its HTTP client, is asyncio-only), or from an event loop other than the one it
+    was first used on (a client made at module level and used by two ``asyncio.run()``)."""
 
 
 def field_errors_of(body: Any) -> list[Mapping[str, Any]]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path, PurePath
-from typing import Any, Literal, TypeAlias, TypedDict, TypeVar
+from typing import Any, Literal, Self, TypeAlias, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -41,6 +41,34 @@ __all__ = [
     "SubmitReceipt",
     "UnknownStatus",
 ]
+
+
+class _Wire:
+    """``to_dict()`` and ``from_dict()`` for a model, through the one converter (imported
+    when called: the converter imports the models)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """This value as plain JSON-ready data, with fal's wire names (``json.dumps`` takes it).
+
+        A local file in an input becomes its path as a string, and bytes a ``data:`` URI.
+        """
+        from ._converter import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Build one from its JSON mapping (as :meth:`to_dict` or fal makes it).
+
+        Raises:
+            InputError: for an :class:`EditImageInput` (unknown keys included).
+            ProtocolError: for the other models, naming the path of the bad field.
+        """
+        from ._converter import from_dict
+
+        return from_dict(cls, data)
 
 
 class ImageSize(StrEnum):
@@ -187,7 +215,7 @@ def _sync_mode(value: object) -> bool:
 
 
 @attrs.frozen(kw_only=True)
-class EditImageInput:
+class EditImageInput(_Wire):
     """The input of ``fal-ai/gpt-image-1/edit-image``, validated when built.
 
     Every field is checked as it is set; a bad value raises :class:`InputError` naming the
@@ -218,7 +246,7 @@ class EditImageInput:
 
 
 @attrs.frozen(kw_only=True)
-class ImageFile:
+class ImageFile(_Wire):
     """One output image as fal describes it; ``url`` may be a ``data:`` URI in sync mode."""
 
     url: str
@@ -230,14 +258,14 @@ class ImageFile:
 
 
 @attrs.frozen(kw_only=True)
-class EditImageOutput:
+class EditImageOutput(_Wire):
     """The output of the edit endpoint: the edited images."""
 
     images: tuple[ImageFile, ...]
 
 
 @attrs.frozen(kw_only=True)
-class SubmitReceipt:
+class SubmitReceipt(_Wire):
     """fal's answer to a submit: the request id and the URLs to follow it."""
 
     request_id: str
@@ -249,7 +277,7 @@ class SubmitReceipt:
 
 
 @attrs.frozen(kw_only=True)
-class JobUrls:
+class JobUrls(_Wire):
     """Where one job's status, stream, result and cancel live."""
 
     request_id: str
@@ -264,7 +292,7 @@ class JobUrls:
 
 
 @attrs.frozen(kw_only=True)
-class DownloadedFile:
+class DownloadedFile(_Wire):
     """One image written to disk and verified.
 
     ``content_type`` is the format the bytes really are, not what the server claimed;
@@ -278,7 +306,7 @@ class DownloadedFile:
 
 
 @attrs.frozen(kw_only=True)
-class LogEntry:
+class LogEntry(_Wire):
     """One log line the model emitted while running."""
 
     message: str
@@ -288,7 +316,7 @@ class LogEntry:
 
 
 @attrs.frozen(kw_only=True)
-class Queued:
+class Queued(_Wire):
     """IN_QUEUE: waiting for a runner; ``position`` requests are ahead (0-based), None when
     fal did not say (it sends ``queue_position: null``, or none at all, at times)."""
 
@@ -297,7 +325,7 @@ class Queued:
 
 
 @attrs.frozen(kw_only=True)
-class InProgress:
+class InProgress(_Wire):
     """IN_PROGRESS: a runner is working on the job; ``logs`` as the server sent them."""
 
     logs: tuple[LogEntry, ...] = ()
@@ -305,7 +333,7 @@ class InProgress:
 
 
 @attrs.frozen(kw_only=True)
-class Completed:
+class Completed(_Wire):
     """COMPLETED: the job ended; with ``error`` set it failed and the result holds why."""
 
     logs: tuple[LogEntry, ...] = ()
@@ -321,7 +349,7 @@ class Completed:
 
 
 @attrs.frozen(kw_only=True)
-class UnknownStatus:
+class UnknownStatus(_Wire):
     """A status value this client does not know yet; kept rather than refused."""
 
     status: str

@@ -16,6 +16,7 @@ import anyio
 
 from ._config import RetryPolicy
 from ._exceptions import APIError, RateLimitError, TransportError
+from ._logging import logger
 from ._protocol import is_ingress_error, is_transient
 from ._statistics import Counters, RetryKind
 
@@ -92,6 +93,14 @@ async def with_retries(
             if on_retry is not None:
                 on_retry(kind)
             delay = retry_delay(exc, policy, attempt - 1, rng)
+            logger.info(
+                "retrying (%s, attempt %d of %d) in %.2f s after: %s",
+                kind,
+                attempt + 1,
+                policy.max_attempts,
+                delay if policy.wait else 0.0,
+                exc,
+            )
             if policy.wait:
                 await wait_before_retry(delay)
 

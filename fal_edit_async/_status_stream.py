@@ -28,6 +28,7 @@ import anyio.lowlevel
 from ._converter import parse_status
 from ._core import Core
 from ._exceptions import APIError, AuthError, NotFoundError, ProtocolError, TransportError
+from ._logging import logger
 from ._models import Completed, JobStatus, JobUrls, Queued, UnknownStatus
 from ._protocol import decode_json, is_transient
 from ._retry import retry_delay, wait_before_retry, with_retries
@@ -166,9 +167,15 @@ async def _statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[
         failures += 1
         if failures >= config.polling.stream_failures:
             break
+        logger.info(
+            "reconnecting the status stream of %s (%s)", urls.request_id, failure or "ended"
+        )
         if config.retry.wait:
             await wait_before_retry(retry_delay(failure, config.retry, failures - 1))
     if use_stream:
         stats.polling_fallbacks += 1
+        logger.info(
+            "status of %s: polling (the stream was refused or kept failing)", urls.request_id
+        )
     async for status in _poll(core, urls, logs=logs):
         yield status

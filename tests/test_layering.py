@@ -41,12 +41,13 @@ LAYERS: dict[str, int] = {
     ),
     "_transport": 1,
     "_retry": 1,
+    "_logging": 0,
     "_core": 2,
     **dict.fromkeys(("_uploads", "_downloads", "_status_stream", "_job", "_history"), 3),
     # The webhook receiver: a server of its own (aiohttp.web), over layer-0 values only.
     "webhooks": 3,
     "_batch": 4,
-    "_client": 5,
+    **dict.fromkeys(("_client", "_sync_client", "_progress"), 5),
     **dict.fromkeys(("_cli", "__init__", "__main__"), 6),
 }
 
