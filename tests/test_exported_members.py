@@ -99,3 +99,23 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
     """The lazy loader does not swallow typos."""
     with pytest.raises(AttributeError, match="Asyncclient"):
         _ = fal_edit_async.Asyncclient  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("sync", "async_", "only_async"),
+    [
+        pytest.param("Client", "AsyncClient", {"aclose"}, id="Client"),  # close() instead
+        pytest.param(
+            "SyncJobHandle",
+            "JobHandle",
+            {"cancel_quietly", "fetch_result"},  # the async client's internals
+            id="SyncJobHandle",
+        ),
+    ],
+)
+def test_the_sync_classes_have_every_async_verb(
+    sync: str, async_: str, only_async: set[str]
+) -> None:
+    """The synchronous Client and its handle offer each public verb of their async twins."""
+    verbs = {n for n in dir(getattr(fal_edit_async, async_)) if not n.startswith("_")}
+    assert set() == verbs - only_async - set(dir(getattr(fal_edit_async, sync)))

@@ -7,7 +7,7 @@ signature or an attribute's type drifts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import assert_never, assert_type
+from typing import Any, assert_never, assert_type
 
 import fal_edit_async as fal
 
@@ -121,6 +121,9 @@ assert_type(fal.APIError("x", status=500).request_id, str | None)
 assert_type(fal.ProtocolError("x").details, list[str])
 assert_type(fal.JobFailedError(request_id="r", error=None).request_id, str)
 
+missing_key: fal.InputError = fal.MissingCredentialsError()
+loop_error: RuntimeError = fal.EventLoopError("asyncio only")
+
 assert_type(fal.__version__, str)
 
 
@@ -163,6 +166,40 @@ async def client_api() -> None:
         assert_type(batch.summary(), fal.BatchSummary)
     assert_type(fal.estimate_batch(items), fal.BatchEstimate)
     assert_type(fal.estimate_cost(inp), fal.CostEstimate)
+
+
+def sync_client_api() -> None:
+    """The synchronous surface scripts and notebooks use: the same verbs, blocking."""
+    with fal.Client(api_key="k", config=None) as client:
+        assert_type(client.edit(inp, timeout=30.0, on_update=print), fal.EditImageOutput)
+        assert_type(
+            client.edit({"prompt": "p", "image_urls": ["https://x/y.png"]}), fal.EditImageOutput
+        )
+        handle = client.submit(inp, priority="low")
+        assert_type(handle, fal.SyncJobHandle)
+        assert_type(handle.request_id, str)
+        for update in handle.updates():
+            assert_type(update, fal.JobStatus)
+        for entry in handle.logs():
+            assert_type(entry, fal.LogEntry)
+        assert_type(handle.wait(timeout=10.0), fal.Completed)
+        assert_type(handle.result(), fal.EditImageOutput)
+        assert_type(handle.cancel(), fal.CancelOutcome)
+        assert_type(client.handle("request-id"), fal.SyncJobHandle)
+        assert_type(client.status("request-id"), fal.JobStatus)
+        assert_type(client.result("request-id"), fal.EditImageOutput)
+        assert_type(client.download(out, "out"), list[fal.DownloadedFile])
+        with fal.ProgressBar(total=2, kind="text") as bar:
+            batch = client.edit_many([inp, inp], download_to="out", on_event=bar)
+            assert_type(batch, fal.SyncBatch)
+            for result in batch:
+                assert_type(result, fal.ItemResult)
+            assert_type(batch.summary(), fal.BatchSummary)
+        client.edit_many([inp], concurency=4)  # type: ignore[call-arg]
+    assert_type(out.to_dict(), dict[str, Any])
+    assert_type(fal.EditImageOutput.from_dict(out.to_dict()), fal.EditImageOutput)
+    assert_type(fal.Queued.from_dict({"status": "IN_QUEUE", "queue_position": 0}), fal.Queued)
+    assert_type(fal.EditImageInput.from_dict(inp.to_dict()), fal.EditImageInput)
 
 
 # --- options are typed: a misspelt or mistyped one is a type error -------------------------------
