@@ -23,6 +23,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
+from anyio import CancelScope
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._batch import Batch
@@ -64,60 +65,102 @@ class _Loop:
     def __init__(self, portal: BlockingPortal, cancel_timeout: float) -> None:
         self.portal = portal
         self.wind_down = cancel_timeout + _WIND_DOWN
-
-    def start(self, fn: Callable[..., Awaitable[T]], *args: Any) -> _Task[T]:
-        """Start ``fn(*args)`` on the loop."""
-        return _Task(self, fn, args)
+        self.thread_id: int = portal.call(threading.get_ident)
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``fn(*args)`` on the loop and return its result; see :meth:`_Task.result`."""
-        return self.start(fn, *args).result()
+        """Run ``fn(*args)`` on the loop and return its result; see :meth:`_Task.run`."""
+        return _Task(self, fn, args).run()
 
 
 class _Task(Generic[T]):
-    """One coroutine on the loop, awaited from this thread.
+    """One coroutine on the loop, awaited from this thread, and cancelled from it.
 
-    ``done`` is set when the coroutine has ended, however it ended: an interrupted caller
-    waits for it, so the job's cancel has been sent before the interrupt propagates.
+    An interrupt can land anywhere, even while the task is being spawned, so cancelling does
+    not rely on the spawn having returned: a flag, under a lock, stops a task that has not
+    begun (it then never calls ``fn``), and cancels the scope of one that has. ``done`` is
+    set when a begun task has ended: an interrupted caller waits for it, so the job's cancel
+    has been sent before the interrupt propagates.
     """
 
     def __init__(self, loop: _Loop, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]):
         self._loop = loop
+        self._fn = fn
+        self._args = args
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._scope: CancelScope | None = None
         self._done = threading.Event()
+        self._future: Future[T | None] | None = None
 
-        async def run() -> T:
-            try:
-                return await fn(*args)
-            finally:
-                self._done.set()
+    async def _body(self) -> T | None:
+        with self._lock:
+            if self._cancelled:
+                return None  # cancelled before it began: nothing was started
+            self._scope = scope = CancelScope()
+        try:
+            with scope:
+                return await self._fn(*self._args)
+            return None  # cancelled: the caller has stopped waiting
+        finally:
+            self._done.set()
 
-        self._future: Future[T] = loop.portal.start_task_soon(run)
+    def start(self) -> None:
+        """Spawn the task on the loop (call inside a ``try`` that calls :meth:`cancel`)."""
+        self._future = self._loop.portal.start_task_soon(self._body)
 
-    def result(self) -> T:
-        """Block until the coroutine ends; its result, or its exception raised here.
+    def run(self) -> T:
+        """Start the task and block until it ends; its result, or its exception raised here.
 
-        Interrupted (``KeyboardInterrupt``, ``SystemExit``), it cancels the coroutine and
-        waits until it has ended (bounded by ``Timeouts.cancel`` and a few seconds; a second
-        Ctrl-C stops waiting), then lets the interrupt go on.
+        Interrupted (``KeyboardInterrupt``, ``SystemExit``), it cancels the task and waits
+        until it has ended (bounded by ``Timeouts.cancel`` and a few seconds; a second Ctrl-C
+        stops waiting), then lets the interrupt go on.
         """
         try:
-            return self._future.result()
+            self.start()
+            return self.result()
         except BaseException:
             self.cancel()
             raise
 
-    def cancel(self) -> None:
-        """Cancel the coroutine (if still running) and wait until it has ended."""
-        if self._future.cancel() or not self._future.done():
-            self._done.wait(self._loop.wind_down)
+    def result(self) -> T:
+        """Block until the started task ends: its result, or its exception."""
+        if self._future is None:
+            raise RuntimeError("the task was not started")
+        return self._future.result()  # type: ignore[return-value]  # None only if cancelled
+
+    def cancel(self, *, wait: bool = True) -> None:
+        """Cancel the task, begun or not; with ``wait``, wait until a begun one has ended
+        (never from the loop's own thread, which would wait on itself)."""
+        with self._lock:
+            self._cancelled = True
+            scope = self._scope
+        if scope is None or self._done.is_set():
+            return
+        if threading.get_ident() == self._loop.thread_id:
+            scope.cancel()
+            return
+        try:
+            if not wait:
+                self._loop.portal.start_task_soon(scope.cancel)
+                return
+            self._loop.portal.call(scope.cancel)
+        except RuntimeError:  # the portal has stopped: the task has ended with it
+            return
+        self._done.wait(self._loop.wind_down)
 
 
 class _Feed(Generic[T]):
-    """An async iteration run on the loop, its items handed to this thread one by one."""
+    """An async iteration run on the loop, its items handed to this thread one by one.
+
+    It starts with :meth:`start` (or the first ``next``); leaving early (a ``break`` with
+    :meth:`close`, an error, Ctrl-C) cancels the producer and waits for it to end.
+    """
 
     def __init__(self, loop: _Loop, produce: Callable[[Callable[[T], None]], Awaitable[None]]):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._task = loop.start(self._pump, produce)
+        self._task: _Task[None] = _Task(loop, self._pump, (produce,))
+        self._started = False
+        self._ended = False
 
     async def _pump(self, produce: Callable[[Callable[[T], None]], Awaitable[None]]) -> None:
         try:
@@ -125,13 +168,44 @@ class _Feed(Generic[T]):
         finally:
             self._queue.put(_END)
 
-    def __iter__(self) -> Iterator[T]:
+    def start(self) -> None:
+        """Start the producer, once."""
+        if self._started:
+            return
+        self._started = True
         try:
-            while (item := self._queue.get()) is not _END:
-                yield item
-            self._task.result()  # the producer's error, if it raised
-        finally:
-            self._task.cancel()  # left early (a break, an error, Ctrl-C): stop the producer
+            self._task.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        if self._ended:
+            raise StopIteration
+        self.start()
+        try:
+            item = self._queue.get()
+            if item is _END:
+                self._ended = True
+                self._task.result()  # the producer's error, if it raised
+                raise StopIteration
+        except BaseException:
+            self.close()
+            raise
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the producer (the async iteration is left, as by a ``break``); idempotent."""
+        self._ended = True
+        self._task.cancel()
+
+    def __del__(self) -> None:
+        # A feed dropped mid-way (a ``break`` without close) stops its producer, unwaited.
+        if self._started and not self._ended:
+            self._task.cancel(wait=False)
 
 
 class Client:
@@ -376,28 +450,24 @@ class Client:
 class SyncBatch:
     """A batch run by :meth:`Client.edit_many`: iterate it for each :class:`ItemResult` as
     items finish. It starts when first iterated (or entered with ``with``); leaving early
-    (``break``, an error, Ctrl-C) or :meth:`close` cancels the items still running.
+    (``break`` inside its ``with`` block, an error, Ctrl-C) or :meth:`close` cancels the
+    items still running, on fal too.
     """
 
     def __init__(
         self, loop: _Loop, produce: Callable[[Callable[[ItemResult], None]], Awaitable[None]]
     ) -> None:
-        self._loop = loop
-        self._produce = produce
+        self._feed = _Feed(loop, produce)
         self._batch: Batch | None = None
-        self._results: Iterator[ItemResult] | None = None
 
     def __iter__(self) -> Iterator[ItemResult]:
         return self
 
     def __next__(self) -> ItemResult:
-        if self._results is None:
-            self._results = iter(_Feed(self._loop, self._produce))
-        return next(self._results)
+        return next(self._feed)
 
     def __enter__(self) -> Self:
-        if self._results is None:
-            self._results = iter(_Feed(self._loop, self._produce))
+        self._feed.start()
         return self
 
     def __exit__(
@@ -410,9 +480,7 @@ class SyncBatch:
 
     def close(self) -> None:
         """Stop the batch: items still running are cancelled (on fal too); idempotent."""
-        results = self._results
-        if results is not None and hasattr(results, "close"):
-            results.close()
+        self._feed.close()
 
     def summary(self) -> BatchSummary:
         """Counts so far (final once iteration ended)."""
@@ -485,7 +553,7 @@ class SyncJobHandle:
             async for update in self._handle.updates(logs=logs):
                 put(update)
 
-        return iter(_Feed(self._client._loop, produce))
+        return _Feed(self._client._loop, produce)
 
     def logs(self) -> Iterator[LogEntry]:
         """Yield each log line once, as it arrives, until the job completes."""
@@ -495,4 +563,4 @@ class SyncJobHandle:
             async for entry in self._handle.logs():
                 put(entry)
 
-        return iter(_Feed(self._client._loop, produce))
+        return _Feed(self._client._loop, produce)

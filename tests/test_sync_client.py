@@ -9,9 +9,10 @@ the main thread once the emulator holds the job, exactly as Ctrl-C would arrive.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,16 @@ class Emu:
 
     def interrupt_when_held(self, n: int = 1) -> threading.Thread:
         """From another thread: once ``n`` jobs are held, send SIGINT to the main thread."""
+        return self.interrupt_when(self.emu.wait_jobs_held, n)
+
+    def interrupt_when(
+        self, event: Callable[..., Awaitable[object]], *args: Any
+    ) -> threading.Thread:
+        """From another thread: once the emulator saw ``event``, SIGINT the main thread, as
+        Ctrl-C does (a real signal, which interrupts a blocked wait)."""
 
         def run() -> None:
-            self.portal.call(self.emu.wait_jobs_held, n)
+            self.portal.call(event, *args)
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
         thread = threading.Thread(target=run, daemon=True)
@@ -169,7 +177,8 @@ def test_ctrl_c_during_a_handle_wait_cancels_the_job(emu: Emu) -> None:
     emu.emu.hold_jobs()
     with emu.client() as fal:
         handle = fal.submit(edit_input())
-        emu.interrupt_when_held()
+        # The job is held already: interrupt once result() follows it, not before.
+        emu.interrupt_when(emu.emu.wait_status_stream_open, handle.request_id)
         with pytest.raises(KeyboardInterrupt):
             handle.result()
     assert emu.emu.jobs[handle.request_id].cancelled
@@ -269,3 +278,23 @@ def test_a_missing_key_raises_before_a_thread_starts(monkeypatch: pytest.MonkeyP
     with pytest.raises(MissingCredentialsError, match="FAL_KEY"):
         Client(queue_url="http://127.0.0.1:9")
     assert before == portal_threads()
+
+
+def test_ctrl_c_at_any_point_leaves_no_job_running(emu: Emu) -> None:
+    """Attack: SIGINT at random points of an edit (before, during and after the submit,
+    while following); whatever the point, no job fal accepted is left running."""
+    emu.emu.hold_jobs()
+    rng = random.Random(19)
+    main = threading.main_thread().ident or 0
+    with emu.client() as fal:
+        for i in range(20):
+            timer = threading.Timer(
+                rng.uniform(0, 0.03), signal.pthread_kill, (main, signal.SIGINT)
+            )
+            with pytest.raises(KeyboardInterrupt):
+                timer.start()
+                fal.edit(edit_input(f"attempt {i}"))
+            timer.join()
+            running = [j.request_id for j in emu.emu.jobs.values() if not j.cancelled]
+            assert [] == running, f"attempt {i}"
+    assert fal.statistics().submits == len(emu.emu.jobs)
