@@ -112,7 +112,7 @@ def test_block_runs(block: Block, workdir: Path, monkeypatch: pytest.MonkeyPatch
             env=dict(os.environ),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=30,
             check=False,
         )
     assert 0 == done.returncode, done.stderr
