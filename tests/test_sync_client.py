@@ -57,6 +57,15 @@ class Emu:
         options.update(overrides)
         return Client(**options)
 
+    def hold_jobs(self) -> None:
+        """Hold every job at the start of its run (on the emulator's own loop: its events are
+        not thread-safe, and a wake-up set from here could wait for the loop's next one)."""
+        self.portal.call(self.emu.hold_jobs)
+
+    def release_jobs(self, n: int | None = None) -> None:
+        """Release ``n`` held jobs (all when None), on the emulator's loop."""
+        self.portal.call(self.emu.release_jobs, n)
+
     def interrupt_when_held(self, n: int = 1) -> threading.Thread:
         """From another thread: once ``n`` jobs are held, send SIGINT to the main thread."""
         return self.interrupt_when(self.emu.wait_jobs_held, n)
@@ -145,20 +154,20 @@ def test_handle_logs_wait_result_and_cancel(emu: Emu) -> None:
 
 def test_updates_iterator_left_early_leaves_the_job_running(emu: Emu) -> None:
     """Breaking out of updates() stops following; the job goes on (it is not cancelled)."""
-    emu.emu.hold_jobs()
+    emu.hold_jobs()
     with emu.client() as fal:
         handle = fal.submit(edit_input())
         for update in handle.updates():
             if "IN_PROGRESS" == update.to_dict()["status"]:
                 break
-        emu.emu.release_jobs()
+        emu.release_jobs()
         assert not handle.wait().failed
     assert 0 == emu.emu.counters.cancels
 
 
 def test_ctrl_c_during_edit_cancels_the_job_on_fal(emu: Emu) -> None:
     """A SIGINT while edit() waits cancels the job on fal, then raises KeyboardInterrupt."""
-    emu.emu.hold_jobs()
+    emu.hold_jobs()
     with emu.client() as fal:
         emu.interrupt_when_held()
         with pytest.raises(KeyboardInterrupt):
@@ -168,13 +177,13 @@ def test_ctrl_c_during_edit_cancels_the_job_on_fal(emu: Emu) -> None:
         assert 1 == emu.emu.counters.cancels
         assert 1 == fal.statistics().cancels_sent
         # The client is still usable afterwards.
-        emu.emu.release_jobs()
+        emu.release_jobs()
         assert fal.edit(edit_input()).images
 
 
 def test_ctrl_c_during_a_handle_wait_cancels_the_job(emu: Emu) -> None:
     """The same for handle.result(): the job is cancelled before the interrupt goes on."""
-    emu.emu.hold_jobs()
+    emu.hold_jobs()
     with emu.client() as fal:
         handle = fal.submit(edit_input())
         # The job is held already: interrupt once result() follows it, not before.
@@ -186,7 +195,7 @@ def test_ctrl_c_during_a_handle_wait_cancels_the_job(emu: Emu) -> None:
 
 def test_ctrl_c_during_a_batch_cancels_the_items_in_flight(emu: Emu, tmp_path: Path) -> None:
     """Ctrl-C while iterating edit_many cancels every job still running, on fal."""
-    emu.emu.hold_jobs()
+    emu.hold_jobs()
     inputs = [edit_input(f"prompt {i}") for i in range(3)]
     with emu.client() as fal:
         emu.interrupt_when_held(3)
@@ -215,10 +224,10 @@ def test_leaving_a_batch_early_cancels_the_rest(emu: Emu) -> None:
     """break out of the loop (with the batch's with block) cancels jobs still running."""
     inputs = [edit_input(f"prompt {i}") for i in range(3)]
     with emu.client() as fal:
-        emu.emu.hold_jobs()
+        emu.hold_jobs()
         with fal.edit_many(inputs) as batch:
             emu.portal.call(emu.emu.wait_jobs_held, 3)
-            emu.emu.release_jobs(1)
+            emu.release_jobs(1)
             for _ in batch:
                 break
     assert 2 == sum(job.cancelled for job in emu.emu.jobs.values())
@@ -233,7 +242,7 @@ def test_bad_batch_settings_raise_at_the_call(emu: Emu) -> None:
 
 def test_timeout_cancels_the_job(emu: Emu) -> None:
     """edit(timeout=) raises JobTimeoutError, with the job cancelled on fal."""
-    emu.emu.hold_jobs()
+    emu.hold_jobs()
     with emu.client() as fal, pytest.raises(JobTimeoutError):
         fal.edit(edit_input(), timeout=0.2)
     (job,) = emu.emu.jobs.values()
@@ -283,7 +292,7 @@ def test_a_missing_key_raises_before_a_thread_starts(monkeypatch: pytest.MonkeyP
 def test_ctrl_c_at_any_point_leaves_no_job_running(emu: Emu) -> None:
     """Attack: SIGINT at random points of an edit (before, during and after the submit,
     while following); whatever the point, no job fal accepted is left running."""
-    emu.emu.hold_jobs()
+    emu.hold_jobs()
     rng = random.Random(19)
     main = threading.main_thread().ident or 0
     with emu.client() as fal:
