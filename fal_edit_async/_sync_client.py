@@ -156,6 +156,10 @@ class _Feed(Generic[T]):
     :meth:`close`, an error, Ctrl-C) cancels the producer and waits for it to end.
     """
 
+    # Class defaults too: ``__del__`` may run on an instance whose ``__init__`` did not end.
+    _started = False
+    _ended = False
+
     def __init__(self, loop: _Loop, produce: Callable[[Callable[[T], None]], Awaitable[None]]):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._task: _Task[None] = _Task(loop, self._pump, (produce,))
