@@ -32,7 +32,6 @@ from ._batch._ledger import JournalBackend
 from ._client import AsyncClient
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts
 from ._endpoint import DEFAULT_ENDPOINT, EndpointId
-from ._name_template import DEFAULT_NAME_TEMPLATE
 from ._exceptions import MissingCredentialsError
 from ._job import JobHandle, UpdateCallback
 from ._models import (
@@ -48,6 +47,7 @@ from ._models import (
     SubmitOptions,
     SubmitReceipt,
 )
+from ._name_template import DEFAULT_NAME_TEMPLATE
 from ._statistics import ClientStatistics
 from ._transport import Transport
 

@@ -119,3 +119,29 @@ def test_the_sync_classes_have_every_async_verb(
     """The synchronous Client and its handle offer each public verb of their async twins."""
     verbs = {n for n in dir(getattr(fal_edit_async, async_)) if not n.startswith("_")}
     assert set() == verbs - only_async - set(dir(getattr(fal_edit_async, sync)))
+
+
+@pytest.mark.parametrize(
+    "verb", ["edit", "submit", "status", "result", "cancel", "download", "edit_many"]
+)
+def test_the_sync_client_takes_the_async_clients_arguments(verb: str) -> None:
+    """Each verb of Client takes exactly the keyword arguments of AsyncClient's (a new batch
+    option added to one and not the other fails here)."""
+
+    def keywords(cls: type) -> list[str]:
+        params = inspect.signature(getattr(cls, verb)).parameters.values()
+        return [
+            p.name
+            for p in params
+            if p.kind is not p.POSITIONAL_OR_KEYWORD or p.default is not p.empty
+        ]
+
+    assert keywords(fal_edit_async.AsyncClient) == keywords(fal_edit_async.Client)
+
+
+def test_the_sync_client_takes_the_async_clients_settings() -> None:
+    """Client() takes every setting AsyncClient() takes."""
+    sync, async_ = (
+        inspect.signature(c).parameters for c in (fal_edit_async.Client, fal_edit_async.AsyncClient)
+    )
+    assert list(async_) == list(sync)
