@@ -76,11 +76,12 @@ def test_from_dict_checks_an_input_like_the_client() -> None:
 
 
 def test_from_dict_refuses_another_status_or_a_bad_payload() -> None:
-    """A Completed payload is not a Queued; a bad field names its wire path."""
+    """A Completed payload is not a Queued; a missing field names its path (a value fal may
+    send oddly, like a string position, is read leniently, as from fal)."""
     with pytest.raises(ProtocolError, match="IN_QUEUE"):
         Queued.from_dict(Completed().to_dict())
-    with pytest.raises(ProtocolError, match=r"queue_position"):
-        Queued.from_dict({"status": "IN_QUEUE", "queue_position": "3"})
+    with pytest.raises(ProtocolError, match=r"request_id"):
+        SubmitReceipt.from_dict({"response_url": "u", "status_url": "s", "cancel_url": "c"})
     with pytest.raises(ProtocolError, match="url"):
         ImageFile.from_dict({})
 
