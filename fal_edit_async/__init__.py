@@ -87,6 +87,12 @@ from ._pricing import (
     CostEstimate as CostEstimate,
     estimate_cost as estimate_cost,
 )
+from ._reconcile_models import (
+    Reconciled as Reconciled,
+    ReconcilePolicy as ReconcilePolicy,
+    ReconcileReport as ReconcileReport,
+    Resolution as Resolution,
+)
 from ._statistics import (
     ClientStatistics as ClientStatistics,
     RetryCounts as RetryCounts,
@@ -280,7 +286,11 @@ __all__ = [
     "Quality",
     "Queued",
     "RateLimitError",
+    "ReconcilePolicy",
+    "ReconcileReport",
+    "Reconciled",
     "Request",
+    "Resolution",
     "Response",
     "RetryCounts",
     "RetryKind",

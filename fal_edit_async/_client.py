@@ -20,7 +20,8 @@ import anyio
 
 from ._batch import Batch, edit_many
 from ._batch._items import BatchItem, BatchSettings, EventCallback
-from ._batch._ledger import JournalBackend
+from ._batch._ledger import JournalBackend, open_journal
+from ._batch._reconcile_pass import reconcile_journal
 from ._config import ClientConfig, Limits, Polling, RetryPolicy, Timeouts, check_timeout
 from ._converter import as_input
 from ._core import Core
@@ -40,6 +41,7 @@ from ._models import (
 )
 from ._name_template import DEFAULT_NAME_TEMPLATE
 from ._protocol import check_image_count, check_submit_options
+from ._reconcile_models import ReconcilePolicy, ReconcileReport
 from ._statistics import ClientStatistics
 from ._transport import AiohttpTransport, Transport
 from ._uploads import Uploader
@@ -307,6 +309,7 @@ class AsyncClient:
         retry_failed: bool = False,
         overwrite: bool = False,
         name_template: str = DEFAULT_NAME_TEMPLATE,
+        reconcile: ReconcilePolicy | None = None,
         **options: Unpack[SubmitOptions],
     ) -> AbstractAsyncContextManager[Batch]:
         """Edit many images in parallel; results arrive as items finish.
@@ -348,7 +351,15 @@ class AsyncClient:
                 (fal's account concurrency), kept in the database; also caps
                 ``concurrency``.
             resubmit_unknown: submit again the items whose submit answer an earlier run
-                lost (``ItemState.UNKNOWN``); fal may have run those jobs already.
+                lost (``ItemState.UNKNOWN``) and reconciling could not settle; fal may have
+                run those jobs already.
+            reconcile: how a journaled batch settles lost submits when it starts (see
+                :meth:`reconcile`) and the start timeout its submits carry (default
+                :class:`ReconcilePolicy`); ``ReconcilePolicy(strict=True)`` never submits an
+                unknown item again. With a journal, ``webhook_url`` tracks each job by its
+                webhook instead of a status stream: each job's URL is tagged with the batch,
+                item and attempt, and a receiver (``fal_edit_async.webhooks.create_app``
+                with ``sink=`` the same :class:`Journal`) records the events.
             retry_failed: submit again the items an earlier run recorded as failed.
             overwrite: let outputs replace files already in ``download_to`` that this batch
                 does not own (another run's outputs, files named like outputs).
@@ -384,6 +395,7 @@ class AsyncClient:
             overwrite=overwrite,
             name_template=name_template,
             max_in_flight=max_in_flight,
+            reconcile=reconcile,
         )
         return self._on_this_loop(edit_many(self._core, self._uploader, items, settings))
 
@@ -396,3 +408,32 @@ class AsyncClient:
         self._core.check_loop()
         async with batch as entered:
             yield entered
+
+    async def reconcile(
+        self,
+        journal: str | os.PathLike[str] | JournalBackend,
+        *,
+        policy: ReconcilePolicy | None = None,
+    ) -> ReconcileReport:
+        """Settle a journal's lost submits (``unknown`` rows) from evidence, never guessing.
+
+        Each row is decided in order by: its webhook record; the job fal's error answer named,
+        if fal still knows it; exactly one request in fal's request history with the body
+        sent (adopted: followed by the next run, or completed from the history's output when
+        fal's queue forgot it); two or more such requests (``ambiguous``: never submitted
+        again); after ``sent_at + start_timeout + longest_run + settle``, a complete history
+        walk with no match (``resubmittable``: the next run submits it, unless ``strict``).
+        Anything else stays ``unknown``. A batch does this itself when it opens a journal.
+
+        Raises:
+            JournalLockedError: a batch is writing the journal.
+            JournalError: the journal cannot be opened.
+        """
+        self._core.check_open()
+        policy = ReconcilePolicy() if policy is None else policy
+        if not isinstance(policy, ReconcilePolicy):
+            raise InputError("policy", policy, "a ReconcilePolicy, or None")
+        if isinstance(journal, JournalBackend):
+            return await reconcile_journal(self._core, journal, policy)
+        async with open_journal(journal) as opened:
+            return await reconcile_journal(self._core, opened, policy)

@@ -478,8 +478,8 @@ async def test_a_job_accepted_when_the_disk_fills_stays_re_attachable(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
     """The disk fills just after the write-ahead row: the job fal accepted is followed to its
-    end in that run, and the next run (disk freed) pays nothing: it reports the item unknown,
-    since no row could name its job (its request id is in the first run's result)."""
+    end in that run, and the next run (disk freed) pays nothing: no row could name its job,
+    so reconciling finds it in fal's history by the body sent, and adopts it."""
     journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
     async with Journal(journal):  # create the file, then let only 'submitting' rows land
         pass
@@ -495,8 +495,8 @@ async def test_a_job_accepted_when_the_disk_fills_stays_re_attachable(
 
     (again,) = await run(client, items, journal=journal)
 
-    assert ItemState.UNKNOWN is again.state, again.error
-    assert first.request_id is not None
+    assert again.ok and again.resumed, again.error
+    assert first.request_id is not None and first.request_id == again.request_id
     assert 1 == emulator.counters.submits
 
 

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
             "_files",
             "_name_template",
             "_webhook_models",
+            "_reconcile_models",
         ),
         0,
     ),

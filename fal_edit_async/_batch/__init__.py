@@ -31,10 +31,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._core import Core
 from .._exceptions import InputError
 from .._files import check_writable, image_names_in, remove_stale_parts
+from .._reconcile_models import ReconcileReport
 from .._uploads import Uploader
 from ._adaptive import AdaptiveLimiter
 from ._items import BatchItem, BatchSettings, BatchSummary, ItemResult, ItemState
 from ._ledger import JournalBackend, open_journal
+from ._reconcile_pass import reconcile_journal
 from ._runner import Budget, Runner
 
 __all__ = ["Batch", "edit_many"]
@@ -65,6 +67,8 @@ class Batch:
         self._job_retries = 0
         # The client may serve other calls too: the summary counts only this batch's retries.
         self._retries_at_start = runner.core.stats.snapshot().retries
+        #: What reconciling the journal's unknown rows did before anything was submitted.
+        self.reconciled = ReconcileReport()
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
         if self._ended:
@@ -154,6 +158,7 @@ async def edit_many(
         overwrite=settings.overwrite,
         names=settings.names,
         max_in_flight=settings.max_in_flight,
+        policy=settings.reconcile,
     )
     pipeline = jobs.limit + limits.uploads + settings.downloads
     async with AsyncExitStack() as stack:
@@ -163,8 +168,14 @@ async def edit_many(
         elif journal is not None:
             runner.journal = open_journal(journal)
             stack.push_async_callback(runner.journal.aclose)
+        reconciled = ReconcileReport()
         if runner.journal is not None:
             await runner.journal.open()
+            # Lost submits first: a job found is followed, not paid for again.
+            reconciled = await reconcile_journal(core, runner.journal, settings.reconcile)
+            if settings.submit_options.get("webhook_url") is not None:
+                ledger = runner.journal
+                runner.tag = (await ledger.batch_id(), await ledger.webhook_secret())
             await runner.preload()  # what earlier runs spent counts against the budget first
         if runner.download_to is not None:
             runner.foreign = await anyio.to_thread.run_sync(_prepare_folder, runner.download_to)
@@ -173,6 +184,7 @@ async def edit_many(
         send, receive = anyio.create_memory_object_stream[ItemResult](jobs.limit)
         stack.callback(send.close)
         batch = Batch(receive, runner)
+        batch.reconciled = reconciled
         stack.callback(batch._end)
         async with anyio.create_task_group() as tg:
             if runner.journal is not None:

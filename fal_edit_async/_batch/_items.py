@@ -26,6 +26,7 @@ from .._models import DownloadedFile, EditImageInput, EditImageOutput, SubmitOpt
 from .._name_template import DEFAULT_NAME_TEMPLATE, DEFAULT_NAMES, NameTemplate
 from .._pricing import estimate_cost
 from .._protocol import check_submit_options
+from .._reconcile_models import ReconcilePolicy
 from ._events import BatchEvent
 
 __all__ = [
@@ -279,6 +280,7 @@ class BatchSettings:
     names: NameTemplate = DEFAULT_NAMES
     #: Jobs in flight across every worker of a shared ledger (and this one's limit too).
     max_in_flight: int | None = None
+    reconcile: ReconcilePolicy = attrs.field(factory=ReconcilePolicy)
 
     @classmethod
     def build(
@@ -299,8 +301,15 @@ class BatchSettings:
         overwrite: bool = False,
         name_template: str | NameTemplate = DEFAULT_NAME_TEMPLATE,
         max_in_flight: int | None = None,
+        reconcile: ReconcilePolicy | None = None,
     ) -> BatchSettings:
         """Check every setting before anything is sent; a bad one is an :class:`InputError`."""
+        policy = ReconcilePolicy() if reconcile is None else reconcile
+        if not isinstance(policy, ReconcilePolicy):
+            raise InputError("reconcile", reconcile, "a ReconcilePolicy, or None")
+        if policy.strict and resubmit_unknown:
+            msg = "not resubmit_unknown=True with a strict policy, which never resubmits"
+            raise InputError("reconcile", policy, msg)
         jobs = limits.jobs if concurrency is None else _count("concurrency", concurrency, 1)
         cap = None if max_in_flight is None else _count("max_in_flight", max_in_flight, 1)
         if cap is not None:
@@ -329,6 +338,7 @@ class BatchSettings:
                 else NameTemplate.parse(name_template)
             ),
             max_in_flight=cap,
+            reconcile=policy,
         )
 
 

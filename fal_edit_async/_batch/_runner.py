@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._converter import input_from_dict, parse
+from .._converter import input_from_dict, input_to_wire, parse
 from .._core import Core
 from .._downloads import download_outcomes
 from .._endpoint import DEFAULT_ENDPOINT, EndpointId
@@ -63,8 +63,10 @@ from .._models import (
 from .._name_template import DEFAULT_NAMES, NameTemplate, claim_number
 from .._pricing import estimate_cost
 from .._protocol import check_image_count, job_retryable, submit_never_queued
+from .._reconcile_models import ReconcilePolicy
 from .._statistics import RetryKind
 from .._uploads import Uploader
+from .._webhook_models import WebhookTag, tag_url
 from ._adaptive import AdaptiveLimiter
 from ._events import (
     BatchEvent,
@@ -88,6 +90,7 @@ from ._items import (
     split_item,
 )
 from ._ledger import JournalBackend, JournalEntry, JournalState, LeaseLost
+from ._tracking import await_tagged, await_webhook
 
 __all__ = ["Budget", "Runner"]
 
@@ -183,6 +186,11 @@ class _Item:
     recorded: bool = False
     #: This worker holds the item's lease on a shared ledger (released when it is done).
     claimed: bool = False
+    #: Jobs of this item's earlier attempts (a lost answer's history match is never one).
+    past_ids: tuple[str, ...] = ()
+    #: When the last submit was sent (unix seconds) and the start timeout it carried.
+    sent_at: float | None = None
+    start_timeout: float | None = None
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -256,6 +264,34 @@ class Runner:
     @property
     def shared(self) -> bool:
         return self.journal is not None and self.journal.shared
+
+    #: How lost submits are reconciled, and the start timeout journaled submits carry.
+    policy: ReconcilePolicy = attrs.field(factory=ReconcilePolicy)
+    #: (batch id, secret) of the webhook tags, when jobs are webhook-tracked.
+    tag: tuple[str, bytes] | None = None
+
+    @property
+    def tracked(self) -> bool:
+        """Jobs end by their webhook record, not a status stream (journal + webhook_url)."""
+        return self.tag is not None and self.journal is not None
+
+    def _options_for(self, it: _Item) -> SubmitOptions:
+        """This submit's options: a journaled one always carries a start timeout (so a lost
+        answer can be proven jobless later), a tracked one its own tagged webhook URL."""
+        options: SubmitOptions = {**self.submit_options}
+        if self.journal is not None and options.get("start_timeout") is None:
+            options["start_timeout"] = self.policy.start_timeout
+        base = options.get("webhook_url")
+        if self.tag is not None and base is not None:
+            batch, secret = self.tag
+            tag = WebhookTag(batch=batch, item=it.ledger_key, attempt=it.attempts)
+            options["webhook_url"] = tag_url(base, tag, secret)
+        return options
+
+    def _bound(self, it: _Item) -> float | None:
+        if it.sent_at is None or it.start_timeout is None:
+            return None
+        return self.policy.bound(it.sent_at, it.start_timeout)
 
     @property
     def endpoint(self) -> str:
@@ -560,7 +596,12 @@ class Runner:
         if self.account_error is not None:  # items that were waiting for a slot meanwhile
             self.account_refused.add(it.ledger_key)
             raise self.account_error
+        if it.request_id is not None and it.request_id not in it.past_ids:
+            it.past_ids = (*it.past_ids, it.request_id)  # the last attempt's job
         it.attempts += 1
+        options = self._options_for(it)
+        assert it.wire is not None
+        it.sent_at, it.start_timeout = time.time(), options.get("start_timeout")
         if self.journal is not None:
             try:
                 await self.journal.record_submitting(
@@ -570,6 +611,9 @@ class Runner:
                     attempts=it.attempts,
                     cost=it.cost,
                     max_in_flight=self.max_in_flight,
+                    sent_body=input_to_wire(it.wire),
+                    start_timeout=it.start_timeout,
+                    past_ids=it.past_ids,
                 )
             except LeaseLost:
                 # Another worker has the item now: nothing was sent, nothing is owed.
@@ -595,7 +639,7 @@ class Runner:
                 on_retry=on_retry,
                 on_accepted=lambda h: self._accepted(it, h),
                 cancel_on_exit=False,
-                **self.submit_options,
+                **options,
             )
         except FalEditError as exc:
             return await self._submit_failed(it, exc)
@@ -676,8 +720,11 @@ class Runner:
         if journal is not None:  # first: should this run end while fal is asked about it
             urls = named.urls if named is not None else None
             await self._write(journal.record_unknown(it.ledger_key, exc, urls=urls))
+        if named is None and self.tracked:
+            named = await self._tagged_job(it)
         if named is not None:
-            # fal named the job in its error answer: it may exist, and then it is ours.
+            # fal named the job in its error answer (or its webhook did): it may exist, and
+            # then it is ours.
             handle = named
             with (
                 anyio.CancelScope(shield=True),
@@ -693,13 +740,41 @@ class Runner:
                     return handle
         raise exc
 
+    async def _tagged_job(self, it: _Item) -> JobHandle | None:
+        """The job a webhook tagged with this item and attempt names, waited for until the
+        start-timeout bound: a lost answer's job announces itself when it ends."""
+        assert self.journal is not None
+        bound = self._bound(it)
+        if bound is None:
+            return None
+        found = await await_tagged(
+            self.journal, it.ledger_key, it.attempts, until=bound, poll=self.policy.ledger_poll
+        )
+        ids = {e.request_id for e in found}
+        if len(ids) != 1:
+            return None  # none (the next run reconciles it), or several: never guess
+        (request_id,) = ids
+        if await self._owned_elsewhere(it, request_id):
+            return None
+        with contextlib.suppress(InputError):
+            return attach(self.core, request_id, self.endpoint)
+        return None
+
     async def _follow(self, it: _Item, handle: JobHandle, *, resumed: bool) -> EditImageOutput:
         it.live, it.request_id = handle, handle.request_id
         progress = _Progress(self, it.key, handle.request_id)
+        bound = self._bound(it)
         try:
-            completed = await handle.wait(on_update=progress.update, cancel_on_exit=False)
-            it.live = None  # finished on fal: nothing to cancel any more
-            output = await handle.fetch_result(completed)
+            if self.tracked and bound is not None:
+                assert self.journal is not None
+                output = await await_webhook(
+                    self.journal, handle, bound=bound, poll=self.policy.ledger_poll
+                )
+                it.live = None
+            else:
+                completed = await handle.wait(on_update=progress.update, cancel_on_exit=False)
+                it.live = None  # finished on fal: nothing to cancel any more
+                output = await handle.fetch_result(completed)
         except NotFoundError as exc:
             if not resumed:
                 raise
@@ -755,6 +830,13 @@ class Runner:
         state = entry.state
         it.attempts = entry.attempts
         it.resumed = True
+        it.past_ids, it.sent_at = entry.past_ids, entry.sent_at
+        it.start_timeout = entry.start_timeout
+        if state is JournalState.AMBIGUOUS:
+            # Two or more jobs may be this item's: never a third, whatever was asked.
+            ambiguous = UnknownSubmitError(entry.error or "ambiguous", request_id=None)
+            await self.emit(ItemFailed(key=it.key, request_id=None, error=ambiguous))
+            return it.result(ItemState.UNKNOWN, error=ambiguous)
         if entry.request_id is not None or state.has_job:
             # The budget counted this row when the batch started (Runner.preload).
             it.request_id, it.accepted = entry.request_id, entry.attempts

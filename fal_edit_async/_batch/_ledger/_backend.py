@@ -16,10 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+import anyio
 import attrs
 
 from ..._exceptions import FalEditError
 from ..._models import DownloadedFile, EditImageOutput, JobUrls
+from ..._webhook_models import WebhookEvent
 from ._states import JournalEntry, JournalSummary
 
 __all__ = ["Claim", "JournalBackend", "LeaseLost"]
@@ -126,8 +128,12 @@ class JournalBackend(Protocol):
         attempts: int,
         cost: Decimal,
         max_in_flight: int | None = None,
+        sent_body: Any = None,
+        start_timeout: float | None = None,
+        past_ids: Sequence[str] = (),
     ) -> None:
-        """A submit is about to be sent: durably, before the POST (under the cap)."""
+        """A submit is about to be sent: durably, before the POST (under the cap), with the
+        body exactly as sent and its start timeout (what reconciling a lost answer needs)."""
         ...
 
     async def record_submitted(self, key: str, urls: JobUrls, *, attempts: int) -> None:
@@ -166,4 +172,42 @@ class JournalBackend(Protocol):
 
     async def record_cancelled(self, key: str) -> None:
         """fal confirmed the job cancelled."""
+        ...
+
+    async def record_ambiguous(self, key: str, candidates: Sequence[str], reason: str) -> None:
+        """Reconciling found several jobs this submit may be: never sent again."""
+        ...
+
+    # -- webhooks (``_webhooks.WebhookRecords`` implements them for both) ----------------
+
+    async def batch_id(self) -> str:
+        """This ledger's name in its jobs' webhook tags."""
+        ...
+
+    async def webhook_secret(self) -> bytes:
+        """The secret the tags of this ledger's webhook URLs are signed with."""
+        ...
+
+    async def record_webhook(self, event: WebhookEvent) -> bool:
+        """Keep a verified event once per request id; True when it was new."""
+        ...
+
+    def webhook_waiter(self, request_id: str) -> anyio.Event:
+        """Set when this process records a webhook for ``request_id``."""
+        ...
+
+    def tag_waiter(self, item: str, attempt: int) -> anyio.Event:
+        """Set when this process records a webhook tagged with this item and attempt."""
+        ...
+
+    async def webhook(self, request_id: str) -> WebhookEvent | None:
+        """The recorded event of ``request_id``, if any."""
+        ...
+
+    async def tagged_webhooks(self, item: str, attempt: int) -> list[WebhookEvent]:
+        """The recorded events tagged with this item and attempt."""
+        ...
+
+    async def webhooks(self) -> list[WebhookEvent]:
+        """Every recorded event, oldest first."""
         ...

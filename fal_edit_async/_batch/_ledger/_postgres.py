@@ -55,6 +55,7 @@ from ._states import (
     submitting_columns,
     summarise,
 )
+from ._webhooks import WEBHOOK_COLUMNS, WebhookRecords
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -85,8 +86,30 @@ _SCHEMA = (
         folder TEXT,
         stem TEXT,
         holder TEXT,
-        lease_until TIMESTAMPTZ
+        lease_until TIMESTAMPTZ,
+        sent_body TEXT,
+        start_timeout DOUBLE PRECISION,
+        past_ids TEXT
     )""",
+    # What reconciling a lost submit needs, for ledgers made before it.
+    "ALTER TABLE fal_edit_items ADD COLUMN IF NOT EXISTS sent_body TEXT",
+    "ALTER TABLE fal_edit_items ADD COLUMN IF NOT EXISTS start_timeout DOUBLE PRECISION",
+    "ALTER TABLE fal_edit_items ADD COLUMN IF NOT EXISTS past_ids TEXT",
+    """CREATE TABLE IF NOT EXISTS fal_edit_webhooks (
+        request_id TEXT PRIMARY KEY,
+        batch TEXT,
+        item TEXT,
+        attempt INTEGER,
+        user_id TEXT NOT NULL,
+        timestamp BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        payload TEXT,
+        error TEXT,
+        payload_error TEXT,
+        gateway_request_id TEXT,
+        received_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS fal_edit_webhooks_by_tag ON fal_edit_webhooks (item, attempt)",
     # What the global cap counts, what owner_of looks up, and what a worker renews.
     "CREATE INDEX IF NOT EXISTS fal_edit_items_in_flight ON fal_edit_items (state) "
     "WHERE state IN ('submitting', 'submitted', 'cancel_requested')",
@@ -147,7 +170,7 @@ def _public(dsn: str) -> str:
     return make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 
-class PostgresJournal(Recorder):
+class PostgresJournal(Recorder, WebhookRecords):
     """A batch ledger in PostgreSQL that many workers share; ``edit_many(journal=...)`` takes
     it, or its address (``"postgresql://user@host/db"``; pick a schema with
     ``?options=-csearch_path%3Dmy_batch``).
@@ -423,9 +446,13 @@ class PostgresJournal(Recorder):
         attempts: int,
         cost: Decimal,
         max_in_flight: int | None = None,
+        sent_body: Any = None,
+        start_timeout: float | None = None,
+        past_ids: Sequence[str] = (),
     ) -> None:
         """A submit for ``key`` is about to be sent: durably, before the POST, and only while
-        this worker holds the item and (with ``max_in_flight``) the ledger has room.
+        this worker holds the item and (with ``max_in_flight``) the ledger has room. (The
+        body as sent, the start timeout and the earlier jobs are kept as on SQLite.)
 
         Waits (cancellably) while the ledger has ``max_in_flight`` rows in flight.
 
@@ -433,7 +460,15 @@ class PostgresJournal(Recorder):
             LeaseLost: another worker took the item over; send nothing.
         """
         self._writable()
-        values = submitting_columns(endpoint, input, attempts, cost)
+        values = submitting_columns(
+            endpoint,
+            input,
+            attempts,
+            cost,
+            sent_body=sent_body,
+            start_timeout=start_timeout,
+            past_ids=past_ids,
+        )
         wait = 0.01
         while not await self._try_submitting(key, values, max_in_flight):
             # Full: ask again soon (jittered, so waiting workers do not ask in step).
@@ -469,6 +504,42 @@ class PostgresJournal(Recorder):
             except psycopg.Error as exc:
                 raise JournalError(f"{self.where}: {exc}") from exc
         return True
+
+    # -- webhooks -----------------------------------------------------------------------
+
+    async def _insert_webhook(self, row: dict[str, Any]) -> bool:
+        self._writable()
+        marks = ", ".join(f"%({c})s" for c in row)
+        rows = await self._query(
+            f"INSERT INTO fal_edit_webhooks ({', '.join(row)}) VALUES ({marks}) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            row,
+            durable=True,
+        )
+        return bool(rows)
+
+    async def _webhook_rows(
+        self, *, request_id: str | None = None, tag: tuple[str, int] | None = None
+    ) -> list[Mapping[str, Any]]:
+        sql = f"SELECT {', '.join(WEBHOOK_COLUMNS)} FROM fal_edit_webhooks"
+        params: tuple[Any, ...] = ()
+        if request_id is not None:
+            sql, params = sql + " WHERE request_id = %s", (request_id,)
+        elif tag is not None:
+            sql, params = sql + " WHERE item = %s AND attempt = %s", tag
+        return list(await self._query(sql + " ORDER BY received_at", params))
+
+    async def _meta_value(self, name: str, make: Callable[[], str]) -> str:
+        if not self.read_only:  # whichever worker asks first makes it; the others read it
+            await self._query(
+                "INSERT INTO fal_edit_meta VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (name, make()),
+                durable=True,
+            )
+        rows = await self._query("SELECT value FROM fal_edit_meta WHERE name = %s", (name,))
+        if not rows:
+            raise JournalError(f"{self.where}: no {name} in a ledger opened read-only")
+        return str(rows[0]["value"])
 
     # -- work sharing -------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -41,6 +41,7 @@ from ._states import (
     entry_of,
     summarise,
 )
+from ._webhooks import WEBHOOK_COLUMNS, WebhookRecords
 
 __all__ = ["Journal"]
 
@@ -67,14 +68,40 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at REAL NOT NULL,
     sent_at REAL,
     folder TEXT,
-    stem TEXT
+    stem TEXT,
+    sent_body TEXT,
+    start_timeout REAL,
+    past_ids TEXT
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    request_id TEXT PRIMARY KEY,
+    batch TEXT,
+    item TEXT,
+    attempt INTEGER,
+    user_id TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT,
+    error TEXT,
+    payload_error TEXT,
+    gateway_request_id TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_by_tag ON webhooks (item, attempt);
 """
-#: Columns added by schema 2, for journals written by schema 1.
-_ADDED_COLUMNS = {"sent_at": "REAL", "folder": "TEXT", "stem": "TEXT"}
+#: Columns added since schema 1 (``sent_at``, ``folder``, ``stem``) and since (what
+#: reconciling needs), for journals written before: each is added when missing.
+_ADDED_COLUMNS = {
+    "sent_at": "REAL",
+    "folder": "TEXT",
+    "stem": "TEXT",
+    "sent_body": "TEXT",
+    "start_timeout": "REAL",
+    "past_ids": "TEXT",
+}
 
 
-class Journal(Recorder):
+class Journal(Recorder, WebhookRecords):
     """A batch ledger in one SQLite file; pass it (or a path) as ``edit_many(journal=...)``.
 
     Only one process may have a journal open for writing: a second one gets
@@ -343,6 +370,47 @@ class Journal(Recorder):
         params = (*values.values(), key)
         await self._run(lambda db: db.execute(sql, params))
 
+    async def _insert_webhook(self, row: dict[str, Any]) -> bool:
+        if self.read_only:
+            raise JournalError(f"{self.path}: opened read-only")
+        sql = (
+            f"INSERT INTO webhooks ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)}) "
+            "ON CONFLICT(request_id) DO NOTHING"
+        )
+        params = tuple(row.values())
+        return await self._run(lambda db: db.execute(sql, params).rowcount == 1, durable=True)
+
+    async def _webhook_rows(
+        self, *, request_id: str | None = None, tag: tuple[str, int] | None = None
+    ) -> list[Mapping[str, Any]]:
+        sql = f"SELECT {', '.join(WEBHOOK_COLUMNS)} FROM webhooks"
+        params: tuple[Any, ...] = ()
+        if request_id is not None:
+            sql, params = sql + " WHERE request_id = ?", (request_id,)
+        elif tag is not None:
+            sql, params = sql + " WHERE item = ? AND attempt = ?", tag
+        sql += " ORDER BY received_at"
+
+        def read(db: sqlite3.Connection) -> list[Mapping[str, Any]]:
+            if "webhooks" not in _tables(db):
+                return []  # a read-only look at a journal written before webhooks
+            return [dict(r) for r in db.execute(sql, params)]
+
+        return await self._run(read)
+
+    async def _meta_value(self, name: str, make: Callable[[], str]) -> str:
+        def read_or_make(db: sqlite3.Connection) -> str:
+            found = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            if found is not None:
+                return str(found["value"])
+            if self.read_only:
+                raise sqlite3.OperationalError(f"no {name} in a journal opened read-only")
+            value = make()
+            db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
+            return value
+
+        return await self._run(read_or_make, durable=True)
+
     async def legacy_row(self, fingerprint: str, taken: set[str]) -> JournalEntry | None:
         """A schema-1 row for this content under a name (``<name>@<fingerprint>``, as the
         command line keyed items then), not yet claimed by another item of this run.
@@ -397,3 +465,7 @@ class Journal(Recorder):
             return str(row["key"]) if row else None
 
         return await self._run(read)
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -43,6 +43,7 @@ from ..._models import DownloadedFile, EditImageOutput, JobUrls
 __all__ = [
     "IN_FLIGHT",
     "LOST_ANSWER",
+    "canonical_body",
     "JournalEntry",
     "JournalState",
     "JournalSummary",
@@ -72,6 +73,8 @@ class JournalState(StrEnum):
     CANCELLED = "cancelled"
     UNSENT = "unsent"
     UNKNOWN = "unknown"
+    #: Reconciling found two or more jobs with the body sent: never submitted again.
+    AMBIGUOUS = "ambiguous"
 
     @property
     def has_job(self) -> bool:
@@ -115,6 +118,12 @@ class JournalEntry:
     stem: str | None = None
     #: On a shared ledger: the worker holding the item's lease now, if any.
     holder: str | None = None
+    #: The last submit's body exactly as sent (decoded), to find it in fal's history.
+    sent_body: Any = attrs.field(default=None, hash=False)
+    #: The start timeout that submit carried (seconds), which bounds when its job ended.
+    start_timeout: float | None = None
+    #: Jobs of this item's earlier attempts (never the last attempt's).
+    past_ids: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -168,6 +177,9 @@ def entry_of(row: Mapping[str, Any]) -> JournalEntry:
         folder=row.get("folder"),
         stem=row.get("stem"),
         holder=row.get("holder"),
+        sent_body=json.loads(body) if (body := row.get("sent_body")) else None,
+        start_timeout=row.get("start_timeout"),
+        past_ids=tuple(json.loads(row.get("past_ids") or "[]")),
     )
 
 
@@ -229,15 +241,31 @@ class Recorder(ABC):
         attempts: int,
         cost: Decimal,
         max_in_flight: int | None = None,
+        sent_body: Any = None,
+        start_timeout: float | None = None,
+        past_ids: Sequence[str] = (),
     ) -> None:
         """A submit for ``key`` is about to be sent: durably, before the POST.
+
+        ``sent_body`` is the body exactly as it will be sent (kept as canonical JSON, so a
+        lost answer can be found in fal's history by it), ``start_timeout`` the one it
+        carries, ``past_ids`` the jobs of the item's earlier attempts.
 
         ``max_in_flight``: on a shared ledger, first wait until fewer rows than that are in
         flight (:data:`IN_FLIGHT`) across every worker; one process needs no wait, since its
         own jobs limit is capped at it.
         """
         del max_in_flight
-        await self._upsert(key, submitting_columns(endpoint, input, attempts, cost), durable=True)
+        values = submitting_columns(
+            endpoint,
+            input,
+            attempts,
+            cost,
+            sent_body=sent_body,
+            start_timeout=start_timeout,
+            past_ids=past_ids,
+        )
+        await self._upsert(key, values, durable=True)
 
     async def record_submitted(self, key: str, urls: JobUrls, *, attempts: int) -> None:
         """fal accepted a job for ``key``: its id and URLs, durably, before anything else."""
@@ -303,10 +331,32 @@ class Recorder(ABC):
         """fal confirmed the job was cancelled; a new run submits the item again."""
         await self._upsert(key, {"state": JournalState.CANCELLED.value})
 
+    async def record_ambiguous(self, key: str, candidates: Sequence[str], reason: str) -> None:
+        """Reconciling found several jobs this submit may be: reported, never sent again."""
+        values = {
+            "state": JournalState.AMBIGUOUS.value,
+            "error": f"{reason}: {', '.join(candidates)}",
+            "error_type": "ambiguous",
+        }
+        await self._upsert(key, values, durable=True)
+
+
+def canonical_body(body: Any) -> str:
+    """The JSON text a sent body is kept as: sorted keys, no spaces, UTF-8 as is."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def submitting_columns(
-    endpoint: str, input: Mapping[str, Any], attempts: int, cost: Decimal
+    endpoint: str,
+    input: Mapping[str, Any],
+    attempts: int,
+    cost: Decimal,
+    *,
+    sent_body: Any = None,
+    start_timeout: float | None = None,
+    past_ids: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """The columns of a ``submitting`` row (every backend's)."""
     return {
         "state": JournalState.SUBMITTING.value,
         "endpoint": endpoint,
@@ -314,6 +364,9 @@ def submitting_columns(
         "attempts": attempts,
         "cost": str(cost),
         "sent_at": time.time(),
+        "sent_body": None if sent_body is None else canonical_body(sent_body),
+        "start_timeout": start_timeout,
+        "past_ids": json.dumps(list(past_ids)) if past_ids else None,
         # The previous attempt's job (failed, or cancelled) is not this submit's.
         "request_id": None,
         "status_url": None,
