@@ -140,9 +140,9 @@ async def gather(
         ]
         walk = await _walk(core, endpoint, [rows[i] for i in picked], policy)
         seen += walk.seen
-        complete = complete and walk.reason is None
         for i in picked:
             evidence[i] = walk.evidence_for(rows[i], evidence[i], owners)
+            complete = complete and evidence[i].complete
     return evidence, seen, complete
 
 

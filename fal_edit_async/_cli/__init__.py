@@ -43,7 +43,7 @@ from .. import (
     estimate_cost,
     is_remote_url,
 )
-from . import _jobs, _ledger
+from . import _jobs, _ledger, _reconcile
 from ._completion import script
 from ._inputs import (
     Planned,
@@ -339,6 +339,18 @@ def _add_journal(commands: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("journal", type=_journal, metavar="JOURNAL", help="a file or postgresql://")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_journal_show)
+    text = "settle the journal's lost submits from fal's history and webhooks"
+    settle = commands.add_parser(
+        "reconcile",
+        parents=[common],
+        help=text,
+        description=text + ".",
+        epilog=examples("fal-edit reconcile run.db", "fal-edit reconcile run.db --strict --json"),
+    )
+    settle.add_argument("journal", type=_journal, metavar="JOURNAL", help="a file or postgresql://")
+    settle.add_argument("--strict", action="store_true", help="never make an item resubmittable")
+    settle.add_argument("--json", action="store_true", help="print JSON")
+    settle.set_defaults(handler=functools.partial(_job, _reconcile.reconcile))
 
 
 def _journal_show(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ _MEANING = {
     JournalState.UNKNOWN: "submit answer lost; fal may have run it (--resubmit-unknown)",
     JournalState.SUBMITTING: "being submitted by a live run",
     JournalState.PENDING: "claimed by a worker, not submitted yet",
+    JournalState.AMBIGUOUS: "several jobs carry its input; never submitted again",
 }
 
 
