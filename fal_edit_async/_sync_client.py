@@ -48,6 +48,7 @@ from ._models import (
     SubmitReceipt,
 )
 from ._name_template import DEFAULT_NAME_TEMPLATE
+from ._reconcile_models import ReconcilePolicy, ReconcileReport
 from ._statistics import ClientStatistics
 from ._transport import Transport
 
@@ -375,6 +376,15 @@ class Client:
         """Ask fal to cancel a job; returns requested, already completed or not found."""
         return self._run(partial(self._async.cancel, request_id, endpoint=endpoint))
 
+    def reconcile(
+        self,
+        journal: str | os.PathLike[str] | JournalBackend,
+        *,
+        policy: ReconcilePolicy | None = None,
+    ) -> ReconcileReport:
+        """Settle a journal's lost submits from evidence; see :meth:`AsyncClient.reconcile`."""
+        return self._run(partial(self._async.reconcile, journal, policy=policy))
+
     def download(
         self,
         images: EditImageOutput | Sequence[ImageFile],
@@ -406,6 +416,7 @@ class Client:
         retry_failed: bool = False,
         overwrite: bool = False,
         name_template: str = DEFAULT_NAME_TEMPLATE,
+        reconcile: ReconcilePolicy | None = None,
         **options: Unpack[SubmitOptions],
     ) -> SyncBatch:
         """Edit many images in parallel; iterate the result for each item as it finishes.
@@ -439,6 +450,7 @@ class Client:
                 retry_failed=retry_failed,
                 overwrite=overwrite,
                 name_template=name_template,
+                reconcile=reconcile,
                 **options,
             )
         )
