@@ -91,6 +91,7 @@ from ._items import (
     split_item,
 )
 from ._ledger import JournalBackend, JournalEntry, JournalState, LeaseLost
+from ._ledger._states import spent
 from ._tracking import await_tagged, await_webhook
 
 __all__ = ["Budget", "Runner"]
@@ -909,9 +910,7 @@ class Runner:
             return
         entries = await self.journal.entries()
         self.journaled_ids = {e.request_id: e.key for e in entries if e.request_id}
-        self.budget.committed += sum(
-            (e.cost * e.attempts for e in entries if e.request_id), Decimal(0)
-        )
+        self.budget.committed += spent(entries)
 
     def _owned_stem(self, entry: JournalEntry) -> str | None:
         """The stem an earlier run claimed (or wrote) for this item in this folder, if any."""

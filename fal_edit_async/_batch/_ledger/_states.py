@@ -50,6 +50,7 @@ __all__ = [
     "Recorder",
     "entry_of",
     "error_columns",
+    "spent",
     "submitting_columns",
     "summarise",
 ]
@@ -183,16 +184,32 @@ def entry_of(row: Mapping[str, Any]) -> JournalEntry:
     )
 
 
+#: Rows whose last submit may have made a job although no request id is known.
+_MAYBE_BILLED = frozenset({JournalState.SUBMITTING, JournalState.UNKNOWN, JournalState.AMBIGUOUS})
+
+
+def spent(entries: Sequence[JournalEntry]) -> Decimal:
+    """What the rows' submits may have cost, at their estimate: every submit sent, unless
+    fal's answer proved it made no job (``unsent``). A lost answer counts: fal may have run
+    it, and a budget must not be crossed on the hope that it did not."""
+    total = Decimal(0)
+    for e in entries:
+        if e.request_id or e.state in _MAYBE_BILLED:
+            total += e.cost * e.attempts
+        elif e.state is JournalState.UNSENT and e.attempts > 1:
+            total += e.cost * (e.attempts - 1)  # the earlier attempts had jobs
+    return total
+
+
 def summarise(path: Path | str, entries: Sequence[JournalEntry], **extra: Any) -> JournalSummary:
     """Counts, cost and the rows that need a person, from every entry."""
     counts: dict[JournalState, int] = {}
     for e in entries:
         counts[e.state] = counts.get(e.state, 0) + 1
-    cost = sum((e.cost * e.attempts for e in entries if e.request_id), Decimal(0))
     return JournalSummary(
         path=path,
         counts=counts,
-        estimated_cost=cost,
+        estimated_cost=spent(entries),
         unknown=tuple(e for e in entries if e.state is JournalState.UNKNOWN),
         failed=tuple(e for e in entries if e.state is JournalState.FAILED),
         **extra,
