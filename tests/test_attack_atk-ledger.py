@@ -72,10 +72,6 @@ async def test_a_job_that_could_not_be_followed_does_not_hold_a_cap_slot_for_eve
 # -- the budget across resumes ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unknown row (maybe billed) counts as nothing spent: a rerun crosses the budget",
-)
 async def test_a_rerun_counts_a_lost_answers_job_against_the_budget(
     png_data_uri: str, tmp_path: Path
 ) -> None:
@@ -112,9 +108,6 @@ async def test_a_rerun_counts_a_lost_answers_job_against_the_budget(
 # -- odd journal names -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="opening journal X overwrites the file X.lock, even when it is a journal"
-)
 async def test_a_journal_named_like_another_journals_lock_file_survives(
     emulator: Emulator, png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -48,6 +49,8 @@ __all__ = ["Journal"]
 T = TypeVar("T")
 
 _SCHEMA_VERSION = "2"
+#: What ``<journal>.lock`` holds: a pid; any other content is someone else's file.
+_HOLDER_NOTE = re.compile(rb"pid \d+\n?")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
@@ -249,8 +252,20 @@ class Journal(Recorder, WebhookRecords):
             os.close(fd)
             raise JournalLockedError(self.path, self._holder()) from None
         self._lock_file = fd
-        with contextlib.suppress(OSError):  # who holds it, for the next one's message
-            self._holder_path().write_text(f"pid {os.getpid()}\n")
+        self._write_holder()
+
+    def _write_holder(self) -> None:
+        """Note who holds the journal, for the next one's message, in ``<journal>.lock``;
+        never over a file that is not such a note (it may be another journal by that name),
+        and never through a symlink."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self._holder_path(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                if _HOLDER_NOTE.fullmatch(os.read(fd, 64) or b"pid 0\n"):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+            finally:
+                os.close(fd)
 
     def _holder_path(self) -> Path:
         return self.path.resolve().with_name(self.path.resolve().name + ".lock")
