@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 from aiohttp import ClientConnectionResetError, web
@@ -28,6 +29,7 @@ from fal_edit_async import (
     AsyncClient,
     Client,
     EditImageInput,
+    Limits,
     ServerError,
     Timeouts,
     WebhookKeysError,
@@ -390,8 +392,10 @@ def _fake_fal(*, status_payload: dict[str, Any], stream: str = "events") -> web.
         if path.endswith("/status/stream"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
-            if stream == "events":
-                await resp.write(f"data: {json.dumps(status_payload)}\n\n".encode())
+            if stream in ("events", "retry"):
+                retry = "retry: \u00b2\n" if stream == "retry" else ""  # superscript two
+                event = f"{retry}data: {json.dumps(status_payload)}\n\n"
+                await resp.write(event.encode())
                 return resp
             try:
                 while True:  # a keep-alive ticker whose status source has stalled
@@ -474,3 +478,144 @@ async def test_a_completed_status_with_an_error_object_is_read_as_failed(
             with anyio.fail_after(10):
                 completed = await handle.wait()
     assert completed.failed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a status stream's error answer is read whole, without Limits.max_response_bytes",
+)
+async def test_a_huge_error_body_on_the_status_stream_is_not_read_whole(
+    png_data_uri: str,
+) -> None:
+    """Attack: the status stream answers 503 with a body of 32 MiB (it could be endless).
+    ``_stream_once`` raises ``await core.error_of(resp)``, which reads the whole body
+    (``StreamResponse.read``, "error answers, which are small"), unbounded: the bound
+    guarantees.md promises ("an answer larger than Limits.max_response_bytes is a
+    ProtocolError, read no further") does not hold on this path. Here the limit is 64 KiB;
+    the server finishes sending all 32 MiB (far more than loopback buffers hold), so the
+    client read all of it, three times (each reconnect)."""
+    body_size = 32 * 2**20
+    finished: list[bool] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        path = request.path
+        if request.method == "POST":
+            return web.json_response({"request_id": "req-big"})
+        if path.endswith("/status/stream"):
+            resp = web.StreamResponse(status=503, headers={"Content-Type": "text/plain"})
+            await resp.prepare(request)
+            chunk = b"x" * 2**16
+            try:
+                for _ in range(body_size // len(chunk)):
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except (ConnectionError, ClientConnectionResetError):
+                finished.append(False)
+                return resp
+            finished.append(True)
+            return resp
+        if path.endswith("/status"):
+            return web.json_response({"status": "COMPLETED", "logs": [], "metrics": {}})
+        image = {
+            "url": f"http://{request.host}/out.png",
+            "content_type": "image/png",
+            "width": 32,
+            "height": 24,
+        }
+        return web.json_response({"images": [image]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with _serve(app) as base:
+        async with AsyncClient(
+            api_key="k:s",
+            queue_url=base,
+            rest_url=base,
+            api_url=base,
+            retry=FAST_RETRY,
+            polling=FAST_POLLING,
+            limits=Limits(max_response_bytes=2**16),
+        ) as fal:
+            with anyio.fail_after(20):
+                await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
+    assert finished and not any(finished), "the client read a 32 MiB error body whole"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the receiver buffers up to max_body of an unsigned delivery before checking headers",
+)
+async def test_an_unsigned_delivery_is_refused_before_its_body_is_read() -> None:
+    """Attack: anyone can POST to a webhook URL. A delivery with no signature headers at all
+    announces a 16 MB body (just under ``max_body``) and sends it slowly. The receiver
+    reads (and holds) the whole body before looking at a single header, so each such
+    connection holds up to 16 MiB, with no bound on how many: an unauthenticated memory
+    flood. The cheap checks (the four headers present, the timestamp in its window, the
+    signature 64 bytes of hex) can all be made first; here the 401 should come at once,
+    with the body still unsent (the test waits at most 3 s for it)."""
+    from fal_edit_async.webhooks import WebhookKeys, create_app
+
+    app = create_app(jwks=WebhookKeys([bytes(KEY.verify_key)]))
+    async with _serve(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            head = (
+                "POST / HTTP/1.1\r\n"
+                f"Host: {host}\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {16 * 10**6}\r\n\r\n"
+            )
+            await stream.send(head.encode())
+            answer = b""
+            with anyio.move_on_after(3):
+                while b"\r\n" not in answer:
+                    answer += await stream.receive()
+    assert answer.startswith(b"HTTP/1.1 401"), f"no answer without the body: {answer!r}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fal_attempt=² in a webhook URL: str.isdigit() passes, int() raises, the receiver 500s",
+)
+async def test_a_tag_attempt_in_superscript_digits_is_dropped_not_a_500() -> None:
+    """Attack: anyone may POST to a batch's webhook URL with a query of their own.
+    ``read_tag`` checks ``attempt.isdigit()``, which is true for "²", then ``int("²")``
+    raises ValueError, before the signature is looked at: the receiver answers a bare 500
+    (not a counted 4xx), and a 500 asks fal to deliver again. ``_transport`` already knows
+    this trap (``isascii() and isdigit()``). The tag should be dropped, and the unsigned
+    delivery refused 401."""
+    from fal_edit_async.webhooks import STATISTICS, WebhookKeys, create_app
+
+    app = create_app(jwks=WebhookKeys([bytes(KEY.verify_key)]), tag_secret=b"s" * 32)
+    async with _serve(app) as base:
+        query = "fal_batch=b&fal_item=i&fal_attempt=%C2%B2&fal_tag=00"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/?{query}", data=_body()) as resp:
+                status = resp.status
+    assert 401 == status
+    assert 1 == sum(app[STATISTICS].rejected.values())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an SSE 'retry: \u00b2' line raises ValueError out of the decoder: the wait crashes",
+)
+async def test_a_retry_field_in_superscript_digits_is_ignored(png_data_uri: str) -> None:
+    """Attack: a status stream sends ``retry: \u00b2`` (SUPERSCRIPT TWO) before its event.
+    ``SSEDecoder`` checks ``value.isdigit()`` (true) then calls ``int(value)``, which
+    raises ValueError: not a ProtocolError, not caught by the stream's fallback, so
+    ``edit()`` of a paid, completed job fails with a bare ValueError. WHATWG: a retry value
+    not made of ASCII digits is ignored."""
+    done = {"status": "COMPLETED", "logs": [], "metrics": {}}
+    async with _serve(_fake_fal(status_payload=done, stream="retry")) as base:
+        async with AsyncClient(
+            api_key="k:s",
+            queue_url=base,
+            rest_url=base,
+            api_url=base,
+            retry=FAST_RETRY,
+            polling=FAST_POLLING,
+        ) as fal:
+            output = await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
+    assert output.images
