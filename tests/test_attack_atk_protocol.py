@@ -619,3 +619,35 @@ async def test_a_retry_field_in_superscript_digits_is_ignored(png_data_uri: str)
         ) as fal:
             output = await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
     assert output.images
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a request id holding '#' or '?' is put raw into job URLs: status polls the result URL",
+)
+async def test_a_request_id_with_a_fragment_mark_still_polls_the_status_url(
+    png_data_uri: str,
+) -> None:
+    """Attack: a sloppy or hostile queue answers a submit with ``request_id: "abc#1"``.
+    ``_usable_request_id`` refuses only ``/``, CR, LF and NUL, and ``job_urls`` pastes the
+    id raw: ``.../requests/abc#1/status`` loses everything after ``#`` (``?`` would turn it
+    into a query), so the status poll and the cancel PUT go to ``.../requests/abc``, the
+    result URL of another id. The id should be percent-encoded in URLs (or refused)."""
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        seen.append(f"{request.method} {request.path}")
+        if request.method == "POST":
+            return web.json_response({"request_id": "abc#1"})
+        return web.json_response({"status": "IN_QUEUE", "queue_position": 0}, status=202)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with _serve(app) as base:
+        async with AsyncClient(
+            api_key="k:s", queue_url=base, rest_url=base, api_url=base, retry=FAST_RETRY
+        ) as fal:
+            handle = await fal.submit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
+            await handle.status()
+    assert seen[-1].startswith("GET ") and seen[-1].endswith("/status"), seen
