@@ -31,6 +31,7 @@ _MAX_VALUE_BYTES = 60
 _MAX_N_WIDTH = 8
 _UNSAFE_LITERAL = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|{}]')
 _CLAIMED = re.compile(r"-(\d+)$")
+_N_SPEC = re.compile(r"0?[1-9]?\d?d?")
 
 
 @attrs.frozen(kw_only=True)
@@ -80,10 +81,12 @@ class NameTemplate:
             if conversion or (spec and name != "n"):
                 raise InputError(field, text, "no conversions, and a format only on {n}")
             if spec:
-                try:
-                    width = len(format(0, spec))
-                except ValueError as exc:
-                    raise InputError(field, text, f"a valid format for {{n}} ({exc})") from exc
+                # Digits only: a fill character or the ``c`` type would put in a name what
+                # the fixed text may not hold (a ``/``, a control character, a leading dot).
+                if not _N_SPEC.fullmatch(spec):
+                    msg = "a format for {n} of zero-padding and width only, such as {n:02}"
+                    raise InputError(field, text, msg)
+                width = len(format(0, spec))
                 if width > _MAX_N_WIDTH:
                     raise InputError(field, text, f"{{n}} at most {_MAX_N_WIDTH} wide")
             seen.add(name)
