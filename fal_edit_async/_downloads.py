@@ -70,6 +70,7 @@ class _Target:
     fsync: bool
     checksum: bool
     size: tuple[int | None, int | None] = (None, None)  # the width and height fal reported
+    replace: bool = True  # False: never over a file someone else wrote meanwhile
 
     def check_structure(self, check: ImageCheck | None) -> None:
         """The file is whole as its format defines it, and as large as fal said it is."""
@@ -116,6 +117,7 @@ async def download_image(
     fsync: bool = False,
     checksum: bool = False,
     base: str | None = None,
+    replace: bool = True,
 ) -> DownloadedFile:
     """Download one output image into ``dest`` as ``<safe(stem)>_<index>.<ext>``.
 
@@ -137,6 +139,8 @@ async def download_image(
             a power loss too (not only a crash of this process). Slower.
         base: the whole name without its extension, already safe and claimed (a batch's
             name template), instead of ``<safe(stem)>_<index>``.
+        replace: False: a file another process wrote at the final name meanwhile is kept,
+            and this download fails (a batch's name is claimed; a clash is another run's).
         checksum: also compute the file's SHA-256 (``sha256`` is None without). Length and
             format are verified either way; the hash costs about a third of the throughput,
             so it is off unless something will check it later (a batch journal turns it on).
@@ -161,6 +165,7 @@ async def download_image(
         fsync,
         checksum,
         size=(image.width, image.height),
+        replace=replace,
     )
     target.check_announced(image.file_size, "file_size")
     if image.url.startswith("data:"):
@@ -271,10 +276,11 @@ async def _stream_to(
             raise _Transient(f"body has {received} bytes, expected {expected}")
     check = temp.check
     args = (pending, target.final_path(fmt), lambda: target.check_structure(check))
+    commit = functools.partial(temp.commit, replace=target.replace)
     if received <= _INLINE_MAX and not target.fsync and not temp.left_behind:
-        digest = _disk_errors(target, temp.commit, *args)  # cheaper than the thread hop
+        digest = _disk_errors(target, commit, *args)  # cheaper than the thread hop
     else:
-        digest = await _on_disk(target, temp.commit, *args)
+        digest = await _on_disk(target, commit, *args)
     return target.result(fmt, received, digest)
 
 
@@ -290,6 +296,12 @@ def _disk_errors(target: _Target, func: Callable[..., T], *args: object) -> T:
     """``func(*args)``, its disk error this image's failure, its structure error retryable."""
     try:
         return func(*args)
+    except FileExistsError as exc:
+        msg = (
+            f"{exc.filename2 or exc.filename} was written by another process meanwhile; it is "
+            "kept, and a new run names this output anew"
+        )
+        raise DownloadError(msg, url=target.url) from exc
     except OSError as exc:
         raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
     except ValueError as exc:  # the structure check, as the bytes were written
@@ -319,7 +331,7 @@ def _write_data_uri(target: _Target) -> DownloadedFile:
         raise DownloadError(str(exc), url=target.url) from None
     temp = target.temp_file()
     try:
-        digest = temp.commit([data], target.final_path(fmt))
+        digest = temp.commit([data], target.final_path(fmt), replace=target.replace)
     except OSError as exc:
         raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
     finally:
@@ -356,13 +368,14 @@ async def download_outcomes(
     fsync: bool = False,
     checksum: bool = False,
     names: Sequence[str] | None = None,
+    replace: bool = True,
 ) -> list[DownloadedFile | DownloadError]:
     """Download several images concurrently under ``limiter``; one entry per image, in order:
     the file, or its error. One failure never stops the others. ``names`` gives each file's
     name without extension (see :func:`download_image`'s ``base``)."""
     results: list[DownloadedFile | DownloadError | None] = [None] * len(images)
     fetch = functools.partial(
-        download_image, core, max_bytes=max_bytes, fsync=fsync, checksum=checksum
+        download_image, core, max_bytes=max_bytes, fsync=fsync, checksum=checksum, replace=replace
     )
 
     async def one(i: int, image: ImageFile) -> None:

@@ -41,7 +41,7 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _MAX_STEM = 100
 _MAX_STEM_BYTES = 150
 #: Never in a name: path separators, control characters, and what Windows refuses.
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|\ud800-\udfff]')
 _RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 )
@@ -77,6 +77,8 @@ def safe_stem(stem: str) -> str:
     ``_`` in front. The result is cut to 100 characters and 150 UTF-8 bytes, is never empty,
     and is its own safe stem (cleaning twice changes nothing).
     """
+    # A name that is not UTF-8 (``caf\xe9.png`` from a Latin-1 system) reaches Python with
+    # surrogate escapes, which no output name may hold: they become ``_`` too.
     cleaned = _UNSAFE.sub("_", unicodedata.normalize("NFC", stem)).strip().lstrip(".")
     cleaned = cleaned[:_MAX_STEM]
     while len(cleaned.encode()) > _MAX_STEM_BYTES:
@@ -107,8 +109,9 @@ def image_names_in(folder: Path) -> frozenset[str]:
         names = [p.name for p in folder.iterdir()]
     except OSError:
         return frozenset()
+    # NFC as outputs are: APFS and HFS+ take café in either form for one name.
     return frozenset(
-        base.casefold()
+        unicodedata.normalize("NFC", base).casefold()
         for name in names
         if (base := _image_base(name)) is not None and not name.startswith(".")
     )
@@ -219,10 +222,17 @@ class TempFile:
             write(chunk)
 
     def commit(
-        self, chunks: list[bytes], final: Path, verify: Callable[[], None] | None = None
+        self,
+        chunks: list[bytes],
+        final: Path,
+        verify: Callable[[], None] | None = None,
+        *,
+        replace: bool = True,
     ) -> str | None:
         """Write the last batch, run ``verify`` (which raises to refuse the file), and rename
-        the file over ``final``; returns the SHA-256."""
+        the file over ``final``; returns the SHA-256. With ``replace=False`` a file already
+        at ``final`` (another process wrote it meanwhile) is never replaced:
+        ``FileExistsError``, and the temp file stays for :meth:`discard`."""
         self.write(chunks)
         if verify is not None:
             verify()
@@ -231,7 +241,12 @@ class TempFile:
         if self._fsync:
             os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.path, final)
+        if replace:
+            os.replace(self.path, final)
+        else:  # link(2) refuses an existing name, atomically; rename(2) would replace it
+            os.link(self.path, final)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
         self.committed = True
         return None if self._hash is None else self._hash.hexdigest()
 

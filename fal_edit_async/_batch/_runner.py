@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -325,7 +326,7 @@ class Runner:
             claim = claim_number(it.owned_stem, stem)
             if claim is not None:
                 names = bases(claim)
-                folded = {n.casefold() for n in names}
+                folded = {_fold(n) for n in names}
                 if len(folded) == count and not folded & self.claimed:
                     self.claimed |= folded
                     return it.owned_stem, names
@@ -334,7 +335,7 @@ class Runner:
         claim = self.stem_suffixes.get(stem, 1)
         while True:
             names = bases(claim)
-            folded = {n.casefold() for n in names}
+            folded = {_fold(n) for n in names}
             if len(folded) != count:  # refused before submit; never loop on it
                 raise InputError("name_template", template.text, "'{n}' for several images")
             if not folded & self.claimed and (self.overwrite or not folded & self.foreign):
@@ -937,26 +938,59 @@ class Runner:
     async def _download(self, it: _Item, output: EditImageOutput) -> tuple[DownloadedFile, ...]:
         if self.download_to is None:
             return ()
-        stem, names = self.claim_name(it, len(output.images), it.request_id or "")
-        if self.journal is not None and stem != it.owned_stem:
-            folder = str(self.download_to.absolute())
-            await self._write(self.journal.record_name(it.ledger_key, folder, stem))
-        done = await download_outcomes(
-            self.core,
-            output.images,
-            self.download_to,
-            stem,
-            names=names,
-            limiter=self.downloads,
-            max_bytes=self.core.config.limits.max_output_bytes,
-            checksum=self.journal is not None,  # the journal re-checks files on a re-run
-        )
+        for _ in range(_CLAIMS):
+            stem, names = self.claim_name(it, len(output.images), it.request_id or "")
+            if self.journal is not None and stem != it.owned_stem:
+                folder = str(self.download_to.absolute())
+                await self._write(self.journal.record_name(it.ledger_key, folder, stem))
+            done = await download_outcomes(
+                self.core,
+                output.images,
+                self.download_to,
+                stem,
+                names=names,
+                # A claimed name is never written over a file another run wrote meanwhile;
+                # the names this item's own earlier run wrote may be (it finishes its files).
+                replace=self.overwrite or stem == it.owned_stem,
+                limiter=self.downloads,
+                max_bytes=self.core.config.limits.max_output_bytes,
+                checksum=self.journal is not None,  # the journal re-checks files on a re-run
+            )
+            if not any(_clashed(o) for o in done):
+                break
+            # Another run in this folder wrote one of these names since the batch listed it:
+            # give up the names (deleting what this attempt wrote, which is ours) and claim
+            # new ones, so both runs keep their outputs.
+            await anyio.to_thread.run_sync(_unlink_all, done)
+            self.foreign = self.foreign | {_fold(n) for n in names}
+            it.owned_stem = None
         for outcome in done:
             if isinstance(outcome, DownloadError):
                 raise outcome  # the item fails; its files that did arrive stay for a re-run
         files = tuple(f for f in done if isinstance(f, DownloadedFile))
         await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
         return files
+
+
+#: Tries at claiming names an item's files can be written under, when other runs keep
+#: writing into the same folder.
+_CLAIMS = 3
+
+
+def _fold(name: str) -> str:
+    """A name as file systems may compare it: NFC (APFS, HFS+) and case-folded."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _clashed(outcome: DownloadedFile | DownloadError) -> bool:
+    return isinstance(outcome, DownloadError) and isinstance(outcome.__cause__, FileExistsError)
+
+
+def _unlink_all(done: Sequence[DownloadedFile | DownloadError]) -> None:
+    for outcome in done:
+        if isinstance(outcome, DownloadedFile):
+            with contextlib.suppress(OSError):
+                outcome.path.unlink()
 
 
 @asynccontextmanager
