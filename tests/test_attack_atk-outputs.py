@@ -254,7 +254,6 @@ async def test_a_live_download_survives_a_batch_starting_in_another_container(
 # -- 4. the console and the report -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the panel renders fal's request id as rich markup/raw")
 @pytest.mark.parametrize(
     ("request_id", "shown"),
     [
@@ -309,7 +308,6 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_run(tmp_path: Path) -> N
     assert 0 == done.returncode, done.stderr.decode(errors="replace")
 
 
-@pytest.mark.xfail(strict=True, reason="the report page cannot be written for a non-UTF-8 name")
 def test_the_report_is_written_for_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
     """A page is written (``--report``, ``fal-edit report``) for an input or output whose
     name is not UTF-8; today quote() and write_text(encoding='utf-8') raise."""
@@ -323,7 +321,6 @@ def test_the_report_is_written_for_a_file_name_that_is_not_utf8(tmp_path: Path) 
     assert page.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="--out is accepted when an input in it is a symlink")
 def test_out_that_holds_a_symlinked_input_is_refused(tmp_path: Path) -> None:
     """``photos/a.png`` is a symlink to ``elsewhere/a.png``; ``--out photos`` is accepted,
     since the check compares the resolved input's folder, not the folder the input is in:
@@ -359,7 +356,6 @@ async def test_a_file_name_that_is_not_utf8_fails_at_most_its_own_item(
     assert any(r.ok for r in results)
 
 
-@pytest.mark.xfail(strict=True, reason="a UnicodeEncodeError on stdout is taken for a closed pipe")
 def test_a_line_that_cannot_be_encoded_is_not_a_closed_stdout() -> None:
     """JsonReporter catches ValueError as "write to a closed file"; UnicodeEncodeError is a
     ValueError, so an unencodable name (or a stdout in ASCII, ``LANG=C`` without UTF-8
@@ -378,7 +374,6 @@ def test_a_line_that_cannot_be_encoded_is_not_a_closed_stdout() -> None:
         pytest.fail("an open stdout was reported closed")
 
 
-@pytest.mark.xfail(strict=True, reason="--dry-run into a closed pipe exits 1, not 141")
 def test_a_dry_run_into_a_closed_pipe_exits_141(tmp_path: Path) -> None:
     """``fal-edit edit ... --dry-run --json | head -1``: the closed stdout is an OSError,
     reported "error: Broken pipe" with exit 1 (failures), not 141 as for a run."""
@@ -419,9 +414,6 @@ async def test_a_file_there_under_another_unicode_form_is_never_replaced(
     assert same != unicodedata.normalize("NFC", theirs).casefold(), mine
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a job interrupted while downloading is billed, not 'may run'"
-)
 async def test_a_job_interrupted_while_downloading_counts_as_spent(
     emulator: Emulator, tmp_path: Path
 ) -> None:

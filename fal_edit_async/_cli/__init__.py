@@ -57,7 +57,7 @@ from ._inputs import (
 from ._messages import message
 from ._parser import Parser, endpoint, examples
 from ._progress import Progress
-from ._report import JsonReporter, LinesReporter, Reporter, Verbosity
+from ._report import JsonReporter, LinesReporter, Reporter, Verbosity, printable
 from ._run import (
     FAILED,
     INTERRUPTED,
@@ -640,7 +640,7 @@ def _failure(exc: BaseException, *, debug: bool) -> int:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     for leaf in leaves:
-        print(f"fal-edit: {_message(leaf)}", file=sys.stderr)
+        print(f"fal-edit: {printable(_message(leaf))}", file=sys.stderr)  # fal's words in it
     if all(isinstance(e, KeyboardInterrupt) for e in leaves):
         return INTERRUPTED
     usage = (UsageError, InputError, AuthError, JournalLockedError)

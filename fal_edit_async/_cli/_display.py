@@ -148,9 +148,11 @@ def _jobs(p: Progress) -> Table:
     for job in jobs[:MAX_ROWS]:
         name = Text(f"  {printable(job.key)}", overflow="ellipsis", no_wrap=True)
         log = Text(printable(job.last_log or ""), style="dim", overflow="ellipsis", no_wrap=True)
-        table.add_row(name, _state(job, p), job.request_id, log)
+        # fal's request id is any header-safe string: a Text, so rich never reads it as markup.
+        table.add_row(name, _state(job, p), Text(printable(job.request_id)), log)
     if len(jobs) > MAX_ROWS:
-        table.add_row(Text(f"  … and {len(jobs) - MAX_ROWS} more", style="dim"), "", "", "")
+        more = Text(f"  … and {len(jobs) - MAX_ROWS} more", style="dim")
+        table.add_row(more, Text(), Text(), Text())
     return table
 
 

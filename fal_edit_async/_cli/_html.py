@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path, PurePath
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote_from_bytes
 
 import attrs
 
@@ -177,7 +178,9 @@ def _href(target: str, page: Path) -> str | None:
         return None  # bytes given in memory: nothing to link to
     path = Path(target).absolute()
     relative = os.path.relpath(path, page.absolute().parent)
-    return quote(Path(relative).as_posix())
+    # The name's own bytes, percent-encoded: a name that is not UTF-8 (``caf\xe9.png``, held
+    # as a surrogate escape) still links to its file.
+    return quote_from_bytes(os.fsencode(Path(relative).as_posix()))
 
 
 def _images(targets: Sequence[str], page: Path, role: str, *, viewable: bool = True) -> str:
@@ -300,10 +303,15 @@ def render(rows: Sequence[Row], page: Path, *, title: str, totals: Sequence[str]
     )
 
 
+#: Lone surrogates: the bytes of a name that is not UTF-8, which no UTF-8 page can hold.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _write(page: Path, text: str) -> None:
     page.parent.mkdir(parents=True, exist_ok=True)
     part = page.with_name(f".{page.name}.part")
-    part.write_text(text, encoding="utf-8")
+    # Links are percent-encoded already; a name shown as text gets U+FFFD for each bad byte.
+    part.write_text(_SURROGATE.sub("\ufffd", text), encoding="utf-8")
     part.replace(page)  # never a half-written page
 
 

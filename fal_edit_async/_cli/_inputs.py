@@ -348,12 +348,16 @@ def check_out_folder(out: Path, planned: Sequence[Planned]) -> None:
     """Refuse an output folder that holds inputs: the next run would take outputs for inputs.
 
     Raises:
-        UsageError: a local input lies directly in ``out``.
+        UsageError: a local input lies directly in ``out``, as a file or as a symlink to one
+            (a later run that lists ``out`` takes the link's folder, not its target's).
     """
     folder = out.resolve()
     for item in planned:
         for source in item.input.image_urls if item.input is not None else ():
-            if isinstance(source, Path) and source.resolve().parent == folder:
+            if not isinstance(source, Path):
+                continue
+            places = {source.resolve().parent, source.absolute().parent.resolve()}
+            if folder in places:
                 raise UsageError(
                     f"--out {out} holds the input {source}: a later run would take the outputs "
                     "for inputs; choose another folder"

@@ -17,6 +17,7 @@ import anyio
 
 from .. import CancelOutcome, Completed, InProgress, JobHandle, JobStatus, LogEntry, Queued
 from .._converter import to_wire  # the one allowed private import: models as JSON
+from ._report import printable
 from ._run import FAILED, OK, open_client
 
 __all__ = ["cancel", "describe_status", "format_log", "logs", "result", "status"]
@@ -47,7 +48,7 @@ def format_log(entry: LogEntry) -> str:
 
 
 def _print_log(entry: LogEntry, out: TextIO, json_mode: bool) -> None:
-    text = json.dumps(to_wire(entry)) if json_mode else format_log(entry)
+    text = json.dumps(to_wire(entry)) if json_mode else printable(format_log(entry))
     print(text, file=out, flush=True)
 
 

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from .. import JournalEntry, JournalState, JournalSummary, open_journal
 from ._html import write_journal_report
+from ._report import printable
 from ._run import OK
 
 __all__ = ["report", "show"]
@@ -43,7 +44,8 @@ async def show(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         print(json.dumps(_as_json(summary)), file=out)
         return OK
-    print(f"{summary.path}: {summary.total} items, ~${summary.estimated_cost} estimated", file=out)
+    where = printable(str(summary.path))
+    print(f"{where}: {summary.total} items, ~${summary.estimated_cost} estimated", file=out)
     for state in JournalState:
         if n := summary.counts.get(state, 0):
             print(f"  {n:>6} {state.value:<16} {_MEANING[state]}", file=out)
@@ -51,11 +53,11 @@ async def show(args: argparse.Namespace, out: TextIO) -> int:
         if entries:
             print(f"{title}:", file=out)
             for entry in entries:
-                print(f"  {_line(entry)}", file=out)
+                print(f"  {printable(_line(entry))}", file=out)
     if summary.workers:
         print("live workers:", file=out)
         for worker, n in sorted(summary.workers.items()):
-            print(f"  {worker}: {n} items", file=out)
+            print(f"  {printable(worker)}: {n} items", file=out)
     return OK
 
 

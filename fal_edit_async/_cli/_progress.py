@@ -5,7 +5,8 @@
 item ends in one outcome (:func:`~._messages.outcome`), counted once: a second result for a
 key is ignored. Cost is split three ways, all estimates: spent by this run (jobs it submitted
 that completed; fal bills only those), spent by earlier runs (items the journal already had),
-and committed in flight (jobs on fal now, which will be paid when they complete).
+and committed in flight (jobs on fal now, which will be paid when they complete). A job that
+completed on fal is spent even when the run stopped before its outputs were downloaded.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import attrs
 
 from .. import (
     BatchEvent,
+    CancelOutcome,
     ItemCompleted,
     ItemDownloaded,
     ItemFailed,
+    ItemInterrupted,
     ItemLog,
     ItemQueued,
     ItemReattached,
@@ -106,6 +109,8 @@ class Progress:
     #: Items this run submitted a job for, and items whose earlier job it re-attached to.
     _fresh: set[str] = attrs.field(factory=set, init=False)
     _reattached: set[str] = attrs.field(factory=set, init=False)
+    #: Items whose job completed on fal (so it is billed), whether or not it was downloaded.
+    _completed: set[str] = attrs.field(factory=set, init=False)
     _first_seen: dict[str, float] = attrs.field(factory=dict, init=False)
     _logs: dict[str, list[str]] = attrs.field(factory=dict, init=False)
 
@@ -123,6 +128,10 @@ class Progress:
             self.active[key] = ActiveJob(key, event.request_id, self.clock(), state)
             if fresh and event.attempt > 1:
                 self.job_retries += 1
+        if isinstance(event, ItemCompleted) or (
+            isinstance(event, ItemInterrupted) and event.cancel is CancelOutcome.ALREADY_COMPLETED
+        ):
+            self._completed.add(key)
         if isinstance(event, ItemLog):
             logs = self._logs.setdefault(key, [])
             if len(logs) < MAX_LOGS:
@@ -157,13 +166,13 @@ class Progress:
         submitted = result.key in self._fresh or result.key in self._reattached
         state = outcome(result, submitted=submitted)
         self.counts[state] += 1
-        if state == "done":
+        if state == "done" or self._billed_unfinished(result.key, state):
             estimate = self.estimates.get(result.key, result.cost)
             if result.key in self._fresh or not result.resumed:  # fal bills on completion
                 self.spent += estimate
             else:  # the journal's: finished before, or a job an earlier run submitted
                 self.spent_before += estimate
-                self.resumed += 1
+                self.resumed += state == "done"
         elif result.error is not None and state in ("failed", "not submitted"):
             self.reasons[cause(result.error)] += 1
         seen = self._first_seen.get(result.key)
@@ -179,6 +188,10 @@ class Progress:
         )
         self.finished_items[result.key] = done
         return done
+
+    def _billed_unfinished(self, key: str, state: str) -> bool:
+        """An item cut short after its job completed on fal (while downloading): billed."""
+        return state == "interrupted" and key in self._completed
 
     @property
     def finished(self) -> int:
@@ -247,15 +260,13 @@ class Progress:
             parts.append(f"~${self.spent_before:.2f} by earlier runs")
         if self.active:
             parts.append(f"~${self.in_flight_cost:.2f} in flight")
-        if self.counts["interrupted"]:
-            left = sum(
-                (
-                    self.estimates.get(k, Decimal(0))
-                    for k, f in self.finished_items.items()
-                    if f.outcome == "interrupted"
-                ),
-                Decimal(0),
-            )
+        running = [
+            k
+            for k, f in self.finished_items.items()
+            if f.outcome == "interrupted" and not self._billed_unfinished(k, f.outcome)
+        ]
+        if running:  # the jobs that completed are spent above; these may complete yet
+            left = sum((self.estimates.get(k, Decimal(0)) for k in running), Decimal(0))
             parts.append(f"~${left:.2f} for jobs left on fal that may still run")
         note = "emulator: nothing is paid" if emulator else "estimated"
         return f"{', '.join(parts)} ({note})"

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from .. import Reconciled, ReconcilePolicy, Resolution
+from ._report import printable
 from ._run import OK, open_client
 
 __all__ = ["reconcile"]
@@ -42,7 +43,7 @@ async def reconcile(args: argparse.Namespace, out: TextIO) -> int:
     for resolution, n in report.counts.items():
         print(f"  {n:>6} {resolution.value:<14} {_MEANING[resolution]}", file=out)
     for row in report.rows:
-        print(f"  {_line(row)}", file=out)
+        print(f"  {printable(_line(row))}", file=out)
     return OK
 
 

@@ -38,12 +38,14 @@ LOG_LINES_UP_TO = 8
 
 reason = cause
 #: Control characters (but tab) in a name or a log line: shown escaped, never sent to the
-#: terminal, where a file called "\x1b[2J.png" would clear the screen.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: terminal, where a file called "\x1b[2J.png" would clear the screen. Lone surrogates (the
+#: bytes of a file name that is not UTF-8) too: no terminal encoding can write them.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\x1b``), safe to print on a terminal."""
+    """``text`` with control characters and lone surrogates escaped (``\\x1b``, ``\\udce9``),
+    safe to print on a terminal."""
     return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
 
 
@@ -219,7 +221,11 @@ class JsonReporter:
             return
         data = record(finished, emulator=self.emulator)
         try:
-            _print(json.dumps(data, ensure_ascii=False), self.out)
+            try:
+                _print(json.dumps(data, ensure_ascii=False), self.out)
+            except UnicodeEncodeError:  # a ValueError too, but stdout is open: an ASCII locale,
+                # or a file name that is not UTF-8. The same JSON, with its escapes, fits any.
+                _print(json.dumps(data), self.out)
         except (BrokenPipeError, ValueError) as exc:  # ValueError: write to a closed file
             self.closed = True
             raise OutputClosed from exc

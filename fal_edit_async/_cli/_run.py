@@ -34,6 +34,7 @@ from .. import (
     BatchEvent,
     CancelOutcome,
     Credentials,
+    EditImageInput,
     EditItem,
     ItemInterrupted,
     ItemResult,
@@ -138,6 +139,8 @@ class _Run:
     options: RunOptions
     #: Each key's position and manifest line, for the results edit_many does not yield.
     places: Mapping[str, tuple[int, int | None]]
+    #: Each key's input, for the results of jobs cut short (their JSON line keeps sources).
+    inputs: Mapping[str, EditImageInput] = attrs.field(factory=dict)
     interrupted: bool = False
     #: The signal that stopped the run (SIGINT or SIGTERM), if one did.
     stopped_by: int | None = None
@@ -193,7 +196,8 @@ def _silence_stdout() -> None:
 async def run_batch(planned: Sequence[Planned], reporter: Reporter, options: RunOptions) -> int:
     """Edit every valid item, report each as it finishes, and return the exit status."""
     places = {p.key: (i, p.line) for i, p in enumerate(planned)}
-    run = _Run(reporter, options, places)
+    inputs = {p.key: p.input for p in planned if p.input is not None}
+    run = _Run(reporter, options, places, inputs)
     if options.emulator:
         reporter.notice(EMULATOR_BANNER)
         if options.out is None:
@@ -251,7 +255,8 @@ def closing_lines(run: _Run) -> list[str]:
         )
     if options.report is not None:
         lines.append(f"Report: {options.report}")
-    return lines
+    # fal's error types (in the counts) and keys reach these lines: never raw on a terminal.
+    return [printable(line) for line in lines]
 
 
 #: Items listed one by one at the end; more are counted.
@@ -405,6 +410,7 @@ def _report_stopped(run: _Run) -> None:
             key=key,
             index=run.places.get(key, (-1, None))[0],
             state=state,
+            input=run.inputs.get(key),
             request_id=request_id,
             error=JobCancelledError(request_id, message),
             attempts=1,
@@ -447,7 +453,7 @@ async def _watch_signals(
 
 def _exit_now(run: _Run) -> None:
     """The second Ctrl-C: say which jobs may still run on fal, then leave without cleanup."""
-    ids = [job.request_id for job in run.progress.active.values()]
+    ids = [printable(job.request_id) for job in run.progress.active.values()]
     with contextlib.suppress(OutputClosed):
         run.reporter.close(["Interrupted again: exiting now."])
     if ids:
@@ -471,7 +477,26 @@ def dry_run(
 
     Human output groups items of the same price in one line; ``--json`` prints one object per
     item, then one ``{"status": "total", ...}`` object. Nothing is sent, no key is needed.
+    A closed stdout (``| head -1``) ends it quietly with 141, as it ends a run.
     """
+    try:
+        status = _estimate(planned, out, err, json_mode=json_mode, budget=budget, endpoint=endpoint)
+        out.flush()  # here, not at exit, where a closed pipe could no longer be told apart
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
+    return status
+
+
+def _estimate(
+    planned: Sequence[Planned],
+    out: TextIO,
+    err: TextIO,
+    *,
+    json_mode: bool,
+    budget: Decimal | None,
+    endpoint: str,
+) -> int:
     committed, fits = Decimal(0), 0
     groups: dict[str, list[str]] = {}
     for item in planned:
