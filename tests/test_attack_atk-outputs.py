@@ -289,7 +289,6 @@ def _non_utf8_input(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.xfail(strict=True, reason="a non-UTF-8 file name crashes fal-edit: internal error")
 def test_a_file_name_that_is_not_utf8_does_not_stop_the_run(tmp_path: Path) -> None:
     """``café.png`` saved by a Latin-1 system (``caf\\xe9.png``): safe_stem() calls
     ``str.encode()`` on the surrogate-escaped name and the UnicodeEncodeError escapes
