@@ -423,7 +423,10 @@ class AsyncClient:
         fal's queue forgot it); two or more such requests (``ambiguous``: never submitted
         again); after ``sent_at + start_timeout + longest_run + settle``, a complete history
         walk with no match (``resubmittable``: the next run submits it, unless ``strict``).
-        Anything else stays ``unknown``. A batch does this itself when it opens a journal.
+        Anything else stays ``unknown`` (a match, too, while another row that sent the same
+        body has no settled job). Each fate lands only on the ``unknown`` row that was read,
+        so running this beside live workers of a shared ledger is safe. A batch does this
+        itself when it opens a journal.
 
         Raises:
             JournalLockedError: a batch is writing the journal.

@@ -7,7 +7,9 @@ ledger commit) leaves an ``unknown`` row: fal may have queued, and will then bil
 1. a webhook record tagged with the row's item and attempt names its job (``resolved``);
 2. fal still answers for the job an error answer named (``resolved``);
 3. exactly one request in fal's history has the exact body that was sent (``adopted``);
-   two or more (``ambiguous``: reported, never submitted again);
+   two or more (``ambiguous``: reported, never submitted again); but while another row that
+   sent the same body has no settled job (it is ``submitting``, or ``unknown`` and not in
+   this pass), a match may be its job: the row stays ``unknown`` for a later pass;
 4. no match in a *complete* walk of the history made after the start-timeout bound
    (``sent_at + start_timeout + longest_run + settle``): nothing billable can exist, so the
    item may be submitted again (``resubmittable``), unless the policy is strict;

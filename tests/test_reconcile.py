@@ -117,6 +117,19 @@ def test_a_row_without_a_bound_or_a_body_stays_unknown(row: LostSubmit) -> None:
     assert Resolution.UNKNOWN is fate.resolution
 
 
+@pytest.mark.parametrize("found", [1, 2])
+def test_a_match_another_unsettled_row_may_own_is_neither_adopted_nor_ambiguous(
+    found: int,
+) -> None:
+    """Another row sent this body and holds no job yet: any match may be its, so the row
+    stays unknown (ambiguous would be for ever), even after the bound."""
+    matches = tuple(_match(f"m{i}") for i in range(found))
+    evidence = Evidence(matches=matches, complete=True, walked_at=BOUND + 1, contested=("o",))
+    fate = decide(_row(), evidence, POLICY)
+    assert (Resolution.UNKNOWN, None) == (fate.resolution, fate.request_id)
+    assert "o sent this body too" in (fate.reason or "")
+
+
 def test_a_job_the_error_named_that_fal_still_knows_is_resolved() -> None:
     fate = decide(_row(request_id="n"), Evidence(named_alive=True), POLICY)
     assert (Resolution.RESOLVED, "n") == (fate.resolution, fate.request_id)
@@ -405,3 +418,87 @@ async def test_both_ledgers_keep_a_webhook_once(backend: str, tmp_path: Path) ->
     server()
     with fresh_schema() as dsn:
         await check(lambda: PostgresJournal(dsn))
+
+
+# -- a row that moves on while it is reconciled ----------------------------------------------
+
+
+def _meddling(spec: Any, meddle: Any) -> Any:
+    """The ledger at ``spec`` (a file or an address) on its backend, whose first
+    ``webhooks()`` read (a pass makes it after reading the rows, before the walk) lets
+    ``meddle`` write first: what a live worker does meanwhile."""
+    from fal_edit_async import PostgresJournal
+
+    base: Any = PostgresJournal if isinstance(spec, str) else Journal
+
+    class Meddling(base):  # type: ignore[misc, valid-type]
+        meddled = False
+
+        async def webhooks(self) -> list[WebhookEvent]:
+            if not self.meddled:
+                self.meddled = True
+                await meddle(self)
+            events: list[WebhookEvent] = await super().webhooks()
+            return events
+
+    return Meddling(spec)
+
+
+@pytest.mark.parametrize("then", ["settled_elsewhere", "resubmitted", "lost_again"])
+async def test_a_fate_never_lands_on_a_row_that_moved_on_meanwhile(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, ledger: Any, then: str
+) -> None:
+    """A lost answer whose job J fal queued: a pass reads the unknown row, and before it
+    writes J, a worker sends the item again (asked to resubmit unknown items) and records
+    fal's answer, or loses that answer too (the row is unknown again, of a later send); or
+    another pass settles the row first (a webhook tagged it with another job). The pass's fate
+    was decided for the old row: it writes nothing, and says so."""
+    from fal_edit_async import JobUrls, UnknownSubmitError
+
+    emulator.schedule_fault("submit", "connection_reset", after_enqueue=True)
+    (first,), _ = await _run(client, [("a", _edit(png_data_uri))], journal=ledger)
+    assert ItemState.UNKNOWN is first.state
+    other = JobUrls(
+        request_id="another-send",
+        status_url="http://127.0.0.1:1/status",
+        response_url="http://127.0.0.1:1/response",
+        cancel_url="http://127.0.0.1:1/cancel",
+    )
+    sent_again: list[float | None] = []
+
+    async def resend(journal: Any) -> None:
+        (entry,) = await journal.entries()
+        if then == "settled_elsewhere":  # same send, so only the state tells it moved on
+            sent_again.append(entry.sent_at)
+            await journal.record_submitted(entry.key, other, attempts=entry.attempts)
+            return
+        await journal.claim(entry.key)
+        await journal.record_submitting(
+            entry.key,
+            endpoint=entry.endpoint,
+            input=entry.input,
+            attempts=entry.attempts + 1,
+            cost=entry.cost,
+            sent_body=entry.sent_body,
+            start_timeout=entry.start_timeout,
+        )
+        sent_again.append((await journal.get(entry.key)).sent_at)
+        if then == "resubmitted":
+            await journal.record_submitted(entry.key, other, attempts=entry.attempts + 1)
+        else:
+            await journal.record_unknown(entry.key, UnknownSubmitError("lost again"))
+        await journal.release(entry.key)
+
+    journal = _meddling(ledger, resend)
+    async with journal:
+        report = await client.reconcile(journal)
+        (entry,) = await journal.entries()
+    (fate,) = report.rows
+    assert Resolution.UNKNOWN is fate.resolution
+    assert "changed while it was reconciled" in (fate.reason or "")
+    assert [entry.sent_at] == sent_again != [None]
+    if then != "lost_again":
+        assert (JournalState.SUBMITTED, "another-send") == (entry.state, entry.request_id)
+    else:
+        assert (JournalState.UNKNOWN, None) == (entry.state, entry.request_id)
+    assert 1 == emulator.counters.submits

@@ -67,6 +67,9 @@ class Evidence:
     #: When the walk began (unix seconds): what the bound is compared with.
     walked_at: float | None = None
     reason: str | None = None
+    #: Other rows that sent exactly this body and whose job is not settled (``submitting``,
+    #: or ``unknown`` outside this pass): a match may be theirs, so none is adopted.
+    contested: tuple[str, ...] = ()
 
 
 def decide(row: LostSubmit, evidence: Evidence, policy: ReconcilePolicy) -> Reconciled:
@@ -83,7 +86,16 @@ def decide(row: LostSubmit, evidence: Evidence, policy: ReconcilePolicy) -> Reco
         )
     if evidence.named_alive and row.request_id is not None:
         return Reconciled(key=key, resolution=Resolution.RESOLVED, request_id=row.request_id)
+
+    def unknown(reason: str, bound: float | None = None) -> Reconciled:
+        return Reconciled(key=key, resolution=Resolution.UNKNOWN, reason=reason, bound=bound)
+
     found = sorted({m.request_id for m in evidence.matches})
+    if found and evidence.contested:
+        # A live worker may be about to record one of these jobs as its own row's: neither
+        # adopted nor ambiguous (that is for ever); a later pass sees whose it became.
+        others = ", ".join(evidence.contested)
+        return unknown(f"{others} sent this body too and not settled yet: the job may be theirs")
     if len(found) == 1:
         return Reconciled(key=key, resolution=Resolution.ADOPTED, request_id=found[0])
     if len(found) > 1:
@@ -91,9 +103,6 @@ def decide(row: LostSubmit, evidence: Evidence, policy: ReconcilePolicy) -> Reco
         return Reconciled(
             key=key, resolution=Resolution.AMBIGUOUS, candidates=tuple(found), reason=reason
         )
-
-    def unknown(reason: str, bound: float | None = None) -> Reconciled:
-        return Reconciled(key=key, resolution=Resolution.UNKNOWN, reason=reason, bound=bound)
 
     if row.body is None or row.sent_at is None:
         return unknown("the ledger holds no sent body for this submit: it cannot be searched")

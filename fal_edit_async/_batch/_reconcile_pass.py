@@ -9,6 +9,11 @@ Run by a batch when it opens its journal (before anything is submitted), and by
 - resubmittable: ``unsent`` (provably no job), so the batch submits it;
 - ambiguous: ``ambiguous`` with the candidate jobs, never submitted again;
 - unknown: unchanged.
+
+The walk takes a while, and a shared ledger's workers go on meanwhile: the ledger is read
+again after it, so a job some row recorded since (or a row now ``submitting`` the same body)
+is never adopted, and every write lands only on the ``unknown`` row that was read (same state,
+same ``sent_at``): a row moved on meanwhile keeps what its worker wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .._protocol import job_urls
 from .._reconcile_models import Reconciled, ReconcilePolicy, ReconcileReport, Resolution
 from .._webhook_models import WebhookEvent
 from ._ledger import JournalBackend, JournalEntry, JournalState
+from ._ledger._states import canonical_body
 from ._reconcile import Evidence, LostSubmit, decide, gather
 
 __all__ = ["reconcile_journal"]
@@ -52,23 +58,66 @@ async def reconcile_journal(
     lost = [e for e in entries if e.state is JournalState.UNKNOWN]
     if not lost:
         return ReconcileReport()
+    owners = _owners(entries)
+    rows = [_lost(e) for e in lost]
+    events = await journal.webhooks()
+    found, seen, complete = await gather(core, rows, owners=owners, webhooks=events, policy=policy)
+    # After the walk: any job it listed had its row's `submitting` written before, so this
+    # read shows that row (still submitting, or holding the job, or unknown itself).
+    now = await journal.entries()
+    owners |= _owners(now)
+    busy = _unsettled(now, lost)
+    taken: set[str] = set()  # one job is one item's, even for repeats of one input
+    decided: list[Reconciled] = []
+    for entry, row, evidence in zip(lost, rows, found, strict=True):
+        body = canonical_body(row.body) if row.body is not None else None
+        evidence = _untaken(evidence, taken)
+        evidence = attrs.evolve(
+            evidence,
+            matches=tuple(
+                m for m in evidence.matches if owners.get(m.request_id, row.key) == row.key
+            ),
+            contested=tuple(k for k in busy.get(body, ()) if k != row.key),
+        )
+        fate = decide(row, evidence, policy)
+        if fate.request_id is not None:
+            taken.add(fate.request_id)
+        if not await _record(core, journal, entry, fate, evidence):
+            # Moved on since it was read (a worker or another pass wrote it): left as its
+            # writer made it, and the same body is decided again by a later pass.
+            if body is not None:
+                busy.setdefault(body, []).append(entry.key)
+            reason = "the row changed while it was reconciled: left as its writer made it"
+            fate = Reconciled(key=entry.key, resolution=Resolution.UNKNOWN, reason=reason)
+        decided.append(fate)
+    return ReconcileReport(rows=tuple(decided), history_seen=seen, history_complete=complete)
+
+
+def _owners(entries: list[JournalEntry]) -> dict[str, str]:
+    """Each request id the ledger holds (last jobs and earlier attempts') to its row's key."""
     owners: dict[str, str] = {}
     for e in entries:
         for request_id in (*e.past_ids, *((e.request_id,) if e.request_id else ())):
             owners[request_id] = e.key
-    rows = [_lost(e) for e in lost]
-    events = await journal.webhooks()
-    found, seen, complete = await gather(core, rows, owners=owners, webhooks=events, policy=policy)
-    taken: set[str] = set()  # one job is one item's, even for repeats of one input
-    decided: list[Reconciled] = []
-    for entry, row, evidence in zip(lost, rows, found, strict=True):
-        evidence = _untaken(evidence, taken)
-        fate = decide(row, evidence, policy)
-        if fate.request_id is not None:
-            taken.add(fate.request_id)
-        await _record(core, journal, entry, fate, evidence)
-        decided.append(fate)
-    return ReconcileReport(rows=tuple(decided), history_seen=seen, history_complete=complete)
+    return owners
+
+
+def _unsettled(
+    entries: list[JournalEntry], lost: list[JournalEntry]
+) -> dict[str | None, list[str]]:
+    """Keys of rows whose last submit may have made a job no row holds yet, by sent body:
+    ``submitting`` (being sent, or its worker died), and ``unknown`` rows this pass did not
+    read as such (lost since; this pass's own share jobs out in order, one each)."""
+    ours = {(e.key, e.sent_at) for e in lost}
+    busy: dict[str | None, list[str]] = {}
+    for e in entries:
+        if e.sent_body is None:
+            continue
+        if e.state is JournalState.SUBMITTING or (
+            e.state is JournalState.UNKNOWN and (e.key, e.sent_at) not in ours
+        ):
+            busy.setdefault(canonical_body(e.sent_body), []).append(e.key)
+    return busy
 
 
 def _untaken(evidence: Evidence, taken: set[str]) -> Evidence:
@@ -83,22 +132,22 @@ def _untaken(evidence: Evidence, taken: set[str]) -> Evidence:
 
 async def _record(
     core: Core, journal: JournalBackend, entry: JournalEntry, fate: Reconciled, evidence: Evidence
-) -> None:
-    key = entry.key
+) -> bool:
+    """Write ``fate`` on ``entry``'s row while it is still that unknown row; False when it
+    was not (nothing written). A row that stays unknown is not written."""
     if fate.resolution is Resolution.RESUBMITTABLE:
         reason = UnknownSubmitError(
             "reconciled: a complete history walk after the start-timeout bound found no job "
             "with the body sent, so none exists"
         )
-        await journal.record_unsent(key, reason)
-    elif fate.resolution is Resolution.AMBIGUOUS:
-        await journal.record_ambiguous(key, fate.candidates, fate.reason or "ambiguous")
-    elif fate.request_id is not None:
+        return await journal.reconcile_unsent(entry, reason)
+    if fate.resolution is Resolution.AMBIGUOUS:
+        return await journal.reconcile_ambiguous(entry, fate.candidates, fate.reason or "ambiguous")
+    if fate.request_id is not None:
         urls = _urls(core, entry, fate.request_id)
-        await journal.record_submitted(key, urls, attempts=entry.attempts)
         output = await _known_output(core, entry, fate, evidence, urls)
-        if output is not None:
-            await journal.record_completed(key, urls, output)
+        return await journal.reconcile_submitted(entry, urls, output)
+    return True
 
 
 def _urls(core: Core, entry: JournalEntry, request_id: str) -> JobUrls:

@@ -178,6 +178,25 @@ class JournalBackend(Protocol):
         """Reconciling found several jobs this submit may be: never sent again."""
         ...
 
+    # -- reconciling's writes: each lands only while the row is still the unknown row read --
+
+    async def reconcile_submitted(
+        self, seen: JournalEntry, urls: JobUrls, output: EditImageOutput | None = None
+    ) -> bool:
+        """``seen``'s lost submit is this job (``completed`` with ``output`` when known);
+        False, writing nothing, when the row is no longer ``seen`` (unknown, same sent_at)."""
+        ...
+
+    async def reconcile_unsent(self, seen: JournalEntry, error: FalEditError) -> bool:
+        """``seen``'s lost submit provably made no job; False when the row moved on."""
+        ...
+
+    async def reconcile_ambiguous(
+        self, seen: JournalEntry, candidates: Sequence[str], reason: str
+    ) -> bool:
+        """Several jobs may be ``seen``'s; False when the row moved on."""
+        ...
+
     # -- webhooks (``_webhooks.WebhookRecords`` implements them for both) ----------------
 
     async def batch_id(self) -> str:

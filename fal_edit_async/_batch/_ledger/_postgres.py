@@ -16,9 +16,11 @@ workers' clocks never matter).
   and :meth:`aclose` frees them all. The paid write (``submitting``) lands only while this
   worker still holds the item: a worker that lost its lease sends no submit (:class:`LeaseLost`).
 - **A global cap.** With ``max_in_flight``, the ``submitting`` write first takes a
-  transaction-scoped advisory lock, counts the rows in flight (:data:`IN_FLIGHT`, every worker's,
-  dead ones' included until someone takes their rows over) and writes only under the cap;
-  otherwise it waits and asks again.
+  transaction-scoped advisory lock, counts the rows in flight (:data:`IN_FLIGHT`) that a live
+  worker follows (held, lease not expired: every worker's), and writes only under the cap;
+  otherwise it waits and asks again. A row nobody follows (its item ended and was released,
+  its worker died and the lease ran out, or no running batch has its item) does not count,
+  so the cap can never wait on something that will not move.
 - **Durability.** Connections run with ``synchronous_commit = off`` (like SQLite's
   ``NORMAL``: a crash of the worker loses nothing, a crash of the server may lose the last
   commits); ``submitting``, ``submitted`` and ``unknown`` commit with ``synchronous_commit =
@@ -123,6 +125,14 @@ _SCHEMA_LOCK = "hashtext('fal_edit:schema:' || current_schema())"
 _CAP_LOCK = "hashtext('fal_edit:cap:' || current_schema())"
 _IN_FLIGHT = [s.value for s in IN_FLIGHT]
 _SCHEMES = ("postgresql://", "postgres://")
+# What the cap counts: jobs in flight that a live worker follows (its lease held and not
+# expired). A row nobody follows any more (its item ended in this batch and was released, its
+# worker died, or it belongs to items no running batch has) must not count, or it would hold a
+# slot for ever and every worker waiting for room would wait for ever.
+_IN_FLIGHT_LIVE = (
+    "SELECT count(*) AS n FROM fal_edit_items "
+    "WHERE state = ANY(%s) AND key <> %s AND holder IS NOT NULL AND lease_until > now()"
+)
 
 # A claim: create the row, or take it when it is free, expired, or ours already. A row left
 # mid-submit by another worker is unknown from now on: fal may have queued its job.
@@ -437,6 +447,23 @@ class PostgresJournal(Recorder, WebhookRecords):
             f"UPDATE fal_edit_items SET {sets} WHERE key = %(key)s", {**values, "key": key}
         )
 
+    async def _update_unknown(self, seen: JournalEntry, values: dict[str, Any]) -> bool:
+        self._writable()
+        values = {**values, "updated_at": time.time()}
+        sets = ", ".join(f"{c} = %({c})s" for c in values)
+        rows = await self._query(
+            f"UPDATE fal_edit_items SET {sets} WHERE key = %(key)s AND state = %(unknown)s "
+            "AND sent_at IS NOT DISTINCT FROM %(sent_at)s::double precision RETURNING key",
+            {
+                **values,
+                "key": seen.key,
+                "unknown": JournalState.UNKNOWN.value,
+                "sent_at": seen.sent_at,
+            },
+            durable=True,
+        )
+        return bool(rows)
+
     async def record_submitting(
         self,
         key: str,
@@ -490,11 +517,7 @@ class PostgresJournal(Recorder, WebhookRecords):
                     if cap is not None:
                         # One submit decision at a time across every worker: count, then write.
                         await conn.execute(f"SELECT pg_advisory_xact_lock({_CAP_LOCK})")
-                        cur = await conn.execute(
-                            "SELECT count(*) AS n FROM fal_edit_items "
-                            "WHERE state = ANY(%s) AND key <> %s",
-                            (_IN_FLIGHT, key),
-                        )
+                        cur = await conn.execute(_IN_FLIGHT_LIVE, (_IN_FLIGHT, key))
                         row = await cur.fetchone()
                         if row is not None and row["n"] >= cap:
                             return False

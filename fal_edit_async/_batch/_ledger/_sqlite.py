@@ -385,6 +385,16 @@ class Journal(Recorder, WebhookRecords):
         params = (*values.values(), key)
         await self._run(lambda db: db.execute(sql, params))
 
+    async def _update_unknown(self, seen: JournalEntry, values: dict[str, Any]) -> bool:
+        if self.read_only:
+            raise JournalError(f"{self.path}: opened read-only")
+        values = {**values, "updated_at": time.time()}
+        sets = ", ".join(f"{c} = ?" for c in values)
+        # ``IS`` compares NULL with NULL as equal: a row that recorded no sent_at still matches.
+        sql = f"UPDATE items SET {sets} WHERE key = ? AND state = ? AND sent_at IS ?"
+        params = (*values.values(), seen.key, JournalState.UNKNOWN.value, seen.sent_at)
+        return await self._run(lambda db: db.execute(sql, params).rowcount == 1, durable=True)
+
     async def _insert_webhook(self, row: dict[str, Any]) -> bool:
         if self.read_only:
             raise JournalError(f"{self.path}: opened read-only")

@@ -20,7 +20,8 @@ it, or the connection never opened): the next run submits it. ``pending`` is a r
 ledger made when a worker claimed the item, before any submit: the same as no row.
 
 Each ``record_*`` method of :class:`Recorder` is one transition: the columns it writes are
-decided here, and each backend only says how a row is written (``_upsert``, ``_update``).
+decided here, and each backend only says how a row is written (``_upsert``, ``_update``, and
+``_update_unknown`` for reconciling's conditional writes).
 """
 
 from __future__ import annotations
@@ -249,6 +250,12 @@ class Recorder(ABC):
     async def _update(self, key: str, values: dict[str, Any]) -> None:
         """Write ``values`` into ``key``'s existing row, if there is one."""
 
+    @abstractmethod
+    async def _update_unknown(self, seen: JournalEntry, values: dict[str, Any]) -> bool:
+        """Write ``values`` (durably) into ``seen``'s row only while it is still that
+        ``unknown`` row (state ``unknown``, the same ``sent_at``), in one statement; True when
+        it was written (``updated_at`` is set)."""
+
     async def record_submitting(
         self,
         key: str,
@@ -269,8 +276,8 @@ class Recorder(ABC):
         carries, ``past_ids`` the jobs of the item's earlier attempts.
 
         ``max_in_flight``: on a shared ledger, first wait until fewer rows than that are in
-        flight (:data:`IN_FLIGHT`) across every worker; one process needs no wait, since its
-        own jobs limit is capped at it.
+        flight (:data:`IN_FLIGHT`, held by a live worker) across every worker; one process
+        needs no wait, since its own jobs limit is capped at it.
         """
         del max_in_flight
         values = submitting_columns(
@@ -286,16 +293,7 @@ class Recorder(ABC):
 
     async def record_submitted(self, key: str, urls: JobUrls, *, attempts: int) -> None:
         """fal accepted a job for ``key``: its id and URLs, durably, before anything else."""
-        values = {
-            "state": JournalState.SUBMITTED.value,
-            **_job_columns(urls),
-            "attempts": attempts,
-            "output": None,
-            "files": None,
-            "error": None,
-            "error_type": None,
-        }
-        await self._upsert(key, values, durable=True)
+        await self._upsert(key, _submitted_columns(urls, attempts), durable=True)
 
     async def record_unsent(self, key: str, error: FalEditError | None = None) -> None:
         """The submit provably created no job: fal refused it, it never left, or the run
@@ -322,12 +320,7 @@ class Recorder(ABC):
         The job's id is written again: had the ``submitted`` write failed (a full disk that
         then freed), this row still names its job.
         """
-        values = {
-            "state": JournalState.COMPLETED.value,
-            **_job_columns(urls),
-            "output": json.dumps(to_wire(output)),
-        }
-        await self._upsert(key, values)
+        await self._upsert(key, _completed_columns(urls, output))
 
     async def record_name(self, key: str, folder: str, stem: str) -> None:
         """The name this item's outputs get in ``folder`` (absolute), claimed before any is
@@ -350,12 +343,65 @@ class Recorder(ABC):
 
     async def record_ambiguous(self, key: str, candidates: Sequence[str], reason: str) -> None:
         """Reconciling found several jobs this submit may be: reported, never sent again."""
-        values = {
-            "state": JournalState.AMBIGUOUS.value,
-            "error": f"{reason}: {', '.join(candidates)}",
-            "error_type": "ambiguous",
-        }
-        await self._upsert(key, values, durable=True)
+        await self._upsert(key, _ambiguous_columns(candidates, reason), durable=True)
+
+    # -- reconciling: a fate lands only on the unknown row it was decided for ---------------
+    #
+    # A reconcile pass reads the rows, walks fal's history, then writes; meanwhile a worker of
+    # a shared ledger (or a second pass) may have moved the row on: re-attached it, submitted
+    # it again, or given it another fate. Each write below is therefore conditional on the row
+    # still being the ``unknown`` row that was read; False means it was not, and nothing
+    # was written.
+
+    async def reconcile_submitted(
+        self, seen: JournalEntry, urls: JobUrls, output: EditImageOutput | None = None
+    ) -> bool:
+        """The lost submit's job is ``urls``'s: ``submitted`` (or ``completed`` when its
+        output is already in hand), only while ``seen`` is still the row's state."""
+        values = _submitted_columns(urls, seen.attempts)
+        if output is not None:
+            values |= _completed_columns(urls, output)
+        return await self._update_unknown(seen, values)
+
+    async def reconcile_unsent(self, seen: JournalEntry, error: FalEditError) -> bool:
+        """The lost submit provably made no job: ``unsent``, only while ``seen`` holds."""
+        return await self._update_unknown(
+            seen, {"state": JournalState.UNSENT.value, **error_columns(error)}
+        )
+
+    async def reconcile_ambiguous(
+        self, seen: JournalEntry, candidates: Sequence[str], reason: str
+    ) -> bool:
+        """Several jobs may be the lost submit's: ``ambiguous``, only while ``seen`` holds."""
+        return await self._update_unknown(seen, _ambiguous_columns(candidates, reason))
+
+
+def _submitted_columns(urls: JobUrls, attempts: int) -> dict[str, Any]:
+    return {
+        "state": JournalState.SUBMITTED.value,
+        **_job_columns(urls),
+        "attempts": attempts,
+        "output": None,
+        "files": None,
+        "error": None,
+        "error_type": None,
+    }
+
+
+def _completed_columns(urls: JobUrls, output: EditImageOutput) -> dict[str, Any]:
+    return {
+        "state": JournalState.COMPLETED.value,
+        **_job_columns(urls),
+        "output": json.dumps(to_wire(output)),
+    }
+
+
+def _ambiguous_columns(candidates: Sequence[str], reason: str) -> dict[str, Any]:
+    return {
+        "state": JournalState.AMBIGUOUS.value,
+        "error": f"{reason}: {', '.join(candidates)}",
+        "error_type": "ambiguous",
+    }
 
 
 def canonical_body(body: Any) -> str:
