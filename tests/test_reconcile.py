@@ -18,10 +18,13 @@ from fal_edit_async import (
     AsyncClient,
     EditImageInput,
     ItemState,
+    JobUrls,
     Journal,
     JournalState,
+    PostgresJournal,
     ReconcilePolicy,
     Resolution,
+    UnknownSubmitError,
     WebhookEvent,
     WebhookTag,
 )
@@ -427,8 +430,6 @@ def _meddling(spec: Any, meddle: Any) -> Any:
     """The ledger at ``spec`` (a file or an address) on its backend, whose first
     ``webhooks()`` read (a pass makes it after reading the rows, before the walk) lets
     ``meddle`` write first: what a live worker does meanwhile."""
-    from fal_edit_async import PostgresJournal
-
     base: Any = PostgresJournal if isinstance(spec, str) else Journal
 
     class Meddling(base):  # type: ignore[misc, valid-type]
@@ -453,8 +454,6 @@ async def test_a_fate_never_lands_on_a_row_that_moved_on_meanwhile(
     fal's answer, or loses that answer too (the row is unknown again, of a later send); or
     another pass settles the row first (a webhook tagged it with another job). The pass's fate
     was decided for the old row: it writes nothing, and says so."""
-    from fal_edit_async import JobUrls, UnknownSubmitError
-
     emulator.schedule_fault("submit", "connection_reset", after_enqueue=True)
     (first,), _ = await _run(client, [("a", _edit(png_data_uri))], journal=ledger)
     assert ItemState.UNKNOWN is first.state
@@ -501,4 +500,49 @@ async def test_a_fate_never_lands_on_a_row_that_moved_on_meanwhile(
         assert (JournalState.SUBMITTED, "another-send") == (entry.state, entry.request_id)
     else:
         assert (JournalState.UNKNOWN, None) == (entry.state, entry.request_id)
+    assert 1 == emulator.counters.submits
+
+
+async def test_two_passes_at_once_never_give_one_job_to_two_rows(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, ledger: Any
+) -> None:
+    """Two repeats of one input lose their answers; fal queued one of the two (job J). Two
+    passes run at once and order the rows differently: the other pass gives J to the second
+    row just after this pass read the ledger again, and this one decides J for the first.
+    The adoption is checked and written atomically: one row holds J, the other is left."""
+    body = _edit(png_data_uri)
+    emulator.schedule_fault("submit", "connection_reset", after_enqueue=True)
+    emulator.schedule_fault("submit", "connection_reset", after_enqueue=False)
+    first, _ = await _run(client, [body, body], journal=ledger, concurrency=1, reconcile=POLICY)
+    assert [ItemState.UNKNOWN] * 2 == [r.state for r in first]
+    (job,) = emulator.jobs
+    urls = JobUrls(
+        request_id=job,
+        status_url="http://127.0.0.1:1/status",
+        response_url="http://127.0.0.1:1/response",
+        cancel_url="http://127.0.0.1:1/cancel",
+    )
+    base: Any = PostgresJournal if isinstance(ledger, str) else Journal
+    adopted_elsewhere: list[str] = []
+
+    class OtherPassBetween(base):  # type: ignore[misc, valid-type]
+        reads = 0
+
+        async def entries(self) -> list[Any]:
+            read: list[Any] = await super().entries()
+            self.reads += 1
+            if self.reads == 2:  # the pass's read after its walk: the other pass writes now
+                lost = [e for e in read if e.state is JournalState.UNKNOWN]
+                assert await self.reconcile_submitted(lost[-1], urls)
+                adopted_elsewhere.append(lost[-1].key)
+            return read
+
+    async with OtherPassBetween(ledger) as journal:
+        report = await client.reconcile(journal, policy=POLICY)
+        entries = await journal.entries()
+    holders = [e.key for e in entries if e.request_id == job]
+    assert adopted_elsewhere == holders
+    fates = {r.key: r for r in report.rows}
+    (mine,) = [f for k, f in fates.items() if k not in holders]
+    assert Resolution.UNKNOWN is mine.resolution
     assert 1 == emulator.counters.submits

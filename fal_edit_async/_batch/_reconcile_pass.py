@@ -83,8 +83,8 @@ async def reconcile_journal(
         if fate.request_id is not None:
             taken.add(fate.request_id)
         if not await _record(core, journal, entry, fate, evidence):
-            # Moved on since it was read (a worker or another pass wrote it): left as its
-            # writer made it, and the same body is decided again by a later pass.
+            # Moved on since it was read (a worker or another pass wrote it), or another row
+            # took the job meanwhile: left as it is; the same body is decided by a later pass.
             if body is not None:
                 busy.setdefault(body, []).append(entry.key)
             reason = "the row changed while it was reconciled: left as its writer made it"

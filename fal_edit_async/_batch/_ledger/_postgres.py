@@ -29,6 +29,7 @@ workers' clocks never matter).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -120,9 +121,10 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS fal_edit_items_holder ON fal_edit_items (holder) "
     "WHERE holder IS NOT NULL",
 )
-#: Advisory lock keys, per schema: one for creating the tables, one for the in-flight cap.
+#: Advisory lock keys, per schema: creating the tables, the in-flight cap, reconcile adoptions.
 _SCHEMA_LOCK = "hashtext('fal_edit:schema:' || current_schema())"
 _CAP_LOCK = "hashtext('fal_edit:cap:' || current_schema())"
+_ADOPT_LOCK = "hashtext('fal_edit:adopt:' || current_schema())"
 _IN_FLIGHT = [s.value for s in IN_FLIGHT]
 _SCHEMES = ("postgresql://", "postgres://")
 # What the cap counts: jobs in flight that a live worker follows (its lease held and not
@@ -447,22 +449,45 @@ class PostgresJournal(Recorder, WebhookRecords):
             f"UPDATE fal_edit_items SET {sets} WHERE key = %(key)s", {**values, "key": key}
         )
 
-    async def _update_unknown(self, seen: JournalEntry, values: dict[str, Any]) -> bool:
+    async def _update_unknown(
+        self, seen: JournalEntry, values: dict[str, Any], *, job: str | None = None
+    ) -> bool:
+        import psycopg
+
         self._writable()
         values = {**values, "updated_at": time.time()}
         sets = ", ".join(f"{c} = %({c})s" for c in values)
-        rows = await self._query(
+        sql = (
             f"UPDATE fal_edit_items SET {sets} WHERE key = %(key)s AND state = %(unknown)s "
-            "AND sent_at IS NOT DISTINCT FROM %(sent_at)s::double precision RETURNING key",
-            {
-                **values,
-                "key": seen.key,
-                "unknown": JournalState.UNKNOWN.value,
-                "sent_at": seen.sent_at,
-            },
-            durable=True,
+            "AND sent_at IS NOT DISTINCT FROM %(sent_at)s::double precision"
         )
-        return bool(rows)
+        if job is not None:
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM fal_edit_items o WHERE o.key <> %(key)s AND "
+                "(o.request_id = %(job)s OR strpos(coalesce(o.past_ids, ''), %(quoted)s) > 0))"
+            )
+        params = {
+            **values,
+            "key": seen.key,
+            "unknown": JournalState.UNKNOWN.value,
+            "sent_at": seen.sent_at,
+            "job": job,
+            "quoted": json.dumps(job),
+        }
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._connection(durable=True) as conn, conn.transaction():
+                    if self._trace is not None:
+                        self._trace("DURABLE " + sql)
+                    if job is not None:
+                        # Two passes adopting at once: one checks and writes, then the other
+                        # (its statement's snapshot taken after the lock) sees that write.
+                        await conn.execute(f"SELECT pg_advisory_xact_lock({_ADOPT_LOCK})")
+                    cur = await conn.execute(sql, params)
+                    written = cur.rowcount == 1
+            except psycopg.Error as exc:
+                raise JournalError(f"{self.where}: {exc}") from exc
+        return written
 
     async def record_submitting(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import sqlite3
@@ -385,14 +386,27 @@ class Journal(Recorder, WebhookRecords):
         params = (*values.values(), key)
         await self._run(lambda db: db.execute(sql, params))
 
-    async def _update_unknown(self, seen: JournalEntry, values: dict[str, Any]) -> bool:
+    async def _update_unknown(
+        self, seen: JournalEntry, values: dict[str, Any], *, job: str | None = None
+    ) -> bool:
         if self.read_only:
             raise JournalError(f"{self.path}: opened read-only")
         values = {**values, "updated_at": time.time()}
         sets = ", ".join(f"{c} = ?" for c in values)
         # ``IS`` compares NULL with NULL as equal: a row that recorded no sent_at still matches.
         sql = f"UPDATE items SET {sets} WHERE key = ? AND state = ? AND sent_at IS ?"
-        params = (*values.values(), seen.key, JournalState.UNKNOWN.value, seen.sent_at)
+        params: tuple[Any, ...] = (
+            *values.values(),
+            seen.key,
+            JournalState.UNKNOWN.value,
+            seen.sent_at,
+        )
+        if job is not None:
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM items o WHERE o.key <> ? AND "
+                "(o.request_id = ? OR instr(coalesce(o.past_ids, ''), ?) > 0))"
+            )
+            params += (seen.key, job, json.dumps(job))
         return await self._run(lambda db: db.execute(sql, params).rowcount == 1, durable=True)
 
     async def _insert_webhook(self, row: dict[str, Any]) -> bool:

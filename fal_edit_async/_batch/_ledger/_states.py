@@ -251,10 +251,13 @@ class Recorder(ABC):
         """Write ``values`` into ``key``'s existing row, if there is one."""
 
     @abstractmethod
-    async def _update_unknown(self, seen: JournalEntry, values: dict[str, Any]) -> bool:
+    async def _update_unknown(
+        self, seen: JournalEntry, values: dict[str, Any], *, job: str | None = None
+    ) -> bool:
         """Write ``values`` (durably) into ``seen``'s row only while it is still that
-        ``unknown`` row (state ``unknown``, the same ``sent_at``), in one statement; True when
-        it was written (``updated_at`` is set)."""
+        ``unknown`` row (state ``unknown``, the same ``sent_at``) and, with ``job``, while no
+        other row holds that request id (as its last job or an earlier attempt's): checked
+        and written atomically. True when it was written (``updated_at`` is set)."""
 
     async def record_submitting(
         self,
@@ -357,11 +360,13 @@ class Recorder(ABC):
         self, seen: JournalEntry, urls: JobUrls, output: EditImageOutput | None = None
     ) -> bool:
         """The lost submit's job is ``urls``'s: ``submitted`` (or ``completed`` when its
-        output is already in hand), only while ``seen`` is still the row's state."""
+        output is already in hand), only while ``seen`` is still the row's state and no
+        other row holds that job."""
         values = _submitted_columns(urls, seen.attempts)
         if output is not None:
             values |= _completed_columns(urls, output)
-        return await self._update_unknown(seen, values)
+        # Two passes at once may each have decided this job for a different row.
+        return await self._update_unknown(seen, values, job=urls.request_id)
 
     async def reconcile_unsent(self, seen: JournalEntry, error: FalEditError) -> bool:
         """The lost submit provably made no job: ``unsent``, only while ``seen`` holds."""
