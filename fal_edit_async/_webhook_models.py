@@ -80,11 +80,16 @@ def tag_url(base: str, tag: WebhookTag, secret: bytes) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def _is_ascii_int(text: str) -> bool:
+    # str.isdigit() is true for "²", which int() refuses: ASCII digits only.
+    return text.isascii() and text.isdigit()
+
+
 def read_tag(query: Mapping[str, str], secret: bytes | None) -> WebhookTag | None:
     """The tag of a delivery's URL, or None: untagged, no secret to check it, or forged."""
     batch, item = query.get("fal_batch"), query.get("fal_item")
     attempt, sig = query.get("fal_attempt", ""), query.get("fal_tag", "")
-    if secret is None or batch is None or item is None or not attempt.isdigit():
+    if secret is None or batch is None or item is None or not _is_ascii_int(attempt):
         return None
     if not hmac.compare_digest(_signature(secret, batch, item, int(attempt)), sig):
         return None
