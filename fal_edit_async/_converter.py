@@ -194,7 +194,18 @@ def make_converter(*, strict: bool = False) -> cattrs.Converter:
             return ()
         return conv.structure(value, tuple[LogEntry, ...])
 
-    lenient = {"logs": logs, "metrics": _metrics, "position": _position}
+    def info(value: Any, _: type) -> str | None:
+        # A status's error only informs (the result endpoint has the verdict): an object
+        # where a string was expected is read as text, never a reason the job cannot settle.
+        return _text(value)
+
+    lenient = {
+        "logs": logs,
+        "metrics": _metrics,
+        "position": _position,
+        "error": info,
+        "error_type": info,
+    }
     tag_to_class: dict[str, type] = {}
     for cls, tag in STATUS_TAGS.items():
         if cls is UnknownStatus:

@@ -446,10 +446,6 @@ async def test_a_stream_of_keep_alives_only_falls_back_to_polling(png_data_uri: 
     assert output.images
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="COMPLETED with a non-string 'error' is a ProtocolError on every read: never settles",
-)
 async def test_a_completed_status_with_an_error_object_is_read_as_failed(
     png_data_uri: str,
 ) -> None:

@@ -263,13 +263,29 @@ def test_malformed_payload_raises_protocol_error_with_path(
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param({"status": "COMPLETED", "error": 5}, id="error-int"),
+        pytest.param({"status": "COMPLETED", "request_id": 5}, id="request-id-int"),
     ],
 )
 def test_wrong_typed_scalars_are_refused(payload: Any) -> None:
     """A scalar of the wrong JSON type is a ProtocolError, not silently coerced."""
     with pytest.raises(ProtocolError):
         parse_status(payload)
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        pytest.param(5, "5", id="int"),
+        pytest.param({"message": "crashed"}, '{"message": "crashed"}', id="object"),
+        pytest.param(["a"], '["a"]', id="list"),
+    ],
+)
+def test_a_completed_error_of_any_shape_is_read_as_text(error: Any, text: str) -> None:
+    """``error`` only informs (the result has the verdict): any shape reads as a failure."""
+    status = parse_status({"status": "COMPLETED", "error": error, "error_type": {"x": 1}})
+    assert isinstance(status, Completed)
+    assert (text, '{"x": 1}') == (status.error, status.error_type)
+    assert status.failed
 
 
 # --- round trips ---------------------------------------------------------------------------------
