@@ -3,9 +3,10 @@
 fal sends no key id, so a signature no cached key verifies may be signed by a key fal has
 rotated in since: the cache then fetches the set again, at most once per ``min_refresh``
 seconds (so a flood of forged deliveries cannot turn into a flood of fetches), and tries
-again. The set is kept at most ``ttl`` seconds (fal: 24 h at most). A fetch that fails keeps
-the keys already held; with none held, verification fails with :class:`WebhookKeysError`
-(answered 503, so fal retries the delivery later).
+again; the same bound holds while no set could be had at all. The set is kept at most
+``ttl`` seconds (fal: 24 h at most). A fetch that fails keeps the keys already held; with
+none held, verification fails with :class:`WebhookKeysError` (answered 503, so fal retries
+the delivery later).
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ class JwksCache:
         Raises:
             WebhookKeysError: none are held and fetching failed.
         """
-        if self._keys is None or self._clock() - self._fetched_at >= self.ttl:
+        age = self._clock() - self._fetched_at
+        # With none held, a fetch that just failed is not retried before min_refresh: else
+        # each (forged) delivery during an outage of fal's JWKS would make one fetch.
+        stale = age >= self.ttl or (self._keys is None and age >= self.min_refresh)
+        if stale:
             await self._refresh(self._fetched_at)
         if self._keys is None:
             raise WebhookKeysError(f"fal's webhook keys could not be fetched from {self.url}")
@@ -133,7 +138,6 @@ class JwksCache:
             if self._fetched_at != seen and not force:
                 return  # another task fetched while this one waited
             self.fetches += 1
-            self._fetched_at = self._clock()
             try:
                 body = await self._get()
                 self._keys = WebhookKeys.from_jwks(body)
@@ -141,6 +145,10 @@ class JwksCache:
                 pass  # keep what is held: a bad answer must not disarm verification
             except (aiohttp.ClientError, TimeoutError, OSError):
                 pass
+            finally:
+                # Stamped once the fetch ended, so a task arriving meanwhile waits on the
+                # lock for this fetch rather than finding "fetched just now" and no keys.
+                self._fetched_at = self._clock()
 
     async def _get(self) -> bytes:
         if self._fetch is not None:

@@ -86,7 +86,7 @@ class WebhookKeys:
         if isinstance(jwks, bytes | str):
             try:
                 jwks = json.loads(jwks)
-            except ValueError:
+            except (ValueError, RecursionError):  # nested too deep for json is not JSON to us
                 raise WebhookKeysError("fal's JWKS is not JSON") from None
         entries = jwks.get("keys") if isinstance(jwks, Mapping) else None
         if not isinstance(entries, list):
