@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._exceptions import (
@@ -113,7 +113,11 @@ def job_urls(queue_url: str, endpoint: EndpointId, request_id: str) -> JobUrls:
     """The URLs for re-attaching by request id: app root only, sub-path dropped."""
     if not isinstance(request_id, str) or not _usable_request_id(request_id):
         raise InputError("request_id", request_id, "a fal request id")
-    base = f"{queue_url.rstrip('/')}/{endpoint.app_root}/requests/{request_id}"
+    # Percent-encoded, not refused: a submit answer's id names a job fal queued (and bills),
+    # so refusing it would lose that job; raw, a '#' or '?' would cut the path short and
+    # send the status poll and the cancel to another URL. fal's ids (UUIDs) are unchanged.
+    segment = quote(request_id, safe="-._~")
+    base = f"{queue_url.rstrip('/')}/{endpoint.app_root}/requests/{segment}"
     return JobUrls(
         request_id=request_id,
         status_url=f"{base}/status",

@@ -602,10 +602,6 @@ async def test_a_retry_field_in_superscript_digits_is_ignored(png_data_uri: str)
     assert output.images
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request id holding '#' or '?' is put raw into job URLs: status polls the result URL",
-)
 async def test_a_request_id_with_a_fragment_mark_still_polls_the_status_url(
     png_data_uri: str,
 ) -> None:

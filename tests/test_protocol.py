@@ -39,6 +39,28 @@ def test_built_urls_drop_the_sub_path() -> None:
     assert urls.stream_url.endswith("/requests/abc/status/stream")
 
 
+@pytest.mark.parametrize(
+    ("request_id", "segment"),
+    [
+        ("abc#1", "abc%231"),
+        ("a?b=c", "a%3Fb%3Dc"),
+        ("a b%", "a%20b%25"),
+        ("caf\u00e9", "caf%C3%A9"),
+        ("764cabcf-b745-4b3e-ae38-1200304cf45b", "764cabcf-b745-4b3e-ae38-1200304cf45b"),
+    ],
+)
+def test_request_ids_are_percent_encoded_in_job_urls(request_id: str, segment: str) -> None:
+    """A '#' or '?' in an id must not cut the path short: it is one encoded path segment."""
+    urls = job_urls("https://q", EDIT, request_id)
+    base = f"https://q/fal-ai/gpt-image-1/requests/{segment}"
+    assert (base, base + "/status", base + "/cancel") == (
+        urls.response_url,
+        urls.status_url,
+        urls.cancel_url,
+    )
+    assert request_id == urls.request_id
+
+
 @pytest.mark.parametrize("request_id", ["", "a/b", "..", "."])
 def test_bad_request_ids_are_input_errors(request_id: str) -> None:
     """A request id that would change the URL's path is refused before any request."""
