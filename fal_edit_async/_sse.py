@@ -13,6 +13,7 @@ line and an event, so a server that never ends one cannot fill the memory.
 from __future__ import annotations
 
 import codecs
+import io
 import re
 from collections.abc import Iterator
 
@@ -49,7 +50,9 @@ class SSEDecoder:
     """
 
     max_event_bytes: int | None = None
-    _partial: list[str] = attrs.field(factory=list)  # the line being received, in pieces
+    # The line being received. One growing buffer, not a list of the chunks: a long line in
+    # tiny chunks would cost a str object (~50 bytes) and a list slot per chunk.
+    _partial: io.StringIO = attrs.field(factory=io.StringIO, repr=False)
     _partial_len: int = 0
     _pending_cr: bool = False
     _data: list[str] = attrs.field(factory=list)
@@ -78,18 +81,18 @@ class SSEDecoder:
                 yield event
         rest = text[start:]
         if rest:
-            self._partial.append(rest)
+            self._partial.write(rest)
             self._partial_len += len(rest)
             self._check(self._partial_len, "line")
         elif text.endswith("\r"):
             self._pending_cr = True
 
     def _take_line(self, tail: str) -> str:
-        if not self._partial:
+        if not self._partial_len:
             return tail
-        self._partial.append(tail)
-        line = "".join(self._partial)
-        self._partial.clear()
+        self._partial.write(tail)
+        line = self._partial.getvalue()
+        self._partial = io.StringIO()
         self._partial_len = 0
         return line
 

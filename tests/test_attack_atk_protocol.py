@@ -137,10 +137,6 @@ async def test_forged_deliveries_with_keys_held_make_one_fetch() -> None:
 # -- bounded memory ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SSE decoder keeps a long line as one str per chunk: tiny chunks cost ~80x in memory",
-)
 def test_a_long_line_in_tiny_chunks_stays_near_max_event_bytes() -> None:
     """Attack: a server sends one ``data:`` line of non-Latin characters, one character (3
     bytes) per TCP segment, as issue #15's "8 MB line in 4 KiB chunks" but smaller pieces.
