@@ -61,6 +61,8 @@ _OTHER_LOOP = (
     "synchronous Client, which keeps one loop for its whole life"
 )
 
+#: The most of a streamed error answer that is read: fal's error bodies are a few hundred bytes.
+_ERROR_BODY_BYTES = 64 * 2**10
 _REDACTED = "<redacted>"
 # Characters no form of quoting changes (JSON escapes, percent-encoding): a run of them is in
 # every form of the key, so one ``in`` check rules all forms out in the common case.
@@ -413,4 +415,7 @@ class Core:
     async def error_of(self, resp: StreamResponse) -> APIError:
         """The typed error for a streamed non-2xx answer, its body read and scrubbed (a
         download's too, whose chunks are not)."""
-        return api_error(resp.status, resp.headers, self.scrub(await resp.read()))
+        # An error's useful part is its first lines; the rest is not read, so a huge (or
+        # endless) error page cannot hold the memory max_response_bytes bounds elsewhere.
+        limit = min(_ERROR_BODY_BYTES, self.config.limits.max_response_bytes)
+        return api_error(resp.status, resp.headers, self.scrub(await resp.read(limit)))

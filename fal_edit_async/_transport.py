@@ -187,9 +187,17 @@ class StreamResponse:
         """The body's chunks as they arrive (each at most 256 KiB)."""
         return self._chunks
 
-    async def read(self) -> bytes:
-        """The rest of the body (for error answers, which are small)."""
-        return b"".join([chunk async for chunk in self._chunks])
+    async def read(self, limit: int | None = None) -> bytes:
+        """The rest of the body, or its first ``limit`` bytes: reading stops there, the
+        rest is never read (an error answer may be a server's endless page)."""
+        if limit is None:
+            return b"".join([chunk async for chunk in self._chunks])
+        buffer = bytearray()
+        async for chunk in self._chunks:
+            buffer += chunk
+            if len(buffer) >= limit:
+                break
+        return bytes(buffer[:limit])
 
 
 class Transport(Protocol):

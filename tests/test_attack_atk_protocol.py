@@ -465,10 +465,6 @@ async def test_a_completed_status_with_an_error_object_is_read_as_failed(
     assert completed.failed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a status stream's error answer is read whole, without Limits.max_response_bytes",
-)
 async def test_a_huge_error_body_on_the_status_stream_is_not_read_whole(
     png_data_uri: str,
 ) -> None:

@@ -227,6 +227,16 @@ async def test_mock_stream_delivers_the_body_in_chunks() -> None:
     assert [b"abc", b"def", b"g"] == chunks
 
 
+@pytest.mark.parametrize(("limit", "read"), [(None, b"abcdefg"), (4, b"abcd"), (3, b"abc")])
+async def test_a_stream_read_stops_at_its_limit(limit: int | None, read: bytes) -> None:
+    """``read(limit)`` keeps the first ``limit`` bytes and reads no further chunk."""
+    transport = MockTransport(lambda r: Response(status=500, body=b"abcdefg"), chunk_size=3)
+    async with transport.stream(Request(method="GET", url="http://x/")) as resp:
+        assert read == await resp.read(limit)
+        rest = [c async for c in resp.aiter_bytes()]
+    assert {None: [], 4: [b"g"], 3: [b"def", b"g"]}[limit] == rest
+
+
 # -- the aiohttp transport, against a real loopback server ----------------------------------
 
 
