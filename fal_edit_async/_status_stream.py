@@ -33,6 +33,7 @@ from ._models import Completed, JobStatus, JobUrls, Queued, UnknownStatus
 from ._protocol import decode_json, is_transient
 from ._retry import retry_delay, wait_before_retry, with_retries
 from ._sse import EventTooLargeError, SSEDecoder
+from ._transport import AnswerTooLargeError
 
 __all__ = ["fetch_status", "raw_statuses"]
 
@@ -92,7 +93,16 @@ async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobS
     previous: JobStatus | None = None
     interval = 0.0
     while True:
-        status = await fetch_status(core, urls, logs=logs)
+        try:
+            status = await fetch_status(core, urls, logs=logs)
+        except AnswerTooLargeError:
+            if not logs:
+                raise
+            # The answer carries all the log lines so far, and they only grow: logs are
+            # never a reason to abort a paid job, so ask without them from now on.
+            logger.info("status of %s: too large with logs, polling without", urls.request_id)
+            logs = False
+            continue
         core.stats.status_polls += 1
         yield status
         if isinstance(status, Completed):

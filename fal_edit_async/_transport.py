@@ -38,6 +38,7 @@ from ._protocol import api_error, decode_json
 
 __all__ = [
     "AiohttpTransport",
+    "AnswerTooLargeError",
     "MockTransport",
     "Request",
     "Response",
@@ -93,9 +94,13 @@ def _content_type(headers: Mapping[str, str]) -> str:
     return headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
 
+class AnswerTooLargeError(ProtocolError):
+    """An answer grew past its request's ``max_body`` (``Limits.max_response_bytes``)."""
+
+
 def body_too_large(request: Request) -> ProtocolError:
     """The error for an answer over ``request.max_body``."""
-    return ProtocolError(
+    return AnswerTooLargeError(
         f"answer larger than {request.max_body} bytes (Limits.max_response_bytes)",
         details=[f"{request.method} {request.url}"],
     )

@@ -622,10 +622,6 @@ async def test_a_request_id_with_a_fragment_mark_still_polls_the_status_url(
     assert seen[-1].startswith("GET ") and seen[-1].endswith("/status"), seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose logs outgrow max_response_bytes can't be polled: logs abort the paid job",
-)
 async def test_logs_larger_than_an_answer_may_be_do_not_abort_a_paid_job(
     png_data_uri: str,
 ) -> None:

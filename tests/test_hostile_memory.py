@@ -123,7 +123,7 @@ EXPECTED = {
     "data_lines": "ok logs=0",  # the stream is given up, polling finds the job done
     "logs": "ok logs=10000",  # Limits.max_log_lines: the last lines only
     "long_line": "ok logs=0",
-    "result_body": "ProtocolError",  # Limits.max_response_bytes
+    "result_body": "AnswerTooLargeError",  # a ProtocolError: Limits.max_response_bytes
 }
 
 
