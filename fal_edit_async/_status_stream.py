@@ -4,8 +4,10 @@
 COMPLETED. It prefers fal's server-sent events stream; it reconnects a dropped stream, and
 falls back to polling for the rest of the job when the stream is refused (404, 405, 501, not
 ``text/event-stream``), sends an event larger than ``Limits.max_event_bytes``, or drops
-``Polling.stream_failures`` times in a row without progress. Any 2xx opens the stream, as in
-the official clients (fal's status answers 202 while a job runs).
+``Polling.stream_failures`` times in a row without progress. A stream sending keep-alive
+comments but no event for ``Timeouts.stream_idle`` counts as dropped, as a silent one does.
+Any 2xx opens the stream, as in the official clients (fal's status answers 202 while a job
+runs).
 
 A status value this client does not know counts as "still running", for at most
 ``Polling.max_unknown_statuses`` updates in a row; then a :class:`ProtocolError` ends the
@@ -44,6 +46,10 @@ class _StreamRefused(Exception):
     """The server does not offer the status stream for this job."""
 
 
+class _StreamSilent(Exception):
+    """No status event for ``Timeouts.stream_idle``, keep-alive comments or not."""
+
+
 def _logs_param(logs: bool) -> dict[str, str]:
     return {"logs": "1" if logs else "0"}
 
@@ -80,9 +86,16 @@ async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
         if resp.content_type != "text/event-stream":
             raise _StreamRefused
         decoder = SSEDecoder(max_event_bytes=core.config.limits.max_event_bytes)
+        idle = core.config.timeouts.stream_idle
+        last_event = anyio.current_time()
         async for chunk in resp.aiter_bytes():
             for event in decoder.feed(chunk):
+                last_event = anyio.current_time()
                 yield parse_status(decode_json(event.data, what="status event"))
+            # Keep-alives prove the connection, not the job: a stream whose status source
+            # stalled sends them for ever, so only an event resets the idle bound.
+            if anyio.current_time() - last_event > idle:
+                raise _StreamSilent(f"no status event for {idle} s (Timeouts.stream_idle)")
             # A read of data already buffered does not suspend: without this, a server
             # sending faster than we parse would keep the loop from every other task.
             await anyio.lowlevel.checkpoint()
@@ -165,13 +178,16 @@ async def _statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[
         except EventTooLargeError:
             stats.stream_errors += 1  # a polled answer has its own, larger bound
             break
+        except _StreamSilent as exc:
+            stats.stream_errors += 1  # as a stream sending nothing at all: a read timeout
+            failure: Exception | None = exc
         except AuthError:
             raise
         except (TransportError, APIError) as exc:
             if isinstance(exc, APIError) and not is_transient(exc.status):
                 raise
             stats.stream_errors += 1
-            failure: Exception | None = exc
+            failure = exc
         else:
             failure = None  # the body ended before COMPLETED
         failures += 1

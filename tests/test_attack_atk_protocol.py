@@ -407,10 +407,6 @@ def _fake_fal(*, status_payload: dict[str, Any], stream: str = "events") -> web.
     return app
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a status stream sending only keep-alives hangs the wait forever: no fallback to polls",
-)
 async def test_a_stream_of_keep_alives_only_falls_back_to_polling(png_data_uri: str) -> None:
     """Attack: the status stream opens and sends fal's keep-alive comment forever, but no
     status event (its status source stalled), while a poll says COMPLETED. Every comment
