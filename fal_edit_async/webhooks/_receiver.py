@@ -20,7 +20,14 @@ from aiohttp import web
 from .._exceptions import WebhookError, WebhookPayloadError
 from .._webhook_models import WebhookEvent, read_tag
 from ._jwks import JwksCache
-from ._verify import DEFAULT_MAX_BODY, DEFAULT_TOLERANCE, WebhookKeys, check_signature, parse_event
+from ._verify import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_TOLERANCE,
+    WebhookKeys,
+    check_headers,
+    check_signature,
+    parse_event,
+)
 
 __all__ = ["STATISTICS", "ReceiverStatistics", "WebhookSink", "create_app"]
 
@@ -106,6 +113,10 @@ class _Receiver:
         return web.json_response({"ok": True})
 
     async def _verified(self, request: web.Request) -> WebhookEvent:
+        # Anyone may POST here: the checks that need no body come before reading it, so an
+        # unsigned (or stale) delivery cannot make the receiver hold up to max_body for it.
+        self._check_size(request)
+        check_headers(request.headers, tolerance=self.tolerance)
         body = await self._body(request)
         secret = self.tag_secret
         if secret is None and self.sink is not None:
@@ -120,18 +131,22 @@ class _Receiver:
         )
         return parse_event(body, *found, tag=tag)
 
-    async def _body(self, request: web.Request) -> bytes:
-        """The raw body, refused (413) as soon as it is known to be too large."""
-        too_large = WebhookPayloadError(
+    def _too_large(self) -> WebhookPayloadError:
+        return WebhookPayloadError(
             f"the body is larger than {self.max_body} bytes", http_status=413
         )
+
+    def _check_size(self, request: web.Request) -> None:
         if (request.content_length or 0) > self.max_body:
-            raise too_large
+            raise self._too_large()
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The raw body, refused (413) as soon as it is known to be too large."""
         chunks, size = [], 0
         while chunk := await request.content.read(65536):
             size += len(chunk)
             if size > self.max_body:
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
         return b"".join(chunks)
 

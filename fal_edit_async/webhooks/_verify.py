@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "HEADERS",
     "WebhookKeys",
+    "check_headers",
     "signed_message",
     "verify",
 ]
@@ -169,6 +170,24 @@ def _signature(text: str, request_id: str) -> bytes:
     return signature
 
 
+def check_headers(
+    headers: Mapping[str, str], *, now: float | None = None, tolerance: float = DEFAULT_TOLERANCE
+) -> tuple[str, str, str, int, bytes]:
+    """The checks that need no body: the four headers present, the timestamp in its window,
+    the signature 64 bytes of hex. Returns (request id, user id, timestamp as sent, as
+    seconds, signature), so an unsigned delivery is refused before its body is read.
+
+    Raises:
+        WebhookSignatureError: a header is missing or malformed.
+        WebhookTimestampError: signed more than ``tolerance`` seconds from ``now``.
+    """
+    if not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
+        raise ValueError(f"tolerance must be finite seconds >= 0, got {tolerance!r}")
+    request_id, user_id, stamp_text, sig_text = (_header(headers, h) for h in HEADERS)
+    stamp = _timestamp(stamp_text, time.time() if now is None else now, tolerance, request_id)
+    return request_id, user_id, stamp_text, stamp, _signature(sig_text, request_id)
+
+
 def check_signature(
     headers: Mapping[str, str],
     raw_body: bytes,
@@ -193,9 +212,9 @@ def check_signature(
             f"the body is {len(raw_body)} bytes; at most {max_body} are accepted",
             http_status=413,
         )
-    request_id, user_id, stamp_text, sig_text = (_header(headers, h) for h in HEADERS)
-    stamp = _timestamp(stamp_text, time.time() if now is None else now, tolerance, request_id)
-    signature = _signature(sig_text, request_id)
+    request_id, user_id, stamp_text, stamp, signature = check_headers(
+        headers, now=now, tolerance=tolerance
+    )
     if not keys.verifies(signed_message(request_id, user_id, stamp_text, raw_body), signature):
         raise WebhookUnverifiedError(
             "no key of fal's JWKS verifies this delivery's signature", request_id=request_id
