@@ -12,11 +12,12 @@ is cancelled on fal first, as when an async caller is cancelled, so it is not pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from decimal import Decimal
 from functools import partial
@@ -68,9 +69,14 @@ class _Loop:
         self.wind_down = cancel_timeout + _WIND_DOWN
         self.thread_id: int = portal.call(threading.get_ident)
 
-    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def run(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        abandon: Callable[[T], Awaitable[object]] | None = None,
+    ) -> T:
         """Run ``fn(*args)`` on the loop and return its result; see :meth:`_Task.run`."""
-        return _Task(self, fn, args).run()
+        return _Task(self, fn, args, abandon=abandon).run()
 
 
 class _Task(Generic[T]):
@@ -83,10 +89,18 @@ class _Task(Generic[T]):
     has been sent before the interrupt propagates.
     """
 
-    def __init__(self, loop: _Loop, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]):
+    def __init__(
+        self,
+        loop: _Loop,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        *,
+        abandon: Callable[[T], Awaitable[object]] | None = None,
+    ):
         self._loop = loop
         self._fn = fn
         self._args = args
+        self._abandon = abandon
         self._lock = threading.Lock()
         self._cancelled = False
         self._scope: CancelScope | None = None
@@ -121,7 +135,24 @@ class _Task(Generic[T]):
             return self.result()
         except BaseException:
             self.cancel()
+            self._abandoned()
             raise
+
+    def _abandoned(self) -> None:
+        # The interrupt may reach the loop after fn's last checkpoint: fn then returned its
+        # result (a submitted job's handle) to a caller no longer there. ``abandon`` undoes
+        # it (cancels that job), so Ctrl-C leaves nothing running wherever it lands.
+        future = self._future
+        if self._abandon is None or future is None or not self._done.is_set():
+            return
+        wait([future], timeout=self._loop.wind_down)
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
+        if result is None:
+            return  # cancelled before or while fn ran: fn's own cleanup has run
+        with contextlib.suppress(RuntimeError):  # the portal has stopped
+            self._loop.portal.call(self._abandon, result)
 
     def result(self) -> T:
         """Block until the started task ends: its result, or its exception."""
@@ -350,7 +381,10 @@ class Client:
         self, input: EditImageInput | Mapping[str, Any], **options: Unpack[SubmitOptions]
     ) -> SyncJobHandle:
         """Enqueue one edit job and return its handle (see :meth:`AsyncClient.submit`)."""
-        handle = self._run(partial(self._async.submit, input, **options))
+        self._check_open()
+        handle = self._loop.run(
+            partial(self._async.submit, input, **options), abandon=JobHandle.cancel_quietly
+        )
         return SyncJobHandle(self, handle)
 
     def handle(self, request_id: str, *, endpoint: str = DEFAULT_ENDPOINT) -> SyncJobHandle:

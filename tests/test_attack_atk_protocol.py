@@ -282,10 +282,6 @@ class _InterruptOnSubmitAnswer:
         await self.inner.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ctrl-C as Client.submit is answered: the task returns the handle, the job runs on",
-)
 def test_ctrl_c_as_a_sync_submit_is_answered_cancels_the_job(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
