@@ -399,36 +399,66 @@ async def submit(
     queue_url = core.config.queue_url
     url = f"{queue_url}/{ep.submit_path}"
 
+    # Closing the client while the POST is in flight: aclose's hook lets the POST land
+    # (aclose bounds it by Timeouts.cancel) and then cancels the job it made, as it does
+    # for a task waiting on a job; else the answer is lost and the job runs on, paid for.
+    settled = anyio.Event()
+    posting = False  # a POST is in flight, or answered and not yet made a handle
+    made: list[JobHandle] = []
+    closed_on: list[bool] = []
+
+    async def on_close() -> None:
+        closed_on.append(True)
+        if posting:
+            await settled.wait()
+        if made and cancel_on_exit:
+            await made[0].cancel_quietly()
+
     async def post() -> SubmitReceipt:
+        nonlocal posting
         # The POST is shielded, so a deadline that passed before it must stop it here: no
         # job is paid for after the caller stopped waiting.
         await anyio.lowlevel.checkpoint()
         with anyio.CancelScope(shield=True):
-            resp = await core.request(
-                "POST",
-                url,
-                json=body,
-                params=params,
-                headers=extra,
-                read_timeout=core.config.timeouts.submit,
-            )
+            posting = True
+            try:
+                resp = await core.request(
+                    "POST",
+                    url,
+                    json=body,
+                    params=params,
+                    headers=extra,
+                    read_timeout=core.config.timeouts.submit,
+                )
+            except BaseException:
+                posting = False
+                raise
         resp.raise_for_status()
         return parse_receipt(resp.json("submit"), queue_url, ep)
 
-    receipt = await with_retries(
-        post, policy=core.config.retry, submit=True, stats=core.stats, on_retry=on_retry
-    )
-    core.stats.submits += 1
-    handle = JobHandle(
-        request_id=receipt.request_id,
-        endpoint=ep,
-        urls=urls_from_receipt(queue_url, ep, receipt),
-        receipt=receipt,
-        core=core,
-    )
-    if on_accepted is not None:
-        with anyio.CancelScope(shield=True):
-            await on_accepted(handle)
+    with core.on_close(on_close):
+        try:
+            receipt = await with_retries(
+                post, policy=core.config.retry, submit=True, stats=core.stats, on_retry=on_retry
+            )
+            core.stats.submits += 1
+            handle = JobHandle(
+                request_id=receipt.request_id,
+                endpoint=ep,
+                urls=urls_from_receipt(queue_url, ep, receipt),
+                receipt=receipt,
+                core=core,
+            )
+            made.append(handle)
+            if on_accepted is not None:
+                with anyio.CancelScope(shield=True):
+                    await on_accepted(handle)
+        finally:
+            settled.set()
+    if closed_on:
+        what = "cancelled" if cancel_on_exit else "left running"
+        msg = f"the client was closed during the submit of job {handle.request_id} ({what})"
+        raise RuntimeError(msg)
     try:
         await anyio.lowlevel.checkpoint()  # deliver a cancellation that arrived mid-POST
     except anyio.get_cancelled_exc_class():

@@ -177,10 +177,6 @@ async def _serve(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aclose() during a submit POST drops its answer: the queued job is never cancelled",
-)
 async def test_closing_the_client_during_a_submit_cancels_the_job_it_made() -> None:
     """Attack: one task submits; fal has stored the POST (billing starts) but not answered
     yet; another task closes the client (a web app shutting down, ``Client.close()`` from
