@@ -1,7 +1,7 @@
 """Attacks on "never pays twice" and "nothing lost" for journaled batches (atk-ledger).
 
-Each test is a bug found: it fails today, marked ``xfail(strict=True)`` so the suite stays
-green; the fix removes the marker. Counting is the emulator's (``billed``, ``submits``).
+Each test is a bug an attacker found, written failing (``xfail(strict=True)``) and unmarked
+by its fix; all four are fixed. Counting is the emulator's (``billed``, ``submits``).
 """
 
 from __future__ import annotations
