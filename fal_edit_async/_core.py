@@ -35,7 +35,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._config import ClientConfig
 from ._exceptions import APIError, EventLoopError, TransportError
 from ._logging import logger
-from ._protocol import api_error, origin
+from ._protocol import Origins, api_error
 from ._statistics import Counters
 from ._transport import Request, Response, StreamResponse, Transport
 
@@ -192,9 +192,7 @@ class Core:
         self.config = config
         self.transport = transport
         self.stats = Counters()
-        self._auth_bases = (config.queue_url, config.rest_url, config.api_url)
-        self._auth_prefixes = tuple(base.rstrip("/") + "/" for base in self._auth_bases)
-        self._auth_origins = frozenset(o for b in self._auth_bases if (o := origin(b)) != ("", ""))
+        self._auth_origins = Origins(config.queue_url, config.rest_url, config.api_url)
         creds = config.credentials
         self._scrubber = _Scrubber(creds.key) if creds is not None else None
         self._authorization = creds.header_value if creds is not None else None
@@ -267,9 +265,7 @@ class Core:
 
     def may_authorize(self, url: str) -> bool:
         """True when ``url`` is on an origin the key may be sent to."""
-        # same_origin() for each base, with the bases' origins worked out once: this runs
-        # several times for every request, a download's included.
-        return url.startswith(self._auth_prefixes) or origin(url) in self._auth_origins
+        return url in self._auth_origins
 
     def scrub(self, body: bytes) -> bytes:
         """``body`` with the key blanked out, should a server quote it back in an answer.

@@ -56,6 +56,7 @@ __all__ = [
     "parse_retry_after",
     "result_not_ready",
     "retryable_header",
+    "Origins",
     "same_origin",
     "submit_headers",
     "submit_never_queued",
@@ -93,13 +94,25 @@ def origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), f"{(parts.hostname or '').lower()}:{port}"
 
 
+class Origins:
+    """The origins of some base URLs, parsed once: ``url in origins`` is true when ``url``
+    is on any of them. A URL under a base needs no parsing (this runs several times for
+    every request, so the common case stays a string comparison)."""
+
+    __slots__ = ("_origins", "_prefixes")
+
+    def __init__(self, *bases: str) -> None:
+        self._prefixes = tuple(base.rstrip("/") + "/" for base in bases)
+        # A base that does not parse has no origin, so it matches nothing but its prefix.
+        self._origins = frozenset(o for base in bases if (o := origin(base)) != ("", ""))
+
+    def __contains__(self, url: str) -> bool:
+        return url.startswith(self._prefixes) or origin(url) in self._origins
+
+
 def same_origin(url: str, base_url: str) -> bool:
-    """True when ``url`` is on ``base_url``'s origin; a URL under the base needs no parsing
-    (this runs for every request, so the common case stays a string comparison)."""
-    if url.startswith(base_url.rstrip("/") + "/"):
-        return True
-    found = origin(url)
-    return found != ("", "") and found == origin(base_url)
+    """True when ``url`` is on ``base_url``'s origin."""
+    return url in Origins(base_url)
 
 
 def _usable_request_id(request_id: str) -> bool:
