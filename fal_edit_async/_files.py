@@ -8,6 +8,7 @@ what an image is and what a name may contain.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
@@ -243,10 +244,8 @@ class TempFile:
         self._file.close()
         if replace:
             os.replace(self.path, final)
-        else:  # link(2) refuses an existing name, atomically; rename(2) would replace it
-            os.link(self.path, final)
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+        else:
+            _publish_new(self.path, final)
         self.committed = True
         return None if self._hash is None else self._hash.hexdigest()
 
@@ -262,6 +261,26 @@ class TempFile:
                 self._file.close()
             if not self.committed:
                 self.path.unlink(missing_ok=True)
+
+
+def _publish_new(temp: Path, final: Path) -> None:
+    """Rename ``temp`` to ``final`` unless a file is there: ``FileExistsError`` then.
+
+    link(2) refuses an existing name atomically, where rename(2) would replace it. A file
+    system without hard links (FAT, some network shares) gets a check, then a rename: the
+    file is never lost, but a writer racing in between the two can be replaced.
+    """
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "File exists", str(final)) from None
+        os.replace(temp, final)
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
 
 
 class ImageCheck:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from fal_edit_async._files import (
     ImageCheck,
+    TempFile,
     check_writable,
     numbered_stem,
     remove_stale_parts,
@@ -164,3 +165,29 @@ def test_an_unwritable_folder_is_found_before_anything_is_paid(tmp_path: Path) -
     (tmp_path / "blocker").write_text("a file, not a folder")
     with pytest.raises(OSError):
         check_writable(tmp_path / "blocker" / "out")
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["link", "no-hard-links"])
+def test_a_new_name_is_never_published_over_an_existing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    """replace=False keeps a file someone else wrote at the final name (FileExistsError),
+    also on a file system without hard links, and publishes where the name is free."""
+    if not hard_links:
+
+        def no_link(*_: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("fal_edit_async._files.os.link", no_link)
+    theirs = tmp_path / "photo_0.png"
+    theirs.write_bytes(b"theirs")
+    temp = TempFile(tmp_path, "photo_0", fsync=False, checksum=False)
+    with pytest.raises(FileExistsError):
+        temp.commit([b"mine"], theirs, replace=False)
+    temp.discard()
+    assert b"theirs" == theirs.read_bytes()
+
+    fresh = TempFile(tmp_path, "photo_1", fsync=False, checksum=False)
+    fresh.commit([b"mine"], tmp_path / "photo_1.png", replace=False)
+    assert b"mine" == (tmp_path / "photo_1.png").read_bytes()
+    assert {"photo_0.png", "photo_1.png"} == {p.name for p in tmp_path.iterdir()}
