@@ -25,6 +25,7 @@ __all__ = [
     "ImageCheck",
     "TempFile",
     "check_writable",
+    "fold_name",
     "image_names_in",
     "numbered_stem",
     "remove_stale_parts",
@@ -110,12 +111,17 @@ def image_names_in(folder: Path) -> frozenset[str]:
         names = [p.name for p in folder.iterdir()]
     except OSError:
         return frozenset()
-    # NFC as outputs are: APFS and HFS+ take café in either form for one name.
     return frozenset(
-        unicodedata.normalize("NFC", base).casefold()
+        fold_name(base)
         for name in names
         if (base := _image_base(name)) is not None and not name.startswith(".")
     )
+
+
+def fold_name(name: str) -> str:
+    """A name as file systems may compare it: NFC (APFS and HFS+ take café in either form
+    for one name) and case-folded (macOS, Windows)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _image_base(name: str) -> str | None:

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import os
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -48,7 +47,7 @@ from .._exceptions import (
     UnknownSubmitError,
     field_errors_of,
 )
-from .._files import numbered_stem, safe_stem, stem_of_output
+from .._files import fold_name, numbered_stem, safe_stem, stem_of_output
 from .._job import JobHandle, attach, call_back, submit
 from .._models import (
     CancelOutcome,
@@ -326,7 +325,7 @@ class Runner:
             claim = claim_number(it.owned_stem, stem)
             if claim is not None:
                 names = bases(claim)
-                folded = {_fold(n) for n in names}
+                folded = {fold_name(n) for n in names}
                 if len(folded) == count and not folded & self.claimed:
                     self.claimed |= folded
                     return it.owned_stem, names
@@ -335,7 +334,7 @@ class Runner:
         claim = self.stem_suffixes.get(stem, 1)
         while True:
             names = bases(claim)
-            folded = {_fold(n) for n in names}
+            folded = {fold_name(n) for n in names}
             if len(folded) != count:  # refused before submit; never loop on it
                 raise InputError("name_template", template.text, "'{n}' for several images")
             if not folded & self.claimed and (self.overwrite or not folded & self.foreign):
@@ -962,7 +961,7 @@ class Runner:
             # give up the names (deleting what this attempt wrote, which is ours) and claim
             # new ones, so both runs keep their outputs.
             await anyio.to_thread.run_sync(_unlink_all, done)
-            self.foreign = self.foreign | {_fold(n) for n in names}
+            self.foreign = self.foreign | {fold_name(n) for n in names}
             it.owned_stem = None
         for outcome in done:
             if isinstance(outcome, DownloadError):
@@ -975,11 +974,6 @@ class Runner:
 #: Tries at claiming names an item's files can be written under, when other runs keep
 #: writing into the same folder.
 _CLAIMS = 3
-
-
-def _fold(name: str) -> str:
-    """A name as file systems may compare it: NFC (APFS, HFS+) and case-folded."""
-    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _clashed(outcome: DownloadedFile | DownloadError) -> bool:
