@@ -75,11 +75,12 @@ class Summary:
     errors: list[str] = field(default_factory=list)
 
     def median(self, key: str) -> float:
-        values = [r[key] for r in self.runs if not math.isnan(r[key])]
+        # A run has the figures its scenario measures (a cold start has only its wall time).
+        values = [v for r in self.runs if not math.isnan(v := r.get(key, math.nan))]
         return statistics.median(values) if values else math.nan
 
     def spread(self, key: str) -> tuple[float, float]:
-        values = [r[key] for r in self.runs if not math.isnan(r[key])]
+        values = [v for r in self.runs if not math.isnan(v := r.get(key, math.nan))]
         return (min(values), max(values)) if values else (math.nan, math.nan)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import BenchError, run_contender, wait_for_quiet
 from _report import RESULTS_JSON, Report, machine
 from _results import (
-    REQUEST_KINDS,
     Check,
     Results,
     Summary,
@@ -209,19 +207,8 @@ def cold_start() -> dict[str, float]:
         [sys.executable, "-m", "fal_edit_async", "--help"],
         check=True,
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
-    wall = time.monotonic() - started
-    return {key: math.nan for key in metrics_keys()} | {"wall": wall, "failed": 0}
-
-
-def metrics_keys() -> list[str]:
-    sample = {"jobs": {}}
-    empty = {"machine_busy": 0, "machine_steal": 0, "cpu": 0, **sample}
-    for key, _ in REQUEST_KINDS:
-        empty[key] = 0
-    report = {"wall": 1, "before": empty, "after": empty, "done": {}, "cpu": 0}
-    return list(metrics(report | {"maxrss_kb": 0, "bytes": 0, "failed": 0}, 1))
+    return {"wall": time.monotonic() - started, "failed": 0}
 
 
 def run_case(case: Case, repeats: int, warm: bool, settle: float) -> dict[str, Summary]:
@@ -229,7 +216,7 @@ def run_case(case: Case, repeats: int, warm: bool, settle: float) -> dict[str, S
     summaries = {name: Summary(name) for name in case.contenders}
     if case.scenario == "coldstart":
         (name,) = case.contenders
-        cold_start()  # the first run compiles the bytecode; a user's first run is rarer
+        cold_start()  # the first run writes the bytecode, as an installed package has it
         summaries[name].runs = [cold_start() for _ in range(max(repeats, COLD_STARTS))]
         print(f"  {case.key}: {summaries[name].median('wall'):.3f} s", file=sys.stderr)
         return summaries
