@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from fal_edit_async import (
     AiohttpTransport,
@@ -68,22 +67,31 @@ async def test_what_arrives_during_a_commit_goes_into_the_next_one() -> None:
 
 
 async def test_one_failing_operation_fails_alone() -> None:
-    """An operation that raises gets its error; the others of its batch their results."""
+    """An operation that raises gets its error; the other of its batch its result."""
     gate = Gate()
-    gate.release.set()
     group: GroupCommit[str] = GroupCommit(gate.commit)
+    outcomes: dict[str, object] = {}
 
     def bad(_: str) -> str:
         raise ValueError("this one")
 
-    async def good() -> str:
-        return await group.run(lambda c: "fine", durable=False)
+    async def one(name: str, fn: Any) -> None:
+        try:
+            outcomes[name] = await group.run(fn, durable=False)
+        except ValueError as exc:
+            outcomes[name] = exc
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(good)
-        with pytest.raises(ValueError, match="this one"):
-            await group.run(bad, durable=False)
-    assert "fine" == await good()
+        tg.start_soon(one, "leader", lambda c: "first")
+        await anyio.wait_all_tasks_blocked()  # the leader's commit is held at the gate
+        tg.start_soon(one, "bad", bad)
+        tg.start_soon(one, "good", lambda c: "fine")
+        await anyio.wait_all_tasks_blocked()
+        gate.release.set()
+
+    assert [1, 2] == [len(b) for b in gate.batches]  # bad and good shared one commit
+    assert ("first", "fine") == (outcomes["leader"], outcomes["good"])
+    assert isinstance(outcomes["bad"], ValueError)
 
 
 async def test_a_cancelled_caller_still_gets_its_write_committed() -> None:
