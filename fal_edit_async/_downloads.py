@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote_to_bytes
@@ -71,6 +71,8 @@ class _Target:
     checksum: bool
     size: tuple[int | None, int | None] = (None, None)  # the width and height fal reported
     replace: bool = True  # False: never over a file someone else wrote meanwhile
+    #: Names (with extension) a journal says this image was written to: see TempFile.commit.
+    ours: frozenset[str] = frozenset()
 
     def check_structure(self, check: ImageCheck | None) -> None:
         """The file is whole as its format defines it, and as large as fal said it is."""
@@ -95,6 +97,11 @@ class _Target:
     def final_path(self, fmt: str) -> Path:
         return self.folder / f"{self.prefix}.{EXTENSIONS[fmt]}"
 
+    def commit(self, temp: TempFile, fmt: str) -> Callable[..., str | None]:
+        """``temp.commit``, told what to do with a file already at the final name."""
+        ours = f"{self.prefix}.{EXTENSIONS[fmt]}" in self.ours
+        return functools.partial(temp.commit, replace=self.replace, ours=ours)
+
     def result(self, fmt: str, size: int, digest: str | None) -> DownloadedFile:
         return DownloadedFile(
             path=self.final_path(fmt), size=size, sha256=digest, content_type=CONTENT_TYPES[fmt]
@@ -118,6 +125,7 @@ async def download_image(
     checksum: bool = False,
     base: str | None = None,
     replace: bool = True,
+    ours: Collection[str] = (),
 ) -> DownloadedFile:
     """Download one output image into ``dest`` as ``<safe(stem)>_<index>.<ext>``.
 
@@ -141,6 +149,10 @@ async def download_image(
             name template), instead of ``<safe(stem)>_<index>``.
         replace: False: a file another process wrote at the final name meanwhile is kept,
             and this download fails (a batch's name is claimed; a clash is another run's).
+        ours: final names (with extension) a batch journal says this image was written to
+            before: with ``replace=False``, a file there with exactly these bytes is kept
+            (the download succeeds), one that is no whole image any more is repaired, and
+            any other is someone else's, as above.
         checksum: also compute the file's SHA-256 (``sha256`` is None without). Length and
             format are verified either way; the hash costs about a third of the throughput,
             so it is off unless something will check it later (a batch journal turns it on).
@@ -166,6 +178,7 @@ async def download_image(
         checksum,
         size=(image.width, image.height),
         replace=replace,
+        ours=frozenset(ours),
     )
     target.check_announced(image.file_size, "file_size")
     if image.url.startswith("data:"):
@@ -276,7 +289,7 @@ async def _stream_to(
             raise _Transient(f"body has {received} bytes, expected {expected}")
     check = temp.check
     args = (pending, target.final_path(fmt), lambda: target.check_structure(check))
-    commit = functools.partial(temp.commit, replace=target.replace)
+    commit = target.commit(temp, fmt)
     if received <= _INLINE_MAX and not target.fsync and not temp.left_behind:
         digest = _disk_errors(target, commit, *args)  # cheaper than the thread hop
     else:
@@ -331,7 +344,7 @@ def _write_data_uri(target: _Target) -> DownloadedFile:
         raise DownloadError(str(exc), url=target.url) from None
     temp = target.temp_file()
     try:
-        digest = temp.commit([data], target.final_path(fmt), replace=target.replace)
+        digest = target.commit(temp, fmt)([data], target.final_path(fmt))
     except OSError as exc:
         raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
     finally:
@@ -369,13 +382,21 @@ async def download_outcomes(
     checksum: bool = False,
     names: Sequence[str] | None = None,
     replace: bool = True,
+    ours: Collection[str] = (),
 ) -> list[DownloadedFile | DownloadError]:
     """Download several images concurrently under ``limiter``; one entry per image, in order:
     the file, or its error. One failure never stops the others. ``names`` gives each file's
-    name without extension (see :func:`download_image`'s ``base``)."""
+    name without extension (see :func:`download_image`'s ``base``, ``replace`` and
+    ``ours``)."""
     results: list[DownloadedFile | DownloadError | None] = [None] * len(images)
     fetch = functools.partial(
-        download_image, core, max_bytes=max_bytes, fsync=fsync, checksum=checksum, replace=replace
+        download_image,
+        core,
+        max_bytes=max_bytes,
+        fsync=fsync,
+        checksum=checksum,
+        replace=replace,
+        ours=frozenset(ours),
     )
 
     async def one(i: int, image: ImageFile) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import re
+import stat
 import unicodedata
 import zlib
 from collections.abc import Callable
@@ -235,11 +236,17 @@ class TempFile:
         verify: Callable[[], None] | None = None,
         *,
         replace: bool = True,
+        ours: bool = False,
     ) -> str | None:
         """Write the last batch, run ``verify`` (which raises to refuse the file), and rename
         the file over ``final``; returns the SHA-256. With ``replace=False`` a file already
         at ``final`` (another process wrote it meanwhile) is never replaced:
-        ``FileExistsError``, and the temp file stays for :meth:`discard`."""
+        ``FileExistsError``, and the temp file stays for :meth:`discard`.
+
+        ``ours`` (with ``replace=False``): a journal says this very output was written at
+        ``final`` before. A file there with exactly these bytes is it, and kept; one that is
+        no whole image any more (corrupted, cut short) is replaced; any other is someone
+        else's (a file written after it was deleted, an edit), and raises as above."""
         self.write(chunks)
         if verify is not None:
             verify()
@@ -248,12 +255,33 @@ class TempFile:
         if self._fsync:
             os.fsync(self._file.fileno())
         self._file.close()
-        if replace:
-            os.replace(self.path, final)
-        else:
-            _publish_new(self.path, final)
+        try:
+            if replace:
+                os.replace(self.path, final)
+            else:
+                _publish_new(self.path, final)
+        except FileExistsError:
+            if not ours:
+                raise
+            if self._same_as(final):
+                os.unlink(self.path)
+            elif not _whole_image(final):
+                os.replace(self.path, final)
+            else:
+                raise
         self.committed = True
         return None if self._hash is None else self._hash.hexdigest()
+
+    def _same_as(self, other: Path) -> bool:
+        """True when ``other`` is a regular file with exactly this file's bytes."""
+        try:
+            info = os.lstat(other)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != self.path.stat().st_size:
+                return False
+            digest = self._hash.hexdigest() if self._hash is not None else _sha256(self.path)
+            return _sha256(other) == digest
+        except OSError:
+            return False
 
     @property
     def left_behind(self) -> bool:
@@ -267,6 +295,29 @@ class TempFile:
                 self._file.close()
             if not self.committed:
                 self.path.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _whole_image(path: Path) -> bool:
+    """True when ``path`` holds a whole PNG, JPEG or WebP, as :class:`ImageCheck` sees it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            fmt = sniff_image_format(head)
+            if fmt not in EXTENSIONS:
+                return False
+            check = ImageCheck(fmt)
+            check.feed(head)
+            while chunk := f.read(1024 * 1024):
+                check.feed(chunk)
+        check.finish()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _publish_new(temp: Path, final: Path) -> None:

@@ -1,6 +1,6 @@
 """Attacks on "every output has one owner" and "outputs are whole or absent" (and the console
 and report that show them). Each test is a bug an attacker found, written failing; a fix
-removes its ``xfail(strict=True)`` marker. The two still marked are open (docs/guarantees.md)."""
+removes its ``xfail(strict=True)`` marker. The one still marked is open (docs/guarantees.md)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,6 @@ async def test_two_batches_into_one_folder_never_share_a_file(
     assert len(set(paths)) == 2, paths
 
 
-@pytest.mark.xfail(strict=True, reason="a resumed item's recorded name replaces another's file")
 async def test_a_resumed_item_never_replaces_a_file_another_run_wrote(
     emulator: Emulator, tmp_path: Path
 ) -> None:

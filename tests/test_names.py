@@ -192,3 +192,24 @@ async def test_a_half_downloaded_item_is_finished_under_its_own_name(
     assert again.ok
     assert {"a_0.png", "a_1.png"} == {f.path.name for f in again.files}
     assert {"a_0.png", "a_1.png"} == {p.name for p in out.iterdir()}
+
+
+async def test_a_whole_image_put_where_a_journaled_output_was_is_never_replaced(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """The journal says ``a_0.png`` is this item's, but the image there now is another one
+    (the output was deleted and another run wrote that name, or it was edited): a rerun
+    keeps it and writes the item's output as ``a-2_0.png``. A broken file is repaired in place
+    (tests/test_journal.py), since it can be no one's image."""
+    journal, out = tmp_path / "j", tmp_path / "out"
+    async with client.edit_many([named("a", png_data_uri)], download_to=out, journal=journal) as b:
+        (first,) = [r async for r in b]
+    theirs = make_png(color=(7, 8, 9))
+    first.files[0].path.write_bytes(theirs)
+
+    async with client.edit_many([named("a", png_data_uri)], download_to=out, journal=journal) as b:
+        (again,) = [r async for r in b]
+
+    assert again.ok and again.resumed
+    assert theirs == (out / "a_0.png").read_bytes()
+    assert [out / "a-2_0.png"] == [f.path for f in again.files]

@@ -182,6 +182,9 @@ class _Item:
     unknown: bool = False
     #: The stem of the files an earlier run wrote for this item in this folder.
     owned_stem: str | None = None
+    #: The names of the files the journal says an earlier run wrote for it here: the only
+    #: ones it may write over (see TempFile.commit); of the rest only the claim is known.
+    owned_files: frozenset[str] = frozenset()
     #: For an item without a key: its fingerprint, to find a schema-1 row by it.
     fingerprint: str | None = None
     #: The journal holds this item's request id (its ``submitted`` write landed).
@@ -870,6 +873,7 @@ class Runner:
             await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=failed))
             return it.result(ItemState.FAILED, error=failed)
         it.owned_stem = self._owned_stem(entry)
+        it.owned_files = self._owned_files(entry)
         if entry.output is not None:
             output = parse(entry.output, EditImageOutput)
             if state is JournalState.DOWNLOADED and self.shared and entry.updated_at >= self.began:
@@ -923,6 +927,14 @@ class Runner:
             return stem_of_output(entry.files[0].path.name)
         return None
 
+    def _owned_files(self, entry: JournalEntry) -> frozenset[str]:
+        """The names of the files the journal says this item's download wrote in this folder
+        (all of them, or the ones that arrived when others failed)."""
+        if self.download_to is None:
+            return frozenset()
+        folder = self.download_to.absolute()
+        return frozenset(f.path.name for f in entry.files if f.path.parent == folder)
+
     async def _files_in_place(self, entry: JournalEntry, output: EditImageOutput) -> bool:
         """True when every output is on disk in this batch's folder, as it was written."""
         if entry.state is not JournalState.DOWNLOADED or self.download_to is None:
@@ -948,9 +960,11 @@ class Runner:
                 self.download_to,
                 stem,
                 names=names,
-                # A claimed name is never written over a file another run wrote meanwhile;
-                # the names this item's own earlier run wrote may be (it finishes its files).
-                replace=self.overwrite or stem == it.owned_stem,
+                # A claimed name is never written over a file another run wrote meanwhile,
+                # even one this item claimed before; only a file the journal says it wrote
+                # may be, when it is broken.
+                replace=self.overwrite,
+                ours=it.owned_files,
                 limiter=self.downloads,
                 max_bytes=self.core.config.limits.max_output_bytes,
                 checksum=self.journal is not None,  # the journal re-checks files on a re-run
@@ -963,10 +977,14 @@ class Runner:
             await anyio.to_thread.run_sync(_unlink_all, done)
             self.foreign = self.foreign | {fold_name(n) for n in names}
             it.owned_stem = None
+        files = tuple(f for f in done if isinstance(f, DownloadedFile))
         for outcome in done:
             if isinstance(outcome, DownloadError):
-                raise outcome  # the item fails; its files that did arrive stay for a re-run
-        files = tuple(f for f in done if isinstance(f, DownloadedFile))
+                # The item fails; its files that did arrive stay, journaled so that a rerun
+                # knows them for its own and finishes the set under the same name.
+                if files and self.journal is not None:
+                    await self._write(self.journal.record_files(it.ledger_key, files))
+                raise outcome
         await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
         return files
 

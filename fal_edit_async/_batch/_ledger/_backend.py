@@ -162,6 +162,10 @@ class JournalBackend(Protocol):
         """The name the item's outputs get in ``folder``, claimed before writing."""
         ...
 
+    async def record_files(self, key: str, files: Sequence[DownloadedFile]) -> None:
+        """Some output files are on disk and verified; others failed (the state stays)."""
+        ...
+
     async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
         """Every output file is on disk and verified."""
         ...

@@ -330,10 +330,15 @@ class Recorder(ABC):
         written, so a later run finishes them under that name instead of leaving a half set."""
         await self._update(key, {"folder": folder, "stem": stem})
 
+    async def record_files(self, key: str, files: Sequence[DownloadedFile]) -> None:
+        """Some of the outputs are on disk and verified, the others failed: the state stays,
+        and a rerun knows these files for the item's own (it may repair them, and never
+        takes them for another run's)."""
+        await self._update(key, {"files": _files_column(files)})
+
     async def record_downloaded(self, key: str, files: Sequence[DownloadedFile]) -> None:
         """Every output file is on disk and verified (paths kept absolute)."""
-        listing = [to_wire(attrs.evolve(f, path=f.path.absolute())) for f in files]
-        values = {"state": JournalState.DOWNLOADED.value, "files": json.dumps(listing)}
+        values = {"state": JournalState.DOWNLOADED.value, "files": _files_column(files)}
         await self._upsert(key, values)
 
     async def record_failed(self, key: str, error: FalEditError) -> None:
@@ -391,6 +396,10 @@ def _submitted_columns(urls: JobUrls, attempts: int) -> dict[str, Any]:
         "error": None,
         "error_type": None,
     }
+
+
+def _files_column(files: Sequence[DownloadedFile]) -> str:
+    return json.dumps([to_wire(attrs.evolve(f, path=f.path.absolute())) for f in files])
 
 
 def _completed_columns(urls: JobUrls, output: EditImageOutput) -> dict[str, Any]:
