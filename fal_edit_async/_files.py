@@ -14,11 +14,16 @@ import itertools
 import os
 import re
 import stat
+import sys
+import time
 import unicodedata
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = [
     "CONTENT_TYPES",
@@ -48,10 +53,15 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|\ud800-\udfff]')
 _RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 )
-#: Temp files: ``.<stem>_<index>.<pid>-<counter>.part``; the pid tells a live run's from a
-#: dead one's.
+#: Temp files: ``.<stem>_<index>.<pid>-<counter>.part``. Their writer holds a lock on them,
+#: which tells a live run's from a dead one's wherever it runs; the pid only tells within one
+#: pid namespace (another container's pids mean nothing here).
 _STALE_PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.part$")
 _TEMP_COUNTER = itertools.count()
+#: An empty temp file younger than this may be a live writer's that has not locked it yet
+#: (it locks before its first byte, microseconds after creating it); the margin is for
+#: clocks that disagree across a network file system.
+_UNLOCKED_GRACE = 600.0
 
 
 def sniff_image_format(head: bytes) -> str | None:
@@ -148,8 +158,12 @@ def numbered_stem(stem: str, n: int) -> str:
 def remove_stale_parts(folder: Path) -> int:
     """Delete the temp files that runs now dead left in ``folder``; returns how many.
 
-    Only names :class:`TempFile` writes are touched, and only when the process that wrote
-    them is gone: a batch running in the same folder keeps its downloads in progress.
+    Only names :class:`TempFile` writes are touched, and only when their writer is gone: it
+    holds a lock on the file from creating it until it is renamed into place, which this
+    checks without waiting. So a batch in the same folder, in this process, another one, or
+    another container on a shared folder, keeps its downloads in progress. Where locks do
+    not work (some network file systems) nothing is removed; without them at all (Windows)
+    the pid in the name decides.
     """
     removed = 0
     try:
@@ -158,10 +172,63 @@ def remove_stale_parts(folder: Path) -> int:
         return 0
     for path in candidates:
         found = _STALE_PART.match(path.name)
-        if found and not _alive(int(found.group(1))):
-            path.unlink(missing_ok=True)
+        if found and _remove_if_abandoned(path, int(found.group(1))):
             removed += 1
     return removed
+
+
+def _remove_if_abandoned(path: Path, pid: int) -> bool:
+    """Delete one temp file if its writer is gone; True when it was deleted."""
+    # A pid alive in this namespace (this process above all: opening and closing the file
+    # here could drop its own lock where flock is emulated by fcntl locks, as on NFS) may
+    # be the writer: kept, as it always was. A dead-looking pid proves nothing on its own.
+    if _alive(pid):
+        return False
+    if sys.platform == "win32":
+        path.unlink(missing_ok=True)
+        return True
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # gone already, a symlink, or not ours to open: left alone
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by its live writer, or no locks here to tell: kept
+            return False
+        # Locked: its writer is gone, or has just created it and not yet locked it, in which
+        # case it has written nothing, so only an empty file can be that young one.
+        if info.st_size == 0 and time.time() - info.st_mtime < _UNLOCKED_GRACE:
+            return False
+        try:
+            if not os.path.samestat(os.lstat(path), info):
+                return False  # renamed away meanwhile, and the name reused
+            os.unlink(path)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _hold(fd: int) -> int | None:
+    """Lock a new temp file for its writer's whole life, on a descriptor of its own (so the
+    lock outlives closing the file, until its name is gone); None where locks do not work."""
+    if sys.platform == "win32":
+        return None
+    lock = os.dup(fd)  # not inherited by child processes
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a cleaner looking at it this instant: it lets go at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:  # no locks on this file system: its cleaners can tell nothing, remove nothing
+        os.close(lock)
+        return None
+    return lock
 
 
 def _alive(pid: int) -> bool:
@@ -201,7 +268,9 @@ class TempFile:
     """A ``.part`` file next to its final name; every method blocks and runs in a thread.
 
     The file is created by the first write, and the last batch is written by ``commit``:
-    thread hops cost more than the writes, so a small image takes exactly one.
+    thread hops cost more than the writes, so a small image takes exactly one. From its
+    creation until its name is gone (renamed into place, or deleted) it is locked, which is
+    how :func:`remove_stale_parts` knows it is live.
     """
 
     def __init__(self, folder: Path, prefix: str, *, fsync: bool, checksum: bool) -> None:
@@ -210,6 +279,7 @@ class TempFile:
         self._fsync = fsync
         self._hash = hashlib.sha256() if checksum else None
         self._file: BinaryIO | None = None
+        self._lock: int | None = None
         #: Checks the bytes as they are written, in the writer's thread (off the event loop).
         self.check: ImageCheck | None = None
 
@@ -219,6 +289,7 @@ class TempFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Exclusive create: a clash with another download fails, never interleaves.
             self._file = open(self.path, "xb")
+            self._lock = _hold(self._file.fileno())  # before its first byte
         # Chunk by chunk, so each is checked, hashed and written while it is in the cache
         # (a 1 MiB batch read three times over cost more than the CRCs themselves).
         write, check, digest = self._file.write, self.check, self._hash
@@ -254,6 +325,8 @@ class TempFile:
         self._file.flush()
         if self._fsync:
             os.fsync(self._file.fileno())
+        # Closed before it is published, so a write error the close reports (NFS) keeps it
+        # unpublished; the lock's own descriptor keeps it locked until its name is gone.
         self._file.close()
         try:
             if replace:
@@ -270,6 +343,7 @@ class TempFile:
             else:
                 raise
         self.committed = True
+        self._unlock()
         return None if self._hash is None else self._hash.hexdigest()
 
     def _same_as(self, other: Path) -> bool:
@@ -295,6 +369,13 @@ class TempFile:
                 self._file.close()
             if not self.committed:
                 self.path.unlink(missing_ok=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock)
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Attacks on "every output has one owner" and "outputs are whole or absent" (and the console
 and report that show them). Each test is a bug an attacker found, written failing; a fix
-removes its ``xfail(strict=True)`` marker. The one still marked is open (docs/guarantees.md)."""
+removes its ``xfail(strict=True)`` marker; none is left."""
 
 from __future__ import annotations
 
@@ -160,7 +160,6 @@ def _runs(argv: list[str]) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="a live writer in another pid namespace looks dead")
 async def test_a_live_download_survives_a_batch_starting_in_another_container(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,11 +3,14 @@ safe names, proven over arbitrary inputs with hypothesis."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -156,6 +159,109 @@ def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:
             p.name for p in tmp_path.iterdir()
         )
         live.communicate(b"")
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path: Path) -> None:
+    """A writer in another pid namespace has a pid that looks dead here; its lock on the file
+    says it is alive: kept while the lock is held, removed once it is let go."""
+    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part.write_bytes(b"x")
+    fd = os.open(part, os.O_RDWR)  # another open file description, as another process has
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert 0 == remove_stale_parts(tmp_path)
+        assert part.exists()
+    finally:
+        os.close(fd)
+    assert 1 == remove_stale_parts(tmp_path)
+    assert not part.exists()
+
+
+def test_an_empty_unlocked_temp_file_is_kept_while_it_is_new(tmp_path: Path) -> None:
+    """An empty temp file may be a live writer's between creating and locking it: kept
+    while it is new, removed once it is old."""
+    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part.touch()
+    assert 0 == remove_stale_parts(tmp_path)
+    hour_ago = part.stat().st_mtime - 3600
+    os.utime(part, (hour_ago, hour_ago))
+    assert 1 == remove_stale_parts(tmp_path)
+
+
+def test_where_locks_do_not_work_no_temp_file_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without locks (ENOLCK) cannot tell a live writer: nothing is removed,
+    and downloads are written all the same."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part.write_bytes(b"x")
+    assert 0 == remove_stale_parts(tmp_path)
+    temp = TempFile(tmp_path, "b_0", fsync=False, checksum=False)
+    temp.commit([b"mine"], tmp_path / "b_0.png")
+    assert b"mine" == (tmp_path / "b_0.png").read_bytes()
+
+
+@pytest.mark.parametrize("end", ["commit", "discard"])
+def test_a_temp_file_is_locked_until_its_name_is_gone(tmp_path: Path, end: str) -> None:
+    """From its first write until it is renamed into place (or deleted), a temp file is
+    locked; the published file is not."""
+    temp = TempFile(tmp_path, "a_0", fsync=False, checksum=False)
+    temp.write([b"some bytes"])
+    fd = os.open(temp.path, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if end == "commit":
+            temp.commit([b"more"], tmp_path / "a_0.png")
+        else:
+            temp.discard()
+        assert not temp.path.exists()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go: taken without waiting
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("replace", [True, False], ids=["rename", "link"])
+def test_a_temp_file_is_still_locked_as_it_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: bool
+) -> None:
+    """The file is closed before it is published (so a write error at close keeps it
+    unpublished), yet a cleaner never finds it unlocked before its name is gone."""
+    published: list[str] = []
+
+    def checked(real: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        def publish(src: str, dst: str) -> None:
+            fd = os.open(src, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+            published.append(os.fspath(dst))
+            real(src, dst)
+
+        return publish
+
+    name = "replace" if replace else "link"
+    monkeypatch.setattr(os, name, checked(getattr(os, name)))
+    temp = TempFile(tmp_path, "a_0", fsync=False, checksum=False)
+    temp.commit([b"bytes"], tmp_path / "a_0.png", replace=replace)
+    assert [os.fspath(tmp_path / "a_0.png")] == published
 
 
 def test_an_unwritable_folder_is_found_before_anything_is_paid(tmp_path: Path) -> None:
