@@ -59,6 +59,19 @@ def test_emulator_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> 
     assert "--port" in out and "--workers" in out and "--rate-limit" in out
 
 
+def test_the_emulator_command_without_pillow_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without Pillow, fal-edit emulator still takes its options and fails in one line, status 2."""
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+
+    # A bad --log-lines makes a run that gets past the check end at once (on another message).
+    assert 2 == main(["emulator", "--log-lines", "-1"])
+    err = capsys.readouterr().err
+    assert "fal-edit: error: fal-edit emulator needs Pillow" in err
+    assert "pip install 'fal-edit-async[emulator]'" in err
+
+
 def test_folder_is_edited_into_image_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -442,14 +443,12 @@ def _add_emulator(commands: Any) -> None:
             "fal-edit emulator --api-key secret   # only this key is accepted",
         ),
     )
-    try:
-        # The emulator's own command line, so `fal-edit emulator` and
-        # `python -m fal_edit_async.emulator` take the same options.
-        from ..emulator import add_arguments
-    except ImportError:  # Pillow missing: say how to get it when the command is used
-        emulator.set_defaults(missing_extra=True)
-    else:
-        add_arguments(emulator)
+    # The emulator's own command line, so `fal-edit emulator` and
+    # `python -m fal_edit_async.emulator` take the same options. It loads without Pillow and
+    # without the server; the command says how to get Pillow when it is missing.
+    from ..emulator import add_arguments
+
+    add_arguments(emulator)
     emulator.set_defaults(handler=_emulator)
 
 
@@ -513,7 +512,7 @@ def _leaf(parser: Parser, args: argparse.Namespace) -> Parser:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    if getattr(args, "missing_extra", False):
+    if importlib.util.find_spec("PIL") is None:
         raise UsageError("fal-edit emulator needs Pillow: pip install 'fal-edit-async[emulator]'")
     from ..emulator import run
 

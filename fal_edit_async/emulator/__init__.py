@@ -23,8 +23,10 @@ put the same command line into another program's parser (``fal-edit emulator`` d
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._cli import add_arguments as add_arguments, main as main, run as run
-from ._emulator import DEFAULT_MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES, Emulator as Emulator
 from ._faults import (
     ERROR_TYPES as ERROR_TYPES,
     HOSTILE_KINDS as HOSTILE_KINDS,
@@ -33,13 +35,30 @@ from ._faults import (
     Faults as Faults,
 )
 from ._profile import FAL_PROFILE as FAL_PROFILE, Profile as Profile
-from ._state import (
-    Counters as Counters,
-    EmulatedJob as EmulatedJob,
-    JobState as JobState,
-    input_key as input_key,
-)
 from ._validation import validate_input as validate_input
+
+if TYPE_CHECKING:  # loaded on first use (see __getattr__); listed here for type checkers
+    from ._emulator import (
+        DEFAULT_MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES,
+        Emulator as Emulator,
+    )
+    from ._state import (
+        Counters as Counters,
+        EmulatedJob as EmulatedJob,
+        JobState as JobState,
+        input_key as input_key,
+    )
+
+#: Names whose modules import the server (aiohttp, Pillow) or asyncio: they load on first
+#: use, so that ``add_arguments`` (and so ``fal-edit --help``) stays fast.
+_LAZY: dict[str, str] = {
+    "Counters": "._state",
+    "DEFAULT_MAX_UPLOAD_BYTES": "._emulator",
+    "EmulatedJob": "._state",
+    "Emulator": "._emulator",
+    "JobState": "._state",
+    "input_key": "._state",
+}
 
 __all__ = [
     "Counters",
@@ -61,9 +80,27 @@ __all__ = [
     "validate_input",
 ]
 
-# Reprs and tracebacks say fal_edit_async.emulator.X, not the private module.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
-        _obj.__module__ = __name__
-del _name, _obj
+
+def _report_home(names: list[str]) -> None:
+    """Reprs and tracebacks say fal_edit_async.emulator.X, not the private module."""
+    for name in names:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__.startswith(__name__ + "._"):
+            obj.__module__ = __name__
+
+
+def __getattr__(name: str) -> Any:
+    """Load the lazy names, all at once: a class reports its home however it was reached."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for lazy, module in _LAZY.items():
+        globals()[lazy] = getattr(importlib.import_module(module, __name__), lazy)
+    _report_home(list(_LAZY))
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+_report_home([name for name in __all__ if name not in _LAZY])

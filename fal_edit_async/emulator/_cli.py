@@ -1,25 +1,23 @@
 """``python -m fal_edit_async.emulator``: serve the emulator in the foreground until a signal.
 
 :func:`add_arguments` and :func:`run` let another CLI (``fal-edit emulator``) reuse the same
-options; :func:`main` is the standalone entry point.
+options; :func:`main` is the standalone entry point. Adding the options loads neither the
+server nor asyncio (``fal-edit --help`` builds this parser); :func:`run` loads them.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import secrets
-import shlex
-import signal
 import sys
-import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ._emulator import Emulator
-from ._engine import CancelRunning, cancel_ignore_rate
 from ._faults import MODEL_FAILURE_KINDS, Faults
+
+if TYPE_CHECKING:  # the server (aiohttp, Pillow) loads when one is started, not for --help
+    from ._emulator import Emulator
+    from ._engine import CancelRunning
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -138,6 +136,8 @@ def _cancel_running(text: str) -> CancelRunning:
         return "honour"
     if text == "ignore":
         return "ignore"
+    from ._engine import cancel_ignore_rate
+
     try:
         return cancel_ignore_rate(float(text))
     except ValueError:
@@ -147,6 +147,8 @@ def _cancel_running(text: str) -> CancelRunning:
 
 
 def _emulator(args: argparse.Namespace) -> Emulator:
+    from ._emulator import Emulator
+
     rates = {name: getattr(args, name) for name, _ in _RATES}
     faults = Faults(
         seed=args.seed,
@@ -184,60 +186,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except OSError as exc:  # a port in use, an address not ours
         print(f"error: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    from ._serve import serve  # asyncio, only once there is something to serve
+
     try:
-        return asyncio.run(_serve(emulator, out or sys.stdout, verbose=args.verbose))
+        return serve(emulator, out or sys.stdout, verbose=args.verbose)
     except OSError as exc:
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
-
-
-def banner(emu: Emulator) -> list[str]:
-    """The lines printed at start: URLs, the key, and paste-ready ``export`` lines."""
-    return [
-        f"emulator queue URL: {emu.queue_url}",
-        f"emulator CDN URL:   {emu.cdn_url}",
-        f"emulator API key:   {emu.api_key} (the only key it accepts)",
-        "fal_edit_async emulator: a local stand-in for fal.ai, not the real service; nothing "
-        "is paid. Point fal-edit (or fal-client) at it by pasting:",
-        f"  export FAL_QUEUE_URL={shlex.quote(emu.queue_url)}",
-        f"  export FAL_REST_URL={shlex.quote(emu.rest_url)}",
-        f"  export FAL_KEY={shlex.quote(emu.api_key)}",
-        "Ctrl-C to stop.",
-    ]
-
-
-async def _log_requests(emulator: Emulator, out: TextIO) -> None:
-    """Print each request the emulator answered, as it is logged (``--verbose``)."""
-    seen = 0
-    while True:
-        log = emulator.counters.request_log
-        for _, method, path, status in log[seen:]:
-            at = time.strftime("%H:%M:%S")
-            answer = status if status else "dropped"
-            print(f"{at} {method} {path} {answer}", file=out, flush=True)
-        seen = len(log)
-        await asyncio.sleep(0.2)  # a display's refresh, not synchronisation
-
-
-async def _serve(emulator: Emulator, out: TextIO, *, verbose: bool = False) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with emulator as emu:
-            print("\n".join(banner(emu)), file=out, flush=True)
-            logger = asyncio.ensure_future(_log_requests(emu, out)) if verbose else None
-            await stop.wait()
-            if logger is not None:
-                logger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await logger
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    print("emulator stopped", file=out, flush=True)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 
@@ -39,3 +41,23 @@ def test_public_names_are_documented(name: str) -> None:
             and not (inspect.getdoc(getattr(obj, attr)) or "").strip()
         ]
         assert [] == undocumented
+
+
+def test_importing_the_emulator_leaves_the_server_for_first_use() -> None:
+    """``import fal_edit_async.emulator`` loads no server; ``Emulator`` loads it and reports
+    home."""
+    code = (
+        "import sys, fal_edit_async.emulator as e\n"
+        "server = {'aiohttp', 'PIL', 'fal_edit_async.emulator._emulator'}\n"
+        "assert not server & set(sys.modules), sorted(server & set(sys.modules))\n"
+        "assert e.Emulator.__module__ == 'fal_edit_async.emulator'\n"
+        "assert server <= set(sys.modules)\n"
+        "assert 'Emulator' in dir(e)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_emulator_name_is_an_attribute_error() -> None:
+    """The lazy loader does not swallow typos."""
+    with pytest.raises(AttributeError, match="Emulater"):
+        _ = emulator.Emulater  # type: ignore[attr-defined]
