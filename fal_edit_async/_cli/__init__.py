@@ -6,6 +6,9 @@ with a live display (or JSON lines when piped); ``status``, ``logs``, ``result``
 ``report`` writes the HTML page of a journal; ``emulator`` serves the local emulator;
 ``completion`` prints a shell completion script; ``help`` shows help.
 It imports only public names, plus the short allow-list in ``tests/test_cli_imports.py``.
+This module builds the parser; what each command does is in ``_commands``, loaded only when
+a command runs, so help and completion never load aiohttp, anyio or the emulator's server
+(``tests/test_cli_startup.py``).
 
 Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors (and a journal
 another run is using), 130 interrupted, 141 stdout closed, 143 terminated (SIGTERM).
@@ -16,60 +19,26 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import sys
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
-
-import anyio
+from typing import Any
 
 from .. import (
     DEFAULT_ENDPOINT,
     DEFAULT_NAME_TEMPLATE,
-    AuthError,
     Background,
-    Credentials,
-    FalEditError,
     ImageSize,
     InputError,
     InputFidelity,
-    JournalLockedError,
     NameTemplate,
     OutputFormat,
     Quality,
     __version__,
-    estimate_cost,
-    is_remote_url,
 )
-from . import _jobs, _ledger, _reconcile
 from ._completion import script
-from ._inputs import (
-    Planned,
-    Skipped,
-    UsageError,
-    check_out_folder,
-    expand,
-    plan_edit,
-    plan_manifest,
-)
-from ._messages import message
 from ._parser import Parser, endpoint, examples
-from ._progress import Progress
-from ._report import JsonReporter, LinesReporter, Reporter, Verbosity, printable
-from ._run import (
-    FAILED,
-    INTERRUPTED,
-    NO_CREDENTIALS_FOR_JOBS,
-    USAGE,
-    RunOptions,
-    auth_message,
-    check_credentials,
-    dry_run,
-    run_batch,
-)
 
 __all__ = ["main"]
 
@@ -285,7 +254,7 @@ def _parser() -> Parser:
     edit.add_argument(
         "--recursive", "-r", action="store_true", help="take images in subfolders too"
     )
-    edit.set_defaults(handler=_edit)
+    edit.set_defaults(handler=_later("edit", edit))
     batch = commands.add_parser(
         "batch",
         parents=[common, run],
@@ -302,7 +271,7 @@ def _parser() -> Parser:
         ),
     )
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="a .jsonl file")
-    batch.set_defaults(handler=_batch)
+    batch.set_defaults(handler=_later("batch"))
     _add_job_commands(commands, common)
     _add_journal(commands, common)
     _add_report(commands)
@@ -339,7 +308,7 @@ def _add_journal(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     show.add_argument("journal", type=_journal, metavar="JOURNAL", help="a file or postgresql://")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(handler=_journal_show)
+    show.set_defaults(handler=_later("journal_show"))
     text = "settle the journal's lost submits from fal's history and webhooks"
     settle = commands.add_parser(
         "reconcile",
@@ -351,11 +320,7 @@ def _add_journal(commands: Any, common: argparse.ArgumentParser) -> None:
     settle.add_argument("journal", type=_journal, metavar="JOURNAL", help="a file or postgresql://")
     settle.add_argument("--strict", action="store_true", help="never make an item resubmittable")
     settle.add_argument("--json", action="store_true", help="print JSON")
-    settle.set_defaults(handler=functools.partial(_job, _reconcile.reconcile))
-
-
-def _journal_show(args: argparse.Namespace) -> int:
-    return anyio.run(_ledger.show, args, sys.stdout)
+    settle.set_defaults(handler=_later("job", "reconcile"))
 
 
 def _add_report(commands: Any) -> None:
@@ -378,16 +343,7 @@ def _add_report(commands: Any) -> None:
         metavar="PAGE",
         help="where to write the page (default: report.html beside the journal)",
     )
-    report.set_defaults(handler=_report_page)
-
-
-def _report_page(args: argparse.Namespace) -> int:
-    if not args.journal.is_file():
-        raise UsageError(f"no such journal: {args.journal}")
-    page = args.out or args.journal.with_name("report.html")
-    n = anyio.run(_ledger.report, args.journal, page)
-    print(f"wrote {page} ({n} item{'' if n == 1 else 's'})", file=sys.stderr)
-    return 0
+    report.set_defaults(handler=_later("report_page"))
 
 
 def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -412,7 +368,7 @@ def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
             epilog=examples(example, f"fal-edit {name} REQUEST_ID --endpoint fal-ai/OTHER/MODEL"),
         )
         sub.add_argument("request_id", metavar="REQUEST_ID")
-        sub.set_defaults(handler=functools.partial(_job, getattr(_jobs, name)))
+        sub.set_defaults(handler=_later("job", name))
         if name != "result":
             sub.add_argument("--json", action="store_true", help="print JSON")
     commands.choices["status"].add_argument(
@@ -449,7 +405,7 @@ def _add_emulator(commands: Any) -> None:
     from ..emulator import add_arguments
 
     add_arguments(emulator)
-    emulator.set_defaults(handler=_emulator)
+    emulator.set_defaults(handler=_later("emulator"))
 
 
 def _add_completion(commands: Any) -> None:
@@ -495,8 +451,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         _leaf(parser, args).unknown(extras)
     try:
         status: int = args.handler(args)
+    except SystemExit:  # usage errors (`fal-edit help nosuch`) need no error reporting loaded
+        raise
     except BaseException as exc:  # one clear line per error; the traceback only with --debug
-        return _failure(exc, debug=getattr(args, "debug", False))
+        from ._commands import failure
+
+        return failure(exc, debug=getattr(args, "debug", False))
+    return status
+
+
+def _later(name: str, *bound: Any) -> Callable[[argparse.Namespace], int]:
+    """The handler ``_commands.<name>`` (given ``bound`` first), imported when it runs: so
+    building the parser, as ``--help`` does, loads no HTTP client, batch runner or server."""
+    return functools.partial(_run_command, name, *bound)
+
+
+def _run_command(name: str, *args: Any) -> int:
+    from . import _commands
+
+    status: int = getattr(_commands, name)(*args)
     return status
 
 
@@ -509,166 +482,3 @@ def _leaf(parser: Parser, args: argparse.Namespace) -> Parser:
             break
         target = commands[name]
     return target
-
-
-def _emulator(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("PIL") is None:
-        raise UsageError("fal-edit emulator needs Pillow: pip install 'fal-edit-async[emulator]'")
-    from ..emulator import run
-
-    return run(args)
-
-
-def _edit(args: argparse.Namespace) -> int:
-    if not args.inputs:
-        _missing_input(args)
-    skipped = Skipped()
-    sources = expand(args.inputs, recursive=args.recursive, skipped=skipped)
-    if (note := skipped.notice()) is not None and not args.quiet:
-        print(note, file=sys.stderr)
-    planned = plan_edit(args.prompt, sources, _schema_options(args), together=args.together)
-    return _run(args, planned)
-
-
-def _missing_input(args: argparse.Namespace) -> NoReturn:
-    """``fal-edit edit photo.png``: say which argument is missing, by what was given."""
-    edit = _parser().commands()["edit"]
-    given = args.prompt
-    if is_remote_url(given) or Path(given).expanduser().exists():
-        edit.error(
-            f"missing PROMPT: {given!r} is an input; the prompt comes first: "
-            f'fal-edit edit "make it pixel art" {given}'
-        )
-    edit.error("missing INPUT: give the image files, folders or URLs to edit after PROMPT")
-
-
-def _batch(args: argparse.Namespace) -> int:
-    return _run(args, plan_manifest(args.manifest, _schema_options(args)))
-
-
-def _schema_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = [field for _, field, _ in _ENUM_OPTIONS] + ["num_images", "sync_mode"]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
-    if args.dry_run:
-        return dry_run(
-            planned,
-            sys.stdout,
-            sys.stderr,
-            json_mode=args.json,
-            budget=args.budget,
-            endpoint=args.endpoint,
-        )
-    check_credentials(emulator=args.emulator)
-    if args.emulator and args.journal is not None:
-        # The in-process emulator's jobs and URLs end with this run: a journal of them could
-        # never be resumed, and a re-run would fail every journaled item.
-        raise UsageError(
-            "--journal cannot resume jobs of --emulator, which ends with this run; to try "
-            "resuming offline, run `fal-edit emulator` elsewhere and paste the export lines "
-            "it prints (FAL_QUEUE_URL, FAL_REST_URL, FAL_KEY)"
-        )
-    out = None if args.no_download else args.out
-    if out is not None:
-        check_out_folder(out, planned)
-    if (args.retry_failed or args.resubmit_unknown) and args.journal is None:
-        raise UsageError("--retry-failed and --resubmit-unknown need --journal")
-    options = RunOptions(
-        out=out,
-        endpoint=args.endpoint,
-        concurrency=args.concurrency,
-        budget=args.budget,
-        journal=args.journal,
-        max_in_flight=args.max_in_flight,
-        timeout=args.timeout,
-        emulator=args.emulator,
-        retry_failed=args.retry_failed,
-        resubmit_unknown=args.resubmit_unknown,
-        overwrite=args.overwrite,
-        name_template=args.name_template,
-        report=args.report,
-    )
-    reporter = _reporter(args, planned)
-    return anyio.run(run_batch, planned, reporter, options)
-
-
-def _reporter(args: argparse.Namespace, planned: list[Planned]) -> Reporter:
-    estimates = {p.key: estimate_cost(p.input).usd for p in planned if p.input is not None}
-    progress = Progress(len(planned), estimates)
-    verbosity = Verbosity(quiet=args.quiet, verbose=args.verbose)
-    records = args.json or not sys.stdout.isatty()
-    # The live display goes wherever a person watches: stdout, or stderr when stdout is
-    # redirected (`> results.jsonl`) and stderr is still the terminal.
-    screen = sys.stderr if records else sys.stdout
-    display: Reporter | None = None
-    if screen.isatty():
-        display = _live(progress, screen, args, verbosity)
-    if records:
-        return JsonReporter(
-            progress, sys.stdout, sys.stderr, args.emulator, args.debug, verbosity, display
-        )
-    return display or LinesReporter(progress, sys.stdout, args.debug, verbosity)
-
-
-def _live(
-    progress: Progress, screen: TextIO, args: argparse.Namespace, verbosity: Verbosity
-) -> Reporter | None:
-    try:
-        from rich.console import Console
-
-        from ._display import LiveDisplay
-    except ImportError:  # no `cli` extra: plain lines still work
-        return None
-    console = Console(file=screen)
-    return LiveDisplay(progress, console, args.debug, verbosity, args.emulator)
-
-
-def _job(command: Callable[[argparse.Namespace, Any], Awaitable[int]], args: Any) -> int:
-    if Credentials.from_env() is None:  # these commands have no --emulator to offer
-        raise UsageError(NO_CREDENTIALS_FOR_JOBS)
-    return anyio.run(command, args, sys.stdout)
-
-
-def _failure(exc: BaseException, *, debug: bool) -> int:
-    """Print one line per error (and the traceback with ``--debug``); return the exit status."""
-    leaves = _leaves(exc)
-    if any(isinstance(e, SystemExit) for e in leaves):
-        raise exc
-    if debug:
-        traceback.print_exception(exc, file=sys.stderr)
-    for leaf in leaves:
-        print(f"fal-edit: {printable(_message(leaf))}", file=sys.stderr)  # fal's words in it
-    if all(isinstance(e, KeyboardInterrupt) for e in leaves):
-        return INTERRUPTED
-    usage = (UsageError, InputError, AuthError, JournalLockedError)
-    return USAGE if any(isinstance(e, usage) for e in leaves) else FAILED
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(exc, AuthError):
-        return f"error: {auth_message(exc)}"
-    if isinstance(exc, FalEditError):
-        rid = getattr(exc, "request_id", None)
-        return f"error: {message(exc)}" + (f" (request id {rid})" if rid else "")
-    if isinstance(exc, UsageError):
-        return f"error: {exc}"
-    if isinstance(exc, OSError):
-        return f"error: {_os_message(exc)}"
-    return f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
-
-
-def _os_message(exc: OSError) -> str:
-    """``[Errno 13] Permission denied: PosixPath('x')`` as ``x: permission denied``."""
-    what = exc.strerror or str(exc)
-    where = exc.filename
-    return f"{where}: {what[:1].lower()}{what[1:]}" if where is not None else what
