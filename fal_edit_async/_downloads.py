@@ -18,6 +18,7 @@ import base64
 import binascii
 import functools
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote_to_bytes
@@ -376,7 +377,7 @@ async def download_outcomes(
     dest: Path,
     stem: str,
     *,
-    limiter: anyio.CapacityLimiter,
+    limiter: AbstractAsyncContextManager[object],
     max_bytes: int | None = None,
     fsync: bool = False,
     checksum: bool = False,
@@ -408,9 +409,12 @@ async def download_outcomes(
                 exc.add_note(f"image {i} of {len(images)} (stem {stem!r})")
                 results[i] = exc
 
-    async with anyio.create_task_group() as tg:
-        for i, image in enumerate(images):
-            tg.start_soon(one, i, image)
+    if len(images) == 1:  # the common case: no task group to start and wait for
+        await one(0, images[0])
+    else:
+        async with anyio.create_task_group() as tg:
+            for i, image in enumerate(images):
+                tg.start_soon(one, i, image)
     return [r for r in results if r is not None]
 
 

@@ -7,6 +7,7 @@ under the app root (``fal-ai/gpt-image-1``), with the sub-path dropped. Only ``w
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -32,6 +33,9 @@ def _segment(part: str) -> bool:
     return _SEGMENT.fullmatch(part) is not None and part not in (".", "..")
 
 
+_ALLOWED = "an endpoint id like 'fal-ai/gpt-image-1/edit-image'"
+
+
 @attrs.frozen(kw_only=True)
 class EndpointId:
     """A parsed endpoint id: ``[namespace/]owner/alias[/path]``."""
@@ -44,9 +48,15 @@ class EndpointId:
     @classmethod
     def parse(cls, endpoint_id: str) -> EndpointId:
         """Parse an id the way fal-client and @fal-ai/client do; raise InputError if invalid."""
-        allowed = "an endpoint id like 'fal-ai/gpt-image-1/edit-image'"
         if not isinstance(endpoint_id, str):
-            raise InputError("endpoint", endpoint_id, allowed)
+            raise InputError("endpoint", endpoint_id, _ALLOWED)
+        if cls is EndpointId:  # ids are few and parsed for every submit: parse each once
+            return _parsed(endpoint_id)
+        return cls._parse(endpoint_id)
+
+    @classmethod
+    def _parse(cls, endpoint_id: str) -> EndpointId:
+        allowed = _ALLOWED
         parts = endpoint_id.strip("/").split("/")
         if len(parts) == 1:
             if not _LEGACY_ID.fullmatch(parts[0]):
@@ -76,3 +86,8 @@ class EndpointId:
 
     def __str__(self) -> str:
         return self.submit_path
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(endpoint_id: str) -> EndpointId:
+    return EndpointId._parse(endpoint_id)

@@ -286,9 +286,12 @@ class TempFile:
     def write(self, chunks: list[bytes]) -> None:
         """Append ``chunks``, creating the file (exclusively) on the first call."""
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Exclusive create: a clash with another download fails, never interleaves.
-            self._file = open(self.path, "xb")
+            try:
+                self._file = open(self.path, "xb")
+            except FileNotFoundError:  # the folder went away (or never was): one stat less
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "xb")
             self._lock = _hold(self._file.fileno())  # before its first byte
         # Chunk by chunk, so each is checked, hashed and written while it is in the cache
         # (a 1 MiB batch read three times over cost more than the CRCs themselves).

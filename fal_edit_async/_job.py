@@ -158,14 +158,17 @@ class JobHandle:
         check_timeout(timeout)
         # The last lines only: a job that logs without end must not fill the memory.
         collected: deque[LogEntry] = deque(maxlen=self._core.config.limits.max_log_lines)
-        following = anyio.CancelScope()  # cancelled by the client's aclose(): see _on_close
+        # Cancelled by the client's aclose() (see _on_close); a batch (cancel_on_exit=False)
+        # cancels its own jobs, and waits without a deadline: no scopes to enter per job.
+        following = anyio.CancelScope() if cancel_on_exit else None
+        # move_on_after, not fail_after: only this scope's own deadline means "timed out",
+        # never a TimeoutError raised by a callback or a library underneath.
+        deadline = anyio.move_on_after(timeout) if timeout is not None else None
         try:
-            # move_on_after, not fail_after: only this scope's own deadline means "timed out",
-            # never a TimeoutError raised by a callback or a library underneath.
             with (
-                following,
-                self._on_close(following, cancel_on_exit),
-                anyio.move_on_after(timeout) as deadline,
+                following or nullcontext(),
+                self._on_close(following),
+                deadline or nullcontext(),
             ):
                 async with aclosing(self.updates(logs=True)) as updates:
                     async for update in updates:
@@ -177,21 +180,19 @@ class JobHandle:
             if cancel_on_exit:
                 await self.cancel_quietly()
             raise
-        if following.cancelled_caught:
+        if following is not None and following.cancelled_caught:
             msg = f"the client was closed while waiting for job {self.request_id} (cancelled)"
             raise RuntimeError(msg)
-        if not deadline.cancelled_caught:
+        if deadline is None or not deadline.cancelled_caught:
             raise AssertionError("unreachable: raw_statuses ends only after COMPLETED")
         if cancel_on_exit:
             await self.cancel_quietly()
         raise JobTimeoutError(self.request_id, timeout or 0.0)
 
-    def _on_close(
-        self, following: anyio.CancelScope, cancel_on_exit: bool
-    ) -> AbstractContextManager[None]:
+    def _on_close(self, following: anyio.CancelScope | None) -> AbstractContextManager[None]:
         """While waiting: should the client be closed, stop following (nothing more can be
         read from it) and cancel the job, as this waiter no longer can."""
-        if not cancel_on_exit:
+        if following is None:
             return nullcontext()
 
         async def on_close() -> None:

@@ -6,6 +6,7 @@ Nothing here awaits, so all of it is tested without an event loop or a server.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
@@ -107,7 +108,22 @@ class Origins:
         self._origins = frozenset(o for base in bases if (o := origin(base)) != ("", ""))
 
     def __contains__(self, url: str) -> bool:
-        return url.startswith(self._prefixes) or origin(url) in self._origins
+        if url.startswith(self._prefixes):
+            return True
+        # Every download asks about the CDN's origin: parse each scheme://authority once.
+        match = _AUTHORITY.match(url)
+        if match is None:
+            return origin(url) in self._origins
+        return _origin_of_authority(match.group()) in self._origins
+
+
+#: ``scheme://authority``, ending where urlsplit ends the authority: its origin is the URL's.
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_of_authority(prefix: str) -> tuple[str, str]:
+    return origin(prefix)
 
 
 def same_origin(url: str, base_url: str) -> bool:

@@ -21,11 +21,12 @@ Each generator holds at most one response open and starts no tasks, so breaking 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import anyio
-import anyio.lowlevel
 
 from ._converter import parse_status
 from ._core import Core
@@ -87,18 +88,21 @@ async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
             raise _StreamRefused
         decoder = SSEDecoder(max_event_bytes=core.config.limits.max_event_bytes)
         idle = core.config.timeouts.stream_idle
-        last_event = anyio.current_time()
+        # The loop's clock (asyncio only, like aiohttp): anyio.current_time() looks the
+        # backend up on each call, several times per event.
+        clock = time.monotonic
+        last_event = clock()
         async for chunk in resp.aiter_bytes():
             for event in decoder.feed(chunk):
-                last_event = anyio.current_time()
+                last_event = clock()
                 yield parse_status(decode_json(event.data, what="status event"))
             # Keep-alives prove the connection, not the job: a stream whose status source
             # stalled sends them for ever, so only an event resets the idle bound.
-            if anyio.current_time() - last_event > idle:
+            if clock() - last_event > idle:
                 raise _StreamSilent(f"no status event for {idle} s (Timeouts.stream_idle)")
             # A read of data already buffered does not suspend: without this, a server
             # sending faster than we parse would keep the loop from every other task.
-            await anyio.lowlevel.checkpoint()
+            await asyncio.sleep(0)
 
 
 async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:

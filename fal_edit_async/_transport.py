@@ -422,6 +422,20 @@ class _ReadChunks(_Chunks):
         super().__init__(url)
         self._content = content
 
+    async def __anext__(self) -> bytes:
+        # _Chunks.__anext__ and _mapped inlined: this runs for every chunk of every body.
+        if self._closed:
+            return await super().__anext__()  # raises
+        try:
+            chunk = await self._content.read(_CHUNK)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            error = _transport_error(self._url, exc)
+        else:
+            if not chunk:
+                raise StopAsyncIteration
+            return chunk
+        raise error  # outside the except block, as in _mapped
+
     async def _next(self) -> bytes:
         return await _mapped(self._url, self._content.read(_CHUNK))
 
@@ -442,11 +456,15 @@ async def _mapped(url: str, step: Awaitable[T]) -> T:
     try:
         return await step
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-        # Only a failed connect proves the request never left: that is what makes a retry safe.
-        not_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
-        kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
-        error = TransportError(f"{kind}: {type(exc).__name__}: {exc}", url=url, sent=not not_sent)
+        error = _transport_error(url, exc)
     raise error
+
+
+def _transport_error(url: str, exc: BaseException) -> TransportError:
+    # Only a failed connect proves the request never left: that is what makes a retry safe.
+    not_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
+    return TransportError(f"{kind}: {type(exc).__name__}: {exc}", url=url, sent=not not_sent)
 
 
 #: Answers one request: a plain or async function returning a :class:`Response`.

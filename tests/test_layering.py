@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
             "_name_template",
             "_webhook_models",
             "_reconcile_models",
+            "_slots",
         ),
         0,
     ),

@@ -32,6 +32,7 @@ from .._core import Core
 from .._exceptions import InputError
 from .._files import check_writable, image_names_in, remove_stale_parts
 from .._reconcile_models import ReconcileReport
+from .._slots import Slots
 from .._uploads import Uploader
 from ._adaptive import AdaptiveLimiter
 from ._items import BatchItem, BatchSettings, BatchSummary, ItemResult, ItemState
@@ -146,7 +147,7 @@ async def edit_many(
         core=core,
         uploader=uploader,
         jobs=jobs,
-        downloads=anyio.CapacityLimiter(settings.downloads),
+        downloads=Slots(settings.downloads),
         download_to=settings.download_to,
         job_retries=settings.job_retries,
         on_event=settings.on_event,
@@ -217,20 +218,20 @@ async def _feed(
     send: MemoryObjectSendStream[ItemResult],
     pipeline: int,
 ) -> None:
-    slots = anyio.CapacityLimiter(pipeline)
+    slots = Slots(pipeline)
 
     async def deliver(result: ItemResult) -> None:
         batch._record(result)
         await send.send(result)
 
-    async def one(index: int, item: Any, token: object) -> None:
+    async def one(index: int, item: Any) -> None:
         try:
             result = await runner.run(index, item)
             if result is not None:  # None: another worker holds it; the sweep retries it
                 # Deliver before freeing the slot: the consumer gets it before new items compete.
                 await deliver(result)
         finally:
-            slots.release_on_behalf_of(token)
+            slots.release()
 
     async with send, anyio.create_task_group() as tg:
         fed = anyio.Event()
@@ -238,8 +239,7 @@ async def _feed(
             tg.start_soon(runner.sweep, deliver, fed)
         index = 0
         async for item in _aiter(items):
-            token = object()
-            await slots.acquire_on_behalf_of(token)
-            tg.start_soon(one, index, item, token)
+            await slots.acquire()
+            tg.start_soon(one, index, item)
             index += 1
         fed.set()

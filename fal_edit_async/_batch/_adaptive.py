@@ -10,10 +10,9 @@ and never drops below one; no clock is involved, so tests can drive it determini
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
-import anyio
+from .._slots import Slots
 
 __all__ = ["AdaptiveLimiter"]
 
@@ -26,7 +25,7 @@ class AdaptiveLimiter:
         self.adaptive = adaptive
         self._level = float(limit)
         self._epoch = 0
-        self._limiter = anyio.CapacityLimiter(limit)
+        self._slots = Slots(limit)
         #: The lowest level reached, and how many times the level was cut.
         self.lowest = limit
         self.decreases = 0
@@ -38,18 +37,10 @@ class AdaptiveLimiter:
         """How many jobs may be in flight now."""
         return max(1, math.floor(self._level))
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        """Hold one slot; yields the epoch to report rate limiting against."""
-        token = object()
-        await self._limiter.acquire_on_behalf_of(token)
-        self.in_use += 1
-        self.peak = max(self.peak, self.in_use)
-        try:
-            yield self._epoch
-        finally:
-            self.in_use -= 1
-            self._limiter.release_on_behalf_of(token)
+    def slot(self) -> _Slot:
+        """``async with limiter.slot() as epoch``: hold one slot; ``epoch`` is what to report
+        rate limiting against."""
+        return _Slot(self)
 
     def rate_limited(self, epoch: int) -> None:
         """fal answered 429 to a request sent from a slot taken in ``epoch``."""
@@ -70,4 +61,31 @@ class AdaptiveLimiter:
 
     def _apply(self) -> None:
         # Lowering below the tokens in use is allowed: new acquisitions wait until enough return.
-        self._limiter.total_tokens = self.level
+        self._slots.total = self.level
+
+
+class _Slot:
+    """One slot of an :class:`AdaptiveLimiter`, held inside ``async with`` (a class, not a
+    generator: it is taken once per job)."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> int:
+        limiter = self._limiter
+        await limiter._slots.acquire()
+        limiter.in_use += 1
+        limiter.peak = max(limiter.peak, limiter.in_use)
+        return limiter._epoch
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        limiter = self._limiter
+        limiter.in_use -= 1
+        limiter._slots.release()

@@ -64,6 +64,7 @@ from .._name_template import DEFAULT_NAMES, NameTemplate, claim_number
 from .._pricing import estimate_cost
 from .._protocol import check_image_count, job_retryable, submit_never_queued
 from .._reconcile_models import ReconcilePolicy
+from .._slots import Slots
 from .._statistics import RetryKind
 from .._uploads import Uploader
 from .._webhook_models import WebhookTag, tag_url
@@ -218,7 +219,7 @@ class Runner:
     core: Core
     uploader: Uploader
     jobs: AdaptiveLimiter
-    downloads: anyio.CapacityLimiter
+    downloads: Slots
     download_to: Path | None
     job_retries: int
     on_event: EventCallback | None
@@ -662,9 +663,10 @@ class Runner:
                         await self._write(self.journal.record_unsent(it.ledger_key))
             raise
         self.jobs.succeeded()
-        await self.emit(
-            ItemSubmitted(key=it.key, request_id=handle.request_id, attempt=it.attempts)
-        )
+        if self.on_event is not None:  # nobody listens: no event to build
+            await self.emit(
+                ItemSubmitted(key=it.key, request_id=handle.request_id, attempt=it.attempts)
+            )
         return handle
 
     async def _accepted(self, it: _Item, handle: JobHandle) -> None:
@@ -796,7 +798,8 @@ class Runner:
             ) from exc
         if self.journal is not None:
             await self._write(self.journal.record_completed(it.ledger_key, handle.urls, output))
-        await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
+        if self.on_event is not None:  # nobody listens: no event to build
+            await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
 
     async def _cancel_live(self, it: _Item, handle: JobHandle, *, leaving: bool) -> None:
@@ -985,7 +988,8 @@ class Runner:
                 if files and self.journal is not None:
                     await self._write(self.journal.record_files(it.ledger_key, files))
                 raise outcome
-        await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
+        if self.on_event is not None:  # nobody listens: no event to build
+            await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
         return files
 
 
