@@ -24,9 +24,10 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from contextvars import ContextVar
 from itertools import chain
+from types import TracebackType
 from typing import Any, AnyStr, TypeAlias, TypeVar
 from urllib.parse import quote, quote_plus, urlencode
 
@@ -182,6 +183,36 @@ class _ScrubbedChunks:
             if error is exc:
                 raise
         raise error  # outside the except block: not chained to the one that quoted the key
+
+
+class _Streamed:
+    """The ``async with`` of :meth:`Core.stream` (a class: twice per job, where a generator
+    and an exit stack would cost more calls than the status events read inside)."""
+
+    __slots__ = ("_core", "_opened", "_request")
+
+    def __init__(self, core: Core, request: Request) -> None:
+        self._core = core
+        self._request = request
+        self._opened: AbstractAsyncContextManager[StreamResponse] | None = None
+
+    async def __aenter__(self) -> StreamResponse:
+        core, request = self._core, self._request
+        opened = core.transport.stream(request)
+        resp = await core._send(opened.__aenter__(), request)
+        self._opened = opened  # entered: exited on the way out
+        return core._scrubbed_stream(resp, request.url)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        opened, self._opened = self._opened, None
+        if opened is None:
+            return None
+        return await opened.__aexit__(exc_type, exc, tb)
 
 
 class Core:
@@ -384,8 +415,7 @@ class Core:
         )
         return self._scrubbed(await self._send(self.transport.request(request), request))
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         url: str,
         *,
@@ -393,8 +423,8 @@ class Core:
         headers: Mapping[str, str] | None = None,
         auth: bool = True,
         read_timeout: float | None = None,
-    ) -> AsyncIterator[StreamResponse]:
-        """GET a response whose body is read inside the block.
+    ) -> AbstractAsyncContextManager[StreamResponse]:
+        """GET a response whose body is read inside the ``async with`` block.
 
         With ``auth=False`` (downloads) redirects are followed, since no key travels.
         """
@@ -407,10 +437,7 @@ class Core:
             follow_redirects=not auth,
             read_timeout=read_timeout,
         )
-        async with AsyncExitStack() as stack:
-            opened = stack.enter_async_context(self.transport.stream(request))
-            resp = await self._send(opened, request)
-            yield self._scrubbed_stream(resp, url)
+        return _Streamed(self, request)
 
     async def error_of(self, resp: StreamResponse) -> APIError:
         """The typed error for a streamed non-2xx answer, its body read and scrubbed (a

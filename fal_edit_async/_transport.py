@@ -22,8 +22,9 @@ import json as jsonlib
 import ssl
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import Enum
+from types import TracebackType
 from typing import Any, Protocol, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -373,19 +374,48 @@ class AiohttpTransport:
                 body = bytes(buffer)
             return Response(status=resp.status, headers=resp.headers, body=body, url=request.url)
 
-    @asynccontextmanager
-    async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
+    def stream(self, request: Request) -> _AiohttpStream:
         """Send ``request``; read the body inside the block, through ``aiter_bytes()``."""
-        await self._ensure_open()
-        async with AsyncExitStack() as stack:
-            resp = await _mapped(request.url, stack.enter_async_context(self._send(request)))
-            chunks = _ReadChunks(resp.content, request.url)
-            self._streams.add(chunks)
-            stack.callback(self._streams.discard, chunks)
-            stack.callback(chunks.close)
-            yield StreamResponse(
-                status=resp.status, headers=resp.headers, url=request.url, chunks=chunks
-            )
+        return _AiohttpStream(self, request)
+
+
+class _AiohttpStream:
+    """The ``async with`` of :meth:`AiohttpTransport.stream` (a class: a generator-based
+    context manager and an exit stack cost more calls than the read of a status event)."""
+
+    __slots__ = ("_chunks", "_opened", "_request", "_transport")
+
+    def __init__(self, transport: AiohttpTransport, request: Request) -> None:
+        self._transport = transport
+        self._request = request
+        self._opened: Any = None
+        self._chunks: _ReadChunks | None = None
+
+    async def __aenter__(self) -> StreamResponse:
+        transport, request = self._transport, self._request
+        await transport._ensure_open()
+        opened = transport._send(request)
+        resp = await _mapped(request.url, opened.__aenter__())
+        self._opened = opened  # entered: exited on the way out, whatever happens
+        chunks = self._chunks = _ReadChunks(resp.content, request.url)
+        transport._streams.add(chunks)
+        return StreamResponse(
+            status=resp.status, headers=resp.headers, url=request.url, chunks=chunks
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        chunks, opened = self._chunks, self._opened
+        self._chunks = self._opened = None
+        if chunks is not None:
+            chunks.close()
+            self._transport._streams.discard(chunks)
+        if opened is not None:
+            await opened.__aexit__(exc_type, exc, tb)
 
 
 class _Chunks:
