@@ -271,6 +271,8 @@ class AiohttpTransport:
         self._user_agent = user_agent
         self._trust_env = trust_env
         self._ssl: ssl.SSLContext | None = None
+        #: Set while one task reads the certificates and proxies (see _ensure_open).
+        self._loading: anyio.Event | None = None
         self._proxies: dict[str, str] = {}
         #: The proxy for each (scheme, host, port), or None: worked out once per origin.
         self._proxy_of: dict[tuple[str, str, int | None], str | None] = {}
@@ -285,18 +287,31 @@ class AiohttpTransport:
     def __repr__(self) -> str:
         return f"AiohttpTransport(max_connections={self._max_connections})"
 
+    def _closed(self) -> bool:
+        return self._state is _State.CLOSED  # a call: it may change across an await
+
     async def _ensure_open(self) -> None:
         if self._session is not None or self._state is _State.CLOSED:
             return
-        if self._trust_env and self._ssl is None:
-            # aiohttp's own default context is made when aiohttp is imported, so it misses an
-            # SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made. In a
-            # thread: loading the system's certificates blocks for tens of milliseconds.
-            context = await anyio.to_thread.run_sync(ssl.create_default_context)
-            self._ssl = self._ssl or context
-            # Read here once: aiohttp's trust_env reads the environment and ~/.netrc again in
-            # a worker thread for every request (two thread hops each).
-            self._proxies = urllib.request.getproxies_environment()
+        # One task reads the environment; the others wait for it. A batch's first wave is
+        # hundreds of requests at once, and each would load the certificates otherwise.
+        while self._trust_env and self._ssl is None and not self._closed():
+            if self._loading is not None:
+                await self._loading.wait()
+                continue  # loaded; or the loader failed or was cancelled: try in its place
+            self._loading = loading = anyio.Event()
+            try:
+                # aiohttp's own default context is made when aiohttp is imported, so it misses
+                # an SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made.
+                # In a thread: loading the system's certificates blocks for tens of ms.
+                context = await anyio.to_thread.run_sync(ssl.create_default_context)
+                self._ssl = self._ssl or context
+                # Read here once: aiohttp's trust_env reads the environment and ~/.netrc again
+                # in a worker thread for every request (two thread hops each).
+                self._proxies = urllib.request.getproxies_environment()
+            finally:
+                self._loading = None
+                loading.set()
 
     def _proxy(self, url: str) -> str | None:
         if not self._proxies:

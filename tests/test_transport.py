@@ -418,3 +418,83 @@ async def test_the_core_sends_the_key_only_to_the_configured_origins(
         pass
 
     assert [carries_key, carries_key] == ["Authorization" in r.headers for r in handler.seen]
+
+
+async def test_the_first_wave_of_requests_loads_the_certificates_once(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch opens with hundreds of requests at once: one of them reads the certificates
+    and proxies (tens of milliseconds of CPU), the others wait for it, and all succeed."""
+    import ssl
+
+    made: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
+
+    def counted() -> ssl.SSLContext:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr("fal_edit_async._transport.ssl.create_default_context", counted)
+    transport = AiohttpTransport()
+    statuses: list[int] = []
+
+    async def one() -> None:
+        resp = await transport.request(Request(method="GET", url=f"{server}/body"))
+        statuses.append(resp.status)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(one)
+    finally:
+        await transport.aclose()
+    assert [200] * 64 == statuses
+    assert 1 == len(made)
+
+
+async def test_a_cancelled_first_request_leaves_the_loading_to_the_next(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request loading the certificates is cancelled while it waits for the thread:
+    the one waiting behind it loads them in its place, and is answered."""
+    import ssl
+    import threading
+
+    release = threading.Event()
+    calls: list[int] = []
+    real = ssl.create_default_context
+
+    def slow_once() -> ssl.SSLContext:
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(10)  # the first load hangs until the test lets it go
+        return real()
+
+    monkeypatch.setattr("fal_edit_async._transport.ssl.create_default_context", slow_once)
+    transport = AiohttpTransport()
+    try:
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def cancelled() -> None:
+                with first:
+                    await transport.request(Request(method="GET", url=f"{server}/body"))
+
+            tg.start_soon(cancelled)
+            await anyio.wait_all_tasks_blocked()
+            assert [1] == calls
+            statuses: list[int] = []
+
+            async def second() -> None:  # queued behind the first
+                resp = await transport.request(Request(method="GET", url=f"{server}/body"))
+                statuses.append(resp.status)
+
+            tg.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            first.cancel()
+            release.set()
+        assert first.cancelled_caught
+        assert [200] == statuses
+    finally:
+        release.set()
+        await transport.aclose()
