@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -70,6 +71,23 @@ def test_the_emulator_command_without_pillow_says_how_to_get_it(
     err = capsys.readouterr().err
     assert "fal-edit: error: fal-edit emulator needs Pillow" in err
     assert "pip install 'fal-edit-async[emulator]'" in err
+
+
+def test_an_edit_on_the_emulator_without_pillow_says_how_to_get_it(tmp_path: Path) -> None:
+    """`fal-edit edit --emulator` without Pillow: one line saying what to install, status 2,
+    nothing sent (it used to be "internal error: ImportError", status 1)."""
+    write_images(tmp_path, "cat.png")
+    code = (
+        "import sys; sys.modules['PIL'] = None\n"  # as if Pillow were not installed
+        "from fal_edit_async._cli import main\n"
+        f"sys.exit(main(['edit', 'x', {str(tmp_path / 'cat.png')!r}, '--emulator',"
+        f" '--out', {str(tmp_path / 'out')!r}]))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert 2 == run.returncode, run.stderr
+    assert "--emulator needs Pillow: pip install 'fal-edit-async[emulator]'" in run.stderr
+    assert "internal error" not in run.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_folder_is_edited_into_image_files(

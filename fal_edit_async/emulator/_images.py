@@ -26,7 +26,8 @@ try:
     from PIL import Image, ImageDraw, ImageOps
 except ImportError as exc:  # Pillow comes with the "emulator" extra only
     raise ImportError(
-        "fal_edit_async.emulator needs Pillow: pip install 'fal-edit-async[emulator]'"
+        "fal_edit_async.emulator needs Pillow: pip install 'fal-edit-async[emulator]'",
+        name=exc.name,  # "PIL": how a caller tells a missing Pillow from any other import
     ) from exc
 
 __all__ = [
