@@ -236,7 +236,7 @@ def _alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # a pid no process can have: not alive here
         return False
     except OSError:  # it exists, but is not ours to signal
         return True
@@ -318,9 +318,9 @@ class TempFile:
         ``FileExistsError``, and the temp file stays for :meth:`discard`.
 
         ``ours`` (with ``replace=False``): a journal says this very output was written at
-        ``final`` before. A file there with exactly these bytes is it, and kept; one that is
-        no whole image any more (corrupted, cut short) is replaced; any other is someone
-        else's (a file written after it was deleted, an edit), and raises as above."""
+        ``final`` before. A regular file there with exactly these bytes is it, and kept; any
+        other (an edit, a file written after it was deleted, a folder) is someone else's, and
+        raises as above. Nothing at ``final`` is ever replaced on a guess that it is broken."""
         self.write(chunks)
         if verify is not None:
             verify()
@@ -339,24 +339,25 @@ class TempFile:
         except FileExistsError:
             if not ours:
                 raise
-            if self._same_as(final):
-                os.unlink(self.path)
-            elif not _whole_image(final):
-                os.replace(self.path, final)
-            else:
+            if not self._same_as(final):
                 raise
+            os.unlink(self.path)
         self.committed = True
         self._unlock()
         return None if self._hash is None else self._hash.hexdigest()
 
     def _same_as(self, other: Path) -> bool:
         """True when ``other`` is a regular file with exactly this file's bytes."""
+        # Opened without following a link or waiting on a FIFO, then judged by what was
+        # opened: whatever is put at the name meanwhile, nothing blocks and nothing else counts.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            info = os.lstat(other)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != self.path.stat().st_size:
-                return False
-            digest = self._hash.hexdigest() if self._hash is not None else _sha256(self.path)
-            return _sha256(other) == digest
+            with open(os.open(other, flags), "rb") as theirs:
+                info = os.fstat(theirs.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size != self.path.stat().st_size:
+                    return False
+                digest = self._hash.hexdigest() if self._hash is not None else _sha256(self.path)
+                return hashlib.file_digest(theirs, "sha256").hexdigest() == digest
         except OSError:
             return False
 
@@ -384,24 +385,6 @@ class TempFile:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _whole_image(path: Path) -> bool:
-    """True when ``path`` holds a whole PNG, JPEG or WebP, as :class:`ImageCheck` sees it."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            fmt = sniff_image_format(head)
-            if fmt not in EXTENSIONS:
-                return False
-            check = ImageCheck(fmt)
-            check.feed(head)
-            while chunk := f.read(1024 * 1024):
-                check.feed(chunk)
-        check.finish()
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _publish_new(temp: Path, final: Path) -> None:

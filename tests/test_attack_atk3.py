@@ -1,7 +1,9 @@
 """Attacks (round atk3) on the resume-ownership, temp-file liveness and lazy-CLI changes.
 
-Each strict xfail is a break an attacker found; a test without a marker is a claim that held
-under an attack not covered elsewhere."""
+Seven of these were breaks the attacker found (now fixed: nothing at a journaled name is
+replaced on a guess that it is broken, a file there before an attempt is never deleted by
+it, a pid too large for the kernel is nobody's); the rest are claims that held under an
+attack not covered elsewhere."""
 
 from __future__ import annotations
 
@@ -62,11 +64,6 @@ async def partial_run(emulator: Emulator, src: Path, out: Path, journal: Path) -
 # -- 1. output ownership on resume ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a clash of one sibling unlinks every file of the attempt, including one kept "
-    "because its bytes matched a journaled name: another run's identical output is deleted",
-)
 async def test_a_resume_never_deletes_another_runs_file_with_identical_bytes(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -89,11 +86,6 @@ async def test_a_resume_never_deletes_another_runs_file_with_identical_bytes(
         assert path.read_bytes() == data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'no whole image' is judged by the PNG/JPEG/WebP checker: a user's GIF (a whole "
-    "image) at a journaled name, written after the output was deleted, is replaced",
-)
 async def test_a_whole_image_in_another_format_at_a_journaled_name_stays(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -111,11 +103,6 @@ async def test_a_whole_image_in_another_format_at_a_journaled_name_stays(
     assert arrived.read_bytes() == buffer.getvalue(), "the user's GIF was replaced"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a PNG with bytes after IEND opens in every viewer but is 'no whole image' to "
-    "the checker: a user's edit saved at a journaled name is replaced",
-)
 async def test_an_edited_png_with_trailing_data_at_a_journaled_name_stays(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -166,11 +153,6 @@ async def test_a_hard_link_at_a_journaled_name_is_never_written_through(
     assert mine.read_bytes() == b"not an image"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_whole_image opens the journaled name to read it, following anything, on the "
-    "event loop (small files commit inline): a FIFO there blocks the whole batch",
-)
 async def test_a_fifo_at_a_journaled_name_does_not_hang_the_resume(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -207,11 +189,6 @@ async def test_a_fifo_at_a_journaled_name_does_not_hang_the_resume(
     assert resumed.ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a non-file at a journaled name (a folder) is not a clash: os.replace fails "
-    "with EISDIR and the item fails on every rerun instead of claiming new names",
-)
 async def test_a_directory_at_a_journaled_name_gets_new_names(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -351,11 +328,6 @@ def test_odd_files_named_like_temp_files_are_left_alone(tmp_path: Path) -> None:
     assert target.read_bytes() == b"a dead run's"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a temp-file name whose pid does not fit a C long makes os.kill raise "
-    "OverflowError, which escapes remove_stale_parts: every batch into that folder fails",
-)
 async def test_a_temp_file_name_with_a_huge_pid_does_not_stop_the_batch(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -394,11 +366,6 @@ def _no_pillow(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: edit --emulator without Pillow ends in 'internal error: ImportError' "
-    "(exit 1, after a summary of 0 done) instead of the one-line Pillow message (exit 2)",
-)
 def test_edit_with_the_emulator_without_pillow_says_how_to_get_it(tmp_path: Path) -> None:
     src = input_png(tmp_path)
     done = _no_pillow(["edit", "p", str(src), "--emulator", "--out", str(tmp_path / "o")], tmp_path)

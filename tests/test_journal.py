@@ -59,7 +59,9 @@ async def test_rerun_skips_downloaded_items(
 async def test_missing_output_is_fetched_again_not_resubmitted(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
-    """A deleted or corrupted output file is re-downloaded from the journaled job."""
+    """A deleted output file is downloaded again from the journaled job, under its name. One
+    whose bytes changed is not provably the item's any more (a user's edit?): it stays as it
+    is, and the item is downloaded again under new names. Nothing is submitted again."""
     journal, out = tmp_path / "j.sqlite", tmp_path / "out"
     first = await run(client, items_for(png_data_uri, 3), journal=journal, download_to=out)
     first[0].files[0].path.unlink()
@@ -69,15 +71,21 @@ async def test_missing_output_is_fetched_again_not_resubmitted(
 
     assert all(r.ok for r in again)
     assert 3 == emulator.counters.submits
-    assert 5 == emulator.counters.downloads
-    with Image.open(first[1].files[0].path) as image:
+    assert 5 == emulator.counters.downloads  # one each for the two: none wasted on a clash
+    by_key = {r.key: r for r in again}
+    assert by_key[first[0].key].files[0].path == first[0].files[0].path
+    assert b"garbage" == first[1].files[0].path.read_bytes()
+    moved = by_key[first[1].key].files[0].path
+    assert moved != first[1].files[0].path and moved.parent == out
+    with Image.open(moved) as image:
         image.verify()
 
 
 async def test_same_size_corruption_is_caught_by_the_checksum(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:
-    """An output changed at the same size fails the SHA-256 re-check and is downloaded again."""
+    """An output changed at the same size fails the SHA-256 re-check and is downloaded again,
+    under a new name: the changed file is not provably the item's, so it is kept."""
     journal, out = tmp_path / "j.sqlite", tmp_path / "out"
     (first,) = await run(client, items_for(png_data_uri, 1), journal=journal, download_to=out)
     path = first.files[0].path
@@ -90,7 +98,9 @@ async def test_same_size_corruption_is_caught_by_the_checksum(
 
     assert again.ok and again.resumed
     assert (1, 2) == (emulator.counters.submits, emulator.counters.downloads)
-    assert original == path.read_bytes()
+    assert bytes(tampered) == path.read_bytes()
+    assert path != again.files[0].path
+    assert original == again.files[0].path.read_bytes()
 
 
 async def test_changed_prompt_is_a_new_job(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -886,6 +887,12 @@ class Runner:
                 return it.result(ItemState.COMPLETED, output=output, files=entry.files)
             if self.download_to is None or await self._files_in_place(entry, output):
                 return it.result(ItemState.COMPLETED, output=output, files=entry.files)
+            changed = bool(it.owned_files) and await anyio.to_thread.run_sync(_changed, entry.files)
+            if changed:
+                # Something else is at one of its names now (an edit, a broken file, any
+                # image): never replaced on a guess, so the item takes new names, at once,
+                # rather than after a download that would clash.
+                it.owned_stem, it.owned_files = None, frozenset()
             return output  # fetched before: download it here, whatever folder a run used
         if entry.urls is not None:
             it.recorded = True
@@ -954,6 +961,11 @@ class Runner:
             return ()
         for _ in range(_CLAIMS):
             stem, names = self.claim_name(it, len(output.images), it.request_id or "")
+            # Files already there that the journal names as this item's may be kept as its
+            # own (same bytes), never deleted by it: it did not write them.
+            kept: frozenset[tuple[int, int]] = frozenset()
+            if it.owned_files:  # a resumed item only: no thread hop for the others
+                kept = await anyio.to_thread.run_sync(_identities, self.download_to, it.owned_files)
             if self.journal is not None and stem != it.owned_stem:
                 folder = str(self.download_to.absolute())
                 await self._write(self.journal.record_name(it.ledger_key, folder, stem))
@@ -977,9 +989,9 @@ class Runner:
             # Another run in this folder wrote one of these names since the batch listed it:
             # give up the names (deleting what this attempt wrote, which is ours) and claim
             # new ones, so both runs keep their outputs.
-            await anyio.to_thread.run_sync(_unlink_all, done)
+            await anyio.to_thread.run_sync(_unlink_all, done, kept)
             self.foreign = self.foreign | {fold_name(n) for n in names}
-            it.owned_stem = None
+            it.owned_stem, it.owned_files = None, frozenset()
         files = tuple(f for f in done if isinstance(f, DownloadedFile))
         for outcome in done:
             if isinstance(outcome, DownloadError):
@@ -1002,11 +1014,26 @@ def _clashed(outcome: DownloadedFile | DownloadError) -> bool:
     return isinstance(outcome, DownloadError) and isinstance(outcome.__cause__, FileExistsError)
 
 
-def _unlink_all(done: Sequence[DownloadedFile | DownloadError]) -> None:
+def _identities(folder: Path, names: frozenset[str]) -> frozenset[tuple[int, int]]:
+    """(device, inode) of each of ``names`` that exists in ``folder`` (none asked: none)."""
+    found = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            info = (folder / name).lstat()
+            found.add((info.st_dev, info.st_ino))
+    return frozenset(found)
+
+
+def _unlink_all(
+    done: Sequence[DownloadedFile | DownloadError], kept: frozenset[tuple[int, int]]
+) -> None:
+    """Delete the files this attempt wrote; never one that was there before it (``kept``)."""
     for outcome in done:
         if isinstance(outcome, DownloadedFile):
             with contextlib.suppress(OSError):
-                outcome.path.unlink()
+                info = outcome.path.lstat()
+                if (info.st_dev, info.st_ino) not in kept:
+                    outcome.path.unlink()
 
 
 @asynccontextmanager
@@ -1060,14 +1087,31 @@ def _internal(exc: Exception) -> InternalError:
     return error
 
 
-def _intact(files: Sequence[DownloadedFile]) -> bool:
-    """True when every journaled file is still on disk with its size and checksum."""
+def _changed(files: Sequence[DownloadedFile]) -> bool:
+    """True when one of the journaled files is there with other bytes (or is no file)."""
     for file in files:
         try:
-            if file.path.stat().st_size != file.size:
-                return False
-            if file.sha256 is not None:
-                with file.path.open("rb") as f:
+            file.path.lstat()
+        except FileNotFoundError:
+            continue  # gone: its name is free again for the item
+        except OSError:
+            return True
+        if not _intact([file]):
+            return True
+    return False
+
+
+def _intact(files: Sequence[DownloadedFile]) -> bool:
+    """True when every journaled file is still on disk with its size and checksum."""
+    # Opened without following a link or waiting on a FIFO, then judged by what was opened.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    for file in files:
+        try:
+            with open(os.open(file.path, flags), "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size != file.size:
+                    return False
+                if file.sha256 is not None:
                     if hashlib.file_digest(f, "sha256").hexdigest() != file.sha256:
                         return False
         except OSError:
