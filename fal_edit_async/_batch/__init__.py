@@ -232,6 +232,8 @@ async def _feed(
                 await deliver(result)
         finally:
             slots.release()
+            runner.active -= 1
+            runner.changed.set()
 
     async with send, anyio.create_task_group() as tg:
         fed = anyio.Event()
@@ -240,6 +242,9 @@ async def _feed(
         index = 0
         async for item in _aiter(items):
             await slots.acquire()
+            # Counted before the task starts: a free slot is taken without yielding, so the
+            # feed may end before any item ran, and the sweep must not take that for the end.
+            runner.active += 1
             tg.start_soon(one, index, item)
             index += 1
         fed.set()
