@@ -32,6 +32,7 @@ from typing import Any, AnyStr, TypeAlias, TypeVar
 from urllib.parse import quote, quote_plus, urlencode
 
 import anyio
+import anyio.lowlevel
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._config import ClientConfig
@@ -41,7 +42,7 @@ from ._protocol import Origins, api_error
 from ._statistics import Counters
 from ._transport import Request, Response, StreamResponse, Transport
 
-__all__ = ["Core"]
+__all__ = ["ClientClosedError", "Core"]
 
 T = TypeVar("T")
 #: What :meth:`Core.aclose` awaits for each task still waiting on a job (its cancel).
@@ -69,6 +70,10 @@ _REDACTED = "<redacted>"
 # Characters no form of quoting changes (JSON escapes, percent-encoding): a run of them is in
 # every form of the key, so one ``in`` check rules all forms out in the common case.
 _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+class ClientClosedError(RuntimeError):
+    """A request refused, before it was sent, because the client is closed."""
 
 
 class _Scrubber:
@@ -248,9 +253,10 @@ class Core:
         return not self._closed or _CLOSING.get() is self
 
     def check_open(self) -> None:
-        """Raise ``RuntimeError`` once :meth:`aclose` ran: a closed client is not reused."""
+        """Raise :class:`ClientClosedError` (a ``RuntimeError``) once :meth:`aclose` ran: a
+        closed client is not reused, and nothing is sent."""
         if not self.open:
-            raise RuntimeError("this client is closed; create a new one")
+            raise ClientClosedError("this client is closed; create a new one")
 
     def check_loop(self) -> None:
         """Raise :class:`EventLoopError` off asyncio (trio) or on a loop other than the first
@@ -297,6 +303,15 @@ class Core:
                         tg.start_soon(hook)
         finally:
             _CLOSING.reset(marker)
+
+    async def prepare(self) -> None:
+        """A checkpoint, then the transport's set-up for its first request (when it has one,
+        as ``AiohttpTransport.prepare``): before a shielded request, so that cancelling
+        can end a set-up that blocks."""
+        await anyio.lowlevel.checkpoint()
+        prepare = getattr(self.transport, "prepare", None)
+        if prepare is not None:
+            await prepare()
 
     def may_authorize(self, url: str) -> bool:
         """True when ``url`` is on an origin the key may be sent to."""

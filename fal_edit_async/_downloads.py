@@ -20,7 +20,7 @@ import functools
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import anyio
@@ -28,7 +28,7 @@ import anyio.to_thread
 import attrs
 
 from ._config import DEFAULT_LIMITS
-from ._core import Core
+from ._core import ClientClosedError, Core
 from ._exceptions import DownloadError, TransportError
 from ._files import CONTENT_TYPES, EXTENSIONS, ImageCheck, TempFile, safe_stem, sniff_image_format
 from ._models import DownloadedFile, ImageFile
@@ -74,6 +74,8 @@ class _Target:
     replace: bool = True  # False: never over a file someone else wrote meanwhile
     #: Names (with extension) a journal says this image was written to: see TempFile.commit.
     ours: frozenset[str] = frozenset()
+    #: Where to note (device, inode) of each file published: what a batch may delete again.
+    published: list[tuple[int, int]] | None = None
 
     def check_structure(self, check: ImageCheck | None) -> None:
         """The file is whole as its format defines it, and as large as fal said it is."""
@@ -99,9 +101,18 @@ class _Target:
         return self.folder / f"{self.prefix}.{EXTENSIONS[fmt]}"
 
     def commit(self, temp: TempFile, fmt: str) -> Callable[..., str | None]:
-        """``temp.commit``, told what to do with a file already at the final name."""
+        """``temp.commit``, told what to do with a file already at the final name; the
+        file it publishes is noted in ``published``, when given."""
         ours = f"{self.prefix}.{EXTENSIONS[fmt]}" in self.ours
-        return functools.partial(temp.commit, replace=self.replace, ours=ours)
+        published = self.published
+
+        def commit(*args: Any) -> str | None:
+            digest = temp.commit(*args, replace=self.replace, ours=ours)
+            if published is not None and temp.published is not None:
+                published.append(temp.published)
+            return digest
+
+        return commit
 
     def result(self, fmt: str, size: int, digest: str | None) -> DownloadedFile:
         return DownloadedFile(
@@ -127,6 +138,7 @@ async def download_image(
     base: str | None = None,
     replace: bool = True,
     ours: Collection[str] = (),
+    published: list[tuple[int, int]] | None = None,
 ) -> DownloadedFile:
     """Download one output image into ``dest`` as ``<safe(stem)>_<index>.<ext>``.
 
@@ -180,6 +192,7 @@ async def download_image(
         size=(image.width, image.height),
         replace=replace,
         ours=frozenset(ours),
+        published=published,
     )
     target.check_announced(image.file_size, "file_size")
     if image.url.startswith("data:"):
@@ -204,6 +217,8 @@ async def _retrying(call: Callable[[], Awaitable[T]], *, core: Core, url: str) -
     except (_Transient, TransportError) as exc:  # every try failed, each one retryable
         tries = policy.max_attempts
         raise DownloadError(f"{_reason(exc)} (gave up after {tries} tries)", url=url) from exc
+    except ClientClosedError as exc:  # closed under the download: this image's failure
+        raise DownloadError(f"not downloaded: {exc}", url=url) from exc
 
 
 def _reason(exc: Exception) -> str:
@@ -384,6 +399,7 @@ async def download_outcomes(
     names: Sequence[str] | None = None,
     replace: bool = True,
     ours: Collection[str] = (),
+    published: list[tuple[int, int]] | None = None,
 ) -> list[DownloadedFile | DownloadError]:
     """Download several images concurrently under ``limiter``; one entry per image, in order:
     the file, or its error. One failure never stops the others. ``names`` gives each file's
@@ -398,6 +414,7 @@ async def download_outcomes(
         checksum=checksum,
         replace=replace,
         ours=frozenset(ours),
+        published=published,
     )
 
     async def one(i: int, image: ImageFile) -> None:

@@ -282,6 +282,8 @@ class TempFile:
         self._lock: int | None = None
         #: Checks the bytes as they are written, in the writer's thread (off the event loop).
         self.check: ImageCheck | None = None
+        #: (device, inode) of the file this published, once it did.
+        self.published: tuple[int, int] | None = None
 
     def write(self, chunks: list[bytes]) -> None:
         """Append ``chunks``, creating the file (exclusively) on the first call."""
@@ -328,6 +330,7 @@ class TempFile:
         self._file.flush()
         if self._fsync:
             os.fsync(self._file.fileno())
+        info = os.fstat(self._file.fileno())
         # Closed before it is published, so a write error the close reports (NFS) keeps it
         # unpublished; the lock's own descriptor keeps it locked until its name is gone.
         self._file.close()
@@ -336,12 +339,15 @@ class TempFile:
                 os.replace(self.path, final)
             else:
                 _publish_new(self.path, final)
+            # The file now at ``final`` (a link or a rename keeps the inode): what this
+            # writer may delete again, and nothing else that comes to have that name.
+            self.published = (info.st_dev, info.st_ino)
         except FileExistsError:
             if not ours:
                 raise
             if not self._same_as(final):
                 raise
-            os.unlink(self.path)
+            os.unlink(self.path)  # the file there is kept as it is: not one this wrote
         self.committed = True
         self._unlock()
         return None if self._hash is None else self._hash.hexdigest()

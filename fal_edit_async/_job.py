@@ -418,8 +418,10 @@ async def submit(
     async def post() -> SubmitReceipt:
         nonlocal posting
         # The POST is shielded, so a deadline that passed before it must stop it here: no
-        # job is paid for after the caller stopped waiting.
-        await anyio.lowlevel.checkpoint()
+        # job is paid for after the caller stopped waiting. Whatever the transport must do
+        # before its first request (load certificates: a hung mount blocks) is done here
+        # too, where a deadline or Ctrl-C can still end the wait.
+        await core.prepare()
         with anyio.CancelScope(shield=True):
             posting = True
             try:

@@ -290,6 +290,11 @@ class AiohttpTransport:
     def _closed(self) -> bool:
         return self._state is _State.CLOSED  # a call: it may change across an await
 
+    async def prepare(self) -> None:
+        """Read the environment and load the certificates now, if not done yet (the first
+        request does it otherwise); cancelling the wait abandons a load that blocks."""
+        await self._ensure_open()
+
     async def _ensure_open(self) -> None:
         if self._session is not None or self._state is _State.CLOSED:
             return
@@ -304,7 +309,11 @@ class AiohttpTransport:
                 # aiohttp's own default context is made when aiohttp is imported, so it misses
                 # an SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made.
                 # In a thread: loading the system's certificates blocks for tens of ms.
-                context = await anyio.to_thread.run_sync(ssl.create_default_context)
+                # Abandoned on cancel: a certificate file whose open blocks (a FIFO, a hung
+                # network mount) must not keep a deadline or Ctrl-C from taking effect.
+                context = await anyio.to_thread.run_sync(
+                    ssl.create_default_context, abandon_on_cancel=True
+                )
                 self._ssl = self._ssl or context
                 # Read here once: aiohttp's trust_env reads the environment and ~/.netrc again
                 # in a worker thread for every request (two thread hops each).

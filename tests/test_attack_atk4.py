@@ -1,6 +1,9 @@
 """Attacks (round atk4) on the batch limiter, the transport's first wave, the resume rule and
-the class-based streams. Strict xfails are breaks; unmarked tests are claims that held under
-an attack not covered elsewhere."""
+the class-based streams. Five were breaks, four now fixed (a clash deletes only the files
+it published; the closed client's batch cancels the jobs it follows and leaves unsent items
+submittable; a download cut by close fails typed; the certificates load outside the
+shielded POST, so a deadline ends a hung load); the strict xfail is the one still open.
+Unmarked tests are claims that held under an attack not covered elsewhere."""
 
 from __future__ import annotations
 
@@ -46,11 +49,6 @@ def input_png(tmp_path: Path, color: tuple[int, int, int] = (1, 2, 3)) -> Path:
 # -- 3. the resume rule / clash clean-up ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a clash deletes by name what the attempt published, even once another writer "
-    "has put its own file at that name: _unlink_all checks only 'not there before'",
-)
 async def test_a_clash_never_deletes_a_file_another_writer_put_at_a_published_name(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -298,11 +296,6 @@ async def test_interrupted_streams_and_downloads_never_hold_a_connection(
     assert max(emulator.counters.billed_by_input.values()) <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the download's retry after the body was cut by aclose() asks the closed core for "
-    "a new stream: RuntimeError('this client is closed'), not a DownloadError",
-)
 async def test_a_download_under_a_closing_client_fails_typed_and_at_once(
     emulator: Emulator, tmp_path: Path, png_data_uri: str
 ) -> None:
@@ -445,11 +438,6 @@ def _feed_empty(fifo: Path) -> None:
     threading.Thread(target=writer, daemon=True).start()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the certificates load in a thread that cannot be abandoned; SSL_CERT_FILE on a "
-    "file whose open blocks (a FIFO, a hung network mount) makes every deadline unfireable",
-)
 async def test_a_deadline_fires_while_the_certificates_will_not_load(
     emulator: Emulator, tmp_path: Path, png_data_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -487,7 +475,7 @@ async def test_a_deadline_fires_while_the_certificates_will_not_load(
 
 
 async def _close_under_batch(
-    emulator: Emulator, png_data_uri: str, journal: Path | None
+    emulator: Emulator, png_data_uri: str, journal: Path | None, *, streaming: bool = False
 ) -> tuple[list[EditItem], list[ItemResult]]:
     """A batch of 8 (concurrency 4) with its jobs held on fal; once 4 are in flight another
     task closes the client. Returns the items and what the batch yielded."""
@@ -508,14 +496,29 @@ async def _close_under_batch(
 
                 tg.start_soon(run)
                 await emulator.wait_in_flight(4)
+                if streaming:  # the batch follows all four: their answers are all read
+                    await emulator.wait_until(lambda: _streaming(emulator) == 4)
                 await client.aclose()
     return items, results
 
 
+async def test_closing_the_client_while_a_batch_follows_its_jobs_cancels_them_on_fal(
+    emulator: Emulator, png_data_uri: str
+) -> None:
+    """The client closed while the batch follows its 4 jobs: each is cancelled on fal first,
+    none billed, and no item ends with an internal error."""
+    _, results = await _close_under_batch(emulator, png_data_uri, None, streaming=True)
+    emulator.release_jobs()
+    await emulator.wait_until(lambda: emulator.counters.in_flight == 0)
+    assert 4 == emulator.counters.cancels
+    assert 0 == emulator.counters.billed
+    assert [] == [r for r in results if isinstance(r.error, InternalError)]
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="a batch's jobs are left running on fal (no cancel sent: the runner's cancel "
-    "asks the closed core, RuntimeError) and its items end FAILED with InternalError",
+    reason="a job whose submit answer is still being read as the client closes gets no "
+    "on-close hook in time: its cancel is refused by the closed core, and it runs on",
 )
 async def test_closing_the_client_under_a_batch_cancels_its_jobs_on_fal(
     emulator: Emulator, png_data_uri: str
@@ -531,11 +534,6 @@ async def test_closing_the_client_under_a_batch_cancels_its_jobs_on_fal(
     assert [] == [r for r in results if isinstance(r.error, InternalError)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an item whose submit was refused by the closed core before any POST keeps its "
-    "'submitting' row: the rerun reports it unknown (fal may have billed it), not submitting",
-)
 async def test_items_never_sent_when_the_client_closed_are_submitted_by_the_rerun(
     emulator: Emulator, png_data_uri: str, tmp_path: Path
 ) -> None:

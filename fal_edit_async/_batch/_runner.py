@@ -13,6 +13,7 @@ final when it is the job's own verdict.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import stat
@@ -29,7 +30,7 @@ import anyio.to_thread
 import attrs
 
 from .._converter import input_from_dict, input_to_wire, parse
-from .._core import Core
+from .._core import ClientClosedError, Core
 from .._downloads import download_outcomes
 from .._endpoint import DEFAULT_ENDPOINT, EndpointId
 from .._exceptions import (
@@ -45,6 +46,7 @@ from .._exceptions import (
     JournalError,
     NotFoundError,
     ProtocolError,
+    TransportError,
     UnknownSubmitError,
     field_errors_of,
 )
@@ -410,6 +412,12 @@ class Runner:
             return None
         except FalEditError as exc:
             return await self._failed(it, exc)
+        except ClientClosedError as exc:  # the client was closed under the batch
+            error = TransportError(f"not sent: {exc}", sent=False)
+            if it.accepted == 0 and not it.unknown:
+                await self.emit(ItemFailed(key=it.key, request_id=None, error=error))
+                return it.result(ItemState.NOT_SUBMITTED, error=error)
+            return await self._failed(it, error)
         except Exception as exc:  # not ours: this item's failure, never the whole batch's
             return await self._failed(it, _internal(exc))
         except anyio.get_cancelled_exc_class():
@@ -580,7 +588,9 @@ class Runner:
                         # The batch being left, or a callback that raised: the job must not
                         # run on unwatched. A failure to follow the job (a garbled status, the
                         # network) is no reason to cancel it: its row keeps it re-attachable.
-                        if it.live is not None and not isinstance(exc, FalEditError):
+                        # (A closed client's cancel is its on-close hook's: see _follow.)
+                        live = it.live is not None and self.core.open
+                        if live and it.live is not None and not isinstance(exc, FalEditError):
                             leaving = isinstance(exc, anyio.get_cancelled_exc_class())
                             with anyio.CancelScope(shield=True):
                                 await self._cancel_live(it, it.live, leaving=leaving)
@@ -654,6 +664,15 @@ class Runner:
             )
         except FalEditError as exc:
             return await self._submit_failed(it, exc)
+        except ClientClosedError:
+            # The client was closed under the batch: the core refuses a request before it
+            # leaves, so with no answer taken nothing was queued (unless ambiguous failures
+            # are resent), and the row says so: a rerun submits the item, not "unknown".
+            if it.live is None and not self.core.config.retry.retry_ambiguous_submit:
+                if self.journal is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._write(self.journal.record_unsent(it.ledger_key))
+            raise
         except anyio.get_cancelled_exc_class():
             # Each POST is shielded, so a cancellation lands between them: with no answer taken
             # (it.live unset), every POST so far was refused in a way that queued nothing (a
@@ -784,7 +803,10 @@ class Runner:
                 )
                 it.live = None
             else:
-                completed = await handle.wait(on_update=progress.update, cancel_on_exit=False)
+                # Should the client be closed meanwhile, the job is cancelled on fal first
+                # (and what fal answers recorded), as a single edit's wait does.
+                with self.core.on_close(functools.partial(self._on_close, it, handle)):
+                    completed = await handle.wait(on_update=progress.update, cancel_on_exit=False)
                 it.live = None  # finished on fal: nothing to cancel any more
                 output = await handle.fetch_result(completed)
         except NotFoundError as exc:
@@ -802,6 +824,10 @@ class Runner:
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
+
+    async def _on_close(self, it: _Item, handle: JobHandle) -> None:
+        if it.live is handle:
+            await self._cancel_live(it, handle, leaving=True)
 
     async def _cancel_live(self, it: _Item, handle: JobHandle, *, leaving: bool) -> None:
         """Ask fal to cancel the item's job in flight, and keep what fal answered.
@@ -961,11 +987,8 @@ class Runner:
             return ()
         for _ in range(_CLAIMS):
             stem, names = self.claim_name(it, len(output.images), it.request_id or "")
-            # Files already there that the journal names as this item's may be kept as its
-            # own (same bytes), never deleted by it: it did not write them.
-            kept: frozenset[tuple[int, int]] = frozenset()
-            if it.owned_files:  # a resumed item only: no thread hop for the others
-                kept = await anyio.to_thread.run_sync(_identities, self.download_to, it.owned_files)
+            # The files this attempt publishes: the only ones a clash may delete again.
+            published: list[tuple[int, int]] = []
             if self.journal is not None and stem != it.owned_stem:
                 folder = str(self.download_to.absolute())
                 await self._write(self.journal.record_name(it.ledger_key, folder, stem))
@@ -980,6 +1003,7 @@ class Runner:
                 # may be, when it is broken.
                 replace=self.overwrite,
                 ours=it.owned_files,
+                published=published,
                 limiter=self.downloads,
                 max_bytes=self.core.config.limits.max_output_bytes,
                 checksum=self.journal is not None,  # the journal re-checks files on a re-run
@@ -989,7 +1013,7 @@ class Runner:
             # Another run in this folder wrote one of these names since the batch listed it:
             # give up the names (deleting what this attempt wrote, which is ours) and claim
             # new ones, so both runs keep their outputs.
-            await anyio.to_thread.run_sync(_unlink_all, done, kept)
+            await anyio.to_thread.run_sync(_unlink_all, done, frozenset(published))
             self.foreign = self.foreign | {fold_name(n) for n in names}
             it.owned_stem, it.owned_files = None, frozenset()
         files = tuple(f for f in done if isinstance(f, DownloadedFile))
@@ -1014,25 +1038,16 @@ def _clashed(outcome: DownloadedFile | DownloadError) -> bool:
     return isinstance(outcome, DownloadError) and isinstance(outcome.__cause__, FileExistsError)
 
 
-def _identities(folder: Path, names: frozenset[str]) -> frozenset[tuple[int, int]]:
-    """(device, inode) of each of ``names`` that exists in ``folder`` (none asked: none)."""
-    found = set()
-    for name in names:
-        with contextlib.suppress(OSError):
-            info = (folder / name).lstat()
-            found.add((info.st_dev, info.st_ino))
-    return frozenset(found)
-
-
 def _unlink_all(
-    done: Sequence[DownloadedFile | DownloadError], kept: frozenset[tuple[int, int]]
+    done: Sequence[DownloadedFile | DownloadError], published: frozenset[tuple[int, int]]
 ) -> None:
-    """Delete the files this attempt wrote; never one that was there before it (``kept``)."""
+    """Delete the files this attempt published, and nothing else: not a file that was there
+    before it, nor one another writer has put at one of its names since."""
     for outcome in done:
         if isinstance(outcome, DownloadedFile):
             with contextlib.suppress(OSError):
                 info = outcome.path.lstat()
-                if (info.st_dev, info.st_ino) not in kept:
+                if (info.st_dev, info.st_ino) in published:
                     outcome.path.unlink()
 
 
