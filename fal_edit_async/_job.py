@@ -14,7 +14,7 @@ import attrs
 
 from ._config import check_timeout
 from ._converter import input_to_wire, parse
-from ._core import Core
+from ._core import ClientClosedError, Core
 from ._endpoint import DEFAULT_ENDPOINT, EndpointId
 from ._exceptions import (
     APIError,
@@ -382,6 +382,7 @@ async def submit(
     on_retry: Callable[[RetryKind], None] | None = None,
     on_accepted: Callable[[JobHandle], Awaitable[None]] | None = None,
     cancel_on_exit: bool = True,
+    on_closed: Callable[[JobHandle], Awaitable[None]] | None = None,
     **options: Unpack[SubmitOptions],
 ) -> JobHandle:
     """Enqueue one edit job and return its handle (see :meth:`AsyncClient.submit`).
@@ -390,6 +391,8 @@ async def submit(
     ``"rate_limit"``). ``on_accepted`` is awaited, shielded, the moment fal's answer is read,
     even when the caller was cancelled meanwhile (a batch records the request id there).
     ``cancel_on_exit=False`` leaves cancelling a job whose caller went away to the caller.
+    ``on_closed`` is awaited in its place when the client is closed during the submit, once
+    the POST has landed: it cancels the job (a batch records what fal answers there).
     """
     ep, extra, params = submit_target(options)
     if not isinstance(input, EditImageInput):
@@ -412,7 +415,9 @@ async def submit(
         closed_on.append(True)
         if posting:
             await settled.wait()
-        if made and cancel_on_exit:
+        if made and on_closed is not None:
+            await on_closed(made[0])
+        elif made and cancel_on_exit:
             await made[0].cancel_quietly()
 
     async def post() -> SubmitReceipt:
@@ -459,9 +464,9 @@ async def submit(
         finally:
             settled.set()
     if closed_on:
-        what = "cancelled" if cancel_on_exit else "left running"
+        what = "cancelled" if cancel_on_exit or on_closed is not None else "left running"
         msg = f"the client was closed during the submit of job {handle.request_id} ({what})"
-        raise RuntimeError(msg)
+        raise ClientClosedError(msg)
     try:
         await anyio.lowlevel.checkpoint()  # deliver a cancellation that arrived mid-POST
     except anyio.get_cancelled_exc_class():

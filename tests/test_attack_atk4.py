@@ -1,9 +1,9 @@
 """Attacks (round atk4) on the batch limiter, the transport's first wave, the resume rule and
-the class-based streams. Five were breaks, four now fixed (a clash deletes only the files
-it published; the closed client's batch cancels the jobs it follows and leaves unsent items
-submittable; a download cut by close fails typed; the certificates load outside the
-shielded POST, so a deadline ends a hung load); the strict xfail is the one still open.
-Unmarked tests are claims that held under an attack not covered elsewhere."""
+the class-based streams. Five were breaks, all fixed: a clash deletes only the files it
+published; closing the client under a batch cancels the jobs it follows (and those whose
+submit answer is on its way) and leaves unsent items submittable; a download cut by close
+fails typed; the certificates load outside the shielded POST, so a deadline ends a hung
+load. Unmarked tests are claims that held under an attack not covered elsewhere."""
 
 from __future__ import annotations
 
@@ -515,11 +515,6 @@ async def test_closing_the_client_while_a_batch_follows_its_jobs_cancels_them_on
     assert [] == [r for r in results if isinstance(r.error, InternalError)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose submit answer is still being read as the client closes gets no "
-    "on-close hook in time: its cancel is refused by the closed core, and it runs on",
-)
 async def test_closing_the_client_under_a_batch_cancels_its_jobs_on_fal(
     emulator: Emulator, png_data_uri: str
 ) -> None:
@@ -538,8 +533,10 @@ async def test_items_never_sent_when_the_client_closed_are_submitted_by_the_reru
     emulator: Emulator, png_data_uri: str, tmp_path: Path
 ) -> None:
     """With a journal: 4 jobs in flight, 4 items waiting, the client closed. Fal saw 4
-    submits. The rerun re-attaches the 4 and submits the 4 that were never sent (their POST
-    never left: nothing can have been queued), so all 8 complete, each paid once."""
+    submits, and the close cancelled those 4 (confirmed: unbilled). The rerun submits all 8:
+    the 4 cancelled ones again, as fal confirmed them cancelled, and the 4 that were never
+    sent (their POST never left: nothing can have been queued). All 8 complete, each paid
+    once."""
     journal = tmp_path / "j"
     items, _ = await _close_under_batch(emulator, png_data_uri, journal)
     assert 4 == emulator.counters.submit_attempts
@@ -550,5 +547,6 @@ async def test_items_never_sent_when_the_client_closed_are_submitted_by_the_reru
     ):
         results = [r async for r in batch]
     assert [] == [(r.key, r.state.value) for r in results if not r.ok]
-    assert 8 == emulator.counters.submits
+    assert (12, 4) == (emulator.counters.submits, emulator.counters.cancels)
+    assert 8 == len(emulator.counters.billed_by_input)
     assert max(emulator.counters.billed_by_input.values()) <= 1

@@ -413,7 +413,7 @@ class Runner:
         except FalEditError as exc:
             return await self._failed(it, exc)
         except ClientClosedError as exc:  # the client was closed under the batch
-            error = TransportError(f"not sent: {exc}", sent=False)
+            error = TransportError(f"not sent: {exc}" if it.accepted == 0 else str(exc))
             if it.accepted == 0 and not it.unknown:
                 await self.emit(ItemFailed(key=it.key, request_id=None, error=error))
                 return it.result(ItemState.NOT_SUBMITTED, error=error)
@@ -660,6 +660,7 @@ class Runner:
                 on_retry=on_retry,
                 on_accepted=lambda h: self._accepted(it, h),
                 cancel_on_exit=False,
+                on_closed=functools.partial(self._on_close, it),
                 **options,
             )
         except FalEditError as exc:
