@@ -278,6 +278,18 @@ class _InterruptOnSubmitAnswer:
         await self.inner.aclose()
 
 
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Ctrl-C as a user's program gets it: Python's own handler, whatever an earlier test
+    left (an event loop run in this thread swallows a first SIGINT with its own handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("default_sigint")
 def test_ctrl_c_as_a_sync_submit_is_answered_cancels_the_job(
     emu: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
