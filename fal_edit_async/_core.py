@@ -281,6 +281,24 @@ class Core:
         finally:
             self._on_close.pop(token, None)
 
+    @contextmanager
+    def finishing(self) -> Iterator[None]:
+        """Inside, this task's requests still go out once :meth:`aclose` began, and aclose
+        waits for the block to end (bounded by ``Timeouts.cancel``) before it closes the
+        transport: a cancel under way (waiting out a 429, say) is not cut off."""
+        done = anyio.Event()
+
+        async def until_done() -> None:
+            await done.wait()
+
+        marker = _CLOSING.set(self)
+        try:
+            with self.on_close(until_done):
+                yield
+        finally:
+            done.set()
+            _CLOSING.reset(marker)
+
     async def aclose(self) -> None:
         """Refuse new requests, run the on-close hooks (together, bounded by
         ``Timeouts.cancel``), then close the transport; all shielded, so a cancelled caller

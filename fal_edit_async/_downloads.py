@@ -30,7 +30,15 @@ import attrs
 from ._config import DEFAULT_LIMITS
 from ._core import ClientClosedError, Core
 from ._exceptions import DownloadError, TransportError
-from ._files import CONTENT_TYPES, EXTENSIONS, ImageCheck, TempFile, safe_stem, sniff_image_format
+from ._files import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    FileIdentity,
+    ImageCheck,
+    TempFile,
+    safe_stem,
+    sniff_image_format,
+)
 from ._models import DownloadedFile, ImageFile
 from ._protocol import is_transient, parse_retry_after
 from ._retry import with_retries
@@ -74,8 +82,8 @@ class _Target:
     replace: bool = True  # False: never over a file someone else wrote meanwhile
     #: Names (with extension) a journal says this image was written to: see TempFile.commit.
     ours: frozenset[str] = frozenset()
-    #: Where to note (device, inode) of each file published: what a batch may delete again.
-    published: list[tuple[int, int]] | None = None
+    #: Where to note the identity of each file published: what a batch may delete again.
+    published: list[FileIdentity] | None = None
 
     def check_structure(self, check: ImageCheck | None) -> None:
         """The file is whole as its format defines it, and as large as fal said it is."""
@@ -138,7 +146,7 @@ async def download_image(
     base: str | None = None,
     replace: bool = True,
     ours: Collection[str] = (),
-    published: list[tuple[int, int]] | None = None,
+    published: list[FileIdentity] | None = None,
 ) -> DownloadedFile:
     """Download one output image into ``dest`` as ``<safe(stem)>_<index>.<ext>``.
 
@@ -399,7 +407,7 @@ async def download_outcomes(
     names: Sequence[str] | None = None,
     replace: bool = True,
     ours: Collection[str] = (),
-    published: list[tuple[int, int]] | None = None,
+    published: list[FileIdentity] | None = None,
 ) -> list[DownloadedFile | DownloadError]:
     """Download several images concurrently under ``limiter``; one entry per image, in order:
     the file, or its error. One failure never stops the others. ``names`` gives each file's

@@ -282,8 +282,8 @@ class TempFile:
         self._lock: int | None = None
         #: Checks the bytes as they are written, in the writer's thread (off the event loop).
         self.check: ImageCheck | None = None
-        #: (device, inode) of the file this published, once it did.
-        self.published: tuple[int, int] | None = None
+        #: :func:`file_identity` of the file this published, once it did.
+        self.published: FileIdentity | None = None
 
     def write(self, chunks: list[bytes]) -> None:
         """Append ``chunks``, creating the file (exclusively) on the first call."""
@@ -339,9 +339,10 @@ class TempFile:
                 os.replace(self.path, final)
             else:
                 _publish_new(self.path, final)
-            # The file now at ``final`` (a link or a rename keeps the inode): what this
-            # writer may delete again, and nothing else that comes to have that name.
-            self.published = (info.st_dev, info.st_ino)
+            # The file now at ``final`` (a link or a rename keeps the inode and the mtime):
+            # what this writer may delete again. Size and mtime too, as a file rewritten in
+            # place keeps the inode, and one made after a delete may be given it again.
+            self.published = file_identity(info)
         except FileExistsError:
             if not ours:
                 raise
@@ -391,6 +392,15 @@ class TempFile:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+#: What tells one file from another at a name: device, inode, size, mtime (ns).
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(info: os.stat_result) -> FileIdentity:
+    """The :data:`FileIdentity` of a file from its ``stat``."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _publish_new(temp: Path, final: Path) -> None:

@@ -310,10 +310,11 @@ class JobHandle:
         with (
             anyio.CancelScope(shield=True),
             anyio.move_on_after(self._core.config.timeouts.cancel),
+            self._core.finishing(),  # a close meanwhile waits for this cancel to land
         ):
             try:
                 return await self.cancel()
-            except FalEditError:
+            except (FalEditError, RuntimeError):  # RuntimeError: the transport closed after all
                 return None
         return None
 

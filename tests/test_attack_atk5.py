@@ -1,7 +1,9 @@
 """Attacks (round atk5) on 39d6118: closing the client under a running batch, the clash
-clean-up by (device, inode), and ``Core.prepare()`` before each shielded submit POST.
-Strict xfails are breaks; unmarked tests are claims that held under an attack not covered
-elsewhere."""
+clean-up by (device, inode), and ``Core.prepare()`` before each shielded submit POST. Four
+were breaks, now fixed: a cancel under way when the client closes is waited for and lands; a
+close during uploads is not_submitted, not an internal error; the clean-up knows a file by
+size and mtime too, so one rewritten in place or made on a reused inode is kept. The rest
+are claims that held under an attack not covered elsewhere."""
 
 from __future__ import annotations
 
@@ -49,11 +51,6 @@ def _internal(results: list[ItemResult]) -> list[str]:
 # -- 1. the client closed under a running batch ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leaving a batch early while the client is closed: the leaving cancel, answered "
-    "429, retries on a closed core (no on-close hook covers it any more) and the job runs on",
-)
 async def test_leaving_a_batch_and_closing_the_client_together_still_cancels_its_jobs(
     emulator: Emulator, png_data_uri: str
 ) -> None:
@@ -241,11 +238,6 @@ async def _clash_after_first_image(
 THEIRS = b"the other program's own file, saved over the output in place"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="another writer that saves over a published file in place (open, truncate, write: "
-    "the same inode) has its file deleted by the clash clean-up",
-)
 async def test_a_clash_never_deletes_a_file_another_writer_rewrote_in_place(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -263,11 +255,6 @@ async def test_a_clash_never_deletes_a_file_another_writer_rewrote_in_place(
     assert THEIRS == published.read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ext4 gives a file made just after a delete the freed inode: another writer that "
-    "deletes the published file and writes its own at the name has it deleted by the clean-up",
-)
 async def test_a_clash_never_deletes_a_file_recreated_on_a_reused_inode(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -515,12 +502,6 @@ async def _close_during_uploads(
     return items, journal, results
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an upload cut by close raises ClientClosedError inside the uploader's task group: "
-    "the ExceptionGroup is not unwrapped, so the item fails with InternalError, not "
-    "not_submitted",
-)
 async def test_items_closed_during_their_uploads_are_not_submitted_not_internal_errors(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -50,7 +50,14 @@ from .._exceptions import (
     UnknownSubmitError,
     field_errors_of,
 )
-from .._files import fold_name, numbered_stem, safe_stem, stem_of_output
+from .._files import (
+    FileIdentity,
+    file_identity,
+    fold_name,
+    numbered_stem,
+    safe_stem,
+    stem_of_output,
+)
 from .._job import JobHandle, attach, call_back, submit
 from .._models import (
     CancelOutcome,
@@ -413,12 +420,11 @@ class Runner:
         except FalEditError as exc:
             return await self._failed(it, exc)
         except ClientClosedError as exc:  # the client was closed under the batch
-            error = TransportError(f"not sent: {exc}" if it.accepted == 0 else str(exc))
-            if it.accepted == 0 and not it.unknown:
-                await self.emit(ItemFailed(key=it.key, request_id=None, error=error))
-                return it.result(ItemState.NOT_SUBMITTED, error=error)
-            return await self._failed(it, error)
+            return await self._closed_under(it, exc)
         except Exception as exc:  # not ours: this item's failure, never the whole batch's
+            closed = _closed_in_group(exc)  # an upload's task group carries it wrapped
+            if closed is not None:
+                return await self._closed_under(it, closed)
             return await self._failed(it, _internal(exc))
         except anyio.get_cancelled_exc_class():
             self.interrupted += 1  # cut short with the batch: no result, but part of it
@@ -472,6 +478,14 @@ class Runner:
         finally:
             self.active -= 1
             self.changed.set()
+
+    async def _closed_under(self, it: _Item, exc: ClientClosedError) -> ItemResult:
+        """The item's end when its client was closed: not submitted, if nothing was."""
+        error = TransportError(f"not sent: {exc}" if it.accepted == 0 else str(exc))
+        if it.accepted == 0 and not it.unknown:
+            await self.emit(ItemFailed(key=it.key, request_id=None, error=error))
+            return it.result(ItemState.NOT_SUBMITTED, error=error)
+        return await self._failed(it, error)
 
     async def _failed(self, it: _Item, exc: FalEditError) -> ItemResult:
         await self.emit(ItemFailed(key=it.key, request_id=it.request_id, error=exc))
@@ -989,7 +1003,7 @@ class Runner:
         for _ in range(_CLAIMS):
             stem, names = self.claim_name(it, len(output.images), it.request_id or "")
             # The files this attempt publishes: the only ones a clash may delete again.
-            published: list[tuple[int, int]] = []
+            published: list[FileIdentity] = []
             if self.journal is not None and stem != it.owned_stem:
                 folder = str(self.download_to.absolute())
                 await self._write(self.journal.record_name(it.ledger_key, folder, stem))
@@ -1040,15 +1054,14 @@ def _clashed(outcome: DownloadedFile | DownloadError) -> bool:
 
 
 def _unlink_all(
-    done: Sequence[DownloadedFile | DownloadError], published: frozenset[tuple[int, int]]
+    done: Sequence[DownloadedFile | DownloadError], published: frozenset[FileIdentity]
 ) -> None:
     """Delete the files this attempt published, and nothing else: not a file that was there
     before it, nor one another writer has put at one of its names since."""
     for outcome in done:
         if isinstance(outcome, DownloadedFile):
             with contextlib.suppress(OSError):
-                info = outcome.path.lstat()
-                if (info.st_dev, info.st_ino) in published:
+                if file_identity(outcome.path.lstat()) in published:
                     outcome.path.unlink()
 
 
@@ -1095,6 +1108,20 @@ def _slot(identity: str) -> int:
     100,000 of these. As wide as the content fingerprint itself, and stable across runs (a
     clash would number an item as a repeat, which the ledger would then not recognise)."""
     return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big")
+
+
+def _closed_in_group(exc: Exception) -> ClientClosedError | None:
+    """The ClientClosedError a group holds, when it holds nothing else."""
+    if not isinstance(exc, ExceptionGroup):
+        return None
+    rest = exc.subgroup(lambda e: not isinstance(e, ClientClosedError | ExceptionGroup))
+    closed = exc.subgroup(lambda e: isinstance(e, ClientClosedError))
+    if rest is not None or closed is None:
+        return None
+    first: BaseException = closed
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first if isinstance(first, ClientClosedError) else None
 
 
 def _internal(exc: Exception) -> InternalError:
