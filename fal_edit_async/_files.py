@@ -355,18 +355,12 @@ class TempFile:
 
     def _same_as(self, other: Path) -> bool:
         """True when ``other`` is a regular file with exactly this file's bytes."""
-        # Opened without following a link or waiting on a FIFO, then judged by what was
-        # opened: whatever is put at the name meanwhile, nothing blocks and nothing else counts.
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            with open(os.open(other, flags), "rb") as theirs:
-                info = os.fstat(theirs.fileno())
-                if not stat.S_ISREG(info.st_mode) or info.st_size != self.path.stat().st_size:
-                    return False
-                digest = self._hash.hexdigest() if self._hash is not None else _sha256(self.path)
-                return hashlib.file_digest(theirs, "sha256").hexdigest() == digest
+            size = self.path.stat().st_size
+            digest = self._hash.hexdigest() if self._hash is not None else _sha256(self.path)
         except OSError:
             return False
+        return holds(other, size, digest)
 
     @property
     def left_behind(self) -> bool:
@@ -387,6 +381,24 @@ class TempFile:
         if lock is not None:
             with contextlib.suppress(OSError):
                 os.close(lock)
+
+
+def holds(path: Path, size: int, sha256: str | None) -> bool:
+    """True when ``path`` is a regular file of ``size`` bytes with this SHA-256 (any bytes
+    of that size when ``sha256`` is None); False for anything else, or nothing, there.
+
+    Opened without following a link or waiting on a FIFO, then judged by what was opened:
+    whatever is put at the name meanwhile, nothing blocks and nothing else counts.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        with open(os.open(path, flags), "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                return False
+            return sha256 is None or hashlib.file_digest(file, "sha256").hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def _sha256(path: Path) -> str:

@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._core import Core
+from ._core import ClientClosedError, Core
 from ._exceptions import APIError, FalEditError, InputError, ProtocolError, TransportError
 from ._files import CONTENT_TYPES, EXTENSIONS, safe_stem, sniff_image_format
 from ._models import EditImageInput, ImageSource, is_remote_url
@@ -199,12 +199,12 @@ class Uploader:
     async def _deliver_all(self, prepared: Sequence[str | _Local]) -> list[str]:
         """Deliver every image concurrently; the first failure cancels the rest."""
         urls: list[str] = [""] * len(prepared)
-        failures: list[FalEditError] = []
+        failures: list[FalEditError | ClientClosedError] = []
 
         async def one(i: int, item: str | _Local, scope: anyio.CancelScope) -> None:
             try:
                 urls[i] = await self._deliver(item)
-            except FalEditError as exc:
+            except (FalEditError, ClientClosedError) as exc:  # closed: raised as it is too
                 failures.append(exc)
                 scope.cancel()
 

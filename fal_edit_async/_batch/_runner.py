@@ -16,7 +16,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -54,6 +53,7 @@ from .._files import (
     FileIdentity,
     file_identity,
     fold_name,
+    holds,
     numbered_stem,
     safe_stem,
     stem_of_output,
@@ -422,9 +422,6 @@ class Runner:
         except ClientClosedError as exc:  # the client was closed under the batch
             return await self._closed_under(it, exc)
         except Exception as exc:  # not ours: this item's failure, never the whole batch's
-            closed = _closed_in_group(exc)  # an upload's task group carries it wrapped
-            if closed is not None:
-                return await self._closed_under(it, closed)
             return await self._failed(it, _internal(exc))
         except anyio.get_cancelled_exc_class():
             self.interrupted += 1  # cut short with the batch: no result, but part of it
@@ -603,8 +600,11 @@ class Runner:
                         # run on unwatched. A failure to follow the job (a garbled status, the
                         # network) is no reason to cancel it: its row keeps it re-attachable.
                         # (A closed client's cancel is its on-close hook's: see _follow.)
-                        live = it.live is not None and self.core.open
-                        if live and it.live is not None and not isinstance(exc, FalEditError):
+                        if (
+                            it.live is not None
+                            and self.core.open
+                            and not isinstance(exc, FalEditError)
+                        ):
                             leaving = isinstance(exc, anyio.get_cancelled_exc_class())
                             with anyio.CancelScope(shield=True):
                                 await self._cancel_live(it, it.live, leaving=leaving)
@@ -1110,20 +1110,6 @@ def _slot(identity: str) -> int:
     return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "big")
 
 
-def _closed_in_group(exc: Exception) -> ClientClosedError | None:
-    """The ClientClosedError a group holds, when it holds nothing else."""
-    if not isinstance(exc, ExceptionGroup):
-        return None
-    rest = exc.subgroup(lambda e: not isinstance(e, ClientClosedError | ExceptionGroup))
-    closed = exc.subgroup(lambda e: isinstance(e, ClientClosedError))
-    if rest is not None or closed is None:
-        return None
-    first: BaseException = closed
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first if isinstance(first, ClientClosedError) else None
-
-
 def _internal(exc: Exception) -> InternalError:
     error = InternalError(f"unexpected {type(exc).__name__}: {exc}")
     error.__cause__ = exc
@@ -1139,27 +1125,14 @@ def _changed(files: Sequence[DownloadedFile]) -> bool:
             continue  # gone: its name is free again for the item
         except OSError:
             return True
-        if not _intact([file]):
+        if not holds(file.path, file.size, file.sha256):
             return True
     return False
 
 
 def _intact(files: Sequence[DownloadedFile]) -> bool:
     """True when every journaled file is still on disk with its size and checksum."""
-    # Opened without following a link or waiting on a FIFO, then judged by what was opened.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    for file in files:
-        try:
-            with open(os.open(file.path, flags), "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode) or info.st_size != file.size:
-                    return False
-                if file.sha256 is not None:
-                    if hashlib.file_digest(f, "sha256").hexdigest() != file.sha256:
-                        return False
-        except OSError:
-            return False
-    return True
+    return all(holds(f.path, f.size, f.sha256) for f in files)
 
 
 @attrs.define
