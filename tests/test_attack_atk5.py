@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from fal_edit_async import (
+    AsyncClient,
     EditImageInput,
     EditItem,
     InternalError,
@@ -38,6 +41,26 @@ def _items(png_data_uri: str, n: int) -> list[EditItem]:
         EditItem(input=EditImageInput(prompt=f"a{k}", image_urls=[png_data_uri]), name=f"a{k}")
         for k in range(n)
     ]
+
+
+async def _closed_once(
+    client: AsyncClient, items: list[EditItem], held: Callable[[], Awaitable[object]], **batch: Any
+) -> list[ItemResult]:
+    """Run ``items`` as a batch (3 at once) on ``client``; once ``held()`` returns, close the
+    client. What the batch yielded; 30 s is a hang backstop, not a measurement."""
+    results: list[ItemResult] = []
+    async with client:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    async with client.edit_many(items, concurrency=3, **batch) as b:
+                        results.extend([r async for r in b])
+
+                tg.start_soon(run)
+                await held()
+                await client.aclose()
+    return results
 
 
 def _cancel_429s(emulator: Emulator) -> int:
@@ -129,20 +152,12 @@ async def test_closed_during_submit_429s_the_items_are_unsent_and_the_rerun_pays
     items = _items(png_data_uri, 3)
     emulator.schedule_fault("submit", "rate_limit", times=3, retry_after=0.3)
     client = client_for(emulator, retry=WAITING_RETRY)
-    results: list[ItemResult] = []
-    async with client:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-
-                async def run() -> None:
-                    async with client.edit_many(items, concurrency=3, journal=journal) as batch:
-                        results.extend([r async for r in batch])
-
-                tg.start_soon(run)
-                await emulator.wait_until(
-                    lambda: emulator.counters.faults_injected["rate_limit"] >= 3
-                )
-                await client.aclose()
+    results = await _closed_once(
+        client,
+        items,
+        lambda: emulator.wait_until(lambda: emulator.counters.faults_injected["rate_limit"] >= 3),
+        journal=journal,
+    )
     assert 0 == emulator.counters.submits, "a submit left after the client was closed"
     assert {ItemState.NOT_SUBMITTED} == {r.state for r in results}
     async with (
@@ -165,20 +180,9 @@ async def test_closed_during_downloads_the_journal_rerun_delivers_without_paying
     items = _items(png_data_uri, 3)
     emulator.hold_downloads()
     client = client_for(emulator)
-    results: list[ItemResult] = []
-    async with client:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-
-                async def run() -> None:
-                    async with client.edit_many(
-                        items, concurrency=3, journal=journal, download_to=out
-                    ) as batch:
-                        results.extend([r async for r in batch])
-
-                tg.start_soon(run)
-                await emulator.wait_downloads_held(3)
-                await client.aclose()
+    results = await _closed_once(
+        client, items, lambda: emulator.wait_downloads_held(3), journal=journal, download_to=out
+    )
     emulator.release_downloads()
     assert [] == _internal(results)
     async with (
@@ -485,18 +489,7 @@ async def _close_during_uploads(
     emulator.schedule_fault("upload", "slow_response", times=3, delay=20.0)
     emulator.schedule_fault("storage", "slow_response", times=3, delay=20.0)
     client = client_for(emulator, limits=Limits(inline_bytes=0))
-    results: list[ItemResult] = []
-    async with client:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-
-                async def run() -> None:
-                    async with client.edit_many(items, concurrency=3, journal=journal) as batch:
-                        results.extend([r async for r in batch])
-
-                tg.start_soon(run)
-                await emulator.wait_slow_held(1)
-                await client.aclose()
+    results = await _closed_once(client, items, lambda: emulator.wait_slow_held(1), journal=journal)
     emulator.clear_faults()  # the rerun's uploads are answered at once
     emulator.release_slow()
     return items, journal, results
@@ -540,18 +533,7 @@ async def test_closed_during_result_fetches_the_journal_rerun_fetches_without_pa
     items = _items(png_data_uri, 3)
     emulator.schedule_fault("result", "slow_response", times=3, delay=20.0)
     client = client_for(emulator)
-    results: list[ItemResult] = []
-    async with client:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-
-                async def run() -> None:
-                    async with client.edit_many(items, concurrency=3, journal=journal) as batch:
-                        results.extend([r async for r in batch])
-
-                tg.start_soon(run)
-                await emulator.wait_slow_held(3)
-                await client.aclose()
+    results = await _closed_once(client, items, lambda: emulator.wait_slow_held(3), journal=journal)
     emulator.clear_faults()
     emulator.release_slow()
     assert [] == _internal(results)

@@ -43,6 +43,24 @@ from fal_edit_async.webhooks import JwksCache
 
 from .conftest import FAST_POLLING, FAST_RETRY, client_for, make_png
 
+
+def _client_on(base: str, **overrides: Any) -> AsyncClient:
+    """A client of a fake fal at ``base`` (every origin), retrying and polling fast."""
+    settings: dict[str, Any] = {"retry": FAST_RETRY, "polling": FAST_POLLING, **overrides}
+    return AsyncClient(api_key="k:s", queue_url=base, rest_url=base, api_url=base, **settings)
+
+
+def _image_answer(request: web.Request) -> web.Response:
+    """A result naming one 32x24 PNG, served by the same fake at /out.png."""
+    image = {
+        "url": f"http://{request.host}/out.png",
+        "content_type": "image/png",
+        "width": 32,
+        "height": 24,
+    }
+    return web.json_response({"images": [image]})
+
+
 PNG = make_png()
 NOW = 1_800_000_000
 KEY = SigningKey(b"\x01" * 32)
@@ -420,15 +438,7 @@ async def test_a_stream_of_keep_alives_only_falls_back_to_polling(png_data_uri: 
     done = {"status": "COMPLETED", "logs": [], "metrics": {}}
     app = _fake_fal(status_payload=done, stream="keepalive")
     async with _serve(app) as base:
-        async with AsyncClient(
-            api_key="k:s",
-            queue_url=base,
-            rest_url=base,
-            api_url=base,
-            retry=FAST_RETRY,
-            polling=FAST_POLLING,
-            timeouts=Timeouts(stream_idle=0.5, cancel=2.0),
-        ) as fal:
+        async with _client_on(base, timeouts=Timeouts(stream_idle=0.5, cancel=2.0)) as fal:
             with anyio.fail_after(5):
                 output = await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
     assert output.images
@@ -451,14 +461,7 @@ async def test_a_completed_status_with_an_error_object_is_read_as_failed(
     }
     app = _fake_fal(status_payload=failed)
     async with _serve(app) as base:
-        async with AsyncClient(
-            api_key="k:s",
-            queue_url=base,
-            rest_url=base,
-            api_url=base,
-            retry=FAST_RETRY,
-            polling=FAST_POLLING,
-        ) as fal:
+        async with _client_on(base) as fal:
             handle = fal.handle("req-x")
             with anyio.fail_after(10):
                 completed = await handle.wait()
@@ -498,26 +501,12 @@ async def test_a_huge_error_body_on_the_status_stream_is_not_read_whole(
             return resp
         if path.endswith("/status"):
             return web.json_response({"status": "COMPLETED", "logs": [], "metrics": {}})
-        image = {
-            "url": f"http://{request.host}/out.png",
-            "content_type": "image/png",
-            "width": 32,
-            "height": 24,
-        }
-        return web.json_response({"images": [image]})
+        return _image_answer(request)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     async with _serve(app) as base:
-        async with AsyncClient(
-            api_key="k:s",
-            queue_url=base,
-            rest_url=base,
-            api_url=base,
-            retry=FAST_RETRY,
-            polling=FAST_POLLING,
-            limits=Limits(max_response_bytes=2**16),
-        ) as fal:
+        async with _client_on(base, limits=Limits(max_response_bytes=2**16)) as fal:
             with anyio.fail_after(20):
                 await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
     assert finished and not any(finished), "the client read a 32 MiB error body whole"
@@ -578,14 +567,7 @@ async def test_a_retry_field_in_superscript_digits_is_ignored(png_data_uri: str)
     not made of ASCII digits is ignored."""
     done = {"status": "COMPLETED", "logs": [], "metrics": {}}
     async with _serve(_fake_fal(status_payload=done, stream="retry")) as base:
-        async with AsyncClient(
-            api_key="k:s",
-            queue_url=base,
-            rest_url=base,
-            api_url=base,
-            retry=FAST_RETRY,
-            polling=FAST_POLLING,
-        ) as fal:
+        async with _client_on(base) as fal:
             output = await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
     assert output.images
 
@@ -645,25 +627,13 @@ async def test_logs_larger_than_an_answer_may_be_do_not_abort_a_paid_job(
             return resp
         if path.endswith("/status"):
             return web.json_response(done)
-        image = {
-            "url": f"http://{request.host}/out.png",
-            "content_type": "image/png",
-            "width": 32,
-            "height": 24,
-        }
-        return web.json_response({"images": [image]})
+        return _image_answer(request)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     async with _serve(app) as base:
-        async with AsyncClient(
-            api_key="k:s",
-            queue_url=base,
-            rest_url=base,
-            api_url=base,
-            retry=FAST_RETRY,
-            polling=FAST_POLLING,
-            limits=Limits(max_event_bytes=2**16, max_response_bytes=2**18),
+        async with _client_on(
+            base, limits=Limits(max_event_bytes=2**16, max_response_bytes=2**18)
         ) as fal:
             output = await fal.edit(EditImageInput(prompt="p", image_urls=[png_data_uri]))
     assert output.images
