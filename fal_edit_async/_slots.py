@@ -1,8 +1,9 @@
 """A first-come, first-served bound on how many tasks hold a slot at once.
 
-:class:`anyio.CapacityLimiter` makes two scheduling points per acquisition (one checks for
-cancellation, one yields to the loop) and opens a cancel scope for the second: three loop
-steps per job and per download, measurable when a batch runs hundreds of jobs at once.
+:class:`anyio.CapacityLimiter` makes two checkpoints per acquisition, even of a free token
+(one for cancellation, one that yields to the loop in a shielded cancel scope), and a batch
+acquired three of them per job (its pipeline, its jobs, its downloads): measurable when a
+batch runs hundreds of jobs at once.
 :class:`Slots` takes a free slot without suspending and suspends only to wait for one, which
 is all the batch pipeline needs. Cancelling a waiting task leaves the queue as if it had never
 waited; a slot granted to a task cancelled before it resumed is handed on, never lost.
