@@ -280,14 +280,30 @@ async def test_a_deadline_during_the_submit_cancels_the_job_it_queued(
 ) -> None:
     """edit's timeout covers the submit: when it passes while the (shielded) POST is still
     out, the job fal then queues is cancelled, and JobTimeoutError names it."""
-    emulator.schedule_fault("submit", "slow_response", delay=0.3)
+    # The first request loads the system's certificates in a thread; on a loaded machine that
+    # can outlast the deadline, and then rightly nothing is sent. Load them before the clock runs.
+    await client._core.prepare()
+    emulator.schedule_fault("submit", "slow_response", delay=60.0)
+    caught: list[BaseException] = []
 
-    with pytest.raises(JobTimeoutError) as caught:
-        await client.edit(edit_input, timeout=0.05)
+    async def edit() -> None:
+        try:
+            await client.edit(edit_input, timeout=0.2)
+        except JobTimeoutError as exc:
+            caught.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(edit)
+            await emulator.wait_slow_held(1)  # the job is queued, its answer held
+            await anyio.sleep(0.3)  # not a synchronisation: the deadline must pass meanwhile
+            emulator.release_slow()
 
     (job,) = emulator.jobs.values()
     assert (1, True) == (emulator.counters.cancels, job.cancelled)
-    assert job.request_id == caught.value.request_id
+    (error,) = caught
+    assert isinstance(error, JobTimeoutError)
+    assert job.request_id == error.request_id
 
 
 async def test_cancelled_caller_cancels_the_job(

@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "_transport": 1,
     "_retry": 1,
     "_slots": 1,
+    "_tls": 1,
     "_logging": 0,
     "_core": 2,
     **dict.fromkeys(("_uploads", "_downloads", "_status_stream", "_job", "_history"), 3),
