@@ -58,9 +58,14 @@ _RESERVED = frozenset(
 #: pid namespace (another container's pids mean nothing here).
 _STALE_PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.part$")
 _TEMP_COUNTER = itertools.count()
-#: An empty temp file younger than this may be a live writer's that has not locked it yet
-#: (it locks before its first byte, microseconds after creating it); the margin is for
-#: clocks that disagree across a network file system.
+#: A temp file is created with the sticky bit (meaningless on a file) as well as the usual
+#: permissions, and loses it once locked: the mark of a file not yet locked.
+_NEWBORN = 0o666 | stat.S_ISVTX
+#: Exclusive, and binary on Windows (where os.open would translate newlines otherwise).
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+#: An empty temp file still marked newborn, and younger than this, may be a live writer's
+#: that has not locked it yet (microseconds after creating it); the margin is for clocks
+#: that disagree across a network file system.
 _UNLOCKED_GRACE = 600.0
 
 
@@ -199,9 +204,10 @@ def _remove_if_abandoned(path: Path, pid: int) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # held by its live writer, or no locks here to tell: kept
             return False
-        # Locked: its writer is gone, or has just created it and not yet locked it, in which
-        # case it has written nothing, so only an empty file can be that young one.
-        if info.st_size == 0 and time.time() - info.st_mtime < _UNLOCKED_GRACE:
+        # Locked: its writer is gone. Or it has just created it and not yet locked it: then
+        # the file still has its newborn mark, and nothing written.
+        newborn = info.st_mode & stat.S_ISVTX and info.st_size == 0
+        if newborn and time.time() - info.st_mtime < _UNLOCKED_GRACE:
             return False
         try:
             if not os.path.samestat(os.lstat(path), info):
@@ -258,10 +264,11 @@ def check_writable(folder: Path) -> None:
     Run before anything is paid, so an unwritable output folder costs nothing.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".fal-edit-probe.{os.getpid()}-{next(_TEMP_COUNTER):x}.part"
-    with open(probe, "xb"):
-        pass
-    probe.unlink()
+    probe = TempFile(folder, "fal-edit-probe", fsync=False, checksum=False)
+    try:
+        probe.write([])
+    finally:
+        probe.discard()
 
 
 class TempFile:
@@ -288,13 +295,11 @@ class TempFile:
     def write(self, chunks: list[bytes]) -> None:
         """Append ``chunks``, creating the file (exclusively) on the first call."""
         if self._file is None:
-            # Exclusive create: a clash with another download fails, never interleaves.
             try:
-                self._file = open(self.path, "xb")
+                self._file = self._create()
             except FileNotFoundError:  # the folder went away (or never was): one stat less
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "xb")
-            self._lock = _hold(self._file.fileno())  # before its first byte
+                self._file = self._create()
         # Chunk by chunk, so each is checked, hashed and written while it is in the cache
         # (a 1 MiB batch read three times over cost more than the CRCs themselves).
         write, check, digest = self._file.write, self.check, self._hash
@@ -361,6 +366,24 @@ class TempFile:
         except OSError:
             return False
         return holds(other, size, digest)
+
+    def _create(self) -> BinaryIO:
+        """Create the file exclusively (a clash with another download fails, never
+        interleaves) and lock it before its first byte. It is born with the sticky bit, which
+        goes once it is locked: a cleaner that finds an unlocked file without it knows its
+        writer had it locked, and is gone (a kill right after creating it leaves it empty)."""
+        fd = os.open(self.path, _CREATE, _NEWBORN)
+        try:
+            self._lock = _hold(fd)
+            if self._lock is not None:
+                with contextlib.suppress(OSError):  # kept: a cleaner then gives it a grace
+                    mode = os.fstat(fd).st_mode
+                    if mode & stat.S_ISVTX:
+                        os.fchmod(fd, stat.S_IMODE(mode) & ~stat.S_ISVTX)
+            return os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     @property
     def left_behind(self) -> bool:

@@ -8,6 +8,7 @@ import fcntl
 import io
 import itertools
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -187,15 +188,40 @@ def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path: Path) -> Non
     assert not part.exists()
 
 
-def test_an_empty_unlocked_temp_file_is_kept_while_it_is_new(tmp_path: Path) -> None:
-    """An empty temp file may be a live writer's between creating and locking it: kept
-    while it is new, removed once it is old."""
+def test_an_empty_temp_file_not_yet_locked_is_kept_while_it_is_new(tmp_path: Path) -> None:
+    """An empty temp file still marked newborn (the sticky bit it is created with) may be a
+    live writer's between creating and locking it: kept while new, removed once old."""
     part = tmp_path / f".a_0.{_dead_pid()}-1.part"
     part.touch()
+    part.chmod(0o1644)
     assert 0 == remove_stale_parts(tmp_path)
     hour_ago = part.stat().st_mtime - 3600
     os.utime(part, (hour_ago, hour_ago))
     assert 1 == remove_stale_parts(tmp_path)
+
+
+def test_an_empty_temp_file_once_locked_goes_with_its_dead_writer(tmp_path: Path) -> None:
+    """Without its newborn mark a temp file was locked by its writer: unlocked now, a dead
+    run's is removed at once, even empty and a second old (a run killed before its first
+    byte leaves one)."""
+    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part.touch()
+    assert 1 == remove_stale_parts(tmp_path)
+    assert not part.exists()
+
+
+def test_a_temp_file_loses_its_newborn_mark_once_locked(tmp_path: Path) -> None:
+    """Created with the sticky bit, it has lost it by the time its first byte is written,
+    and the published file has the usual permissions; where locks do not work it keeps the
+    mark (a cleaner removes nothing there anyway)."""
+    temp = TempFile(tmp_path, "a_0", fsync=False, checksum=False)
+    temp.write([b"x"])
+    assert 0 == temp.path.stat().st_mode & stat.S_ISVTX
+    temp.commit([], tmp_path / "a_0.png")
+    mode = stat.S_IMODE((tmp_path / "a_0.png").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert 0o666 & ~umask == mode
 
 
 def test_where_locks_do_not_work_no_temp_file_is_removed(
@@ -244,8 +270,8 @@ def test_a_temp_file_is_still_locked_as_it_is_published(
     unpublished), yet a cleaner never finds it unlocked before its name is gone."""
     published: list[str] = []
 
-    def checked(real: Callable[[str, str], None]) -> Callable[[str, str], None]:
-        def publish(src: str, dst: str) -> None:
+    def checked(real: Callable[..., None]) -> Callable[..., None]:
+        def publish(src: str, dst: str, **options: object) -> None:
             fd = os.open(src, os.O_RDWR)
             try:
                 with pytest.raises(BlockingIOError):
@@ -253,7 +279,7 @@ def test_a_temp_file_is_still_locked_as_it_is_published(
             finally:
                 os.close(fd)
             published.append(os.fspath(dst))
-            real(src, dst)
+            real(src, dst, **options)
 
         return publish
 
@@ -281,7 +307,7 @@ def test_a_new_name_is_never_published_over_an_existing_file(
     also on a file system without hard links, and publishes where the name is free."""
     if not hard_links:
 
-        def no_link(*_: object) -> None:
+        def no_link(*_: object, **__: object) -> None:
             raise PermissionError(1, "Operation not permitted")
 
         monkeypatch.setattr("fal_edit_async._files.os.link", no_link)
