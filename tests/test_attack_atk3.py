@@ -205,12 +205,12 @@ async def test_a_directory_at_a_journaled_name_gets_new_names(
     assert (arrived / "keep.txt").read_text() == "mine"
 
 
-async def test_a_kill_between_publish_and_journal_leaves_a_duplicate_never_a_replacement(
+async def test_a_kill_between_publish_and_journal_leaves_neither_a_duplicate_nor_a_replacement(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """guarantees.md's stated limit: SIGKILL after the file is published, before the
-    journal's ``downloaded`` record. The rerun keeps the file (it cannot know it for its
-    own) and writes ``-2``: the first file's bytes are untouched."""
+    """SIGKILL after the file is published, before the journal's ``downloaded`` record. The
+    name was journaled as the item's claim, and the file holds exactly the job's bytes: the
+    rerun takes it for its own, untouched, and writes no duplicate under ``-2``."""
 
     src = input_png(tmp_path)
     out = tmp_path / "out"
@@ -241,7 +241,8 @@ async def test_a_kill_between_publish_and_journal_leaves_a_duplicate_never_a_rep
     assert resumed.ok, resumed.error
     assert resumed.resumed and 1 == emulator.counters.submits  # the same job, not a new one
     assert first.read_bytes() == before
-    assert [f.path for f in resumed.files] != [first]
+    assert [f.path for f in resumed.files] == [first]
+    assert [first] == list(out.glob("*.png"))
 
 
 # -- 2. temp-file liveness by flock ---------------------------------------------------------

@@ -81,6 +81,37 @@ async def test_missing_output_is_fetched_again_not_resubmitted(
         image.verify()
 
 
+async def test_a_file_published_but_not_recorded_is_taken_as_the_items_own(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """A kill between publishing an output and recording it leaves the file at the name the
+    item claimed, unknown to the journal. The rerun downloads the job again: a file there with
+    exactly its bytes is that one, kept and recorded, with no duplicate under -2. A file with
+    other bytes at such a name stays someone else's: the item moves to new names."""
+    journal, out = tmp_path / "j.sqlite", tmp_path / "out"
+    edit = EditImageInput(prompt="two", image_urls=[png_data_uri], num_images=2)
+    items = [("a", edit), *items_for(png_data_uri, 1)]
+    first = await run(client, items, journal=journal, download_to=out)
+    by_key = {r.key: r for r in first}
+    theirs = by_key["k0"].files[0].path
+    theirs.write_bytes(b"another run's file")
+    with sqlite3.connect(journal) as db:  # the downloaded records never landed
+        db.execute("UPDATE items SET state = 'completed', files = NULL")
+    before = sorted(p.name for p in out.iterdir())
+
+    again = await run(client, items, journal=journal, download_to=out)
+
+    assert all(r.ok for r in again)
+    assert 2 == emulator.counters.submits
+    after = {r.key: r for r in again}
+    assert by_key["a"].files == after["a"].files  # the same two files, kept as they were
+    moved = after["k0"].files[0].path
+    assert moved != theirs and b"another run's file" == theirs.read_bytes()
+    assert sorted([*before, moved.name]) == sorted(p.name for p in out.iterdir())
+    final = await run(client, items, journal=journal, download_to=out)
+    assert {r.key: r.files for r in again} == {r.key: r.files for r in final}
+
+
 async def test_same_size_corruption_is_caught_by_the_checksum(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -50,6 +50,7 @@ from .._exceptions import (
     field_errors_of,
 )
 from .._files import (
+    EXTENSIONS,
     FileIdentity,
     file_identity,
     fold_name,
@@ -1007,6 +1008,12 @@ class Runner:
             if self.journal is not None and stem != it.owned_stem:
                 folder = str(self.download_to.absolute())
                 await self._write(self.journal.record_name(it.ledger_key, folder, stem))
+            ours = it.owned_files
+            if stem == it.owned_stem:
+                # A run killed between publishing a file and recording it left it at the
+                # name it claimed, unrecorded: one holding exactly the bytes this job gives
+                # is that file, and kept (any other is someone else's: a clash, as before).
+                ours = ours | {f"{n}.{ext}" for n in names for ext in EXTENSIONS.values()}
             done = await download_outcomes(
                 self.core,
                 output.images,
@@ -1014,10 +1021,10 @@ class Runner:
                 stem,
                 names=names,
                 # A claimed name is never written over a file another run wrote meanwhile,
-                # even one this item claimed before; only a file the journal says it wrote
-                # may be, when it is broken.
+                # even one this item claimed before; a file there with exactly this job's
+                # bytes is kept as its own.
                 replace=self.overwrite,
-                ours=it.owned_files,
+                ours=ours,
                 published=published,
                 limiter=self.downloads,
                 max_bytes=self.core.config.limits.max_output_bytes,
