@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import sys
+import threading
 import time
 import unicodedata
 import zlib
@@ -53,11 +54,16 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|\ud800-\udfff]')
 _RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 )
-#: Temp files: ``.<stem>_<index>.<pid>-<counter>.part``. Their writer holds a lock on them,
-#: which tells a live run's from a dead one's wherever it runs; the pid only tells within one
-#: pid namespace (another container's pids mean nothing here).
-_STALE_PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.part$")
+#: Temp files: ``.<stem>_<index>.fal-edit-<pid>-<counter>.part`` (the marker, so a user's
+#: ``.notes.2023-12.part`` is never taken for one). Their writer holds a lock on them, which
+#: tells a live run's from a dead one's wherever it runs; the pid only tells within one pid
+#: namespace (another container's pids mean nothing here).
+_STALE_PART = re.compile(r"^\..+\.fal-edit-([0-9]+)-[0-9a-f]+\.part$", re.ASCII)
 _TEMP_COUNTER = itertools.count()
+#: (device, inode) of this process's temp files while they have their names: how a cleaner
+#: knows its own without opening them (see _remove_if_abandoned).
+_LIVE_HERE: set[tuple[int, int]] = set()
+_LIVE_LOCK = threading.Lock()  # written by the writers' worker threads
 #: A temp file is created with the sticky bit (meaningless on a file) as well as the usual
 #: permissions, and loses it once locked: the mark of a file not yet locked.
 _NEWBORN = 0o666 | stat.S_ISVTX
@@ -184,10 +190,18 @@ def remove_stale_parts(folder: Path) -> int:
 
 def _remove_if_abandoned(path: Path, pid: int) -> bool:
     """Delete one temp file if its writer is gone; True when it was deleted."""
-    # A pid alive in this namespace (this process above all: opening and closing the file
-    # here could drop its own lock where flock is emulated by fcntl locks, as on NFS) may
-    # be the writer: kept, as it always was. A dead-looking pid proves nothing on its own.
-    if _alive(pid):
+    # This process's own are known without opening them: opening and closing one here could
+    # drop its lock where flock is emulated by fcntl locks, as on NFS. Any other with this
+    # pid is a dead run's that had it too (a container's pid 1, run again): its lock tells.
+    # Another pid alive in this namespace may be the writer: kept, as it always was. A
+    # dead-looking pid proves nothing on its own.
+    if pid == os.getpid():
+        try:
+            if _identity_of(os.lstat(path)) in _LIVE_HERE:
+                return False
+        except OSError:
+            return False
+    elif _alive(pid):
         return False
     if sys.platform == "win32":
         path.unlink(missing_ok=True)
@@ -199,6 +213,8 @@ def _remove_if_abandoned(path: Path, pid: int) -> bool:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
+            return False
+        if info.st_uid != os.geteuid():  # another user's (root opens anything): theirs
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -237,9 +253,11 @@ def _hold(fd: int) -> int | None:
     return lock
 
 
+def _identity_of(info: os.stat_result) -> tuple[int, int]:
+    return (info.st_dev, info.st_ino)
+
+
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):  # a pid no process can have: not alive here
@@ -255,7 +273,7 @@ def _temp_suffix() -> str:
     Not random on purpose: ``secrets`` costs a getrandom syscall per file (measurable at
     1 GB/s), and uniqueness is all that matters, since temp files are created exclusively.
     """
-    return f"{os.getpid()}-{next(_TEMP_COUNTER):x}"
+    return f"fal-edit-{os.getpid()}-{next(_TEMP_COUNTER):x}"
 
 
 def check_writable(folder: Path) -> None:
@@ -287,6 +305,7 @@ class TempFile:
         self._hash = hashlib.sha256() if checksum else None
         self._file: BinaryIO | None = None
         self._lock: int | None = None
+        self._identity: tuple[int, int] | None = None
         #: Checks the bytes as they are written, in the writer's thread (off the event loop).
         self.check: ImageCheck | None = None
         #: :func:`file_identity` of the file this published, once it did.
@@ -374,12 +393,14 @@ class TempFile:
         writer had it locked, and is gone (a kill right after creating it leaves it empty)."""
         fd = os.open(self.path, _CREATE, _NEWBORN)
         try:
+            info = os.fstat(fd)
+            self._identity = _identity_of(info)
+            with _LIVE_LOCK:
+                _LIVE_HERE.add(self._identity)
             self._lock = _hold(fd)
-            if self._lock is not None:
+            if self._lock is not None and info.st_mode & stat.S_ISVTX:
                 with contextlib.suppress(OSError):  # kept: a cleaner then gives it a grace
-                    mode = os.fstat(fd).st_mode
-                    if mode & stat.S_ISVTX:
-                        os.fchmod(fd, stat.S_IMODE(mode) & ~stat.S_ISVTX)
+                    os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~stat.S_ISVTX)
             return os.fdopen(fd, "wb")
         except BaseException:
             os.close(fd)
@@ -400,6 +421,10 @@ class TempFile:
         self._unlock()
 
     def _unlock(self) -> None:
+        identity, self._identity = self._identity, None
+        if identity is not None:
+            with _LIVE_LOCK:
+                _LIVE_HERE.discard(identity)
         lock, self._lock = self._lock, None
         if lock is not None:
             with contextlib.suppress(OSError):

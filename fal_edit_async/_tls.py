@@ -1,63 +1,47 @@
-"""The TLS context a transport trusts, made once per process for the certificates it names.
+"""The TLS context a transport trusts, loaded off the event loop in a daemon thread.
 
-Loading the system's certificates costs tens of milliseconds of CPU. A program that makes a
-client per request (a web app), or a test suite, would pay it for every client; the context
-is shared instead while the certificate locations and their files are unchanged. Blocking:
-call it in a worker thread.
+Loading the system's certificates blocks for tens of milliseconds, and for ever when a
+certificate file is a FIFO nobody writes or sits on a hung network mount. The caller's wait
+can be cancelled (a deadline, Ctrl-C); the thread is a daemon, so a load that never ends does
+not keep the program from exiting either (anyio's worker threads are joined at exit).
+
+Each call loads afresh: a context shared by later clients would keep trusting what it read
+first (OpenSSL caches the certificates it finds in ``SSL_CERT_DIR`` as handshakes need them),
+and a client made after the certificates change must see the change.
 """
 
 from __future__ import annotations
 
-import os
 import ssl
 import threading
 
-__all__ = ["default_context", "forget_contexts"]
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
-_Key = tuple[object, ...]
-
-_lock = threading.Lock()
-_contexts: dict[_Key, ssl.SSLContext] = {}
-
-
-def _signature(path: str | None) -> tuple[int, int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+__all__ = ["load_default_context"]
 
 
-def _key() -> _Key:
-    # OpenSSL reads SSL_CERT_FILE / SSL_CERT_DIR when a context is made, so they are part of
-    # the key; so is each location's identity, so that an updated bundle is read again.
-    paths = ssl.get_default_verify_paths()
-    return (
-        os.environ.get(paths.openssl_cafile_env),
-        os.environ.get(paths.openssl_capath_env),
-        paths.cafile,
-        _signature(paths.cafile),
-        paths.capath,
-        _signature(paths.capath),
-    )
+async def load_default_context() -> ssl.SSLContext:
+    """``ssl.create_default_context()``, made in a daemon thread; cancelling the wait
+    abandons the load."""
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: list[ssl.SSLContext | BaseException] = []
 
+    def load() -> None:
+        try:
+            outcome.append(ssl.create_default_context())
+        except BaseException as exc:  # handed to the waiting task, raised there
+            outcome.append(exc)
+        try:
+            anyio.from_thread.run_sync(done.set, token=token)
+        except Exception:  # the loop is gone (the wait was abandoned): nobody to tell
+            pass
 
-def default_context() -> ssl.SSLContext:
-    """``ssl.create_default_context()``, shared while its certificates are unchanged."""
-    key = _key()
-    with _lock:
-        context = _contexts.get(key)
-    if context is None:
-        # Made outside the lock: a load that blocks (a hung mount) must not hold up others.
-        context = ssl.create_default_context()
-        with _lock:
-            context = _contexts.setdefault(key, context)
-    return context
-
-
-def forget_contexts() -> None:
-    """Drop the shared contexts (for tests that count loads)."""
-    with _lock:
-        _contexts.clear()
+    threading.Thread(target=load, name="fal-edit-certificates", daemon=True).start()
+    await done.wait()
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result

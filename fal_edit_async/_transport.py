@@ -36,7 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._config import DEFAULT_TIMEOUTS, DEFAULT_USER_AGENT, Timeouts
 from ._exceptions import ProtocolError, TransportError
 from ._protocol import api_error, decode_json
-from ._tls import default_context
+from ._tls import load_default_context
 
 __all__ = [
     "AiohttpTransport",
@@ -248,8 +248,7 @@ class AiohttpTransport:
     It honours the environment as fal-client (httpx) does: ``HTTPS_PROXY`` / ``HTTP_PROXY``
     / ``NO_PROXY`` (credentials in the proxy's URL), and ``SSL_CERT_FILE`` /
     ``SSL_CERT_DIR`` for the certificates it trusts, read once, when the first request opens
-    the session (the loaded certificates are shared by the process's clients while those
-    files are unchanged). ``trust_env=False`` ignores all of them. ``~/.netrc`` is never read: its
+    the session. ``trust_env=False`` ignores all of them. ``~/.netrc`` is never read: its
     passwords must not go to a CDN.
 
     Args:
@@ -310,10 +309,10 @@ class AiohttpTransport:
             try:
                 # aiohttp's own default context is made when aiohttp is imported, so it misses
                 # an SSL_CERT_FILE set later; OpenSSL reads the variables when this one is made.
-                # In a thread: loading the system's certificates blocks for tens of ms.
-                # Abandoned on cancel: a certificate file whose open blocks (a FIFO, a hung
+                # In a daemon thread: loading the system's certificates blocks for tens of
+                # ms. Abandoned on cancel: a certificate file whose open blocks (a FIFO, a hung
                 # network mount) must not keep a deadline or Ctrl-C from taking effect.
-                context = await anyio.to_thread.run_sync(default_context, abandon_on_cancel=True)
+                context = await load_default_context()
                 self._ssl = self._ssl or context
                 # Read here once: aiohttp's trust_env reads the environment and ~/.netrc again
                 # in a worker thread for every request (two thread hops each).

@@ -315,14 +315,14 @@ def test_odd_files_named_like_temp_files_are_left_alone(tmp_path: Path) -> None:
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    target = elsewhere / f".t_0.{dead}-9.part"
+    target = elsewhere / f".t_0.fal-edit-{dead}-9.part"
     target.write_bytes(b"a dead run's")
     out = tmp_path / "out"
     out.mkdir()
-    (out / f".d_0.{dead}-1.part").mkdir()
-    (out / f".s_0.{dead}-2.part").symlink_to(target)
-    os.mkfifo(out / f".f_0.{dead}-3.part")
-    (out / f".z_0.{dead}-4.part").write_bytes(b"stale")  # the one real stale file
+    (out / f".d_0.fal-edit-{dead}-1.part").mkdir()
+    (out / f".s_0.fal-edit-{dead}-2.part").symlink_to(target)
+    os.mkfifo(out / f".f_0.fal-edit-{dead}-3.part")
+    (out / f".z_0.fal-edit-{dead}-4.part").write_bytes(b"stale")  # the one real stale file
     before = sorted(p.name for p in out.iterdir())
     assert 1 == remove_stale_parts(out)
     assert sorted(p.name for p in out.iterdir()) == [n for n in before if ".z_0." not in n]
@@ -332,12 +332,12 @@ def test_odd_files_named_like_temp_files_are_left_alone(tmp_path: Path) -> None:
 async def test_a_temp_file_name_with_a_huge_pid_does_not_stop_the_batch(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """``.x.99999999999999999999-1.part`` matches _STALE_PART; _alive() only catches
+    """``.x.fal-edit-99999999999999999999-1.part`` matches _STALE_PART; _alive() only catches
     OSError. The CLI says "internal error: OverflowError" (exit 1), nothing is edited."""
     src = input_png(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".x.99999999999999999999-1.part").write_bytes(b"junk")
+    (out / ".x.fal-edit-99999999999999999999-1.part").write_bytes(b"junk")
     result = await run(
         emulator, EditItem(input=EditImageInput(prompt="p", image_urls=[src])), out, None
     )

@@ -133,7 +133,11 @@ def test_numbered_stems_stay_safe_and_distinct(name: str, n: int) -> None:
 
 
 def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:
-    """A live batch's temp file (this process, or another live one) stays; a dead run's goes."""
+    """A live batch's temp file (this process's, or another live one's) stays; a dead run's
+    goes, also one whose pid this process has now (a container's pid 1, run again); a user's
+    file that merely looks like a temp file is never touched."""
+    mine = TempFile(tmp_path, "m_0", fsync=False, checksum=False)
+    mine.write([b"in progress"])
     with subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
     ) as live:
@@ -144,22 +148,26 @@ def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:
             check=True,
         )
         names = {
-            "mine": f".a_0.{os.getpid()}-1.part",
-            "live": f".b_0.{live.pid}-1.part",
-            "dead": f".c_0.{int(dead.stdout)}-1.part",
+            "mine": mine.path.name,
+            "dead-with-my-pid": f".a_0.fal-edit-{os.getpid()}-ffff1.part",
+            "users": f".notes.{int(dead.stdout)}-12.part",
+            "live": f".b_0.fal-edit-{live.pid}-1.part",
+            "dead": f".c_0.fal-edit-{int(dead.stdout)}-1.part",
             # A name template's file need not end in _<n>.
-            "dead-templated": f".v2 cat.r-1.{int(dead.stdout)}-2.part",
+            "dead-templated": f".v2 cat.r-1.fal-edit-{int(dead.stdout)}-2.part",
             "not-ours": ".d_0.notapid.part",
         }
         for name in names.values():
-            (tmp_path / name).write_bytes(b"x")
+            if name != mine.path.name:
+                (tmp_path / name).write_bytes(b"x")
 
-        assert 2 == remove_stale_parts(tmp_path)
+        assert 3 == remove_stale_parts(tmp_path)
 
         assert sorted(n for k, n in names.items() if not k.startswith("dead")) == sorted(
             p.name for p in tmp_path.iterdir()
         )
         live.communicate(b"")
+    mine.discard()
 
 
 def _dead_pid() -> int:
@@ -175,7 +183,7 @@ def _dead_pid() -> int:
 def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path: Path) -> None:
     """A writer in another pid namespace has a pid that looks dead here; its lock on the file
     says it is alive: kept while the lock is held, removed once it is let go."""
-    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
     part.write_bytes(b"x")
     fd = os.open(part, os.O_RDWR)  # another open file description, as another process has
     try:
@@ -191,7 +199,7 @@ def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path: Path) -> Non
 def test_an_empty_temp_file_not_yet_locked_is_kept_while_it_is_new(tmp_path: Path) -> None:
     """An empty temp file still marked newborn (the sticky bit it is created with) may be a
     live writer's between creating and locking it: kept while new, removed once old."""
-    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
     part.touch()
     part.chmod(0o1644)
     assert 0 == remove_stale_parts(tmp_path)
@@ -204,7 +212,7 @@ def test_an_empty_temp_file_once_locked_goes_with_its_dead_writer(tmp_path: Path
     """Without its newborn mark a temp file was locked by its writer: unlocked now, a dead
     run's is removed at once, even empty and a second old (a run killed before its first
     byte leaves one)."""
-    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
     part.touch()
     assert 1 == remove_stale_parts(tmp_path)
     assert not part.exists()
@@ -234,7 +242,7 @@ def test_where_locks_do_not_work_no_temp_file_is_removed(
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    part = tmp_path / f".a_0.{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
     part.write_bytes(b"x")
     assert 0 == remove_stale_parts(tmp_path)
     temp = TempFile(tmp_path, "b_0", fsync=False, checksum=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -27,7 +26,6 @@ from fal_edit_async import (
     RetryPolicy,
     TransportError,
 )
-from fal_edit_async._tls import forget_contexts
 
 KEY = "k3y-5ecret-for-tests"
 QUEUE = "https://queue.example"
@@ -437,7 +435,6 @@ async def test_the_first_wave_of_requests_loads_the_certificates_once(
         return made[-1]
 
     monkeypatch.setattr("fal_edit_async._tls.ssl.create_default_context", counted)
-    forget_contexts()
     transport = AiohttpTransport()
     statuses: list[int] = []
 
@@ -474,7 +471,6 @@ async def test_a_cancelled_first_request_leaves_the_loading_to_the_next(
         return real()
 
     monkeypatch.setattr("fal_edit_async._tls.ssl.create_default_context", slow_once)
-    forget_contexts()
     transport = AiohttpTransport()
     try:
         async with anyio.create_task_group() as tg:
@@ -502,35 +498,3 @@ async def test_a_cancelled_first_request_leaves_the_loading_to_the_next(
     finally:
         release.set()
         await transport.aclose()
-
-
-async def test_clients_share_the_certificates_until_their_files_change(
-    server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """A client per request (a web app) loads the certificates once per process; naming
-    another bundle, or changing the one named, loads them again."""
-    import ssl
-
-    async def context_of_one_request() -> ssl.SSLContext:
-        transport = AiohttpTransport()
-        try:
-            resp = await transport.request(Request(method="GET", url=f"{server}/body"))
-            assert 200 == resp.status
-            context = transport._ssl  # type: ignore[attr-defined]
-            assert isinstance(context, ssl.SSLContext)
-            return context
-        finally:
-            await transport.aclose()
-
-    first = await context_of_one_request()
-    assert first is await context_of_one_request()
-
-    bundle = tmp_path / "bundle.pem"
-    bundle.write_bytes(b"")
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
-    named = await context_of_one_request()
-    assert named is not first
-    assert named is await context_of_one_request()
-
-    bundle.write_bytes(b"\n")  # updated in place: another size
-    assert named is not await context_of_one_request()

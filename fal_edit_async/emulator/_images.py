@@ -221,6 +221,19 @@ def pad(data: bytes, fmt: str, target: int) -> bytes:
     return data
 
 
+def stamp(data: bytes, fmt: str, mark: bytes) -> bytes:
+    """``data`` with ``mark`` (the job's request id and index) in ignorable metadata, so two
+    jobs never give the same bytes, as a generative model never does: a PNG ancillary chunk
+    (``emId``) before ``IEND``, a JPEG comment after ``SOI``. WebP is left as it is."""
+    if fmt == "png":
+        chunk = struct.pack(">I", len(mark)) + b"emId" + mark
+        chunk += struct.pack(">I", zlib.crc32(b"emId" + mark))
+        return data[:-12] + chunk + data[-12:]
+    if fmt == "jpeg":
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(mark) + 2) + mark + data[2:]
+    return data
+
+
 def decode_data_uri(uri: str) -> bytes:
     """The bytes of a ``data:`` URI (base64 or percent-encoded).
 

@@ -22,6 +22,7 @@ from ._images import (
     decode_data_uri,
     edit,
     placeholder,
+    stamp,
     transform_of,
 )
 from ._profile import is_loopback_url
@@ -117,16 +118,17 @@ class EditModel:
         self, job: EmulatedJob, rendered: Rendered, index: int, spec: EditSpec, sync: bool
     ) -> dict[str, Any]:
         name = f"{job.request_id}_{index}.{EXTENSIONS[spec.output_format]}"
+        data = stamp(rendered.data, spec.output_format, f"{job.request_id}_{index}".encode())
         if sync:
-            url = data_uri(rendered.content_type, rendered.data)
+            url = data_uri(rendered.content_type, data)
         else:
-            url = self.store.put(rendered.data, rendered.content_type, name)
+            url = self.store.put(data, rendered.content_type, name)
             job.output_urls.append(url)
         return {
             "url": url,
             "content_type": rendered.content_type,
             "file_name": name,
-            "file_size": len(rendered.data),
+            "file_size": len(data),
             "width": rendered.width,
             "height": rendered.height,
         }

@@ -238,6 +238,24 @@ async def test_output_bytes_pads_valid_images(fmt: str) -> None:
     assert fmt.upper() == open_image(data).format
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+async def test_no_two_outputs_have_the_same_bytes(
+    emu: Emulator, http: aiohttp.ClientSession, fmt: str
+) -> None:
+    """As from a generative model, two jobs (or two images of one) never give the same bytes,
+    even for one input and prompt: a client may know a file for a job's by its bytes. Each
+    still decodes, at its declared size."""
+    seen: list[bytes] = []
+    for _ in range(2):
+        _, body = await run_job(emu, http, output_format=fmt, num_images=2)
+        for image in body["images"]:
+            data, _ = await fetch(image["url"])
+            assert image["file_size"] == len(data)
+            assert fmt.upper() == open_image(data).format
+            seen.append(data)
+    assert 4 == len(set(seen))
+
+
 async def test_fast_images_are_valid(emu: Emulator, http: aiohttp.ClientSession) -> None:
     """Fast placeholder images are real files of the declared size and format."""
     _, body = await run_job(emu, http, output_format="webp", image_size="1536x1024")
