@@ -398,8 +398,10 @@ class TempFile:
             with _LIVE_LOCK:
                 _LIVE_HERE.add(self._identity)
             self._lock = _hold(fd)
-            if self._lock is not None and info.st_mode & stat.S_ISVTX:
-                with contextlib.suppress(OSError):  # kept: a cleaner then gives it a grace
+            # Cleared without a lock too (where locks fail no cleaner removes anything): the
+            # published file must not keep it. Should fchmod fail, a cleaner gives a grace.
+            if info.st_mode & stat.S_ISVTX:
+                with contextlib.suppress(OSError):
                     os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~stat.S_ISVTX)
             return os.fdopen(fd, "wb")
         except BaseException:
