@@ -64,6 +64,32 @@ _TEMP_COUNTER = itertools.count()
 #: knows its own without opening them (see _remove_if_abandoned).
 _LIVE_HERE: set[tuple[int, int]] = set()
 _LIVE_LOCK = threading.Lock()  # written by the writers' worker threads
+#: The descriptors of live temp files (the file's and its lock's): see _release_in_child.
+_LIVE_FDS: set[int] = set()
+
+
+def _release_in_child() -> None:
+    """In a forked child, point the inherited descriptors of its parent's temp files at
+    /dev/null: a lock is the open file's, so a child that outlives the writer would keep a
+    dead run's file locked, and never cleaned. The numbers stay valid for the objects that
+    still hold them (closing one closes /dev/null, never a file the child opened since)."""
+    fds = list(_LIVE_FDS)
+    _LIVE_FDS.clear()
+    _LIVE_HERE.clear()
+    if not fds:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd, inheritable=False)
+    os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_in_child)
 #: A temp file is created with the sticky bit (meaningless on a file) as well as the usual
 #: permissions, and loses it once locked: the mark of a file not yet locked.
 _NEWBORN = 0o666 | stat.S_ISVTX
@@ -357,10 +383,13 @@ class TempFile:
         info = os.fstat(self._file.fileno())
         # Closed before it is published, so a write error the close reports (NFS) keeps it
         # unpublished; the lock's own descriptor keeps it locked until its name is gone.
-        self._file.close()
+        self._close_file()
         try:
             if replace:
-                os.replace(self.path, final)
+                try:
+                    os.replace(self.path, final)
+                except IsADirectoryError:  # a folder is never replaced: a clash, as below
+                    raise FileExistsError(errno.EEXIST, "a folder is there", str(final)) from None
             else:
                 _publish_new(self.path, final)
             # The file now at ``final`` (a link or a rename keeps the inode and the mtime):
@@ -397,7 +426,11 @@ class TempFile:
             self._identity = _identity_of(info)
             with _LIVE_LOCK:
                 _LIVE_HERE.add(self._identity)
+                _LIVE_FDS.add(fd)
             self._lock = _hold(fd)
+            if self._lock is not None:
+                with _LIVE_LOCK:
+                    _LIVE_FDS.add(self._lock)
             # Cleared without a lock too (where locks fail no cleaner removes anything): the
             # published file must not keep it. Should fchmod fail, a cleaner gives a grace.
             if info.st_mode & stat.S_ISVTX:
@@ -405,6 +438,9 @@ class TempFile:
                     os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~stat.S_ISVTX)
             return os.fdopen(fd, "wb")
         except BaseException:
+            with _LIVE_LOCK:
+                _LIVE_FDS.discard(fd)
+            self._unlock()
             os.close(fd)
             raise
 
@@ -416,18 +452,26 @@ class TempFile:
     def discard(self) -> None:
         """Close and delete the temp file; best effort, so the original error stays visible."""
         with contextlib.suppress(OSError):
-            if self._file is not None:
-                self._file.close()
+            self._close_file()
             if not self.committed:
                 self.path.unlink(missing_ok=True)
         self._unlock()
 
+    def _close_file(self) -> None:
+        if self._file is None or self._file.closed:
+            return
+        with _LIVE_LOCK:  # forgotten first: a closed number may be another file's next
+            _LIVE_FDS.discard(self._file.fileno())
+        self._file.close()
+
     def _unlock(self) -> None:
         identity, self._identity = self._identity, None
-        if identity is not None:
-            with _LIVE_LOCK:
-                _LIVE_HERE.discard(identity)
         lock, self._lock = self._lock, None
+        with _LIVE_LOCK:
+            if identity is not None:
+                _LIVE_HERE.discard(identity)
+            if lock is not None:
+                _LIVE_FDS.discard(lock)
         if lock is not None:
             with contextlib.suppress(OSError):
                 os.close(lock)
