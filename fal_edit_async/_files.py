@@ -60,12 +60,11 @@ _RESERVED = frozenset(
 #: namespace (another container's pids mean nothing here).
 _STALE_PART = re.compile(r"^\..+\.fal-edit-([0-9]+)-[0-9a-f]+\.part$", re.ASCII)
 _TEMP_COUNTER = itertools.count()
-#: (device, inode) of this process's temp files while they have their names: how a cleaner
-#: knows its own without opening them (see _remove_if_abandoned).
-_LIVE_HERE: set[tuple[int, int]] = set()
+#: This process's temp files while they have their names, by (device, inode): how a cleaner
+#: knows its own without opening them (see _remove_if_abandoned), and what a forked child
+#: lets go of (see _release_in_child).
+_LIVE_HERE: dict[tuple[int, int], TempFile] = {}
 _LIVE_LOCK = threading.Lock()  # written by the writers' worker threads
-#: The descriptors of live temp files (the file's and its lock's): see _release_in_child.
-_LIVE_FDS: set[int] = set()
 
 
 def _release_in_child() -> None:
@@ -73,8 +72,7 @@ def _release_in_child() -> None:
     /dev/null: a lock is the open file's, so a child that outlives the writer would keep a
     dead run's file locked, and never cleaned. The numbers stay valid for the objects that
     still hold them (closing one closes /dev/null, never a file the child opened since)."""
-    fds = list(_LIVE_FDS)
-    _LIVE_FDS.clear()
+    fds = [fd for temp in _LIVE_HERE.values() for fd in temp.descriptors()]
     _LIVE_HERE.clear()
     if not fds:
         return
@@ -383,7 +381,7 @@ class TempFile:
         info = os.fstat(self._file.fileno())
         # Closed before it is published, so a write error the close reports (NFS) keeps it
         # unpublished; the lock's own descriptor keeps it locked until its name is gone.
-        self._close_file()
+        self._file.close()
         try:
             if replace:
                 try:
@@ -424,13 +422,9 @@ class TempFile:
         try:
             info = os.fstat(fd)
             self._identity = _identity_of(info)
-            with _LIVE_LOCK:
-                _LIVE_HERE.add(self._identity)
-                _LIVE_FDS.add(fd)
             self._lock = _hold(fd)
-            if self._lock is not None:
-                with _LIVE_LOCK:
-                    _LIVE_FDS.add(self._lock)
+            with _LIVE_LOCK:
+                _LIVE_HERE[self._identity] = self
             # Cleared without a lock too (where locks fail no cleaner removes anything): the
             # published file must not keep it. Should fchmod fail, a cleaner gives a grace.
             if info.st_mode & stat.S_ISVTX:
@@ -438,8 +432,6 @@ class TempFile:
                     os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~stat.S_ISVTX)
             return os.fdopen(fd, "wb")
         except BaseException:
-            with _LIVE_LOCK:
-                _LIVE_FDS.discard(fd)
             self._unlock()
             os.close(fd)
             raise
@@ -452,26 +444,25 @@ class TempFile:
     def discard(self) -> None:
         """Close and delete the temp file; best effort, so the original error stays visible."""
         with contextlib.suppress(OSError):
-            self._close_file()
+            if self._file is not None:
+                self._file.close()
             if not self.committed:
                 self.path.unlink(missing_ok=True)
         self._unlock()
 
-    def _close_file(self) -> None:
-        if self._file is None or self._file.closed:
-            return
-        with _LIVE_LOCK:  # forgotten first: a closed number may be another file's next
-            _LIVE_FDS.discard(self._file.fileno())
-        self._file.close()
+    def descriptors(self) -> list[int]:
+        """The open descriptors of this file (the file's, while open, and its lock's)."""
+        fds = [] if self._lock is None else [self._lock]
+        if self._file is not None and not self._file.closed:
+            fds.append(self._file.fileno())
+        return fds
 
     def _unlock(self) -> None:
         identity, self._identity = self._identity, None
+        if identity is not None:
+            with _LIVE_LOCK:
+                _LIVE_HERE.pop(identity, None)
         lock, self._lock = self._lock, None
-        with _LIVE_LOCK:
-            if identity is not None:
-                _LIVE_HERE.discard(identity)
-            if lock is not None:
-                _LIVE_FDS.discard(lock)
         if lock is not None:
             with contextlib.suppress(OSError):
                 os.close(lock)
