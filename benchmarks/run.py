@@ -193,7 +193,7 @@ def build_cases(scenario: str, quick: bool) -> list[Case]:
             files,
             DOWNLOAD_JOBS,
             emulator,
-            warmup=files,  # a whole round: the heap and the connections are warm, as in a long batch
+            warmup=files,  # a whole round: warm heap and connections, as in a long batch
             downloads=DOWNLOAD_CONCURRENCY,
             writes_files=True,
             output_bytes=OUTPUT_BYTES,

@@ -483,6 +483,8 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
     while views:
         batch = views[:_IOV_MAX]
         written = os.writev(fd, batch)
+        if not written:  # nothing taken, and no error said: never spin on it
+            raise OSError(errno.EIO, "the file system took no bytes of a write")
         # A short write (a signal, a full disk about to fail): go on from where it stopped.
         done = 0
         while done < len(batch) and written >= len(batch[done]):

@@ -11,11 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from fal_edit_async import AiohttpTransport, ClientConfig, Credentials, RetryPolicy
-from fal_edit_async import _downloads, _files
+from fal_edit_async import (
+    AiohttpTransport,
+    ClientConfig,
+    Credentials,
+    RetryPolicy,
+    _downloads,
+    _files,
+)
 from fal_edit_async._core import Core
 from fal_edit_async._downloads import download_image
 from fal_edit_async._files import TempFile
@@ -179,3 +184,12 @@ def test_a_write_the_kernel_cuts_short_goes_on_where_it_stopped(
         _files._write_all(file.fileno(), chunks)
         file.seek(0)
         assert b"".join(chunks) == file.read()
+
+
+def test_a_write_that_takes_nothing_fails_instead_of_spinning() -> None:
+    """A writev answering 0 for a non-empty write (a broken file system) is an OSError,
+    which the download reports as its own failure, rather than a loop that never ends."""
+    with tempfile.TemporaryFile() as file, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "writev", lambda fd, buffers: 0)
+        with pytest.raises(OSError, match="took no bytes"):
+            _files._write_all(file.fileno(), [b"abc"])
