@@ -319,7 +319,8 @@ def check_writable(folder: Path) -> None:
 
 
 class TempFile:
-    """A ``.part`` file next to its final name; every method blocks and runs in a thread.
+    """A ``.part`` file next to its final name; every method blocks (a download runs them
+    on the event loop, or in a worker thread where the folder is slow: see _downloads).
 
     The file is created by the first write, and the last batch is written by ``commit``:
     thread hops cost more than the writes, so a small image takes exactly one. From its
@@ -478,11 +479,14 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
-    """Write every chunk, in order, in as few system calls as the kernel allows."""
+    """Write every chunk, in order, in as few system calls as the kernel allows (one
+    ``write`` per chunk where there is no ``writev``: Windows)."""
+    writev = getattr(os, "writev", None)
+    limit = _IOV_MAX if writev is not None else 1
     views = [memoryview(chunk) for chunk in chunks if chunk]
     while views:
-        batch = views[:_IOV_MAX]
-        written = os.writev(fd, batch)
+        batch = views[:limit]
+        written = writev(fd, batch) if writev is not None else os.write(fd, batch[0])
         if not written:  # nothing taken, and no error said: never spin on it
             raise OSError(errno.EIO, "the file system took no bytes of a write")
         # A short write (a signal, a full disk about to fail): go on from where it stopped.

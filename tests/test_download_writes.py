@@ -1,23 +1,20 @@
 """Where a download's bytes are written: on the event loop, or in worker threads when a
 folder's writes block; and a write the kernel cuts short still writes every byte."""
 
+# ruff: noqa: F811 - the tests take test_downloads' fixtures, imported by name
+
 from __future__ import annotations
 
 import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from fal_edit_async import (
-    AiohttpTransport,
-    ClientConfig,
-    Credentials,
-    RetryPolicy,
     _downloads,
     _files,
 )
@@ -25,30 +22,10 @@ from fal_edit_async._core import Core
 from fal_edit_async._downloads import download_image
 from fal_edit_async._files import TempFile
 
-from .test_downloads import BIG, PNG, Server
+from .test_downloads import BIG, PNG, Server, server, transport  # noqa: F401 - fixtures
 
 #: How long a write takes on the slow disk played here (well over _SLOW_OPERATION).
 SLOW_WRITE = 4 * _downloads._SLOW_OPERATION
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    srv = Server()
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-@pytest.fixture
-async def core(server: Server) -> AsyncIterator[Core]:
-    config = ClientConfig(credentials=Credentials("k"), retry=RetryPolicy(wait=False))
-    http = Core(config, AiohttpTransport())
-    try:
-        yield http
-    finally:
-        await http.aclose()
 
 
 @pytest.fixture
@@ -80,12 +57,12 @@ def slow_disk(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 
 
 async def test_an_ordinary_download_is_written_on_the_loop(
-    server: Server, core: Core, tmp_path: Path, writes: list[bool]
+    server: Server, transport: Core, tmp_path: Path, writes: list[bool]
 ) -> None:
     """A fast folder's chunks are written on the event loop: no thread hop per batch."""
     image = server.image("/big.png", BIG)
 
-    got = await download_image(core, image, tmp_path, "cat", 0)
+    got = await download_image(transport, image, tmp_path, "cat", 0)
 
     assert BIG == got.path.read_bytes()
     assert len(writes) > 4  # chunk by chunk, as they arrive
@@ -94,12 +71,12 @@ async def test_an_ordinary_download_is_written_on_the_loop(
 
 @pytest.mark.parametrize("option", ["checksum", "fsync"])
 async def test_a_checksum_or_fsync_goes_through_worker_threads(
-    server: Server, core: Core, tmp_path: Path, writes: list[bool], option: str
+    server: Server, transport: Core, tmp_path: Path, writes: list[bool], option: str
 ) -> None:
     """SHA-256 runs beside the loop, and fsync waits for the disk: neither on the loop."""
     image = server.image("/big.png", BIG)
 
-    got = await download_image(core, image, tmp_path, "cat", 0, **{option: True})
+    got = await download_image(transport, image, tmp_path, "cat", 0, **{option: True})
 
     assert BIG == got.path.read_bytes()
     assert writes
@@ -108,7 +85,7 @@ async def test_a_checksum_or_fsync_goes_through_worker_threads(
 
 async def test_a_folder_whose_writes_block_moves_to_worker_threads(
     server: Server,
-    core: Core,
+    transport: Core,
     tmp_path: Path,
     writes: list[bool],
     monkeypatch: pytest.MonkeyPatch,
@@ -119,13 +96,13 @@ async def test_a_folder_whose_writes_block_moves_to_worker_threads(
     slow_disk(monkeypatch, slow)
     image = server.image("/big.png", BIG)
 
-    first = await download_image(core, image, slow, "a", 0)
+    first = await download_image(transport, image, slow, "a", 0)
     on_loop = writes.count(True)
     writes.clear()
-    second = await download_image(core, image, slow, "b", 0)
+    second = await download_image(transport, image, slow, "b", 0)
     in_threads = list(writes)
     writes.clear()
-    elsewhere = await download_image(core, image, fast, "c", 0)
+    elsewhere = await download_image(transport, image, fast, "c", 0)
 
     assert [BIG] * 3 == [f.path.read_bytes() for f in (first, second, elsewhere)]
     assert _downloads._SLOW_OPERATIONS == on_loop
@@ -136,7 +113,7 @@ async def test_a_folder_whose_writes_block_moves_to_worker_threads(
 
 async def test_a_small_file_in_a_slow_folder_is_still_written_at_once(
     server: Server,
-    core: Core,
+    transport: Core,
     tmp_path: Path,
     writes: list[bool],
     monkeypatch: pytest.MonkeyPatch,
@@ -144,10 +121,10 @@ async def test_a_small_file_in_a_slow_folder_is_still_written_at_once(
     """Below _INLINE_MAX a thread hop costs more than the file: one write, on the loop."""
     slow_disk(monkeypatch, tmp_path)
     big, small = server.image("/big.png", BIG), server.image("/small.png", PNG)
-    await download_image(core, big, tmp_path, "a", 0)  # the folder is found slow
+    await download_image(transport, big, tmp_path, "a", 0)  # the folder is found slow
     writes.clear()
 
-    got = await download_image(core, small, tmp_path, "b", 0)
+    got = await download_image(transport, small, tmp_path, "b", 0)
 
     assert PNG == got.path.read_bytes()
     assert [True] == writes
