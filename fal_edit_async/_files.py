@@ -59,12 +59,29 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|\ud800-\udfff]')
 _RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 )
-#: Temp files: ``.<stem>_<index>.fal-edit-<pid>-<counter>.part`` (the marker, so a user's
-#: ``.notes.2023-12.part`` is never taken for one). Their writer holds a lock on them, which
-#: tells a live run's from a dead one's wherever it runs; the pid only tells within one pid
-#: namespace (another container's pids mean nothing here).
-_STALE_PART = re.compile(r"^\..+\.fal-edit-([0-9]+)-[0-9a-f]+\.part$", re.ASCII)
+#: Temp files: ``.<stem>_<index>.fal-edit-<pid>-<counter>-<namespace>.part`` (the marker,
+#: so a user's ``.notes.2023-12.part`` is never taken for one). Their writer holds a lock on
+#: them, which tells a live run's from a dead one's wherever it runs; the pid only tells
+#: within one pid namespace, which the last part names (absent where it cannot be known,
+#: and in names written before it was added).
+_STALE_PART = re.compile(r"^\..+\.fal-edit-([0-9]+)-[0-9a-f]+(?:-([0-9a-f]{8}))?\.part$", re.ASCII)
 _TEMP_COUNTER = itertools.count()
+
+
+def _pid_namespace() -> str | None:
+    """Eight hex digits naming this kernel boot and pid namespace, or None (no /proc).
+
+    Where a temp file's name carries this process's, its pid means the same here as for its
+    writer: a dead pid is a dead writer, even one killed before it could lock the file."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_bytes()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return hashlib.blake2s(boot + b"/%d" % namespace, digest_size=4).hexdigest()
+
+
+_PID_NAMESPACE = _pid_namespace()
 #: This process's temp files while they have their names, by (device, inode): how a cleaner
 #: knows its own without opening them (see _remove_if_abandoned), and what a forked child
 #: lets go of (see _release_in_child).
@@ -212,13 +229,17 @@ def remove_stale_parts(folder: Path) -> int:
         return 0
     for path in candidates:
         found = _STALE_PART.match(path.name)
-        if found and _remove_if_abandoned(path, int(found.group(1))):
+        if found is None:
+            continue
+        here = _PID_NAMESPACE is not None and found.group(2) == _PID_NAMESPACE
+        if _remove_if_abandoned(path, int(found.group(1)), here=here):
             removed += 1
     return removed
 
 
-def _remove_if_abandoned(path: Path, pid: int) -> bool:
-    """Delete one temp file if its writer is gone; True when it was deleted."""
+def _remove_if_abandoned(path: Path, pid: int, *, here: bool) -> bool:
+    """Delete one temp file if its writer is gone; True when it was deleted. ``here``: its
+    name says its writer ran in this pid namespace, so a dead pid is a dead writer."""
     # This process's own are known without opening them: opening and closing one here could
     # drop its lock where flock is emulated by fcntl locks, as on NFS. Any other with this
     # pid is a dead run's that had it too (a container's pid 1, run again): its lock tells.
@@ -251,8 +272,11 @@ def _remove_if_abandoned(path: Path, pid: int) -> bool:
             return False
         # Locked: its writer is gone. Or it has just created it and not yet locked it: then
         # the file still has its newborn mark, and nothing written.
+        # Unless its pid, dead, was this namespace's: a writer killed in between left it.
+        # (This process's own pid proves nothing: it may be creating this file right now.)
         newborn = info.st_mode & stat.S_ISVTX and info.st_size == 0
-        if newborn and time.time() - info.st_mtime < _UNLOCKED_GRACE:
+        proven_dead = here and pid != os.getpid()
+        if newborn and not proven_dead and time.time() - info.st_mtime < _UNLOCKED_GRACE:
             return False
         try:
             if not os.path.samestat(os.lstat(path), info):
@@ -302,7 +326,8 @@ def _temp_suffix() -> str:
     Not random on purpose: ``secrets`` costs a getrandom syscall per file (measurable at
     1 GB/s), and uniqueness is all that matters, since temp files are created exclusively.
     """
-    return f"fal-edit-{os.getpid()}-{next(_TEMP_COUNTER):x}"
+    namespace = "" if _PID_NAMESPACE is None else f"-{_PID_NAMESPACE}"
+    return f"fal-edit-{os.getpid()}-{next(_TEMP_COUNTER):x}{namespace}"
 
 
 def check_writable(folder: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
+from fal_edit_async import _files
 from fal_edit_async._files import (
     ImageCheck,
     TempFile,
@@ -206,6 +207,62 @@ def test_an_empty_temp_file_not_yet_locked_is_kept_while_it_is_new(tmp_path: Pat
     hour_ago = part.stat().st_mtime - 3600
     os.utime(part, (hour_ago, hour_ago))
     assert 1 == remove_stale_parts(tmp_path)
+
+
+_KILLED_BEFORE_LOCKING = """
+import os, signal, sys
+from pathlib import Path
+from fal_edit_async import _files
+temp = _files.TempFile(Path(sys.argv[1]), "a_0", fsync=False, checksum=False)
+os.open(temp.path, _files._CREATE, _files._NEWBORN)  # created, not yet locked: then kill -9
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(_files._PID_NAMESPACE is None, reason="no /proc: no namespace to name")
+def test_a_run_killed_between_creating_and_locking_leaves_nothing_kept(tmp_path: Path) -> None:
+    """kill -9 right after a temp file is created, before its writer locks it: the file is
+    empty and still newborn, but its name says its writer ran in this pid namespace, where
+    that pid is dead now. The next run removes it at once, not ten minutes later."""
+    done = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_LOCKING, str(tmp_path)])
+    assert -9 == done.returncode
+    [part] = tmp_path.iterdir()
+    assert 0 == part.stat().st_size
+    assert part.stat().st_mode & stat.S_ISVTX
+    assert 1 == remove_stale_parts(tmp_path)
+    assert [] == list(tmp_path.iterdir())
+
+
+def test_a_newborn_temp_file_from_another_namespace_is_kept_while_new(tmp_path: Path) -> None:
+    """The same file named by another pid namespace (another container, another host): its
+    pid means nothing here, and its writer may be about to lock it. Kept while new."""
+    other = "0" * 8 if _files._PID_NAMESPACE != "0" * 8 else "1" * 8
+    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1-{other}.part"
+    part.touch()
+    part.chmod(0o1644)
+    assert 0 == remove_stale_parts(tmp_path)
+    assert part.exists()
+
+
+def test_this_processs_own_newborn_temp_file_is_never_taken_for_dead(tmp_path: Path) -> None:
+    """A cleaner in another thread of the writer's process can see its file between creating
+    and locking it: this pid and this namespace, unlocked, not yet listed as live. Kept."""
+    temp = TempFile(tmp_path, "a_0", fsync=False, checksum=False)
+    os.close(os.open(temp.path, _files._CREATE, _files._NEWBORN))
+    assert 0 == remove_stale_parts(tmp_path)
+    assert temp.path.exists()
+
+
+@given(st.text(min_size=1, max_size=40).map(safe_stem))
+def test_a_temp_files_name_says_its_writers_pid_and_namespace(stem: str) -> None:
+    """Whatever the stem, a temp file's name parses back to this process's pid and pid
+    namespace (so a cleaner reads what its writer meant), and is never an output's name."""
+    name = TempFile(Path("/nowhere"), f"{stem}_0", fsync=False, checksum=False).path.name
+    found = _files._STALE_PART.match(name)
+    assert found is not None
+    assert os.getpid() == int(found.group(1))
+    assert _files._PID_NAMESPACE == found.group(2)
+    assert name.startswith(".") and name.endswith(".part")
 
 
 def test_an_empty_temp_file_once_locked_goes_with_its_dead_writer(tmp_path: Path) -> None:
