@@ -19,7 +19,7 @@ import threading
 import time
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,7 +64,7 @@ _RESERVED = frozenset(
 #: them, which tells a live run's from a dead one's wherever it runs; the pid only tells
 #: within one pid namespace, which the last part names (absent where it cannot be known,
 #: and in names written before it was added).
-_STALE_PART = re.compile(r"^\..+\.fal-edit-([0-9]+)-[0-9a-f]+(?:-([0-9a-f]{8}))?\.part$", re.ASCII)
+_STALE_PART = re.compile(r"\..+\.fal-edit-([0-9]+)-[0-9a-f]+(?:-([0-9a-f]{8}))?\.part\Z", re.ASCII)
 _TEMP_COUNTER = itertools.count()
 
 
@@ -86,16 +86,59 @@ _PID_NAMESPACE = _pid_namespace()
 #: knows its own without opening them (see _remove_if_abandoned), and what a forked child
 #: lets go of (see _release_in_child).
 _LIVE_HERE: dict[tuple[int, int], TempFile] = {}
+#: The names of this process's temp files from just before they are created until they are
+#: in _LIVE_HERE: a cleaner here keeps them (the file may exist, not yet locked).
+_CREATING: set[str] = set()
 _LIVE_LOCK = threading.Lock()  # written by the writers' worker threads
+#: Descriptors of temp files being created that their TempFile does not list yet.
+_PENDING: set[int] = set()
+
+
+class _ForkGate:
+    """Held shared while a temp file's descriptors are made and not yet recorded, and
+    exclusively by a fork: so a child never inherits a descriptor it does not know of."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._inside = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._inside -= 1
+                if not self._inside:
+                    self._changed.notify_all()
+
+    def before_fork(self) -> None:
+        self._changed.acquire()
+        while self._inside:  # a few system calls away (an open, a dup)
+            self._changed.wait()
+
+    def after_fork(self) -> None:
+        self._changed.release()
+
+
+_FORK_GATE = _ForkGate()
 
 
 def _release_in_child() -> None:
     """In a forked child, point the inherited descriptors of its parent's temp files at
     /dev/null: a lock is the open file's, so a child that outlives the writer would keep a
     dead run's file locked, and never cleaned. The numbers stay valid for the objects that
-    still hold them (closing one closes /dev/null, never a file the child opened since)."""
-    fds = [fd for temp in _LIVE_HERE.values() for fd in temp.descriptors()]
+    still hold them (closing one closes /dev/null, never a file the child opened since).
+    The child may be in another pid namespace (its parent unshared one): named again."""
+    global _PID_NAMESPACE
+    _FORK_GATE.after_fork()
+    _PID_NAMESPACE = _pid_namespace()
+    fds = [*_PENDING, *(fd for temp in _LIVE_HERE.values() for fd in temp.descriptors())]
     _LIVE_HERE.clear()
+    _CREATING.clear()
+    _PENDING.clear()
     if not fds:
         return
     try:
@@ -109,7 +152,11 @@ def _release_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_release_in_child)
+    os.register_at_fork(
+        before=_FORK_GATE.before_fork,
+        after_in_parent=_FORK_GATE.after_fork,
+        after_in_child=_release_in_child,
+    )
 #: A temp file is created with the sticky bit (meaningless on a file) as well as the usual
 #: permissions, and loses it once locked: the mark of a file not yet locked.
 _NEWBORN = 0o666 | stat.S_ISVTX
@@ -245,12 +292,16 @@ def _remove_if_abandoned(path: Path, pid: int, *, here: bool) -> bool:
     # pid is a dead run's that had it too (a container's pid 1, run again): its lock tells.
     # Another pid alive in this namespace may be the writer: kept, as it always was. A
     # dead-looking pid proves nothing on its own.
+    try:
+        seen = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(seen.st_mode):  # a FIFO is never opened: that would wake its reader
+        return False
     if pid == os.getpid():
-        try:
-            if _identity_of(os.lstat(path)) in _LIVE_HERE:
+        with _LIVE_LOCK:
+            if _identity_of(seen) in _LIVE_HERE or path.name in _CREATING:
                 return False
-        except OSError:
-            return False
     elif _alive(pid):
         return False
     if sys.platform == "win32":
@@ -272,11 +323,10 @@ def _remove_if_abandoned(path: Path, pid: int, *, here: bool) -> bool:
             return False
         # Locked: its writer is gone. Or it has just created it and not yet locked it: then
         # the file still has its newborn mark, and nothing written.
-        # Unless its pid, dead, was this namespace's: a writer killed in between left it.
-        # (This process's own pid proves nothing: it may be creating this file right now.)
+        # Unless its pid, dead (or this process's, which is not creating it), was this
+        # namespace's: a writer killed in between left it.
         newborn = info.st_mode & stat.S_ISVTX and info.st_size == 0
-        proven_dead = here and pid != os.getpid()
-        if newborn and not proven_dead and time.time() - info.st_mtime < _UNLOCKED_GRACE:
+        if newborn and not here and time.time() - info.st_mtime < _UNLOCKED_GRACE:
             return False
         try:
             if not os.path.samestat(os.lstat(path), info):
@@ -289,12 +339,10 @@ def _remove_if_abandoned(path: Path, pid: int, *, here: bool) -> bool:
         os.close(fd)  # drops the lock
 
 
-def _hold(fd: int) -> int | None:
-    """Lock a new temp file for its writer's whole life, on a descriptor of its own (so the
-    lock outlives closing the file, until its name is gone); None where locks do not work."""
-    if sys.platform == "win32":
-        return None
-    lock = os.dup(fd)  # not inherited by child processes
+def _hold(lock: int) -> int | None:
+    """Lock a new temp file for its writer's whole life, on ``lock``, a descriptor of its
+    own (so the lock outlives closing the file, until its name is gone); None, and ``lock``
+    closed, where locks do not work."""
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -374,6 +422,7 @@ class TempFile:
             except FileNotFoundError:  # the folder went away (or never was): one stat less
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self._create()
+            _PENDING.difference_update(self.descriptors())  # listed by descriptors() now
         check, digest = self.check, self._hash
         for chunk in chunks:
             if check is not None:
@@ -449,13 +498,33 @@ class TempFile:
         interleaves) and lock it before its first byte. It is born with the sticky bit, which
         goes once it is locked: a cleaner that finds an unlocked file without it knows its
         writer had it locked, and is gone (a kill right after creating it leaves it empty)."""
-        fd = os.open(self.path, _CREATE, _NEWBORN)
+        name = self.path.name
+        with _FORK_GATE.shared():  # a fork waits: its child must know every descriptor
+            with _LIVE_LOCK:
+                _CREATING.add(name)
+            try:
+                fd = os.open(self.path, _CREATE, _NEWBORN)
+            except BaseException:
+                with _LIVE_LOCK:
+                    _CREATING.discard(name)
+                raise
+            _PENDING.add(fd)
+            lock = None
+            if sys.platform != "win32":
+                with contextlib.suppress(OSError):  # no lock: no cleaner removes it
+                    lock = os.dup(fd)  # its own descriptor, not inherited by exec
+                    _PENDING.add(lock)
         try:
             info = os.fstat(fd)
             self._identity = _identity_of(info)
-            self._lock = _hold(fd)
+            if lock is not None:
+                self._lock = _hold(lock)
+                if self._lock is None:  # closed by _hold
+                    _PENDING.discard(lock)
+                    lock = None
             with _LIVE_LOCK:
                 _LIVE_HERE[self._identity] = self
+                _CREATING.discard(name)
             # Cleared without a lock too (where locks fail no cleaner removes anything): the
             # published file must not keep it. Should fchmod fail, a cleaner gives a grace.
             if info.st_mode & stat.S_ISVTX:
@@ -463,7 +532,14 @@ class TempFile:
                     os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~stat.S_ISVTX)
             return os.fdopen(fd, "wb", buffering=0)
         except BaseException:
+            if lock is not None and self._lock is None:  # _hold was interrupted
+                _PENDING.discard(lock)
+                with contextlib.suppress(OSError):
+                    os.close(lock)
             self._unlock()
+            with _LIVE_LOCK:
+                _CREATING.discard(name)
+            _PENDING.discard(fd)
             os.close(fd)
             raise
 

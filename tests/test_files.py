@@ -244,13 +244,27 @@ def test_a_newborn_temp_file_from_another_namespace_is_kept_while_new(tmp_path: 
     assert part.exists()
 
 
-def test_this_processs_own_newborn_temp_file_is_never_taken_for_dead(tmp_path: Path) -> None:
+def test_this_processs_own_newborn_temp_file_is_never_taken_for_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cleaner in another thread of the writer's process can see its file between creating
-    and locking it: this pid and this namespace, unlocked, not yet listed as live. Kept."""
+    and locking it: this pid and this namespace, unlocked, newborn, not yet listed as live.
+    Kept; and one this process is not creating, with its pid, is a dead run's: removed."""
+    seen: list[int] = []
+    real_hold = _files._hold
+
+    def cleaner_between_create_and_lock(lock: int) -> int | None:
+        seen.append(remove_stale_parts(tmp_path))
+        return real_hold(lock)
+
+    monkeypatch.setattr(_files, "_hold", cleaner_between_create_and_lock)
     temp = TempFile(tmp_path, "a_0", fsync=False, checksum=False)
-    os.close(os.open(temp.path, _files._CREATE, _files._NEWBORN))
-    assert 0 == remove_stale_parts(tmp_path)
-    assert temp.path.exists()
+    temp.write([b"x"])
+    temp.commit([], tmp_path / "a_0.png")
+    assert [0] == seen and b"x" == (tmp_path / "a_0.png").read_bytes()
+    dead_runs = TempFile(tmp_path, "b_0", fsync=False, checksum=False)  # same pid, unknown here
+    os.close(os.open(dead_runs.path, _files._CREATE, _files._NEWBORN))
+    assert (1 if _files._PID_NAMESPACE else 0) == remove_stale_parts(tmp_path)
 
 
 @given(st.text(min_size=1, max_size=40).map(safe_stem))
@@ -388,3 +402,38 @@ def test_a_new_name_is_never_published_over_an_existing_file(
     fresh.commit([b"mine"], tmp_path / "photo_1.png", replace=False)
     assert b"mine" == (tmp_path / "photo_1.png").read_bytes()
     assert {"photo_0.png", "photo_1.png"} == {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_fork_waits_while_a_temp_file_is_being_created() -> None:
+    """Between its open and its dup a temp file's descriptors are known to no list a child
+    could repoint: a fork from another thread waits for them (0.3 s shows it waiting; the
+    test passes at once when the creation ends)."""
+    import threading
+
+    inside, leave, forked = threading.Event(), threading.Event(), threading.Event()
+
+    def creating() -> None:
+        with _files._FORK_GATE.shared():
+            inside.set()
+            leave.wait()
+
+    def forking() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        forked.set()
+
+    creator = threading.Thread(target=creating)
+    creator.start()
+    assert inside.wait(10)
+    forker = threading.Thread(target=forking)
+    forker.start()
+    try:
+        assert not forked.wait(0.3)  # held at the gate
+    finally:
+        leave.set()
+        creator.join()
+    assert forked.wait(10)
+    forker.join()
