@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from PIL import Image
 
@@ -432,3 +433,30 @@ async def test_concurrency_beyond_the_connection_pool_is_refused(
             async with client.edit_many([item(png_data_uri)], concurrency=16):
                 pass
     assert 0 == emulator.counters.requests_total
+
+
+async def test_results_already_waiting_reach_the_consumer_back_to_back(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """Four items finish before the consumer looks: it gets all four with no other task run
+    between them, so the last of a burst of n is not n trips through the event loop late."""
+    items = [item(png_data_uri, n) for n in range(4)]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    seen: list[int] = []
+    async with client.edit_many(items, concurrency=4) as batch:
+        await emulator.wait_until(lambda: emulator.counters.result_fetches >= 4)
+        await anyio.wait_all_tasks_blocked()  # the four results wait in the batch's buffer
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()  # the ticker has ticked
+            seen += [ticks async for result in batch if result.ok]
+            tg.cancel_scope.cancel()
+    assert 4 == len(seen)
+    assert 1 == len(set(seen)), seen

@@ -84,7 +84,20 @@ class Batch:
         self._receive.close()
 
     async def _results(self) -> AsyncIterator[ItemResult]:
-        async for result in self._receive:
+        receive = self._receive
+        while True:
+            # Results already waiting are handed over at once: a trip through the event loop
+            # for each (receive's checkpoint) made the last of a burst of 256 wait 256 of
+            # them. The buffer is bounded (the jobs limit), and an empty one checkpoints.
+            try:
+                result = receive.receive_nowait()
+            except anyio.WouldBlock:
+                try:
+                    result = await receive.receive()
+                except anyio.EndOfStream:
+                    break
+            except anyio.EndOfStream:
+                break
             yield result
         self._finished = time.monotonic()
 
@@ -222,7 +235,10 @@ async def _feed(
 
     async def deliver(result: ItemResult) -> None:
         batch._record(result)
-        await send.send(result)
+        try:
+            send.send_nowait(result)  # room in the buffer: no trip through the event loop
+        except anyio.WouldBlock:
+            await send.send(result)
 
     async def one(index: int, item: Any) -> None:
         try:
