@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -88,7 +89,10 @@ class Batch:
         while True:
             # Results already waiting are handed over at once: a trip through the event loop
             # for each (receive's checkpoint) made the last of a burst of 256 wait 256 of
-            # them. The buffer is bounded (the jobs limit), and an empty one checkpoints.
+            # them. An empty buffer waits, and checkpoints.
+            # A cancelled consumer stops here (this yields only when it is cancelled), never
+            # handed the results of senders parked on a full buffer first.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 result = receive.receive_nowait()
             except anyio.WouldBlock:
@@ -235,10 +239,15 @@ async def _feed(
 
     async def deliver(result: ItemResult) -> None:
         batch._record(result)
+        # The batch being left cancels this task, but a task whose wait had just ended runs
+        # one more step uncancelled: it stops here, not at a stream closed meanwhile.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         try:
             send.send_nowait(result)  # room in the buffer: no trip through the event loop
         except anyio.WouldBlock:
             await send.send(result)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # nobody iterates any more: the batch was left (its outcome is recorded)
 
     async def one(index: int, item: Any) -> None:
         try:
