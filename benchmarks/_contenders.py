@@ -253,7 +253,7 @@ class OursJournal(_Ours):
             concurrency=self.concurrency,
             download_to=dest,
             downloads=self.downloads,
-            journal=dest.parent / f"{dest.name}.journal",
+            journal=self.journal_for(dest),
         ) as batch:
             async for item in batch:
                 now = time.monotonic()
@@ -263,6 +263,20 @@ class OursJournal(_Ours):
                 else:
                     result.fail(item.error or item.state)
         return result
+
+    def journal_for(self, dest: Path) -> str | Path:
+        """A fresh journal per round (warm-up and timed), next to its download folder."""
+        return dest.parent / f"{dest.name}.journal"
+
+
+class OursJournalPostgres(OursJournal):
+    """:class:`OursJournal` on a PostgreSQL ledger: a fresh schema per round, made by the
+    driver (``spec["journal_dsns"]``, by download folder name), so this process imports
+    nothing the SQLite one does not, but psycopg."""
+
+    def journal_for(self, dest: Path) -> str | Path:
+        dsn: str = self.spec["journal_dsns"][dest.name]
+        return dsn
 
 
 class FalClient(Contender):
@@ -449,6 +463,7 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Contender]] = {
     "ours-edit": OursEdit,
     "ours-batch": OursBatch,
     "ours-journal": OursJournal,
+    "ours-journal-pg": OursJournalPostgres,
     "ours-batch-nodl": OursBatchNoDownload,
     "ours-manifest": OursManifest,
     "fal-client": FalClient,

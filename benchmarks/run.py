@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,19 @@ DOWNLOAD_JOBS, DOWNLOAD_CONCURRENCY = 16, 8
 #: (f): the batch pipeline at each level of jobs in flight, with and without downloads and
 #: a journal, against the floor (which downloads too).
 PIPELINE_JOBS, PIPELINE_LEVELS = 1_000, (64, 256)
-PIPELINE_CONTENDERS = ("floor", "ours-batch-nodl", "ours-batch", "ours-journal") + (
-    # On uvloop too, both of them, when it is installed: is it worth an optional extra?
-    ("floor+uvloop", "ours-journal+uvloop") if importlib.util.find_spec("uvloop") else ()
+#: A PostgreSQL server for the ledger row (``source .ci/postgres && postgres_start`` sets it).
+POSTGRES_ENV = "FAL_EDIT_TEST_POSTGRES"
+PIPELINE_CONTENDERS = (
+    ("floor", "ours-batch-nodl", "ours-batch", "ours-journal")
+    + (
+        ("ours-journal-pg",)
+        if os.environ.get(POSTGRES_ENV) and importlib.util.find_spec("psycopg")
+        else ()
+    )
+    + (
+        # On uvloop too, both of them, when it is installed: is it worth an optional extra?
+        ("floor+uvloop", "ours-journal+uvloop") if importlib.util.find_spec("uvloop") else ()
+    )
 )
 #: (g): instant jobs from a lazily read manifest, batch sizes compared for peak RSS.
 SCALE_CONCURRENCY, SCALE_SIZES = 256, (10_000, 100_000)
@@ -223,6 +234,17 @@ def cold_start() -> dict[str, float]:
     return {"wall": time.monotonic() - started, "failed": 0}
 
 
+def fresh_schema(dsn: str) -> str:
+    """A new schema on the PostgreSQL server at ``dsn``, as an address whose search path is
+    it: each round's ledger starts empty."""
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{dsn}{'&' if '?' in dsn else '?'}options=-csearch_path%3D{schema}"
+
+
 def default_files_folder() -> Path | None:
     """Where rounds write their files: a tmpfs (/dev/shm) when there is one to write.
 
@@ -260,6 +282,9 @@ def run_case(
                 "warmup": case.warmup if warm else 0,
                 "downloads": case.downloads,
             }
+            if name == "ours-journal-pg":
+                dsn = os.environ[POSTGRES_ENV]
+                spec["journal_dsns"] = {d: fresh_schema(dsn) for d in ("warmup", "timed")}
             if settle:
                 wait_for_quiet(QUIET_CORES, settle)
             started = time.monotonic()
@@ -467,7 +492,8 @@ DESCRIPTIONS = {
         "(f) The batch pipeline",
         f"{PIPELINE_JOBS:,} jobs of {PROCESSING_TIME * 1000:.0f} ms at each level in flight; "
         "the floor downloads every output; ours-batch-nodl keeps URLs only, ours-batch "
-        "downloads, ours-journal downloads with a SQLite journal (fsynced).",
+        "downloads, ours-journal downloads with a SQLite journal (fsynced), ours-journal-pg "
+        f"with a PostgreSQL one (when {POSTGRES_ENV} names a server).",
     ),
     "scale": (
         "(g) Scale: a lazily read manifest",
