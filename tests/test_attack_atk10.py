@@ -23,9 +23,7 @@ The other tests are guarantees that held.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from fal_edit_async import AsyncClient, BatchEvent, ItemCompleted, ItemResult
 from fal_edit_async.emulator import Emulator
 
+from ._cli_runs import cli_env, edit_command
 from .conftest import make_png
 from .test_cli_support import json_lines
 
@@ -250,38 +249,6 @@ async def test_a_journal_rerun_after_an_early_break_pays_nothing_again(
 
 # -- the CLI stopped by a signal at moments picked by what the emulator saw ---------------
 
-PROMPT = "Make this pixel-art style."
-
-
-def _cli_env(emu: Emulator) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-    return {
-        **env,
-        "FAL_KEY": emu.api_key,
-        "FAL_QUEUE_URL": emu.queue_url,
-        "FAL_REST_URL": emu.rest_url,
-        "FAL_API_URL": emu.rest_url,
-    }
-
-
-def _cli(tmp_path: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "fal_edit_async",
-        "edit",
-        PROMPT,
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--journal",
-        str(tmp_path / "run.journal"),
-        "--json",
-        "--quiet",
-        "--concurrency",
-        "4",
-    ]
-
 
 @pytest.mark.parametrize(
     ("sig", "counter", "at"),
@@ -297,7 +264,7 @@ async def test_a_signalled_cli_run_exits_cleanly_and_its_rerun_finishes(
     (tmp_path / "in").mkdir()
     for i in range(n):
         (tmp_path / "in" / f"p{i}.png").write_bytes(make_png((24, 16), (i * 9, 40, 40)))
-    env, command = _cli_env(emulator), _cli(tmp_path)
+    env, command = cli_env(emulator), edit_command(tmp_path, "--concurrency", "4")
     with anyio.fail_after(60):
         process = await anyio.open_process(command, env=env)
         async with process:

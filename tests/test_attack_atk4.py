@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from fal_edit_async import (
 )
 from fal_edit_async.emulator import Emulator
 
+from ._cli_runs import cli_env, edit_command
 from .conftest import client_for, make_png
 from .test_cli_support import json_lines
 
@@ -90,19 +90,6 @@ async def test_a_clash_never_deletes_a_file_another_writer_put_at_a_published_na
 
 # -- 1. the CLI killed at moments picked by what the emulator saw ---------------------------
 
-PROMPT = "Make this pixel-art style."
-
-
-def _cli_env(emu: Emulator) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-    return {
-        **env,
-        "FAL_KEY": emu.api_key,
-        "FAL_QUEUE_URL": emu.queue_url,
-        "FAL_REST_URL": emu.rest_url,
-        "FAL_API_URL": emu.rest_url,
-    }
-
 
 def _inputs(folder: Path, n: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,24 +99,6 @@ def _inputs(folder: Path, n: int) -> list[Path]:
         path.write_bytes(make_png((24, 16), (i * 7 % 256, i * 13 % 256, 40)))
         paths.append(path)
     return paths
-
-
-def _cli(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "fal_edit_async",
-        "edit",
-        PROMPT,
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--journal",
-        str(tmp_path / "run.journal"),
-        "--json",
-        "--quiet",
-        *extra,
-    ]
 
 
 KILLS = [
@@ -156,8 +125,8 @@ async def test_a_killed_cli_batch_resumes_paying_once_and_losing_nothing(
     _inputs(tmp_path / "in", n)
     emulator.schedule_fault("submit", "rate_limit", times=6, retry_after=0)  # a 429 storm
     emulator.schedule_fault("stream", "stream_drop", times=4)
-    env = _cli_env(emulator)
-    command = _cli(tmp_path, "--concurrency", "4")
+    env = cli_env(emulator)
+    command = edit_command(tmp_path, "--concurrency", "4")
     with anyio.fail_after(120):  # a hang backstop, not a measurement
         process = await anyio.open_process(command, env=env)
         async with process:
@@ -334,8 +303,8 @@ async def test_a_budget_holds_across_a_killed_run_and_its_rerun(
     submits, the rerun spends what is left. fal never queued more than the budget covers,
     counting what the killed run spent (and the submits it may have sent)."""
     _inputs(tmp_path / "in", 16)
-    env = _cli_env(emulator)
-    command = _cli(tmp_path, "--concurrency", "3", "--budget", "2.00")
+    env = cli_env(emulator)
+    command = edit_command(tmp_path, "--concurrency", "3", "--budget", "2.00")
     with anyio.fail_after(120):  # a hang backstop, not a measurement
         process = await anyio.open_process(command, env=env)
         async with process:

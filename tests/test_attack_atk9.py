@@ -49,22 +49,13 @@ from fal_edit_async._files import TempFile, remove_stale_parts, safe_stem
 from fal_edit_async._name_template import NameTemplate
 from fal_edit_async.emulator import Emulator
 
+from ._cli_runs import cli_env, dead_pid, edit_args, edit_command
 from .conftest import make_png
 from .test_cli_support import json_lines
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX temp-file locks")
 
 TAG = _files._PID_NAMESPACE
-
-
-def _dead_pid() -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
 
 
 def _hidden(folder: Path) -> list[str]:
@@ -370,7 +361,8 @@ def test_a_child_forked_at_any_instant_never_keeps_a_killed_writers_file(
 
 # -- 1. end to end: the CLI killed at moments of its downloads, then run again --------------
 
-PROMPT = "Make this pixel-art style."
+
+FOUR = ("--concurrency", "4")
 
 _KILL_AT_LOCK = r"""
 import os, runpy, signal, sys
@@ -390,34 +382,6 @@ _files._hold = _hold
 sys.argv[0] = "fal_edit_async"
 runpy.run_module("fal_edit_async", run_name="__main__", alter_sys=True)
 """
-
-
-def _cli_env(emu: Emulator, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "ATK9_"))}
-    return {
-        **env,
-        "FAL_KEY": emu.api_key,
-        "FAL_QUEUE_URL": emu.queue_url,
-        "FAL_REST_URL": emu.rest_url,
-        "FAL_API_URL": emu.rest_url,
-        **extra,
-    }
-
-
-def _cli_args(tmp_path: Path) -> list[str]:
-    return [
-        "edit",
-        PROMPT,
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--journal",
-        str(tmp_path / "run.journal"),
-        "--json",
-        "--quiet",
-        "--concurrency",
-        "4",
-    ]
 
 
 _MOMENTS = random.Random(9).sample(range(2, 9), 2)
@@ -447,24 +411,23 @@ async def test_a_cli_killed_mid_download_then_rerun_leaves_no_temp_file_and_pays
     how, _, at = kill.partition(":")
     with anyio.fail_after(60):  # a hang backstop, not a measurement
         if how == "lock":
-            env = _cli_env(emulator, ATK9_KILL_AT_LOCK=at)
-            first = await anyio.run_process(
-                [sys.executable, "-c", _KILL_AT_LOCK, *_cli_args(tmp_path)], env=env, check=False
-            )
+            env = cli_env(emulator, ATK9_KILL_AT_LOCK=at)
+            killing = [sys.executable, "-c", _KILL_AT_LOCK, *edit_args(tmp_path, *FOUR)]
+            first = await anyio.run_process(killing, env=env, check=False)
             assert -signal.SIGKILL == first.returncode, first.stderr
             infos = [(out / name).stat() for name in _hidden(out)]
             # the file it was killed over (beside any other download in flight): empty, and
             # still marked newborn
             assert any(i.st_size == 0 and i.st_mode & stat.S_ISVTX for i in infos), infos
         else:
-            command = [sys.executable, "-m", "fal_edit_async", *_cli_args(tmp_path)]
-            process = await anyio.open_process(command, env=_cli_env(emulator))
+            command = edit_command(tmp_path, *FOUR)
+            process = await anyio.open_process(command, env=cli_env(emulator))
             async with process:
                 await emulator.wait_until(lambda: emulator.counters.downloads >= int(at))
                 process.send_signal(signal.SIGKILL)
                 assert -signal.SIGKILL == await process.wait()
-        command = [sys.executable, "-m", "fal_edit_async", *_cli_args(tmp_path)]
-        second = await anyio.run_process(command, env=_cli_env(emulator), check=False)
+        command = edit_command(tmp_path, *FOUR)
+        second = await anyio.run_process(command, env=cli_env(emulator), check=False)
     counters = emulator.counters
     assert max(counters.billed_by_input.values()) <= 1
     assert [] == _hidden(out)
@@ -578,7 +541,7 @@ def test_a_live_writers_temp_files_in_every_state_survive_any_pid_namespaces_cle
     locked but still marked newborn, one locked with bytes in it. Cleaners run in this
     process or in a fresh pid namespace, with the writer in this namespace or in another
     under a pid that is dead here: every file stays, and the writer publishes all three."""
-    dead = _dead_pid()
+    dead = dead_pid()
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
     prefix = _UNSHARE if writer == "namespace" else []
@@ -720,7 +683,7 @@ def test_a_writer_forked_into_a_new_pid_namespace_keeps_its_temp_file(tmp_path: 
     is in a new pid namespace (pid 1 there forks the writer under a pid dead out here). The
     writer creates a temp file; a cleaner in the original namespace runs before it locks it.
     The live writer's file must stay, and be published."""
-    dead = _dead_pid()
+    dead = dead_pid()
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
     args = [str(tmp_path), str(dead), str(ready_w), str(hold_r)]
@@ -750,7 +713,7 @@ def test_a_writer_forked_into_a_new_pid_namespace_keeps_its_temp_file(tmp_path: 
 
 def test_a_user_file_named_like_a_temp_file_plus_a_newline_is_kept(tmp_path: Path) -> None:
     """Not of the form: a user's file whose name ends in '.part\\n' is no temp file."""
-    dead = _dead_pid()
+    dead = dead_pid()
     names = [f".notes_0.fal-edit-{dead}-1.part\n"]
     if TAG is not None:
         names.append(f".notes_1.fal-edit-{dead}-2-{TAG}.part\n")
@@ -798,7 +761,7 @@ def test_only_names_of_the_exact_temp_form_are_touched(tmp_path: Path) -> None:
     """Regular, unlocked, abandoned-looking files (dead pid; with data, or empty, newborn and
     an hour old) whose names are near misses of the temp form are all kept; one of the
     exact form beside them is removed (so the cleaner did look)."""
-    dead = _dead_pid()
+    dead = dead_pid()
     names = _not_temp_names(dead)
     tail = "" if TAG is None else f"-{TAG}"
     for variant in ("data", "newborn"):
@@ -830,7 +793,7 @@ def odd_things(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     folder.mkdir()
 
     def make(kind: str) -> Path:
-        dead = _dead_pid()
+        dead = dead_pid()
         tail = "" if TAG is None else f"-{TAG}"
         path = folder / f".{kind}_0.fal-edit-{dead}-1{tail}.part"
         if kind == "fifo":
@@ -924,7 +887,7 @@ def test_a_non_root_cleaner_never_removes_another_users_temp_files(tmp_path: Pat
     folder = Path(tempfile.mkdtemp(dir="/tmp/atk9"))
     try:
         folder.chmod(0o777)
-        dead = _dead_pid()
+        dead = dead_pid()
         tail = "" if TAG is None else f"-{TAG}"
         theirs = {
             f".open_0.fal-edit-{dead}-1{tail}.part": 0o666,

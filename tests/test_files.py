@@ -28,6 +28,8 @@ from fal_edit_async._files import (
     safe_stem,
 )
 
+from ._cli_runs import dead_pid
+
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
@@ -171,20 +173,10 @@ def test_only_dead_runs_temp_files_are_removed(tmp_path: Path) -> None:
     mine.discard()
 
 
-def _dead_pid() -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
-
-
 def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path: Path) -> None:
     """A writer in another pid namespace has a pid that looks dead here; its lock on the file
     says it is alive: kept while the lock is held, removed once it is let go."""
-    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{dead_pid()}-1.part"
     part.write_bytes(b"x")
     fd = os.open(part, os.O_RDWR)  # another open file description, as another process has
     try:
@@ -200,7 +192,7 @@ def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path: Path) -> Non
 def test_an_empty_temp_file_not_yet_locked_is_kept_while_it_is_new(tmp_path: Path) -> None:
     """An empty temp file still marked newborn (the sticky bit it is created with) may be a
     live writer's between creating and locking it: kept while new, removed once old."""
-    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{dead_pid()}-1.part"
     part.touch()
     part.chmod(0o1644)
     assert 0 == remove_stale_parts(tmp_path)
@@ -237,7 +229,7 @@ def test_a_newborn_temp_file_from_another_namespace_is_kept_while_new(tmp_path: 
     """The same file named by another pid namespace (another container, another host): its
     pid means nothing here, and its writer may be about to lock it. Kept while new."""
     other = "0" * 8 if _files._PID_NAMESPACE != "0" * 8 else "1" * 8
-    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1-{other}.part"
+    part = tmp_path / f".a_0.fal-edit-{dead_pid()}-1-{other}.part"
     part.touch()
     part.chmod(0o1644)
     assert 0 == remove_stale_parts(tmp_path)
@@ -283,7 +275,7 @@ def test_an_empty_temp_file_once_locked_goes_with_its_dead_writer(tmp_path: Path
     """Without its newborn mark a temp file was locked by its writer: unlocked now, a dead
     run's is removed at once, even empty and a second old (a run killed before its first
     byte leaves one)."""
-    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{dead_pid()}-1.part"
     part.touch()
     assert 1 == remove_stale_parts(tmp_path)
     assert not part.exists()
@@ -312,7 +304,7 @@ def test_where_locks_do_not_work_no_temp_file_is_removed(
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    part = tmp_path / f".a_0.fal-edit-{_dead_pid()}-1.part"
+    part = tmp_path / f".a_0.fal-edit-{dead_pid()}-1.part"
     part.write_bytes(b"x")
     assert 0 == remove_stale_parts(tmp_path)
     temp = TempFile(tmp_path, "b_0", fsync=False, checksum=False)
