@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,17 +233,6 @@ def cold_start() -> dict[str, float]:
     return {"wall": time.monotonic() - started, "failed": 0}
 
 
-def fresh_schema(dsn: str) -> str:
-    """A new schema on the PostgreSQL server at ``dsn``, as an address whose search path is
-    it: each round's ledger starts empty."""
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{dsn}{'&' if '?' in dsn else '?'}options=-csearch_path%3D{schema}"
-
-
 def default_files_folder() -> Path | None:
     """Where rounds write their files: a tmpfs (/dev/shm) when there is one to write.
 
@@ -283,6 +271,8 @@ def run_case(
                 "downloads": case.downloads,
             }
             if name == "ours-journal-pg":
+                from pg_workers import fresh_schema  # psycopg: only when a server is named
+
                 dsn = os.environ[POSTGRES_ENV]
                 spec["journal_dsns"] = {d: fresh_schema(dsn) for d in ("warmup", "timed")}
             if settle:

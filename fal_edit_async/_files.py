@@ -86,12 +86,11 @@ _PID_NAMESPACE = _pid_namespace()
 #: knows its own without opening them (see _remove_if_abandoned), and what a forked child
 #: lets go of (see _release_in_child).
 _LIVE_HERE: dict[tuple[int, int], TempFile] = {}
-#: The names of this process's temp files from just before they are created until they are
-#: in _LIVE_HERE: a cleaner here keeps them (the file may exist, not yet locked).
-_CREATING: set[str] = set()
+#: This process's temp files being created, by name, from just before the file exists until
+#: it is in _LIVE_HERE, with the descriptors made for it so far: a cleaner here keeps them
+#: (the file may exist, not yet locked), and a forked child lets go of them too.
+_CREATING: dict[str, list[int]] = {}
 _LIVE_LOCK = threading.Lock()  # written by the writers' worker threads
-#: Descriptors of temp files being created that their TempFile does not list yet.
-_PENDING: set[int] = set()
 
 
 class _ForkGate:
@@ -135,10 +134,10 @@ def _release_in_child() -> None:
     global _PID_NAMESPACE
     _FORK_GATE.after_fork()
     _PID_NAMESPACE = _pid_namespace()
-    fds = [*_PENDING, *(fd for temp in _LIVE_HERE.values() for fd in temp.descriptors())]
+    fds = [fd for made in _CREATING.values() for fd in made]
+    fds += [fd for temp in _LIVE_HERE.values() for fd in temp.descriptors()]
     _LIVE_HERE.clear()
     _CREATING.clear()
-    _PENDING.clear()
     if not fds:
         return
     try:
@@ -339,19 +338,18 @@ def _remove_if_abandoned(path: Path, pid: int, *, here: bool) -> bool:
         os.close(fd)  # drops the lock
 
 
-def _hold(lock: int) -> int | None:
+def _hold(lock: int) -> bool:
     """Lock a new temp file for its writer's whole life, on ``lock``, a descriptor of its
-    own (so the lock outlives closing the file, until its name is gone); None, and ``lock``
-    closed, where locks do not work."""
+    own (so the lock outlives closing the file, until its name is gone); False where locks
+    do not work (its cleaners can tell nothing, and remove nothing)."""
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a cleaner looking at it this instant: it lets go at once
             fcntl.flock(lock, fcntl.LOCK_EX)
-    except OSError:  # no locks on this file system: its cleaners can tell nothing, remove nothing
-        os.close(lock)
-        return None
-    return lock
+    except OSError:
+        return False
+    return True
 
 
 def _identity_of(info: os.stat_result) -> tuple[int, int]:
@@ -418,11 +416,10 @@ class TempFile:
         """Append ``chunks``, creating the file (exclusively) on the first call."""
         if self._file is None:
             try:
-                self._file = self._create()
+                self._create()
             except FileNotFoundError:  # the folder went away (or never was): one stat less
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self._create()
-            _PENDING.difference_update(self.descriptors())  # listed by descriptors() now
+                self._create()
         check, digest = self.check, self._hash
         for chunk in chunks:
             if check is not None:
@@ -431,6 +428,7 @@ class TempFile:
                 digest.update(chunk)
         # One writev for the batch: each write call hands the GIL to the event loop's
         # thread and takes it back, and that contention cost more than the writes.
+        assert self._file is not None
         _write_all(self._file.fileno(), chunks)
 
     def commit(
@@ -493,55 +491,50 @@ class TempFile:
             return False
         return holds(other, size, digest)
 
-    def _create(self) -> BinaryIO:
+    def _create(self) -> None:
         """Create the file exclusively (a clash with another download fails, never
         interleaves) and lock it before its first byte. It is born with the sticky bit, which
         goes once it is locked: a cleaner that finds an unlocked file without it knows its
         writer had it locked, and is gone (a kill right after creating it leaves it empty)."""
-        name = self.path.name
+        name, made = self.path.name, list[int]()  # the file's descriptor, then its lock's
         with _FORK_GATE.shared():  # a fork waits: its child must know every descriptor
             with _LIVE_LOCK:
-                _CREATING.add(name)
+                _CREATING[name] = made
             try:
-                fd = os.open(self.path, _CREATE, _NEWBORN)
+                made.append(os.open(self.path, _CREATE, _NEWBORN))
+                if sys.platform != "win32":
+                    with contextlib.suppress(OSError):  # no lock: no cleaner removes it
+                        made.append(os.dup(made[0]))  # its own, not inherited by exec
             except BaseException:
                 with _LIVE_LOCK:
-                    _CREATING.discard(name)
+                    del _CREATING[name]
                 raise
-            _PENDING.add(fd)
-            lock = None
-            if sys.platform != "win32":
-                with contextlib.suppress(OSError):  # no lock: no cleaner removes it
-                    lock = os.dup(fd)  # its own descriptor, not inherited by exec
-                    _PENDING.add(lock)
+        fd = made[0]
         try:
             info = os.fstat(fd)
-            self._identity = _identity_of(info)
-            if lock is not None:
-                self._lock = _hold(lock)
-                if self._lock is None:  # closed by _hold
-                    _PENDING.discard(lock)
-                    lock = None
-            with _LIVE_LOCK:
-                _LIVE_HERE[self._identity] = self
-                _CREATING.discard(name)
+            if len(made) > 1 and not _hold(made[1]):
+                with _FORK_GATE.shared():  # closed and untracked in one step, as a fork sees
+                    os.close(made.pop())
             # Cleared without a lock too (where locks fail no cleaner removes anything): the
             # published file must not keep it. Should fchmod fail, a cleaner gives a grace.
             if info.st_mode & stat.S_ISVTX:
                 with contextlib.suppress(OSError):
                     os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~stat.S_ISVTX)
-            return os.fdopen(fd, "wb", buffering=0)
+            file = os.fdopen(fd, "wb", buffering=0)
         except BaseException:
-            if lock is not None and self._lock is None:  # _hold was interrupted
-                _PENDING.discard(lock)
-                with contextlib.suppress(OSError):
-                    os.close(lock)
-            self._unlock()
-            with _LIVE_LOCK:
-                _CREATING.discard(name)
-            _PENDING.discard(fd)
-            os.close(fd)
+            with _FORK_GATE.shared():
+                for descriptor in made:
+                    with contextlib.suppress(OSError):
+                        os.close(descriptor)
+                with _LIVE_LOCK:
+                    del _CREATING[name]
             raise
+        # Listed by descriptors() from here: the file leaves _CREATING in the same step.
+        self._file, self._identity = file, _identity_of(info)
+        self._lock = made[1] if len(made) > 1 else None
+        with _LIVE_LOCK:
+            _LIVE_HERE[self._identity] = self
+            del _CREATING[name]
 
     @property
     def left_behind(self) -> bool:

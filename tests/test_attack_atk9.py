@@ -39,6 +39,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -81,6 +82,20 @@ def _wait_exit(pid: int) -> None:
         select.select([fd], [], [], 30)
     finally:
         os.close(fd)
+
+
+def _script(script: str, *args: object, unshare: bool = False, timeout: float = 60) -> Any:
+    """Run ``script`` in a fresh interpreter (in a new pid namespace with ``unshare``) and
+    return what it printed, as JSON; its failure fails the test."""
+    prefix = [*_UNSHARE] if unshare else []
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    )
+    return json.loads(done.stdout)
 
 
 def _unshare_works() -> bool:
@@ -197,14 +212,7 @@ def test_a_run_killed_at_every_system_call_of_a_temp_files_life_leaves_nothing_k
     killed with SIGKILL before and after each of its system calls in turn (between os.open
     and flock, flock and fchmod, link and unlink...). After each kill the next run (another
     process in this pid namespace) leaves no temp file, and no output is ever half-written."""
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_AT_EVERY_POINT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    results = json.loads(done.stdout)
+    results = _script(_KILLED_AT_EVERY_POINT, tmp_path)
     labels = {label for _, _, label in results}
     assert {"after open", "before flock", "after flock", "before fchmod", "after link"} <= labels
     assert all(code == -signal.SIGKILL for _, code, _ in results[:-1])
@@ -263,14 +271,7 @@ def test_a_run_killed_before_locking_leaves_nothing_for_a_next_run_that_has_its_
     next run in that namespace is given the same pid (pids are reused: ns_last_pid here,
     wrap-around or a checkpoint/restore elsewhere). Its cleaner should remove the dead run's
     newborn file at once, as it does when the pid differs."""
-    done = subprocess.run(
-        [*_UNSHARE, sys.executable, "-c", _KILLED_THEN_SAME_PID, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    seen = json.loads(done.stdout)
+    seen = _script(_KILLED_THEN_SAME_PID, tmp_path, unshare=True)
     assert signal.SIGKILL == seen["status"]
     if seen["first"] != seen["second"]:
         pytest.skip(f"the next run did not get the dead run's pid: {seen}")
@@ -514,14 +515,8 @@ _CLEANER = (
 def _clean(where: str, folder: Path) -> int:
     if where == "here":
         return remove_stale_parts(folder)
-    done = subprocess.run(
-        [*_UNSHARE, sys.executable, "-c", _CLEANER, str(folder)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return int(done.stdout)
+    removed: int = _script(_CLEANER, folder, unshare=True, timeout=30)
+    return removed
 
 
 @needs_unshare
@@ -901,14 +896,7 @@ def test_a_non_root_cleaner_never_removes_another_users_temp_files(tmp_path: Pat
         mine = folder / f".mine_0.fal-edit-{dead}-4{tail}.part"
         mine.write_bytes(b"nobody's")
         os.chown(mine, 65534, 65534)
-        done = subprocess.run(
-            [sys.executable, "-c", _AS_NOBODY, str(folder)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        removed, left = json.loads(done.stdout)
+        removed, left = _script(_AS_NOBODY, folder, timeout=30)
         assert 1 == removed
         assert sorted(theirs) == left
     finally:

@@ -307,10 +307,13 @@ def test_where_locks_do_not_work_no_temp_file_is_removed(
     part = tmp_path / f".a_0.fal-edit-{dead_pid()}-1.part"
     part.write_bytes(b"x")
     assert 0 == remove_stale_parts(tmp_path)
+    open_before = len(os.listdir("/dev/fd"))
     temp = TempFile(tmp_path, "b_0", fsync=False, checksum=False)
     temp.commit([b"mine"], tmp_path / "b_0.png")
     assert b"mine" == (tmp_path / "b_0.png").read_bytes()
     assert 0 == (tmp_path / "b_0.png").stat().st_mode & stat.S_ISVTX  # not left newborn
+    assert open_before == len(os.listdir("/dev/fd"))  # the unlockable lock was closed
+    assert {} == _files._CREATING
 
 
 @pytest.mark.parametrize("end", ["commit", "discard"])

@@ -94,12 +94,10 @@ class Batch:
             # handed the results of senders parked on a full buffer first.
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
-                result = receive.receive_nowait()
-            except anyio.WouldBlock:
                 try:
+                    result = receive.receive_nowait()
+                except anyio.WouldBlock:
                     result = await receive.receive()
-                except anyio.EndOfStream:
-                    break
             except anyio.EndOfStream:
                 break
             yield result
@@ -243,9 +241,10 @@ async def _feed(
         # one more step uncancelled: it stops here, not at a stream closed meanwhile.
         await anyio.lowlevel.checkpoint_if_cancelled()
         try:
-            send.send_nowait(result)  # room in the buffer: no trip through the event loop
-        except anyio.WouldBlock:
-            await send.send(result)
+            try:
+                send.send_nowait(result)  # room in the buffer: no trip through the event loop
+            except anyio.WouldBlock:
+                await send.send(result)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # nobody iterates any more: the batch was left (its outcome is recorded)
 
