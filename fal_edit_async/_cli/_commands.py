@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import anyio
-
 from .. import (
     AuthError,
     Credentials,
@@ -25,7 +23,7 @@ from .. import (
     estimate_cost,
     is_remote_url,
 )
-from . import _ENUM_OPTIONS, _jobs, _ledger, _reconcile
+from . import _ENUM_OPTIONS, _jobs, _ledger, _loop, _reconcile
 from ._inputs import (
     Planned,
     Skipped,
@@ -64,7 +62,7 @@ _JOBS: dict[str, Callable[[argparse.Namespace, TextIO], Awaitable[int]]] = {
 
 def journal_show(args: argparse.Namespace) -> int:
     """``fal-edit journal show``."""
-    return anyio.run(_ledger.show, args, sys.stdout)
+    return _loop.run(_ledger.show, args, sys.stdout)
 
 
 def report_page(args: argparse.Namespace) -> int:
@@ -72,7 +70,7 @@ def report_page(args: argparse.Namespace) -> int:
     if not args.journal.is_file():
         raise UsageError(f"no such journal: {args.journal}")
     page = args.out or args.journal.with_name("report.html")
-    n = anyio.run(_ledger.report, args.journal, page)
+    n = _loop.run(_ledger.report, args.journal, page)
     print(f"wrote {page} ({n} item{'' if n == 1 else 's'})", file=sys.stderr)
     return 0
 
@@ -159,7 +157,7 @@ def _run(args: argparse.Namespace, planned: list[Planned]) -> int:
         report=args.report,
     )
     reporter = _reporter(args, planned)
-    return anyio.run(run_batch, planned, reporter, options)
+    return _loop.run(run_batch, planned, reporter, options)
 
 
 def _reporter(args: argparse.Namespace, planned: list[Planned]) -> Reporter:
@@ -197,7 +195,7 @@ def job(name: str, args: argparse.Namespace) -> int:
     """``fal-edit status``, ``logs``, ``result``, ``cancel`` and ``reconcile``."""
     if Credentials.from_env() is None:  # these commands have no --emulator to offer
         raise UsageError(NO_CREDENTIALS_FOR_JOBS)
-    return anyio.run(_JOBS[name], args, sys.stdout)
+    return _loop.run(_JOBS[name], args, sys.stdout)
 
 
 def failure(exc: BaseException, *, debug: bool) -> int:
