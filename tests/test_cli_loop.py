@@ -41,7 +41,8 @@ def test_asyncio_is_chosen_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_without_uvloop_is_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
     assert not _loop.use_uvloop({})
-    with pytest.raises(UsageError, match=r"FAL_EDIT_LOOP=uvloop, but uvloop is not installed"):
+    wanted = r"FAL_EDIT_LOOP=uvloop, but uvloop cannot be imported .*: pip install uvloop"
+    with pytest.raises(UsageError, match=wanted):
         _loop.use_uvloop({_loop.LOOP_ENVIRONMENT: "uvloop"})
 
 

@@ -11,7 +11,6 @@ The library never chooses a loop: an application runs on the loop it started.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, TypeVarTuple
@@ -43,11 +42,14 @@ def use_uvloop(environ: dict[str, str] | None = None) -> bool:
         raise UsageError(msg)
     if wanted == "asyncio":
         return False
-    installed = importlib.util.find_spec("uvloop") is not None
-    if wanted == "uvloop" and not installed:
-        msg = f"{LOOP_ENVIRONMENT}=uvloop, but uvloop is not installed: pip install uvloop"
-        raise UsageError(msg)
-    return installed
+    try:
+        import uvloop  # noqa: F401 - imported here, so that a broken install falls back
+    except ImportError as exc:  # not installed, or built for another Python
+        if wanted == "uvloop":
+            msg = f"{LOOP_ENVIRONMENT}=uvloop, but uvloop cannot be imported ({exc}): "
+            raise UsageError(msg + "pip install uvloop") from None
+        return False
+    return True
 
 
 def run(func: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
