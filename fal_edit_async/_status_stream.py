@@ -73,6 +73,10 @@ async def fetch_status(core: Core, urls: JobUrls, *, logs: bool) -> JobStatus:
     return await with_retries(once, policy=core.config.retry, stats=core.stats)
 
 
+#: A chunk of the status stream this large (bytes) is followed by a yield to the loop.
+_YIELD_AFTER = 16 * 1024
+
+
 async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
     async with core.stream(
         urls.stream_url,
@@ -100,9 +104,12 @@ async def _stream_once(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerat
             # stalled sends them for ever, so only an event resets the idle bound.
             if clock() - last_event > idle:
                 raise _StreamSilent(f"no status event for {idle} s (Timeouts.stream_idle)")
-            # A read of data already buffered does not suspend: without this, a server
-            # sending faster than we parse would keep the loop from every other task.
-            await asyncio.sleep(0)
+            # A read returns whatever is buffered, up to its limit, without suspending: only
+            # a large chunk can leave more behind, and a server sending faster than we parse
+            # would then keep the loop from every other task. A small one emptied the
+            # buffer, so the next read waits anyway (a yield per event cost a loop trip).
+            if len(chunk) >= _YIELD_AFTER:
+                await asyncio.sleep(0)
 
 
 async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
