@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 import aiohttp
-from _contenders import ENDPOINT, PROMPT, tiny_png_data_uri
+from _contenders import ENDPOINT, PROMPT, peak_rss_kb, tiny_png_data_uri
 
 from fal_edit_async.emulator import Emulator
 
@@ -60,7 +60,7 @@ def snapshot(emu: Emulator, *, jobs: bool) -> dict[str, Any]:
     counters = emu.counters
     out: dict[str, Any] = {name: getattr(counters, name) for name in COUNTERS}
     out["cpu"] = usage.ru_utime + usage.ru_stime
-    out["maxrss_kb"] = usage.ru_maxrss
+    out["maxrss_kb"] = peak_rss_kb()
     if jobs:
         out["jobs"] = {rid: [job.submitted_at, job.completed_at] for rid, job in emu.jobs.items()}
     return out

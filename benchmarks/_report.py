@@ -128,12 +128,16 @@ NOTES = """\
 Figures are the median of the repeats with the spread (min-max) in brackets. Each timed round
 runs a fresh emulator process and a fresh contender process; the contender warms up with one
 wave of jobs at full concurrency first (not with `--quick`), so its CPU time covers the timed
-round only, while peak RSS is the process's whole life (interpreter and imports included).
+round only, while peak RSS (`VmHWM`) is the process's whole life (interpreter and imports
+included).
 
 * **job latency**: from the emulator receiving the submit to the client holding the result.
 * **completion latency** (e): from the emulator marking the job COMPLETED to the client holding
   the result (both `time.monotonic()`, which Linux keeps system-wide).
 * **HTTP requests/job**: the emulator's counters over the timed round, divided by jobs.
+* **client CPU %**: the contender process's CPU time (all its threads) over the round's wall
+  time; near 100 % the client's event loop (one core) is the bottleneck, and its wall time
+  follows its CPU per job.
 * **emulator CPU %**: the emulator process's CPU time over the round's wall time; near 100 %
   the emulator (one core) is the bottleneck, not the client.
 * Contenders: `ours-edit` is `AsyncClient.edit()` per job under a CapacityLimiter;

@@ -55,6 +55,7 @@ def metrics(report: dict[str, Any], jobs: int) -> dict[str, float]:
         "done_p50": percentile(completion, 50),
         "done_p99": percentile(completion, 99),
         "rss_mb": report["maxrss_kb"] / 1024,
+        "client_cpu_pct": report["cpu"] / wall * 100,
         "emu_cpu_pct": emulator_cpu / wall * 100,
         "other_cpu_pct": max(0.0, other) / wall * 100,
         "steal_pct": (after["machine_steal"] - before["machine_steal"]) / wall * 100,
@@ -141,6 +142,7 @@ JOB_COLUMNS = (
     col("p99 ms", "done_p99", 1),
     Column("HTTP requests/job", requests_cell),
     col("peak RSS MB", "rss_mb"),
+    col("client CPU %", "client_cpu_pct", 0),
     col("emulator CPU %", "emu_cpu_pct", 0),
     col("other load %", "other_cpu_pct", 0),
 )
