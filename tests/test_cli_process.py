@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from PIL import Image
 
 from fal_edit_async import AsyncClient, EditImageInput
-from fal_edit_async.emulator import Emulator
+from fal_edit_async.emulator import Emulator, Faults
+from fal_edit_async.emulator._serve import banner
 
+from ._cli_runs import edit_args
 from .test_cli_support import json_lines, write_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,3 +136,35 @@ async def test_ctrl_c_while_following_logs_never_cancels_the_job(
     assert "fal-edit: interrupted\n" == err
     assert 0 == emulator.counters.cancels
     assert not emulator.jobs[handle.request_id].cancelled
+
+
+def _pasted(lines: list[str]) -> dict[str, str]:
+    """The variables of the ``export`` lines a user pastes from ``fal-edit emulator``."""
+    pairs = [shlex.split(line.strip().removeprefix("export "))[0] for line in lines]
+    assert all(line.strip().startswith("export ") for line in lines)
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+async def test_the_emulators_export_lines_let_a_rerun_settle_a_lost_submit(
+    tmp_path: Path,
+) -> None:
+    """A submit fal queued but answered with a bare 504 is `unknown`; a rerun configured by
+    the banner's export lines alone finds it in the request history and adopts it: one job
+    billed, the file on disk. Without FAL_API_URL among them, the history was looked up at
+    api.fal.ai, the row stayed unknown, and --resubmit-unknown paid twice."""
+    write_images(tmp_path / "in", "cat.png")
+    faults = Faults(gateway_timeout_after_queue=1.0)
+    async with Emulator(workers=2, fast_images=True, faults=faults) as emu:
+        exports = [line for line in banner(emu) if line.strip().startswith("export ")]
+        env = _env(**_pasted(exports))
+        assert {"FAL_KEY", "FAL_QUEUE_URL", "FAL_REST_URL", "FAL_API_URL"} <= set(env)
+        command = [sys.executable, "-m", "fal_edit_async", *edit_args(tmp_path)]
+        first = await anyio.run_process(command, env=env, check=False)
+        assert 1 == first.returncode, first.stderr.decode()
+        assert ["unknown"] == [r["status"] for r in json_lines(first.stdout.decode())[:1]]
+        again = await anyio.run_process(command, env=env, check=False)
+        assert 0 == again.returncode, again.stderr.decode()
+        assert 1 == emu.counters.submits
+        assert 1 == sum(1 for job in emu.jobs.values() if job.billed)
+        assert [] == emu.internal_errors
+    assert ["cat_0.png"] == sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -126,7 +126,12 @@ async def open_client(*, emulator: bool) -> AsyncIterator[AsyncClient]:
         raise UsageError("--emulator needs Pillow: pip install 'fal-edit-async[emulator]'") from exc
     async with (
         Emulator(processing_time=EMULATOR_PROCESSING_TIME) as emu,
-        AsyncClient(api_key=emu.api_key, queue_url=emu.queue_url, rest_url=emu.rest_url) as client,
+        AsyncClient(
+            api_key=emu.api_key,
+            queue_url=emu.queue_url,
+            rest_url=emu.rest_url,
+            api_url=emu.api_url,
+        ) as client,
     ):
         yield client
 

@@ -201,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m fal_edit_async.emulator",
         description="Serve a local fal-compatible emulator (queue, storage, CDN) until "
         "Ctrl-C. It prints export lines for FAL_QUEUE_URL, FAL_REST_URL (storage uploads, "
-        "used for files over 256 KiB) and FAL_KEY that point a client at it.",
+        "used for files over 256 KiB), FAL_API_URL (the request history a journal's lost "
+        "submits are looked up in) and FAL_KEY that point a client at it.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -246,6 +246,13 @@ class Emulator:
         return self._rest_url
 
     @property
+    def api_url(self) -> str:
+        """The platform API origin (fal's ``api.fal.ai``), where the request history that
+        reconciling reads is served: :attr:`rest_url`'s. Give it to a client as ``api_url``
+        (``FAL_API_URL``), or a journal's lost submits are looked up at fal itself."""
+        return self._rest_url
+
+    @property
     def profile(self) -> Profile:
         """How closely the emulator plays fal's untidy ways."""
         return self._profile

@@ -30,6 +30,7 @@ def banner(emu: Emulator) -> list[str]:
         "is paid. Point fal-edit (or fal-client) at it by pasting:",
         f"  export FAL_QUEUE_URL={shlex.quote(emu.queue_url)}",
         f"  export FAL_REST_URL={shlex.quote(emu.rest_url)}",
+        f"  export FAL_API_URL={shlex.quote(emu.api_url)}",
         f"  export FAL_KEY={shlex.quote(emu.api_key)}",
         "Ctrl-C to stop.",
     ]
