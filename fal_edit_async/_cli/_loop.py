@@ -1,10 +1,11 @@
 """Which event loop the commands run on: uvloop when it is installed, else asyncio's own.
 
 uvloop comes with the ``speed`` extra (and so with ``cli``). Measured on the batch pipeline
-(``benchmarks/``, 1,000 jobs at 256 in flight, downloads and a journal), it takes 14 % less
-CPU per job and 17 % less wall time than asyncio's loop, the same gain the bare aiohttp
-floor gets from it. ``FAL_EDIT_LOOP=asyncio`` turns it off (a bug to tell from ours, a
-platform where it misbehaves); ``FAL_EDIT_LOOP=uvloop`` insists on it.
+(``benchmarks/``, 1,000 jobs with downloads and a journal), it takes 8-14 % less CPU per job
+than asyncio's loop at 256 in flight, where the loop is the bottleneck (two runs; wall time
+2-17 % less), and makes no measurable difference at 64. The bare aiohttp floor gains as
+much or more. ``FAL_EDIT_LOOP=asyncio`` turns it off (a bug to tell from ours, a platform
+where it misbehaves); ``FAL_EDIT_LOOP=uvloop`` insists on it.
 
 The library never chooses a loop: an application runs on the loop it started.
 """
