@@ -109,30 +109,38 @@ def test_new_fault_rates_reach_the_emulator() -> None:
 
 async def test_banner_prints_export_lines_for_a_key_it_requires() -> None:
     """Without --api-key the banner's key is the only one accepted; its export lines set
-    FAL_QUEUE_URL, FAL_REST_URL and FAL_KEY; --verbose logs each request it answers."""
+    FAL_QUEUE_URL, FAL_REST_URL, FAL_API_URL and FAL_KEY; --verbose logs each request it
+    answers."""
     command = [sys.executable, "-m", "fal_edit_async.emulator", "--verbose"]
     async with await anyio.open_process(command) as process:
-        assert process.stdout is not None
-        stdout = BufferedByteReceiveStream(process.stdout)
-        lines = [(await stdout.receive_until(b"\n", 4096)).decode() for _ in range(8)]
-        exports = dict(
-            line.strip().removeprefix("export ").split("=", 1)
-            for line in lines
-            if line.strip().startswith("export ")
-        )
-        assert {"FAL_QUEUE_URL", "FAL_REST_URL", "FAL_KEY"} == set(exports)
-        key = exports["FAL_KEY"]
-        assert f"{key} (the only key it accepts)" in lines[2]
-        status = exports["FAL_QUEUE_URL"] + "/a/b/requests/x/status"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(status, headers={"Authorization": "Key other"}) as resp:
-                assert 401 == resp.status
-            async with http.get(status, headers={"Authorization": f"Key {key}"}) as resp:
-                assert 404 == resp.status
-        logged = (await stdout.receive_until(b"\n", 4096)).decode()
-        assert logged.endswith(" GET /a/b/requests/x/status 401")
-        process.send_signal(signal.SIGINT)
-        assert 0 == await process.wait()
+        try:
+            assert process.stdout is not None
+            stdout = BufferedByteReceiveStream(process.stdout)
+            lines = [(await stdout.receive_until(b"\n", 4096)).decode()]
+            while lines[-1] != "Ctrl-C to stop.":
+                lines.append((await stdout.receive_until(b"\n", 4096)).decode())
+            exports = dict(
+                line.strip().removeprefix("export ").split("=", 1)
+                for line in lines
+                if line.strip().startswith("export ")
+            )
+            assert {"FAL_QUEUE_URL", "FAL_REST_URL", "FAL_API_URL", "FAL_KEY"} == set(exports)
+            assert exports["FAL_API_URL"] == exports["FAL_REST_URL"]  # history is served there
+            key = exports["FAL_KEY"]
+            assert f"{key} (the only key it accepts)" in lines[2]
+            status = exports["FAL_QUEUE_URL"] + "/a/b/requests/x/status"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(status, headers={"Authorization": "Key other"}) as resp:
+                    assert 401 == resp.status
+                async with http.get(status, headers={"Authorization": f"Key {key}"}) as resp:
+                    assert 404 == resp.status
+            logged = (await stdout.receive_until(b"\n", 4096)).decode()
+            assert logged.endswith(" GET /a/b/requests/x/status 401")
+            process.send_signal(signal.SIGINT)
+            assert 0 == await process.wait()
+        finally:
+            if process.returncode is None:  # a failed check must not wait on the server
+                process.kill()
 
 
 def test_help_names_the_rest_url_and_a_bad_port_is_a_usage_error(
