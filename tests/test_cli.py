@@ -502,3 +502,33 @@ def test_the_default_out_folder_is_edited_never_the_inputs_folder(
     assert ["shot_1.png"] == [Path(s).name for s in records["shot_1"]["sources"]]
     assert ["shot_1_0.png"] == [Path(o).name for o in records["shot_1"]["outputs"]]
     assert shot.exists()
+
+
+@pytest.mark.parametrize("journal", [None, Path("run.journal")])
+def test_interrupted_jobs_are_summed_up_as_interrupted_not_cancelled(journal: Path | None) -> None:
+    """Jobs a stopped run left behind carry a JobCancelledError whatever fal answered: the
+    summary said "4 items interrupted (cancelled)" when fal never answered the cancels."""
+    from types import SimpleNamespace
+
+    from fal_edit_async import ItemResult, ItemState, JobCancelledError
+    from fal_edit_async._cli._run import _failure_lines
+
+    progress = Progress(5)
+    for n in range(4):
+        error = JobCancelledError(f"r{n}", "interrupted: fal did not answer the cancel")
+        progress.on_result(
+            ItemResult(
+                key=f"k{n}", index=n, state=ItemState.INTERRUPTED, error=error, request_id=f"r{n}"
+            )
+        )
+    run = SimpleNamespace(options=SimpleNamespace(journal=journal), progress=progress)
+    lines = _failure_lines(run)  # type: ignore[arg-type]
+    again = "run again with the same --journal to fetch it"
+    step = again if journal else "`fal-edit result r0 --out DIR` fetches it"
+    if journal:
+        assert ["Not done:", f"  4 items interrupted: {step}"] == lines
+    else:  # each has its own request id to fetch by: listed one by one
+        assert 5 == len(lines) and all("(cancelled)" not in line for line in lines)
+        assert (
+            lines[1] == f"  ✗ k0 interrupted: interrupted: fal did not answer the cancel → {step}"
+        )

@@ -168,3 +168,29 @@ async def test_the_emulators_export_lines_let_a_rerun_settle_a_lost_submit(
         assert 1 == sum(1 for job in emu.jobs.values() if job.billed)
         assert [] == emu.internal_errors
     assert ["cat_0.png"] == sorted(p.name for p in (tmp_path / "out").iterdir())
+
+
+async def test_ctrl_c_with_only_submits_in_flight_says_they_will_be_cancelled(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Ctrl-C while fal has not yet answered any submit: the notice does not say "cancelling
+    0 jobs" (atk12 saw that, then "fal accepted the cancel of 6 jobs"); each job is
+    cancelled once its submit is answered."""
+    emulator.schedule_fault("submit", "slow_response", times=2, delay=60)
+    write_images(tmp_path / "in", "p0.png", "p1.png")
+    command = [sys.executable, "-m", "fal_edit_async", "edit", PROMPT, str(tmp_path / "in")]
+    command += ["--out", str(tmp_path / "out"), "--concurrency", "2"]
+    async with await anyio.open_process(command, env=_fal_env(emulator)) as process:
+        assert process.stderr is not None
+        await emulator.wait_slow_held(2)
+        process.send_signal(signal.SIGINT)
+        stderr = BufferedByteReceiveStream(process.stderr)
+        notice = ""
+        while "Ctrl-C" not in notice:
+            notice = (await stderr.receive_until(b"\n", 65536)).decode()
+        emulator.release_slow()
+        assert 130 == await process.wait()
+    assert notice.startswith("Ctrl-C: stopping; any submit in flight is cancelled once fal")
+    assert "cancelling 0 jobs" not in notice
+    assert 2 == emulator.counters.cancels
+    assert all(job.cancelled for job in emulator.jobs.values())

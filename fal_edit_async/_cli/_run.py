@@ -276,13 +276,17 @@ def _failure_lines(run: _Run) -> list[str]:
     for f in run.progress.finished_items.values():
         if f.outcome != "done":
             step = next_step(f.result, f.outcome, journal=journal, line=f.line)
+            # An interrupted job carries a JobCancelledError whatever fal answered (or if it
+            # did not): "cancelled" would be wrong for it, its state says it all.
             why = cause(f.result.error) if f.result.error else f.outcome
+            if f.outcome == "interrupted":
+                why = f.outcome
             groups.setdefault((why, step), []).append(f)
     if not groups:
         return []
     lines, listed, hidden = ["Not done:"], 0, 0
     for (why, step), items in groups.items():
-        if len(items) > 3 and why in ("over budget", "cancelled"):
+        if len(items) > 3 and why in ("over budget", "cancelled", "interrupted"):
             also = f" ({why})" if why != items[0].outcome else ""
             lines.append(f"  {plural(len(items), 'item')} {items[0].outcome}{also}: {step}")
             continue
@@ -450,9 +454,14 @@ async def _watch_signals(
             run.progress.stopping = "stopping"
             n = len(run.progress.active)
             name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-            run.reporter.notice(
-                f"{name}: cancelling {_jobs(n)} on fal... ({name} again to quit at once)"
+            # Only accepted jobs are counted; a submit still in flight is cancelled once fal
+            # answers it, so "cancelling 0 jobs" would be wrong while one is.
+            what = (
+                f"cancelling {_jobs(n)} on fal, and any submit in flight once fal accepts it"
+                if n
+                else "stopping; any submit in flight is cancelled once fal accepts it"
             )
+            run.reporter.notice(f"{name}: {what}... ({name} again to quit at once)")
             scope.cancel()
 
 
