@@ -285,6 +285,9 @@ class Scenario:
             "FAL_KEY": emu.api_key,
             "FAL_QUEUE_URL": emu.queue_url,
             "FAL_REST_URL": emu.rest_url,
+            # Where reconciling finds a lost submit's job (fal's request history): without
+            # it, every unknown row stayed unknown and its resubmit paid twice.
+            "FAL_API_URL": emu.api_url,
         }
 
     def batch_command(self, *extra: str) -> list[str]:
