@@ -238,6 +238,17 @@ class _Feed(Generic[T]):
         self._ended = True
         self._task.cancel()
 
+    def leftover(self) -> list[T]:
+        """The items produced but never taken by ``next`` (call it after :meth:`close`)."""
+        items: list[T] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not _END:
+                items.append(item)
+
     def __del__(self) -> None:
         # A feed dropped mid-way (a ``break`` without close) stops its producer, unwaited.
         if self._started and not self._ended:
@@ -511,6 +522,7 @@ class SyncBatch:
     ) -> None:
         self._feed = _Feed(loop, produce)
         self._batch: Batch | None = None
+        self._left: list[ItemResult] = []
 
     def __iter__(self) -> Iterator[ItemResult]:
         return self
@@ -539,6 +551,13 @@ class SyncBatch:
         if self._batch is None:
             raise RuntimeError("this batch has not started: iterate it first")
         return self._batch.summary()
+
+    @property
+    def undelivered(self) -> list[ItemResult]:
+        """Results that ended but were never yielded, because iteration stopped first (see
+        :attr:`Batch.undelivered`); read it once the batch is closed."""
+        self._left += self._feed.leftover()
+        return [*self._left, *(self._batch.undelivered if self._batch is not None else ())]
 
 
 class SyncJobHandle:

@@ -460,3 +460,33 @@ async def test_results_already_waiting_reach_the_consumer_back_to_back(
             tg.cancel_scope.cancel()
     assert 4 == len(seen)
     assert 1 == len(set(seen)), seen
+
+
+@pytest.mark.parametrize("leave", ["break", "cancel"])
+async def test_results_that_ended_but_were_never_yielded_are_in_undelivered(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path, leave: str
+) -> None:
+    """Six items finish while the consumer looks away (two in the buffer, the rest parked
+    behind it); it takes one and stops. The other five are finished all the same: they
+    were lost to the caller (the CLI then printed "not started" for downloaded, journaled
+    items, atk13); now each is in ``undelivered``, once, and the first is not."""
+    items = [item(png_data_uri, n) for n in range(6)]
+    taken: list[str] = []
+    with anyio.CancelScope() as scope:
+        async with client.edit_many(
+            items, concurrency=2, download_to=tmp_path / "out", journal=tmp_path / "j"
+        ) as batch:
+            await emulator.wait_until(lambda: emulator.counters.downloads >= 6)
+            await anyio.wait_all_tasks_blocked()  # every result waits to be yielded
+            async for result in batch:
+                taken.append(result.key)
+                if leave == "cancel":
+                    scope.cancel()
+                    await anyio.lowlevel.checkpoint()
+                break
+    assert 1 == len(taken)
+    left = batch.undelivered
+    assert 5 == len(left) and {r.key for r in left}.isdisjoint(taken)
+    assert {ItemState.COMPLETED} == {r.state for r in left}
+    assert 6 == len({r.key for r in left} | set(taken))
+    assert 6 == emulator.counters.submits

@@ -307,3 +307,19 @@ def test_ctrl_c_at_any_point_leaves_no_job_running(emu: Emu) -> None:
             running = [j.request_id for j in emu.emu.jobs.values() if not j.cancelled]
             assert [] == running, f"attempt {i}"
     assert fal.statistics().submits == len(emu.emu.jobs)
+
+
+def test_a_batch_left_after_one_result_keeps_the_rest_in_undelivered(
+    emu: Emu, tmp_path: Path
+) -> None:
+    """Four items finish before the loop takes the first and breaks: the other three are
+    done all the same, and ``undelivered`` holds them, once each."""
+    inputs = [edit_input(f"prompt {i}") for i in range(4)]
+    with emu.client() as fal:
+        with fal.edit_many(inputs, download_to=tmp_path, concurrency=4) as batch:
+            emu.portal.call(emu.emu.wait_until, lambda: emu.emu.counters.downloads >= 4)
+            first = next(iter(batch))
+        left = batch.undelivered
+    assert 3 == len(left) and first.key not in {r.key for r in left}
+    assert 4 == len({r.key for r in left} | {first.key})
+    assert all(r.ok for r in left)

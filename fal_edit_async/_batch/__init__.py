@@ -71,6 +71,7 @@ class Batch:
         self._retries_at_start = runner.core.stats.snapshot().retries
         #: What reconciling the journal's unknown rows did before anything was submitted.
         self.reconciled = ReconcileReport()
+        self._undelivered: list[ItemResult] = []
 
     def __aiter__(self) -> AsyncIterator[ItemResult]:
         if self._ended:
@@ -81,8 +82,26 @@ class Batch:
         return self._results()
 
     def _end(self) -> None:
+        if not self._ended:  # results still buffered when the consumer stopped iterating
+            while True:
+                try:
+                    self._undelivered.append(self._receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
         self._ended = True
         self._receive.close()
+
+    @property
+    def undelivered(self) -> list[ItemResult]:
+        """Results that ended but were never yielded, because iteration stopped first (a
+        ``break``, an exception, a cancelled task, a deadline): read it after the block.
+
+        Such an item is finished all the same (its files are on disk, its journal row
+        says so); this is how a caller that stopped early still learns of it. Items cut
+        short on the way out are not here: they have no result (see
+        :attr:`BatchSummary.interrupted`).
+        """
+        return list(self._undelivered)
 
     async def _results(self) -> AsyncIterator[ItemResult]:
         receive = self._receive
@@ -237,16 +256,22 @@ async def _feed(
 
     async def deliver(result: ItemResult) -> None:
         batch._record(result)
-        # The batch being left cancels this task, but a task whose wait had just ended runs
-        # one more step uncancelled: it stops here, not at a stream closed meanwhile.
-        await anyio.lowlevel.checkpoint_if_cancelled()
         try:
+            # The batch being left cancels this task, but a task whose wait had just ended
+            # runs one more step uncancelled: it stops here, not at a stream closed meanwhile.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 send.send_nowait(result)  # room in the buffer: no trip through the event loop
             except anyio.WouldBlock:
-                await send.send(result)
+                # Shielded: a parked result is taken by the consumer or, as the batch is
+                # left, by Batch._end; a cancelled wait could not tell which had happened.
+                with anyio.CancelScope(shield=True):
+                    await send.send(result)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # nobody iterates any more: the batch was left (its outcome is recorded)
+            batch._undelivered.append(result)  # nobody iterates any more: the batch was left
+        except anyio.get_cancelled_exc_class():
+            batch._undelivered.append(result)  # cancelled before it was sent: never yielded
+            raise
 
     async def one(index: int, item: Any) -> None:
         try:

@@ -327,6 +327,11 @@ async def _run_valid(run: _Run, items: list[EditItem]) -> bool:
             with scope:
                 await _follow(run, client, items, scope)
             tg.cancel_scope.cancel()
+    if run.batch is not None:
+        # Items that finished as the run was stopped, their results never yielded: done all
+        # the same (files on disk, journaled), and reported as such, not as "not started".
+        for result in run.batch.undelivered:
+            run.report(result)
     timed_out = scope.cancelled_caught and not run.interrupted and run.auth_error is None
     if timed_out or run.auth_error is not None:
         run.progress.stopping = "timed out" if timed_out else "key refused"
