@@ -275,11 +275,16 @@ class UnknownSubmitError(FalEditError):
     """A submit was sent but its answer was lost, so fal may have queued (and billed) a job.
 
     The item is not submitted again unless asked (``resubmit_unknown=True``,
-    ``--resubmit-unknown``): a second submit could be a second paid job.
+    ``--resubmit-unknown``): a second submit could be a second paid job. ``ambiguous``:
+    reconciling found two or more jobs that may be this item's, and it is never submitted
+    again, whatever was asked.
     """
 
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, request_id: str | None = None, ambiguous: bool = False
+    ) -> None:
         self.request_id = request_id
+        self.ambiguous = ambiguous
         super().__init__(_with_request_id(message, request_id))
 
 

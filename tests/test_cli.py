@@ -532,3 +532,23 @@ def test_interrupted_jobs_are_summed_up_as_interrupted_not_cancelled(journal: Pa
         assert (
             lines[1] == f"  ✗ k0 interrupted: interrupted: fal did not answer the cancel → {step}"
         )
+
+
+def test_an_ambiguous_row_is_not_told_that_resubmit_unknown_submits_it() -> None:
+    """`ambiguous` rows are never submitted again (guarantees.md), yet were told
+    "--resubmit-unknown submits it again" and `fal-edit status REQUEST_ID` (atk13)."""
+    from fal_edit_async import ItemResult, ItemState, UnknownSubmitError
+    from fal_edit_async._cli._messages import next_step
+
+    def step(error: UnknownSubmitError, request_id: str | None = None) -> str:
+        result = ItemResult(
+            key="k", index=0, state=ItemState.UNKNOWN, error=error, request_id=request_id
+        )
+        return next_step(result, "unknown", journal=True, line=None)
+
+    ambiguous = step(UnknownSubmitError("2 requests match", ambiguous=True))
+    assert "never submitted again" in ambiguous
+    assert "REQUEST_ID" not in ambiguous and "submits it again" not in ambiguous
+    lost = step(UnknownSubmitError("answer lost"))
+    assert "--resubmit-unknown submits it again" in lost and "REQUEST_ID" not in lost
+    assert "`fal-edit status r1`" in step(UnknownSubmitError("answer lost"), "r1")

@@ -889,7 +889,9 @@ class Runner:
         it.start_timeout = entry.start_timeout
         if state is JournalState.AMBIGUOUS:
             # Two or more jobs may be this item's: never a third, whatever was asked.
-            ambiguous = UnknownSubmitError(entry.error or "ambiguous", request_id=None)
+            ambiguous = UnknownSubmitError(
+                entry.error or "ambiguous", request_id=None, ambiguous=True
+            )
             await self.emit(ItemFailed(key=it.key, request_id=None, error=ambiguous))
             return it.result(ItemState.UNKNOWN, error=ambiguous)
         if entry.request_id is not None or state.has_job:

@@ -133,6 +133,16 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
     again = "run again with the same --journal" if journal else "run again"
     if state == SKIPPED:
         return "an earlier run's verdict: add --retry-failed to submit it again"
+    if state == "unknown" and isinstance(error, UnknownSubmitError) and error.ambiguous:
+        return (
+            "two or more jobs on fal may be this item's, so it is never submitted again "
+            "(not even with --resubmit-unknown): `fal-edit reconcile JOURNAL --json` names them"
+        )
+    if state == "unknown" and result.request_id is None:
+        return (
+            "not retried, since fal may have queued (and will bill) it and a second submit "
+            "would pay twice; --resubmit-unknown submits it again"
+        )
     if state == "unknown":
         return (
             "not retried, since fal may have queued (and will bill) it and a second submit "
