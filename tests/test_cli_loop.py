@@ -85,3 +85,21 @@ def test_a_batch_with_a_journal_runs_on_uvloop_and_pays_once(
     assert ["a_0.png", "b_0.png", "c_0.png"] == sorted(p.name for p in out.iterdir())
     records = json_lines(capsys.readouterr().out)
     assert {"completed"} == {r["status"] for r in records}
+
+
+@pytest.mark.parametrize(
+    "source", ["raise RuntimeError('broken build')", "def (", "x = 1  # no new_event_loop"]
+)
+def test_a_broken_uvloop_falls_back_under_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A uvloop that raises anything on import, or lacks new_event_loop, is not used by
+    "auto" and is a usage error for "uvloop" (atk13: "internal error" before)."""
+    (tmp_path / "uvloop.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "uvloop", raising=False)
+    assert not _loop.use_uvloop({})
+    monkeypatch.delitem(sys.modules, "uvloop", raising=False)
+    with pytest.raises(UsageError, match="uvloop cannot be imported"):
+        _loop.use_uvloop({_loop.LOOP_ENVIRONMENT: "uvloop"})
+    monkeypatch.delitem(sys.modules, "uvloop", raising=False)

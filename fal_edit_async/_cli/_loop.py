@@ -44,8 +44,10 @@ def use_uvloop(environ: dict[str, str] | None = None) -> bool:
     if wanted == "asyncio":
         return False
     try:
-        import uvloop  # noqa: F401 - imported here, so that a broken install falls back
-    except ImportError as exc:  # not installed, or built for another Python
+        import uvloop  # imported here, so that a broken install falls back
+
+        uvloop.new_event_loop  # noqa: B018 - what anyio will call: a stub without it is broken
+    except Exception as exc:  # not installed, built for another Python, or broken anyhow
         if wanted == "uvloop":
             msg = f"{LOOP_ENVIRONMENT}=uvloop, but uvloop cannot be imported ({exc}): "
             raise UsageError(msg + "pip install uvloop") from None
