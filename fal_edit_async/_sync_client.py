@@ -545,6 +545,7 @@ class SyncBatch:
     def close(self) -> None:
         """Stop the batch: items still running are cancelled (on fal too); idempotent."""
         self._feed.close()
+        self._left += self._feed.leftover()  # the producer has ended: these are all
 
     def summary(self) -> BatchSummary:
         """Counts so far (final once iteration ended)."""
@@ -556,7 +557,6 @@ class SyncBatch:
     def undelivered(self) -> list[ItemResult]:
         """Results that ended but were never yielded, because iteration stopped first (see
         :attr:`Batch.undelivered`); read it once the batch is closed."""
-        self._left += self._feed.leftover()
         return [*self._left, *(self._batch.undelivered if self._batch is not None else ())]
 
 

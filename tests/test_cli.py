@@ -552,3 +552,47 @@ def test_an_ambiguous_row_is_not_told_that_resubmit_unknown_submits_it() -> None
     lost = step(UnknownSubmitError("answer lost"))
     assert "--resubmit-unknown submits it again" in lost and "REQUEST_ID" not in lost
     assert "`fal-edit status r1`" in step(UnknownSubmitError("answer lost"), "r1")
+
+
+def test_items_that_finish_as_the_run_stops_are_reported_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run stops at its first result while three more are finished and waiting: those
+    three are done (downloaded, journaled), and the run says so, one JSON line each. atk13
+    saw "0 done, 8 not started" here."""
+    import anyio.to_thread
+
+    from fal_edit_async import Batch
+    from fal_edit_async._cli import _run
+
+    write_images(tmp_path / "in", "a.png", "b.png", "c.png", "d.png")
+    real_iter, real_take = Batch.__aiter__, _run._take
+
+    with emulator_thread(monkeypatch) as (portal, emu):
+
+        async def late_first(batch: Batch) -> Any:
+            async for result in real_iter(batch):
+                # Let every item finish before the first result is taken (the emulator's
+                # loop runs in its thread; this loop goes on with the downloads meanwhile).
+                await anyio.to_thread.run_sync(
+                    portal.call, emu.wait_until, lambda: emu.counters.downloads >= 4
+                )
+                await anyio.wait_all_tasks_blocked()
+                yield result
+
+        def stop_at_first(run: Any, scope: Any, result: Any) -> None:
+            real_take(run, scope, result)
+            run.interrupted = True  # as the first Ctrl-C does
+            scope.cancel()
+
+        monkeypatch.setattr(Batch, "__aiter__", late_first)
+        monkeypatch.setattr(_run, "_take", stop_at_first)
+        argv = ["edit", PROMPT, str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+        assert 130 == main([*argv, "--journal", str(tmp_path / "j"), "--concurrency", "4"])
+        assert 4 == emu.counters.submits
+    captured = capsys.readouterr()
+    records = json_lines(captured.out)
+    assert ["a", "b", "c", "d"] == sorted(r["input"] for r in records)
+    assert {"done"} == {r["outcome"] for r in records}
+    assert "4 done" in captured.err
+    assert 4 == len(list((tmp_path / "out").iterdir()))

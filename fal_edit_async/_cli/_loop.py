@@ -13,7 +13,7 @@ The library never chooses a loop: an application runs on the loop it started.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar, TypeVarTuple
 
 import anyio
@@ -29,7 +29,7 @@ Ts = TypeVarTuple("Ts")
 LOOP_ENVIRONMENT = "FAL_EDIT_LOOP"
 
 
-def use_uvloop(environ: dict[str, str] | None = None) -> bool:
+def use_uvloop(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the commands run on uvloop, as ``FAL_EDIT_LOOP`` and what is installed say.
 
     Raises:
@@ -46,7 +46,8 @@ def use_uvloop(environ: dict[str, str] | None = None) -> bool:
     try:
         import uvloop  # imported here, so that a broken install falls back
 
-        uvloop.new_event_loop  # noqa: B018 - what anyio will call: a stub without it is broken
+        if not callable(getattr(uvloop, "new_event_loop", None)):  # what anyio will call
+            raise ImportError("it has no new_event_loop")
     except Exception as exc:  # not installed, built for another Python, or broken anyhow
         if wanted == "uvloop":
             msg = f"{LOOP_ENVIRONMENT}=uvloop, but uvloop cannot be imported ({exc}): "

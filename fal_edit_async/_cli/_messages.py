@@ -133,20 +133,17 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
     again = "run again with the same --journal" if journal else "run again"
     if state == SKIPPED:
         return "an earlier run's verdict: add --retry-failed to submit it again"
-    if state == "unknown" and isinstance(error, UnknownSubmitError) and error.ambiguous:
-        return (
-            "two or more jobs on fal may be this item's, so it is never submitted again "
-            "(not even with --resubmit-unknown): `fal-edit reconcile JOURNAL --json` names them"
-        )
-    if state == "unknown" and result.request_id is None:
-        return (
-            "not retried, since fal may have queued (and will bill) it and a second submit "
-            "would pay twice; --resubmit-unknown submits it again"
-        )
     if state == "unknown":
+        if isinstance(error, UnknownSubmitError) and error.ambiguous:
+            return (
+                "two or more jobs on fal may be this item's, so it is never submitted again "
+                "(not even with --resubmit-unknown): `fal-edit reconcile JOURNAL --json` "
+                "names them"
+            )
+        look = f": `fal-edit status {rid}`" if result.request_id else ""
         return (
             "not retried, since fal may have queued (and will bill) it and a second submit "
-            f"would pay twice: `fal-edit status {rid}`; --resubmit-unknown submits it again"
+            f"would pay twice{look}; --resubmit-unknown submits it again"
         )
     if state == "interrupted":
         if journal:

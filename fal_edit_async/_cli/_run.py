@@ -278,9 +278,8 @@ def _failure_lines(run: _Run) -> list[str]:
             step = next_step(f.result, f.outcome, journal=journal, line=f.line)
             # An interrupted job carries a JobCancelledError whatever fal answered (or if it
             # did not): "cancelled" would be wrong for it, its state says it all.
-            why = cause(f.result.error) if f.result.error else f.outcome
-            if f.outcome == "interrupted":
-                why = f.outcome
+            error = f.result.error
+            why = cause(error) if error is not None and f.outcome != "interrupted" else f.outcome
             groups.setdefault((why, step), []).append(f)
     if not groups:
         return []
