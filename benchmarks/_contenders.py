@@ -385,6 +385,36 @@ class Floor(Contender):
         return result
 
 
+class FloorSafeFiles(Floor):
+    """The floor writing its downloads as the library does, and nothing more: a locked,
+    exclusive temp file, the image's structure checked as the bytes are written, and the
+    file published only when whole and never over another's (``link``). What is left of
+    the distance from ``ours-batch`` to this row is the pipeline's own cost."""
+
+    async def download(self, url: str, path: Path) -> int:
+        from fal_edit_async._files import ImageCheck, TempFile
+
+        size = 0
+        temp = TempFile(path.parent, path.stem, fsync=False, checksum=False)
+        try:
+            async with self.session.get(url) as resp:
+                resp.raise_for_status()
+                temp.check = ImageCheck("png")
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    temp.write([chunk])  # on the loop, as the library writes a fast folder
+                    size += len(chunk)
+            check = temp.check
+
+            def whole() -> None:
+                check.finish()
+
+            temp.commit([], path, whole, replace=False)
+        finally:
+            if temp.left_behind:
+                temp.discard()
+        return size
+
+
 class OursDownload(_Ours):
     """Only the download phase: ``fal_edit_async._downloads.download_image`` over N results,
     as the library downloads by default (no SHA-256)."""
@@ -468,6 +498,7 @@ CONTENDERS: dict[str, Callable[[dict[str, Any]], Contender]] = {
     "ours-manifest": OursManifest,
     "fal-client": FalClient,
     "floor": Floor,
+    "floor-safe": FloorSafeFiles,
     "ours-download": OursDownload,
     "ours-download-sha256": OursDownloadSha256,
     "bare-download": BareDownload,

@@ -69,7 +69,7 @@ PIPELINE_JOBS, PIPELINE_LEVELS = 1_000, (64, 256)
 #: A PostgreSQL server for the ledger row (``source .ci/postgres && postgres_start`` sets it).
 POSTGRES_ENV = "FAL_EDIT_TEST_POSTGRES"
 PIPELINE_CONTENDERS = (
-    ("floor", "ours-batch-nodl", "ours-batch", "ours-journal")
+    ("floor", "floor-safe", "ours-batch-nodl", "ours-batch", "ours-journal")
     + (
         ("ours-journal-pg",)
         if os.environ.get(POSTGRES_ENV) and importlib.util.find_spec("psycopg")
@@ -412,6 +412,23 @@ def evaluate(results: Results) -> list[Check]:
                 at_most=True,
             ),
         ]
+        if "floor-safe" in f:  # informative: how much of the budget the file guarantees take
+            checks += [
+                ratio_check(
+                    f"(f) floor-safe (the floor, files written as ours) wall vs floor @ {level}",
+                    median(f, "floor-safe", "wall"),
+                    median(f, "floor", "wall"),
+                    DOWNLOAD_WALL_VS_FLOOR,
+                    at_most=True,
+                ),
+                ratio_check(
+                    f"(f) ours-batch (downloads) wall vs floor-safe @ {level}",
+                    median(f, "ours-batch", "wall"),
+                    median(f, "floor-safe", "wall"),
+                    DOWNLOAD_WALL_VS_FLOOR,
+                    at_most=True,
+                ),
+            ]
         if "ours-journal+uvloop" in f:  # informative: uvloop against the floor on asyncio
             checks += [
                 ratio_check(
@@ -481,7 +498,9 @@ DESCRIPTIONS = {
     "pipeline": (
         "(f) The batch pipeline",
         f"{PIPELINE_JOBS:,} jobs of {PROCESSING_TIME * 1000:.0f} ms at each level in flight; "
-        "the floor downloads every output; ours-batch-nodl keeps URLs only, ours-batch "
+        "the floor downloads every output; floor-safe is the floor writing its files as the "
+        "library does (locked temp file, structure checked, published only whole and never "
+        "over another's); ours-batch-nodl keeps URLs only, ours-batch "
         "downloads, ours-journal downloads with a SQLite journal (fsynced), ours-journal-pg "
         f"with a PostgreSQL one (when {POSTGRES_ENV} names a server).",
     ),
