@@ -523,7 +523,7 @@ def test_interrupted_jobs_are_summed_up_as_interrupted_not_cancelled(journal: Pa
         )
     run = SimpleNamespace(options=SimpleNamespace(journal=journal), progress=progress)
     lines = _failure_lines(run)  # type: ignore[arg-type]
-    again = "run again with the same --journal to fetch it"
+    again = "run again with the same --journal: it picks up where this run stopped"
     step = again if journal else "`fal-edit result r0 --out DIR` fetches it"
     if journal:
         assert ["Not done:", f"  4 items interrupted: {step}"] == lines

@@ -147,7 +147,8 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
         )
     if state == "interrupted":
         if journal:
-            return "run again with the same --journal to fetch it"
+            # Grouped ("12 items interrupted: ..."): a step that reads for one item or many.
+            return "run again with the same --journal: it picks up where this run stopped"
         return f"`fal-edit result {rid} --out DIR` fetches it"
     if state == "cancelled":
         return f"cancelled on fal: {again} to submit again"
