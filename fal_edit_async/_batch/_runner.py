@@ -208,6 +208,9 @@ class _Item:
     #: When the last submit was sent (unix seconds) and the start timeout it carried.
     sent_at: float | None = None
     start_timeout: float | None = None
+    #: The output names claimed as the job completed (the stem, then each file's name
+    #: without extension), journaled with the output; the download takes them.
+    claim: tuple[str, list[str]] | None = None
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -256,6 +259,10 @@ class Runner:
     owned_ids: IntSet = attrs.field(factory=IntSet)  # by hash(): a clash only makes an unknown
     #: Each journaled request id's row, read once when the batch starts.
     journaled_ids: dict[str, str] = attrs.field(factory=dict)
+    #: The keys (by ``hash``) of the rows a ledger that only this process writes held when
+    #: the batch started: an item not among them has no row, and no read is made for it.
+    #: None: not read (a shared ledger, whose rows other workers write meanwhile).
+    journaled_keys: IntSet | None = None
     #: Schema-1 rows (keyed ``<name>@<fingerprint>``) already taken by an item of this run.
     legacy_taken: set[str] = attrs.field(factory=set)
     #: Items cut short when the batch was left early (they yield no result).
@@ -549,7 +556,12 @@ class Runner:
             if claim.entry is None or claim.entry.state is JournalState.PENDING:
                 return None  # claimed, and nothing was done for it yet
             return claim.entry
-        entry = await self.journal.get(it.ledger_key)
+        known = self.journaled_keys
+        # A clash of hashes only costs the read.
+        if known is None or hash(it.ledger_key) in known:
+            entry = await self.journal.get(it.ledger_key)
+        else:
+            entry = None
         if entry is None and it.fingerprint is not None and it.ledger_key == it.fingerprint:
             entry = await self.journal.legacy_row(it.fingerprint, self.legacy_taken)
             if entry is not None:
@@ -836,10 +848,27 @@ class Runner:
                 error_type=EXPIRED,
             ) from exc
         if self.journal is not None:
-            await self._write(self.journal.record_completed(it.ledger_key, handle.urls, output))
+            name = self._claim_with(it, output)
+            write = self.journal.record_completed(it.ledger_key, handle.urls, output, name=name)
+            await self._write(write)
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
+
+    def _claim_with(self, it: _Item, output: EditImageOutput) -> tuple[str, str] | None:
+        """Claim the item's output names as its job completes, so that the journal keeps
+        them in the same write as the output, not one of their own: the folder and stem to
+        record, or None (no folder; a claim the row has already; or one that fails, which
+        ``_download`` makes, and reports, again)."""
+        if self.download_to is None:
+            return None
+        try:
+            check_image_count(it.input, output, it.request_id)
+            it.claim = self.claim_name(it, len(output.images), it.request_id or "")
+        except FalEditError:
+            return None
+        stem = it.claim[0]
+        return None if stem == it.owned_stem else (str(self.download_to.absolute()), stem)
 
     async def _on_close(self, it: _Item, handle: JobHandle) -> None:
         if it.live is handle:
@@ -969,6 +998,10 @@ class Runner:
         entries = await self.journal.entries()
         self.journaled_ids = {e.request_id: e.key for e in entries if e.request_id}
         self.budget.committed += spent(entries)
+        if not self.journal.shared:  # nobody else adds rows while this batch runs
+            self.journaled_keys = IntSet()
+            for entry in entries:
+                self.journaled_keys.add(hash(entry.key))
 
     def _owned_stem(self, entry: JournalEntry) -> str | None:
         """The stem an earlier run claimed (or wrote) for this item in this folder, if any."""
@@ -1004,12 +1037,15 @@ class Runner:
         if self.download_to is None:
             return ()
         for _ in range(_CLAIMS):
-            stem, names = self.claim_name(it, len(output.images), it.request_id or "")
+            if it.claim is not None:  # claimed as the job completed, journaled with it
+                (stem, names), it.claim = it.claim, None
+            else:
+                stem, names = self.claim_name(it, len(output.images), it.request_id or "")
+                if self.journal is not None and stem != it.owned_stem:
+                    folder = str(self.download_to.absolute())
+                    await self._write(self.journal.record_name(it.ledger_key, folder, stem))
             # The files this attempt publishes: the only ones a clash may delete again.
             published: list[FileIdentity] = []
-            if self.journal is not None and stem != it.owned_stem:
-                folder = str(self.download_to.absolute())
-                await self._write(self.journal.record_name(it.ledger_key, folder, stem))
             ours = it.owned_files
             if stem == it.owned_stem:
                 # A run killed between publishing a file and recording it left it at the

@@ -154,8 +154,16 @@ class JournalBackend(Protocol):
         """fal took the cancel; the job may still finish."""
         ...
 
-    async def record_completed(self, key: str, urls: JobUrls, output: EditImageOutput) -> None:
-        """The job finished; its output is kept."""
+    async def record_completed(
+        self,
+        key: str,
+        urls: JobUrls,
+        output: EditImageOutput,
+        *,
+        name: tuple[str, str] | None = None,
+    ) -> None:
+        """The job finished; its output is kept, and ``name`` (the ``(folder, stem)`` its
+        outputs were claimed under, as :meth:`record_name` takes them) when given."""
         ...
 
     async def record_name(self, key: str, folder: str, stem: str) -> None:

@@ -317,13 +317,25 @@ class Recorder(ABC):
         """fal took the cancel, but a running job may still finish: a resume polls it."""
         await self._upsert(key, {"state": JournalState.CANCEL_REQUESTED.value})
 
-    async def record_completed(self, key: str, urls: JobUrls, output: EditImageOutput) -> None:
-        """The job finished and its output is known (kept: fal's copy expires).
+    async def record_completed(
+        self,
+        key: str,
+        urls: JobUrls,
+        output: EditImageOutput,
+        *,
+        name: tuple[str, str] | None = None,
+    ) -> None:
+        """The job finished and its output is known (kept: fal's copy expires); with
+        ``name``, the ``(folder, stem)`` its outputs were claimed under, as
+        :meth:`record_name` writes it, in the same write.
 
         The job's id is written again: had the ``submitted`` write failed (a full disk that
         then freed), this row still names its job.
         """
-        await self._upsert(key, _completed_columns(urls, output))
+        values = _completed_columns(urls, output)
+        if name is not None:
+            values["folder"], values["stem"] = name
+        await self._upsert(key, values)
 
     async def record_name(self, key: str, folder: str, stem: str) -> None:
         """The name this item's outputs get in ``folder`` (absolute), claimed before any is
