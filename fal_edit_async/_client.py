@@ -338,7 +338,7 @@ class AsyncClient:
             budget: USD; items whose estimated cost would cross it are not submitted
                 (reported as ``not_submitted``); jobs already in flight finish.
             journal: a SQLite journal file (or an open :class:`Journal`), written by one
-                process at a time, or a ``postgresql://`` address (or an open
+                process (and one batch) at a time, or a ``postgresql://`` address (or an open
                 :class:`PostgresJournal`) that many workers share: each claims the items it
                 works on, so the same items given to every worker are done once
                 (``docs/many-machines.md``). Each submit is recorded before it is sent and
@@ -377,6 +377,10 @@ class AsyncClient:
                 async for result in batch:
                     print(result.key, result.state, result.error or "")
             print(batch.summary())
+
+        Raises:
+            JournalLockedError: on entering, when another process writes the journal, or
+                another batch of this process writes the very journal object given.
         """
         self._core.check_open()  # before a journal is created, not grouped by the batch's tasks
         settings = BatchSettings.build(

@@ -37,6 +37,7 @@ from fal_edit_async import (
     Response,
     RetryPolicy,
     estimate_cost,
+    open_journal,
 )
 from fal_edit_async._batch._items import describe_input, fingerprint
 from fal_edit_async.emulator import Emulator
@@ -94,6 +95,24 @@ async def test_deleting_the_lock_file_lets_no_second_writer_in(tmp_path: Path) -
         with pytest.raises(JournalLockedError):
             async with Journal(tmp_path / "j"):
                 pass
+
+
+async def test_two_batches_given_one_journal_object_are_one_writer_too(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str, ledger: Any
+) -> None:
+    """The file lock refuses a second journal object, not a second batch handed the same one:
+    both read the same empty rows and paid for every item twice. The second batch is refused
+    before it sends anything, on each backend, and the object serves a batch again after."""
+    items = [(f"k{i}", edit(png_data_uri, f"p{i}")) for i in range(4)]
+    async with open_journal(ledger) as journal:
+        async with client.edit_many(items, journal=journal) as first:
+            with pytest.raises(JournalLockedError, match="another batch of this process"):
+                async with client.edit_many(items, journal=journal):
+                    pass
+            assert all([r.ok async for r in first])
+        again = await run(client, items, journal=journal)
+    assert 4 == emulator.counters.submits and 1 == most_billed(emulator)
+    assert all(r.ok and r.resumed for r in again)
 
 
 class _Meeting:

@@ -30,7 +30,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core import Core
-from .._exceptions import InputError
+from .._exceptions import InputError, JournalLockedError
 from .._files import check_writable, image_names_in, remove_stale_parts
 from .._reconcile_models import ReconcileReport
 from .._slots import Slots
@@ -42,6 +42,11 @@ from ._reconcile_pass import reconcile_journal
 from ._runner import Budget, Runner
 
 __all__ = ["Batch", "edit_many"]
+
+#: The journals (by ``id``) a batch of this process is writing now. The file lock keeps out
+#: every other journal object, but not a second batch given the same one: the two would
+#: read the same empty rows and both pay for every item.
+_WRITING: set[int] = set()
 
 
 class Batch:
@@ -199,6 +204,10 @@ async def edit_many(
     async with AsyncExitStack() as stack:
         journal = settings.journal
         if isinstance(journal, JournalBackend):
+            if id(journal) in _WRITING:
+                raise JournalLockedError(journal.where, "another batch of this process")
+            _WRITING.add(id(journal))
+            stack.callback(_WRITING.discard, id(journal))
             runner.journal = journal  # the caller's: they close it
         elif journal is not None:
             runner.journal = open_journal(journal)
