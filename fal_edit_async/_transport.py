@@ -378,7 +378,16 @@ class AiohttpTransport:
     async def request(self, request: Request) -> Response:
         """Send ``request`` and read the whole answer."""
         await self._ensure_open()
-        return await _mapped(request.url, self._read(request))
+        try:
+            return await _mapped(request.url, self._read(request))
+        except RuntimeError as exc:
+            # aiohttp's read of a body whose connection aclose() took meanwhile (between the
+            # headers and the body): a lost answer, as any connection failure, never a bug.
+            if self._state is not _State.CLOSED:
+                raise
+            msg = f"connection failed: the transport was closed ({exc})"
+            error = TransportError(msg, url=request.url)
+        raise error
 
     async def _read(self, request: Request) -> Response:
         async with self._send(request) as resp:
@@ -422,6 +431,10 @@ class _AiohttpStream:
         self._opened = opened  # entered: exited on the way out, whatever happens
         chunks = self._chunks = _ReadChunks(resp.content, request.url)
         transport._streams.add(chunks)
+        if transport._state is _State.CLOSED:
+            # Closed while the headers came in: aclose() interrupted the bodies it knew of,
+            # not this one, and aiohttp would fail its read with a bare RuntimeError.
+            chunks.interrupt()
         return StreamResponse(
             status=resp.status, headers=resp.headers, url=request.url, chunks=chunks
         )

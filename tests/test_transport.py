@@ -364,6 +364,60 @@ async def test_closing_the_transport_ends_a_read_in_another_task() -> None:
     assert [b"first"] == read
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["stream", "request"])
+async def test_closed_between_the_headers_and_the_body_is_a_transport_error(
+    streamed: bool,
+) -> None:
+    """aclose() landing after a response's headers arrived, before the body's first read:
+    aiohttp fails that read with a bare ``RuntimeError("Connection closed.")``, which took a
+    closed client's download for an internal error (and would have taken a submit's lost
+    answer for one). Both the streamed and the whole-body read raise TransportError."""
+    release = anyio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "10"})
+        await resp.prepare(request)  # the headers go out; the body waits
+        await release.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/slow"
+    transport = AiohttpTransport()
+    send = transport._send
+
+    class CloseAfterHeaders:
+        """The request's context, closing the transport as soon as its headers are in."""
+
+        def __init__(self, request: Request) -> None:
+            self._opened = send(request)
+
+        async def __aenter__(self) -> object:
+            resp = await self._opened.__aenter__()
+            await transport.aclose()
+            return resp
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            await self._opened.__aexit__(*exc_info)
+
+    transport._send = CloseAfterHeaders  # type: ignore[method-assign]
+    try:
+        with anyio.fail_after(10), pytest.raises(TransportError, match="transport was closed"):
+            if streamed:
+                async with transport.stream(Request(method="GET", url=url)) as resp:
+                    async for _ in resp.aiter_bytes():
+                        pass
+            else:
+                await transport.request(Request(method="GET", url=url))
+    finally:
+        release.set()
+        await transport.aclose()
+        await runner.cleanup()
+
+
 async def test_a_refused_connection_was_never_sent() -> None:
     """Connecting to a closed port fails with sent=False: the one case a submit may retry."""
     with anyio.fail_after(10):  # a hang backstop, not a measurement
