@@ -378,12 +378,13 @@ class AiohttpTransport:
     async def request(self, request: Request) -> Response:
         """Send ``request`` and read the whole answer."""
         await self._ensure_open()
+        closed_before = self._closed()  # then _open() refuses it: a RuntimeError, as it says
         try:
             return await _mapped(request.url, self._read(request))
         except RuntimeError as exc:
             # aiohttp's read of a body whose connection aclose() took meanwhile (between the
             # headers and the body): a lost answer, as any connection failure, never a bug.
-            if self._state is not _State.CLOSED:
+            if closed_before or not self._closed():
                 raise
             msg = f"connection failed: the transport was closed ({exc})"
             error = TransportError(msg, url=request.url)
