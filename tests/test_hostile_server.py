@@ -247,6 +247,25 @@ async def test_batch_with_more_images_than_asked_fails_that_item(
     assert [] == list(tmp_path.iterdir())
 
 
+async def test_a_journaled_item_given_too_many_images_is_fetched_again_by_a_rerun(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """The bad answer is never journaled as the job's output (atk14 D: it was, and every
+    rerun replayed it and failed again, with no result fetch, for good): the row keeps the
+    job, and a rerun re-attaches and asks fal for the result again, paying nothing."""
+    emulator.schedule_fault("result", "extra_images")
+    journal, out = tmp_path / "j", tmp_path / "out"
+    (first,) = await batch_of(client, [("extra", edit_input)], journal=journal, download_to=out)
+    fetches = emulator.counters.result_fetches
+
+    (again,) = await batch_of(client, [("extra", edit_input)], journal=journal, download_to=out)
+
+    assert isinstance(first.error, ProtocolError)
+    assert again.ok and again.resumed and 1 == emulator.counters.submits
+    assert emulator.counters.result_fetches == fetches + 1
+    assert [f.path for f in again.files] == sorted(out.glob("*.png"))
+
+
 async def test_hostile_file_names_never_reach_the_disk(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
 ) -> None:

@@ -847,6 +847,9 @@ class Runner:
                 error="fal no longer knows this job: its result expired before it was fetched",
                 error_type=EXPIRED,
             ) from exc
+        # Before the output is journaled: a bad answer kept as the job's output would be
+        # replayed by every rerun, where the row's job can be re-attached and asked again.
+        check_image_count(it.input, output, handle.request_id)
         if self.journal is not None:
             name = self._claim_with(it, output)
             write = self.journal.record_completed(it.ledger_key, handle.urls, output, name=name)
@@ -863,7 +866,6 @@ class Runner:
         if self.download_to is None:
             return None
         try:
-            check_image_count(it.input, output, it.request_id)
             it.claim = self.claim_name(it, len(output.images), it.request_id or "")
         except FalEditError:
             return None
