@@ -240,6 +240,12 @@ def _schema_1_journal(path: Path, key: str, state: str, handle: Any, input: Any)
     """A schema-1 journal with one row, as the previous release wrote it."""
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA_1)
+    _schema_1_row(path, key, state, handle, input)
+
+
+def _schema_1_row(path: Path, key: str, state: str, handle: Any, input: Any) -> None:
+    """One more row in a schema-1 journal, as the previous release wrote it."""
+    with sqlite3.connect(path) as db:
         db.execute(
             "INSERT INTO items (key, state, request_id, endpoint, status_url, response_url, "
             "cancel_url, input, attempts, cost, updated_at) VALUES (?,?,?,?,?,?,?,?,1,?,0)",
@@ -300,6 +306,52 @@ async def test_a_schema_1_cancelled_row_is_asked_of_fal_before_paying_again(
 
         assert again.ok and again.resumed
         assert 1 == most_billed(emu)
+
+
+async def test_repeats_in_a_schema_1_journal_each_resume_their_own_paid_job(
+    tmp_path: Path, png_data_uri: str
+) -> None:
+    """The previous CLI named two identical lines ``in0`` and ``in0-2``, and paid for both.
+    After the upgrade the first item took one of those rows and the repeat (``~2``) never
+    looked for the other: it paid a third time (atk14 A). Each takes one now."""
+    input = edit(png_data_uri)
+    print_ = fingerprint(describe_input(input))
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        first, second = await _paid_job(emu, input), await _paid_job(emu, input)
+        _schema_1_journal(journal, f"in0@{print_}", "submitted", first, input)
+        _schema_1_row(journal, f"in0-2@{print_}", "submitted", second, input)
+
+        again = await run(client, [input, input], journal=journal)
+
+        assert all(r.ok and r.resumed for r in again)
+        assert {first.request_id, second.request_id} == {r.request_id for r in again}
+        assert 2 == emu.counters.submits
+
+
+async def test_a_keyed_items_row_is_never_taken_for_a_schema_1_row(
+    tmp_path: Path, png_data_uri: str
+) -> None:
+    """In a journal migrated from schema 1, a keyed item's new row (``x@<fingerprint>``) has
+    the shape of a schema-1 ``<name>@<fingerprint>`` row: an unkeyed item of the same content
+    took it over, with the keyed item's job and file (atk14 B). Only the rows schema 1 wrote
+    count as its rows."""
+    input, other = edit(png_data_uri), edit(png_data_uri, "another prompt")
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        old = await _paid_job(emu, other)
+        _schema_1_journal(
+            journal, f"o@{fingerprint(describe_input(other))}", "submitted", old, other
+        )
+        (keyed,) = await run(client, [("x", input)], journal=journal)
+
+        again = await run(client, [("x", input), input], journal=journal)
+
+        by_key = {r.key: r for r in again}
+        assert by_key["x"].resumed and by_key["x"].request_id == keyed.request_id
+        (unkeyed,) = (r for r in again if r.key != "x")
+        assert unkeyed.ok and not unkeyed.resumed and unkeyed.request_id != keyed.request_id
+        assert 3 == emu.counters.submits
 
 
 def test_journal_show_reads_a_schema_1_journal(

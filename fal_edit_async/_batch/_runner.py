@@ -562,7 +562,12 @@ class Runner:
             entry = await self.journal.get(it.ledger_key)
         else:
             entry = None
-        if entry is None and it.fingerprint is not None and it.ledger_key == it.fingerprint:
+        # Repeats (``fingerprint~2``) too: schema 1 named each of them, and paid for each.
+        if (
+            entry is None
+            and it.fingerprint is not None
+            and it.ledger_key.partition("~")[0] == it.fingerprint
+        ):
             entry = await self.journal.legacy_row(it.fingerprint, self.legacy_taken)
             if entry is not None:
                 self.legacy_taken.add(entry.key)

@@ -234,8 +234,12 @@ class Journal(Recorder, WebhookRecords):
                 "UPDATE items SET state = ? WHERE state = ? AND request_id IS NOT NULL",
                 (JournalState.CANCEL_REQUESTED.value, JournalState.CANCELLED.value),
             )
+            # Which rows schema 1 wrote, before any is: a keyed item's row written later
+            # (``key@fingerprint``) has the very shape of a schema-1 ``name@fingerprint``.
+            db.execute("CREATE TABLE IF NOT EXISTS legacy_keys (key TEXT PRIMARY KEY)")
+            db.execute("INSERT OR IGNORE INTO legacy_keys SELECT key FROM items")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('legacy_keys', '2')")
             db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA_VERSION,))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('legacy_keys', '1')")
         elif found["value"] != _SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"journal schema {found['value']} is not supported")
         self.has_legacy_keys = (
@@ -460,10 +464,14 @@ class Journal(Recorder, WebhookRecords):
             return None
 
         def read(db: sqlite3.Connection) -> list[JournalEntry]:
-            rows = db.execute(
-                "SELECT * FROM items WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
-                ("%@" + fingerprint.replace("%", "\\%").replace("_", "\\_"),),
-            ).fetchall()
+            # Only the rows schema 1 wrote (listed as it was migrated); a journal migrated
+            # before that list was kept cannot tell them from keyed items' rows.
+            listed = "legacy_keys" in _tables(db)
+            sql = "SELECT * FROM items WHERE key LIKE ? ESCAPE '\\'"
+            if listed:
+                sql += " AND key IN (SELECT key FROM legacy_keys)"
+            pattern = "%@" + fingerprint.replace("%", "\\%").replace("_", "\\_")
+            rows = db.execute(sql + " ORDER BY key", (pattern,)).fetchall()
             return [entry_of(dict(r)) for r in rows]
 
         return next((e for e in await self._run(read) if e.key not in taken), None)
