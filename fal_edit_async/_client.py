@@ -18,7 +18,7 @@ from typing import Any, Self, Unpack
 
 import anyio
 
-from ._batch import Batch, edit_many
+from ._batch import Batch, edit_many, writing
 from ._batch._items import BatchItem, BatchSettings, EventCallback
 from ._batch._ledger import JournalBackend, open_journal
 from ._batch._reconcile_pass import reconcile_journal
@@ -27,7 +27,7 @@ from ._converter import as_input
 from ._core import Core
 from ._downloads import download_all
 from ._endpoint import DEFAULT_ENDPOINT
-from ._exceptions import InputError, JobTimeoutError, MissingCredentialsError
+from ._exceptions import InputError, JobTimeoutError, JournalLockedError, MissingCredentialsError
 from ._job import JobHandle, UpdateCallback, attach, submit
 from ._logging import setup_from_env
 from ._models import (
@@ -433,7 +433,8 @@ class AsyncClient:
         itself when it opens a journal.
 
         Raises:
-            JournalLockedError: a batch is writing the journal.
+            JournalLockedError: a batch is writing the journal (another process's, or one of
+                this process's writing this very SQLite journal object).
             JournalError: the journal cannot be opened.
         """
         self._core.check_open()
@@ -441,6 +442,8 @@ class AsyncClient:
         if not isinstance(policy, ReconcilePolicy):
             raise InputError("policy", policy, "a ReconcilePolicy, or None")
         if isinstance(journal, JournalBackend):
+            if writing(journal) and not journal.shared:  # a shared one: see above
+                raise JournalLockedError(journal.where, "a batch of this process")
             return await reconcile_journal(self._core, journal, policy)
         async with open_journal(journal) as opened:
             return await reconcile_journal(self._core, opened, policy)

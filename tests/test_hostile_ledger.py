@@ -115,6 +115,22 @@ async def test_two_batches_given_one_journal_object_are_one_writer_too(
     assert all(r.ok and r.resumed for r in again)
 
 
+async def test_reconciling_the_journal_object_a_batch_writes_is_refused(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path
+) -> None:
+    """``client.reconcile(journal)`` says it raises JournalLockedError while a batch writes the
+    journal; for the batch's own SQLite journal object it ran (atk14). It raises, and works
+    once the batch is over."""
+    items = [(f"k{i}", edit(png_data_uri, f"p{i}")) for i in range(2)]
+    async with Journal(tmp_path / "j") as journal:
+        async with client.edit_many(items, journal=journal) as batch:
+            with pytest.raises(JournalLockedError, match="a batch of this process"):
+                await client.reconcile(journal)
+            assert all([r.ok async for r in batch])
+        report = await client.reconcile(journal)
+    assert report is not None
+
+
 class _Meeting:
     """Holds journal look-ups until ``expected`` runs have made theirs (a run that is refused
     stops being expected): two runs started by one cron tick both look the item up before

@@ -41,12 +41,17 @@ from ._ledger import JournalBackend, open_journal
 from ._reconcile_pass import reconcile_journal
 from ._runner import Budget, Runner
 
-__all__ = ["Batch", "edit_many"]
+__all__ = ["Batch", "edit_many", "writing"]
 
 #: The journals (by ``id``) a batch of this process is writing now. The file lock keeps out
 #: every other journal object, but not a second batch given the same one: the two would
 #: read the same empty rows and both pay for every item.
 _WRITING: set[int] = set()
+
+
+def writing(journal: JournalBackend) -> bool:
+    """True while a batch of this process writes this very journal object."""
+    return id(journal) in _WRITING
 
 
 class Batch:
@@ -204,7 +209,7 @@ async def edit_many(
     async with AsyncExitStack() as stack:
         journal = settings.journal
         if isinstance(journal, JournalBackend):
-            if id(journal) in _WRITING:
+            if writing(journal):
                 raise JournalLockedError(journal.where, "another batch of this process")
             _WRITING.add(id(journal))
             stack.callback(_WRITING.discard, id(journal))
