@@ -432,7 +432,7 @@ class _AiohttpStream:
         self._opened = opened  # entered: exited on the way out, whatever happens
         chunks = self._chunks = _ReadChunks(resp.content, request.url)
         transport._streams.add(chunks)
-        if transport._state is _State.CLOSED:
+        if transport._closed():
             # Closed while the headers came in: aclose() interrupted the bodies it knew of,
             # not this one, and aiohttp would fail its read with a bare RuntimeError.
             chunks.interrupt()

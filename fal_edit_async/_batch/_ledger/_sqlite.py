@@ -130,6 +130,7 @@ class Journal(Recorder, WebhookRecords):
         self._writer_alive = False
         #: Written by schema 1, so rows may be keyed as its command line keyed them.
         self.has_legacy_keys = False
+        self._legacy_listed = False
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -242,9 +243,11 @@ class Journal(Recorder, WebhookRecords):
             db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA_VERSION,))
         elif found["value"] != _SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"journal schema {found['value']} is not supported")
-        self.has_legacy_keys = (
-            db.execute("SELECT 1 FROM meta WHERE name = 'legacy_keys'").fetchone() is not None
-        )
+        legacy = db.execute("SELECT value FROM meta WHERE name = 'legacy_keys'").fetchone()
+        self.has_legacy_keys = legacy is not None
+        # '2': the rows schema 1 wrote are listed in legacy_keys (a migration before that
+        # list was kept cannot tell them from keyed items' rows).
+        self._legacy_listed = legacy is not None and legacy["value"] == "2"
 
     def _take_lock(self) -> None:
         # The lock is on the database file itself (its inode): every spelling of the path, a
@@ -464,11 +467,8 @@ class Journal(Recorder, WebhookRecords):
             return None
 
         def read(db: sqlite3.Connection) -> list[JournalEntry]:
-            # Only the rows schema 1 wrote (listed as it was migrated); a journal migrated
-            # before that list was kept cannot tell them from keyed items' rows.
-            listed = "legacy_keys" in _tables(db)
             sql = "SELECT * FROM items WHERE key LIKE ? ESCAPE '\\'"
-            if listed:
+            if self._legacy_listed:  # only the rows schema 1 wrote
                 sql += " AND key IN (SELECT key FROM legacy_keys)"
             pattern = "%@" + fingerprint.replace("%", "\\%").replace("_", "\\_")
             rows = db.execute(sql + " ORDER BY key", (pattern,)).fetchall()
