@@ -145,6 +145,7 @@ class JobHandle:
         timeout: float | None = None,
         on_update: UpdateCallback | None = None,
         cancel_on_exit: bool = True,
+        logs: bool = True,
     ) -> Completed:
         """Wait until the job completes; return its final status with every log line.
 
@@ -153,7 +154,8 @@ class JobHandle:
         :class:`JobTimeoutError`, the cancellation or the callback's error propagates, so an
         abandoned job is not paid for. ``cancel_on_exit=False`` leaves that to the caller (a
         batch records what fal answers to its cancel). ``timeout`` is checked first: NaN or
-        a negative number is an :class:`InputError`.
+        a negative number is an :class:`InputError`. ``logs=False`` asks fal for no log
+        lines at all (smaller status events): updates and the result then have none.
         """
         check_timeout(timeout)
         # The last lines only: a job that logs without end must not fill the memory.
@@ -170,7 +172,7 @@ class JobHandle:
                 self._on_close(following),
                 deadline or nullcontext(),
             ):
-                async with aclosing(self.updates(logs=True)) as updates:
+                async with aclosing(self.updates(logs=logs)) as updates:
                     async for update in updates:
                         collected.extend(getattr(update, "logs", ()))
                         await self._call_back(on_update, update, cancel_on_exit)

@@ -596,14 +596,20 @@ class SyncJobHandle:
         return self._client._run(partial(self._handle.status, logs=logs))
 
     def wait(
-        self, *, timeout: float | None = None, on_update: UpdateCallback | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        on_update: UpdateCallback | None = None,
+        logs: bool = True,
     ) -> Completed:
-        """Block until the job completes; its final status with every log line.
+        """Block until the job completes; its final status with every log line (none, and
+        none asked of fal, with ``logs=False``).
 
         When ``timeout`` passes or the wait is interrupted (Ctrl-C), the job is cancelled on
         fal before :class:`JobTimeoutError` or ``KeyboardInterrupt`` is raised.
         """
-        return self._client._run(partial(self._handle.wait, timeout=timeout, on_update=on_update))
+        wait = partial(self._handle.wait, timeout=timeout, on_update=on_update, logs=logs)
+        return self._client._run(wait)
 
     def result(
         self, *, timeout: float | None = None, on_update: UpdateCallback | None = None

@@ -288,6 +288,20 @@ async def test_progress_events_in_order(
     assert {"one"} == {e.key for e in events}
 
 
+async def test_log_lines_are_asked_for_only_when_someone_listens(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """Without ``on_event`` no log line reaches anyone, so none is asked of fal (the status
+    events stay small); with it, every stream asks for them and they arrive as events."""
+    await run_all(client, [(f"q{n}", item(png_data_uri, n)) for n in range(3)])
+    assert (3, 0) == (emulator.counters.streams_opened, emulator.counters.streams_with_logs)
+
+    events: list[BatchEvent] = []
+    await run_all(client, [("heard", item(png_data_uri, 9))], on_event=events.append)
+    assert (4, 1) == (emulator.counters.streams_opened, emulator.counters.streams_with_logs)
+    assert any(type(e).__name__ == "ItemLog" for e in events)
+
+
 async def test_unreadable_file_fails_only_its_item(
     emulator: Emulator, client: AsyncClient, png_data_uri: str, tmp_path: Path
 ) -> None:

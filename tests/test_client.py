@@ -232,6 +232,20 @@ async def test_cancel_queued_job_never_runs(
     assert not emulator.jobs[handle.request_id].ran
 
 
+async def test_wait_without_logs_asks_for_none(
+    client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """``wait(logs=False)`` opens its status stream without ``?logs=1`` and returns no log
+    lines; the default asks for them and returns them."""
+    handle = await client.submit(edit_input)
+    quiet = await handle.wait(logs=False)
+    assert ((), 0) == (quiet.logs, emulator.counters.streams_with_logs)
+
+    loud = await (await client.submit(edit_input)).wait()
+    assert loud.logs
+    assert 1 == emulator.counters.streams_with_logs
+
+
 async def test_cancel_running_job(
     client: AsyncClient, emulator: Emulator, edit_input: EditImageInput
 ) -> None:

@@ -839,7 +839,12 @@ class Runner:
                 # Should the client be closed meanwhile, the job is cancelled on fal first
                 # (and what fal answers recorded), as a single edit's wait does.
                 with self.core.on_close(functools.partial(self._on_close, it, handle)):
-                    completed = await handle.wait(on_update=progress.update, cancel_on_exit=False)
+                    # Log lines reach nobody but an on_event listener: without one, ask none.
+                    completed = await handle.wait(
+                        on_update=progress.update,
+                        cancel_on_exit=False,
+                        logs=self.on_event is not None,
+                    )
                 it.live = None  # finished on fal: nothing to cancel any more
                 output = await handle.fetch_result(completed)
         except NotFoundError as exc:

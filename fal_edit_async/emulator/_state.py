@@ -126,7 +126,8 @@ class Counters:
     """Live counters of what the emulator saw; tests and benchmarks read them.
 
     Every field is an int unless noted. ``cancels`` counts every cancel request,
-    ``cancels_ignored`` those answered 202 that a running job ignored; ``results_expired``
+    ``cancels_ignored`` those answered 202 that a running job ignored; ``streams_with_logs``
+    the status streams opened with ``?logs=1``; ``results_expired``
     counts results forgotten (``result_ttl`` or ``Emulator.expire_result``). ``request_log``
     holds one ``(monotonic time, method, path, status)`` tuple per request (status 0 when the
     connection was dropped on purpose). ``in_flight_by_second`` maps whole seconds since start
@@ -149,6 +150,7 @@ class Counters:
     submits_by_input: Counter[str] = attrs.field(factory=Counter)
     status_polls: int = 0
     streams_opened: int = 0
+    streams_with_logs: int = 0
     result_fetches: int = 0
     cancels: int = 0
     cancels_ignored: int = 0

@@ -63,6 +63,7 @@ class StatusStream:
         job.streams_opened += 1
         job.open_streams += 1
         engine.counters.streams_opened += 1
+        engine.counters.streams_with_logs += self.with_logs
         engine.streaming.add(job)
         engine.notify()
 
