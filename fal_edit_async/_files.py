@@ -681,11 +681,16 @@ class ImageCheck:
                 self._head += chunk[: 30 - len(self._head)]
             return
         view = memoryview(chunk)
+        png = self._fmt == "png"
         while view:
             if self._state == "done":
-                if self._fmt == "png":
+                if png:
                     raise ValueError("bytes after the PNG's IEND chunk")
                 return  # JPEG: past the scan, only the ending is checked
+            if png and self._state == "chunk" and not self._skip and not self._buf:
+                view = self._whole_png_chunks(view)  # the rest, from a partial chunk on
+                if not view or self._state == "done":
+                    continue
             if self._skip:
                 n = min(self._skip, len(view))
                 if self._fmt == "png":
@@ -756,6 +761,26 @@ class ImageCheck:
             if int.from_bytes(data, "big") != self._crc:
                 raise ValueError(f"PNG chunk {self._type.decode(errors='replace')} fails its CRC")
             self._need(8, "done" if self._type == b"IEND" else "chunk")
+
+    def _whole_png_chunks(self, view: memoryview) -> memoryview:
+        """Check the PNG chunks that lie whole at the start of ``view`` in one pass each (a
+        chunk is usually far smaller than a read), and return what follows them."""
+        while len(view) >= 12:
+            length = int.from_bytes(view[:4], "big")
+            end = 12 + length
+            if length > 2**31 - 1 or len(view) < end:
+                break  # the byte-by-byte parse raises, or waits for the rest
+            kind = bytes(view[4:8])
+            if int.from_bytes(view[end - 4 : end], "big") != _crc32(view[4 : end - 4]):
+                raise ValueError(f"PNG chunk {kind.decode(errors='replace')} fails its CRC")
+            if kind == b"IHDR" and length == 13:
+                self.size = (int.from_bytes(view[8:12], "big"), int.from_bytes(view[12:16], "big"))
+            view = view[end:]
+            if kind == b"IEND":
+                self._type = kind
+                self._need(8, "done")
+                break
+        return view
 
     def _after_skip(self) -> None:
         if self._fmt == "jpeg":

@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,6 +84,45 @@ def test_a_png_with_any_flipped_bit_is_refused(at: int, bit: int) -> None:
     data[at % len(data)] ^= 1 << bit
     with pytest.raises(ValueError, match="PNG"):
         check("png", bytes(data))
+
+
+def _png_of(sizes: list[int]) -> bytes:
+    """A PNG of 7x3 pixels whose data comes in IDAT chunks of these sizes (0 allowed)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    ihdr = (7).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    idats = b"".join(chunk(b"IDAT", bytes(i % 251 for i in range(n))) for n in sizes)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idats + chunk(b"IEND", b"")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), max_size=8),
+    cuts=st.lists(st.integers(0, 10**5), max_size=6),
+    flip=st.none() | st.tuples(st.integers(8, 10**5), st.integers(0, 7)),
+)
+def test_png_chunks_read_whole_or_byte_by_byte_get_one_verdict(
+    sizes: list[int], cuts: list[int], flip: tuple[int, int] | None
+) -> None:
+    """Chunks that arrive whole are checked in one pass, the others byte by byte: both ways
+    pass the same PNGs (with their size) and refuse the same damaged ones."""
+    data = bytearray(_png_of(sizes))
+    if flip is not None:
+        data[flip[0] % len(data)] ^= 1 << flip[1]
+
+    def verdict(cut_at: list[int] | None) -> tuple[int, int] | str:
+        try:
+            return check("png", bytes(data), cut_at)
+        except ValueError as exc:
+            return type(exc).__name__
+
+    whole, split = verdict(None), verdict(cuts)
+    one_by_one = verdict(list(range(len(data))))
+    assert whole == split == one_by_one
+    assert (whole == (7, 3)) == (flip is None)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
