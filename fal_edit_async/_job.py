@@ -114,6 +114,7 @@ class JobHandle:
         """
         seen = _Seen(2 * self._core.config.limits.max_log_lines)
         last: JobStatus | None = None
+        limit, unknown = self._core.config.polling.max_unknown_statuses, 0
         statuses = raw_statuses(self._core, self.urls, logs=logs)
         async with aclosing(statuses):
             while True:
@@ -124,9 +125,21 @@ class JobHandle:
                 except ProtocolError as exc:
                     raise exc.for_request(self.request_id) from exc
                 self._core.check_open()  # an update read as the client closed: not one to act on
-                if isinstance(status, InProgress | Completed):
+                if isinstance(status, UnknownStatus):
+                    unknown += 1
+                    if unknown >= limit:
+                        raise ProtocolError(
+                            f"status {status.status!r} unknown to this client, {unknown} times "
+                            "in a row (Polling.max_unknown_statuses)",
+                            payload=dict(status.payload),
+                            request_id=self.request_id,
+                        )
+                else:
+                    unknown = 0
+                if isinstance(status, InProgress | Completed) and status.logs:
                     fresh = tuple(e for e in status.logs if seen.add(_log_key(e)))
-                    status = attrs.evolve(status, logs=fresh)
+                    if len(fresh) < len(status.logs):  # some were yielded before
+                        status = attrs.evolve(status, logs=fresh)
                 if _same_state(last, status) and not getattr(status, "logs", ()):
                     continue
                 last = status
@@ -177,6 +190,8 @@ class JobHandle:
                         collected.extend(getattr(update, "logs", ()))
                         await self._call_back(on_update, update, cancel_on_exit)
                         if isinstance(update, Completed):
+                            if len(collected) == len(update.logs):  # no earlier lines
+                                return update
                             return attrs.evolve(update, logs=tuple(collected))
         except anyio.get_cancelled_exc_class():
             if cancel_on_exit:

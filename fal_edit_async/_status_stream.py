@@ -12,8 +12,8 @@ runs).
 A status value this client does not know counts as "still running", for at most
 ``Polling.max_unknown_statuses`` updates in a row; then a :class:`ProtocolError` ends the
 wait (the job stays re-attachable), so a status fal adds one day cannot hang a batch.
-De-duplication across reconnects is the caller's job (``JobHandle.updates``), because only
-the caller knows what it has already shown.
+Counting them, and de-duplication across reconnects, are the caller's job
+(``JobHandle.updates``): only the caller knows what it has already shown.
 
 Each generator holds at most one response open and starts no tasks, so breaking out of an
 ``async for`` (or ``aclosing``) releases everything.
@@ -30,9 +30,9 @@ import anyio
 
 from ._converter import parse_status
 from ._core import Core
-from ._exceptions import APIError, AuthError, NotFoundError, ProtocolError, TransportError
+from ._exceptions import APIError, AuthError, NotFoundError, TransportError
 from ._logging import logger
-from ._models import Completed, JobStatus, JobUrls, Queued, UnknownStatus
+from ._models import Completed, JobStatus, JobUrls, Queued
 from ._protocol import decode_json, is_transient
 from ._retry import retry_delay, wait_before_retry, with_retries
 from ._sse import EventTooLargeError, SSEDecoder
@@ -143,27 +143,10 @@ async def _poll(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobS
 
 
 async def raw_statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
-    """Every status update received for one job, ending after the first COMPLETED.
-
-    Raises:
-        ProtocolError: ``Polling.max_unknown_statuses`` unknown statuses in a row.
-    """
-    limit = core.config.polling.max_unknown_statuses
-    unknown = 0
-    async with aclosing(_statuses(core, urls, logs=logs)) as statuses:
-        async for status in statuses:
-            unknown = unknown + 1 if isinstance(status, UnknownStatus) else 0
-            if unknown >= limit and isinstance(status, UnknownStatus):
-                raise ProtocolError(
-                    f"status {status.status!r} unknown to this client, {unknown} times in a "
-                    "row (Polling.max_unknown_statuses)",
-                    payload=dict(status.payload),
-                    request_id=urls.request_id,
-                )
-            yield status
-
-
-async def _statuses(core: Core, urls: JobUrls, *, logs: bool) -> AsyncGenerator[JobStatus, None]:
+    """Every status update received for one job, ending after the first COMPLETED: from
+    the status stream, reconnected when it drops, or polled when it is refused or keeps
+    failing. (Unknown statuses are counted by their one reader, ``JobHandle.updates``: a
+    generator less per status.)"""
     config, stats = core.config, core.stats
     failures = 0
     use_stream = config.polling.use_stream
