@@ -401,9 +401,13 @@ async def submit(
     on_accepted: Callable[[JobHandle], Awaitable[None]] | None = None,
     cancel_on_exit: bool = True,
     on_closed: Callable[[JobHandle], Awaitable[None]] | None = None,
+    body: dict[str, Any] | None = None,
     **options: Unpack[SubmitOptions],
 ) -> JobHandle:
     """Enqueue one edit job and return its handle (see :meth:`AsyncClient.submit`).
+
+    ``body``: ``input_to_wire(input)`` when the caller built it already (a batch journals
+    the body it sends before sending it), so the input is not serialised twice.
 
     ``on_retry`` hears the kind of each retried failure (a batch lowers its concurrency on
     ``"rate_limit"``). ``on_accepted`` is awaited, shielded, the moment fal's answer is read,
@@ -415,9 +419,10 @@ async def submit(
     ep, extra, params = submit_target(options)
     if not isinstance(input, EditImageInput):
         raise TypeError(f"submit() takes an EditImageInput, not {type(input).__name__}")
-    if not input.is_resolved:
-        input = await uploader.resolve_input(input)
-    body = input_to_wire(input)
+    if body is None:
+        if not input.is_resolved:
+            input = await uploader.resolve_input(input)
+        body = input_to_wire(input)
     queue_url = core.config.queue_url
     url = f"{queue_url}/{ep.submit_path}"
 

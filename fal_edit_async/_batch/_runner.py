@@ -655,6 +655,7 @@ class Runner:
         options = self._options_for(it)
         assert it.wire is not None
         it.sent_at, it.start_timeout = time.time(), options.get("start_timeout")
+        body = input_to_wire(it.wire)  # once: journaled as sent, then sent
         if self.journal is not None:
             try:
                 await self.journal.record_submitting(
@@ -664,7 +665,7 @@ class Runner:
                     attempts=it.attempts,
                     cost=it.cost,
                     max_in_flight=self.max_in_flight,
-                    sent_body=input_to_wire(it.wire),
+                    sent_body=body,
                     start_timeout=it.start_timeout,
                     past_ids=it.past_ids,
                 )
@@ -693,6 +694,7 @@ class Runner:
                 on_accepted=lambda h: self._accepted(it, h),
                 cancel_on_exit=False,
                 on_closed=functools.partial(self._on_close, it),
+                body=body,
                 **options,
             )
         except FalEditError as exc:
