@@ -128,10 +128,8 @@ class _Target:
 
         return commit
 
-    def result(self, fmt: str, size: int, digest: str | None) -> DownloadedFile:
-        return DownloadedFile(
-            path=self.final_path(fmt), size=size, sha256=digest, content_type=CONTENT_TYPES[fmt]
-        )
+    def result(self, final: Path, fmt: str, size: int, digest: str | None) -> DownloadedFile:
+        return DownloadedFile(path=final, size=size, sha256=digest, content_type=CONTENT_TYPES[fmt])
 
     def check_announced(self, size: int | None, what: str) -> None:
         if size is not None and self.max_bytes is not None and size > self.max_bytes:
@@ -196,7 +194,7 @@ async def download_image(
         raise ValueError(f"index must be a non-negative integer, not {index!r}")
     prefix = base if base is not None else f"{safe_stem(stem)}_{index}"
     target = _Target(
-        Path(dest),
+        dest if isinstance(dest, Path) else Path(dest),
         prefix,
         image.url,
         image.file_size,
@@ -360,14 +358,15 @@ async def _stream_to(
         if expected is not None and received != expected:
             raise _Transient(f"body has {received} bytes, expected {expected}")
     check = temp.check
-    args = (pending, target.final_path(fmt), lambda: target.check_structure(check))
+    final = target.final_path(fmt)
+    args = (pending, final, lambda: target.check_structure(check))
     commit = target.commit(temp, fmt)
     small = received <= _INLINE_MAX and not target.fsync and not temp.left_behind
     if small or _INLINE.allowed(target):
         digest = _INLINE.run(target, commit, *args)
     else:
         digest = await _on_disk(target, commit, *args)
-    return target.result(fmt, received, digest)
+    return target.result(final, fmt, received, digest)
 
 
 async def _on_disk(target: _Target, func: Callable[..., T], *args: object) -> T:
@@ -415,14 +414,14 @@ def _write_data_uri(target: _Target) -> DownloadedFile:
         target.check_structure(check)
     except (ValueError, _Transient) as exc:  # a data URI does not change on a retry
         raise DownloadError(str(exc), url=target.url) from None
-    temp = target.temp_file()
+    temp, final = target.temp_file(), target.final_path(fmt)
     try:
-        digest = target.commit(temp, fmt)([data], target.final_path(fmt))
+        digest = target.commit(temp, fmt)([data], final)
     except OSError as exc:
         raise DownloadError(f"could not write the file: {exc}", url=target.url) from exc
     finally:
         temp.discard()
-    return target.result(fmt, len(data), digest)
+    return target.result(final, fmt, len(data), digest)
 
 
 def _decode_data_uri(target: _Target) -> bytes:
