@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -374,13 +375,7 @@ class Journal(Recorder, WebhookRecords):
         if self.read_only:
             raise JournalError(f"{self.path}: opened read-only")
         values = {**values, "updated_at": time.time()}
-        columns = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in values)
-        sql = (
-            f"INSERT INTO items (key, {columns}) VALUES (?, {marks}) "
-            f"ON CONFLICT(key) DO UPDATE SET {updates}"
-        )
+        sql = _upsert_sql(tuple(values))
         params = (key, *values.values())
         await self._run(lambda db: db.execute(sql, params), durable=durable)
 
@@ -388,8 +383,7 @@ class Journal(Recorder, WebhookRecords):
         if self.read_only:
             raise JournalError(f"{self.path}: opened read-only")
         values = {**values, "updated_at": time.time()}
-        sets = ", ".join(f"{c} = ?" for c in values)
-        sql = f"UPDATE items SET {sets} WHERE key = ?"
+        sql = _update_sql(tuple(values))
         params = (*values.values(), key)
         await self._run(lambda db: db.execute(sql, params))
 
@@ -516,3 +510,22 @@ class Journal(Recorder, WebhookRecords):
 
 def _tables(db: sqlite3.Connection) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+# The statements, by the columns they write: a handful of shapes, built once each (a
+# journaled item writes four times).
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
+    return (
+        f"INSERT INTO items (key, {names}) VALUES (?, {marks}) "
+        f"ON CONFLICT(key) DO UPDATE SET {updates}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    return f"UPDATE items SET {sets} WHERE key = ?"
