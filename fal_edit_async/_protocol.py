@@ -128,7 +128,12 @@ def _origin_of_authority(prefix: str) -> tuple[str, str]:
 
 def same_origin(url: str, base_url: str) -> bool:
     """True when ``url`` is on ``base_url``'s origin."""
-    return url in Origins(base_url)
+    return url in _origins_of(base_url)
+
+
+@functools.lru_cache(maxsize=16)
+def _origins_of(base_url: str) -> Origins:
+    return Origins(base_url)
 
 
 def _usable_request_id(request_id: str) -> bool:
@@ -162,7 +167,8 @@ def urls_from_receipt(queue_url: str, endpoint: EndpointId, receipt: SubmitRecei
     the URLs are built locally instead, as @fal-ai/client always does.
     """
     urls = (receipt.status_url, receipt.response_url, receipt.cancel_url)
-    if all(same_origin(u, queue_url) for u in urls):
+    queue = _origins_of(queue_url)  # one queue URL per client: parsed once, not per job
+    if all(u in queue for u in urls):
         return JobUrls(
             request_id=receipt.request_id,
             status_url=receipt.status_url,
