@@ -369,6 +369,8 @@ class AsyncClient:
                 ``{stem}`` (or to the end, without one). Checked at the call.
             adaptive: follow fal's rate limiting (AIMD) below ``concurrency``.
             on_event: called with each progress event (a plain or async function).
+                Without it no log lines are asked of fal (``ItemLog`` would be their
+                only reader), so each job's status events stay small.
             options: :class:`SubmitOptions` for every job, as for :meth:`submit`.
 
         Usage::
