@@ -19,7 +19,7 @@ from rich.text import Text
 
 from .. import BatchEvent, ItemLog
 from ._progress import ActiveJob, Finished, Progress, duration
-from ._report import Verbosity, describe, printable, retry_line
+from ._report import Verbosity, describe, printable, retry_line, tolerating_hangup
 
 __all__ = ["LiveDisplay"]
 
@@ -57,42 +57,49 @@ class LiveDisplay:
             redirect_stdout=False,
             redirect_stderr=False,
         )
-        self._live.start(refresh=True)
+        with tolerating_hangup():
+            self._live.start(refresh=True)
 
     def notice(self, text: str) -> None:
-        self.console.print(Text(text, style="bold yellow"))
+        self._print(Text(text, style="bold yellow"))
 
     def event(self, event: BatchEvent) -> None:
         if isinstance(event, ItemLog):
             if self.verbosity.logs(self.progress.total):
                 key, said = printable(event.key), printable(event.entry.message)
-                self.console.print(Text.assemble((f"[{key}] ", "cyan"), said))
+                self._print(Text.assemble((f"[{key}] ", "cyan"), said))
         elif (line := retry_line(event)) is not None and not self.verbosity.quiet:
-            self.console.print(Text(line, style="yellow"))
+            self._print(Text(line, style="yellow"))
 
     def result(self, finished: Finished) -> None:
         ok = finished.result.ok
         if (ok and self.verbosity.quiet) or finished.repeat:
             return
-        self.console.print(Text(describe(finished), style="green" if ok else "red"))
+        self._print(Text(describe(finished), style="green" if ok else "red"))
         if self.debug and finished.result.error is not None:
             text = "".join(traceback.format_exception(finished.result.error)).rstrip()
-            self.console.print(Text(text, style="dim"))
+            self._print(Text(text, style="dim"))
 
     def close(self, lines: list[str]) -> None:
         self.stop()
         for n, line in enumerate(lines):  # soft wrap: long lines stay whole when copied
-            self.console.print(Text(line, style="bold" if n == 0 else ""), soft_wrap=True)
+            self._print(Text(line, style="bold" if n == 0 else ""), soft_wrap=True)
 
     def stop(self) -> None:
         """Draw the final state and give the terminal back (the cursor too)."""
         if self._live is not None:
-            self._live.stop()
-            self._live = None
+            live, self._live = self._live, None
+            with tolerating_hangup():
+                live.stop()
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.refresh()
+            with tolerating_hangup():
+                self._live.refresh()
+
+    def _print(self, text: Text, *, soft_wrap: bool = False) -> None:
+        with tolerating_hangup():
+            self.console.print(text, soft_wrap=soft_wrap)
 
     async def animate(self) -> None:
         while True:

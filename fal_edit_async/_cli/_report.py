@@ -7,9 +7,14 @@ before it tells a reporter anything, so every view agrees.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import re
+import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any, Protocol, TextIO
 
 import attrs
@@ -27,9 +32,11 @@ __all__ = [
     "Reporter",
     "Verbosity",
     "describe",
+    "detach_terminal",
     "duration",
     "reason",
     "record",
+    "tolerating_hangup",
 ]
 
 #: Runs of up to this many items print every model log line by default (more would bury the
@@ -51,6 +58,31 @@ def printable(text: str) -> str:
 
 class OutputClosed(Exception):
     """stdout was closed under us (``| head -1``): the run stops as if interrupted."""
+
+
+def detach_terminal() -> None:
+    """The terminal hung up: writes to it would fail (EIO), so stdout and stderr that were
+    on it go to /dev/null from now on. One redirected to a file or a pipe keeps its lines."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = stream.fileno()
+            if os.isatty(fd):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
+
+
+@contextlib.contextmanager
+def tolerating_hangup() -> Iterator[None]:
+    """A write to a terminal that hung up (EIO, before SIGHUP reached the run) is dropped,
+    and the terminal detached, rather than ending the run with an error: the SIGHUP that
+    follows stops it properly, cancelling its jobs on fal."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        detach_terminal()
 
 
 @attrs.frozen
@@ -176,7 +208,8 @@ def _traceback(error: FalEditError | None) -> str:
 
 
 def _print(text: str, stream: TextIO) -> None:
-    print(text, file=stream, flush=True)
+    with tolerating_hangup():
+        print(text, file=stream, flush=True)
 
 
 @attrs.define

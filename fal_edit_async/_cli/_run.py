@@ -1,10 +1,12 @@
 """Running ``edit`` and ``batch``: the client (or the emulator), Ctrl-C, the deadline, the summary.
 
-The batch runs in a cancel scope inside a task group that also watches SIGINT and SIGTERM.
-The first signal cancels that scope: leaving ``edit_many`` asks fal to cancel every job still
-in flight, and the run then says what fal answered (a running job may finish anyway; the
-journal keeps those re-attachable). A second signal exits at once (status 130 for Ctrl-C,
-143 for SIGTERM), leaving whatever the journal recorded to re-attach to.
+The batch runs in a cancel scope inside a task group that also watches SIGINT, SIGTERM and
+SIGHUP (unless ``nohup`` ignores it). The first signal cancels that scope: leaving
+``edit_many`` asks fal to cancel every job still in flight, and the run then says what fal
+answered (a running job may finish anyway; the journal keeps those re-attachable). A second
+signal exits at once (status 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, 129 for
+SIGHUP), leaving whatever the journal recorded to re-attach to. SIGHUP means the terminal
+went away: what was written to it is sent to /dev/null from then on.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from ._html import write_report
 from ._inputs import Planned, UsageError
 from ._messages import cause, message, next_step
 from ._progress import Finished, Progress, plural
-from ._report import OutputClosed, Reporter, printable
+from ._report import OutputClosed, Reporter, detach_terminal, printable
 
 __all__ = [
     "EMULATOR_BANNER",
@@ -78,7 +80,7 @@ NO_CREDENTIALS_FOR_JOBS = (
     "emulator, paste the export lines `fal-edit emulator` prints"
 )
 #: Exit statuses: 128 + the signal's number for a run that a signal stopped.
-OK, FAILED, USAGE, INTERRUPTED, BROKEN_PIPE, TERMINATED = 0, 1, 2, 130, 141, 143
+OK, FAILED, USAGE, HUNG_UP, INTERRUPTED, BROKEN_PIPE, TERMINATED = 0, 1, 2, 129, 130, 141, 143
 
 
 @attrs.frozen(kw_only=True)
@@ -147,7 +149,7 @@ class _Run:
     #: Each key's input, for the results of jobs cut short (their JSON line keeps sources).
     inputs: Mapping[str, EditImageInput] = attrs.field(factory=dict)
     interrupted: bool = False
-    #: The signal that stopped the run (SIGINT or SIGTERM), if one did.
+    #: The signal that stopped the run (SIGINT, SIGTERM or SIGHUP), if one did.
     stopped_by: int | None = None
     auth_error: AuthError | None = None
     batch: Batch | None = None
@@ -309,7 +311,7 @@ def _status(run: _Run, timed_out: bool) -> int:
     if run.pipe_closed:
         return BROKEN_PIPE
     if run.interrupted:
-        return TERMINATED if run.stopped_by == signal.SIGTERM else INTERRUPTED
+        return _signal_status(run)
     p = run.progress
     return OK if p.done == p.total and not timed_out else FAILED
 
@@ -442,22 +444,25 @@ async def _watch_signals(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """First Ctrl-C or SIGTERM (``docker stop``, ``systemctl stop``): cancel the batch and its
-    jobs on fal, then the summary. A second signal: exit at once."""
+    """First Ctrl-C, SIGTERM (``docker stop``, ``systemctl stop``) or SIGHUP (the terminal
+    closed): cancel the batch and its jobs on fal, then the summary. A second signal: exit at
+    once."""
     try:
-        receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        receiver = anyio.open_signal_receiver(*_caught_signals())
     except NotImplementedError:  # Windows: Ctrl-C stays a KeyboardInterrupt
         task_status.started()
         return
     with receiver as signals:
         task_status.started()
         async for signum in signals:
+            if signum == _SIGHUP:
+                detach_terminal()
             if run.interrupted:
                 _exit_now(run)
             run.interrupted, run.stopped_by = True, signum
             run.progress.stopping = "stopping"
             n = len(run.progress.active)
-            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
             # Only accepted jobs are counted; a submit still in flight is cancelled once fal
             # answers it, so "cancelling 0 jobs" would be wrong while one is.
             what = (
@@ -479,7 +484,31 @@ def _exit_now(run: _Run) -> None:
         print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(TERMINATED if run.stopped_by == signal.SIGTERM else INTERRUPTED)
+    os._exit(_signal_status(run))
+
+
+_SIGHUP: signal.Signals | None = getattr(signal, "SIGHUP", None)  # not on Windows
+_SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+if _SIGHUP is not None:
+    _SIGNAL_NAMES[_SIGHUP] = "SIGHUP"
+
+
+def _caught_signals() -> list[signal.Signals]:
+    """SIGINT and SIGTERM; SIGHUP too, unless it is ignored (``nohup``: the run is meant to
+    outlive its terminal, so a hangup must not stop it)."""
+    caught = [signal.SIGINT, signal.SIGTERM]
+    if _SIGHUP is not None and signal.getsignal(_SIGHUP) is not signal.SIG_IGN:
+        caught.append(_SIGHUP)
+    return caught
+
+
+def _signal_status(run: _Run) -> int:
+    """128 + the signal, as a shell reports a process the signal killed."""
+    if run.stopped_by == signal.SIGTERM:
+        return TERMINATED
+    if run.stopped_by is not None and run.stopped_by == _SIGHUP:
+        return HUNG_UP
+    return INTERRUPTED
 
 
 def dry_run(
