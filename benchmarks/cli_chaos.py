@@ -12,10 +12,10 @@ items end ``unknown``.
 
 All phases run on the same manifest, journal and output folder:
 
-1. runs interrupted by SIGINT or SIGTERM (alternating) at a random moment, picked by
+1. runs interrupted by SIGINT, SIGTERM or SIGHUP (in turn) at a random moment, picked by
    waiting on the emulator's counters (after k submits, completions or downloads), never
    by sleeping; every fifth run sends the signal twice (the second exits at once). Exit
-   130 / 143, or 0 / 1 when the run finished before the signal;
+   130 / 143 / 129, or 0 / 1 when the run finished before the signal;
 2. runs killed with SIGKILL the same way; one in three while the emulator holds downloads
    after their headers, so the kill leaves temp files behind;
 3. two runs started together: exactly one refuses with exit 2 and "journal in use", the
@@ -425,7 +425,7 @@ class Scenario:
         signum = run.interrupt.signum
         if signum == signal.SIGKILL:
             return (-signal.SIGKILL,)
-        return (130,) if signum == signal.SIGINT else (143,)
+        return ({signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}[signum],)
 
     def _line(self, run: Run) -> str:
         how = run.interrupt.describe if run.interrupt else "to the end"
@@ -578,9 +578,9 @@ async def _phases(s: Scenario, runs: int, checks: Checks, started: float) -> Non
         f"cli chaos: {s.items} items ({total_images} images), {runs} + {runs} interrupted runs,"
         f" concurrency {CONCURRENCY}, {WORKERS} emulator workers, cancel_running=0.5"
     )
-    print("phase 1: SIGINT / SIGTERM at a random moment")
+    print("phase 1: SIGINT / SIGTERM / SIGHUP at a random moment")
     for n in range(runs):
-        signum = signal.SIGINT if n % 2 == 0 else signal.SIGTERM
+        signum = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)[n % 3]
         if s.rng.random() < 0.5:
             emu.schedule_fault("submit", "connection_reset", after_enqueue=True)
         await s.run(f"signal-{n + 1}", 1, s.interrupt(signum, twice=n % 5 == 4))
@@ -621,7 +621,8 @@ def _check(
     print("checks:")
     bad = [r for r in s.runs if r.phase in (1, 2) and not r.ok]
     checks.check(
-        "interrupted runs exit 130 (SIGINT), 143 (SIGTERM), -9 (SIGKILL), or 0/1 if done first",
+        "interrupted runs exit 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP), -9 (SIGKILL),"
+        " or 0/1 if done first",
         not bad,
         "; ".join(f"{r.label}: exit {r.returncode}, expected {r.expected}" for r in bad)
         or f"{sum(r.phase in (1, 2) for r in s.runs)} runs",
@@ -649,7 +650,7 @@ def _check(
 
     graceful = [r for r in s.runs if r.phase == 1 and r.signals == 1 and not r.finished_first]
     checks.check(
-        "a single SIGINT / SIGTERM leaves no row mid-submit whose job fal queued",
+        "a single SIGINT / SIGTERM / SIGHUP leaves no row mid-submit whose job fal queued",
         not any(r.left_with_job for r in graceful),
         f"{sum(r.left_with_job for r in graceful)} such rows over {len(graceful)} runs;"
         f" rows left mid-submit without a job (false unknowns):"
@@ -740,7 +741,7 @@ def _figures(s: Scenario, unknown_at_end: set[str], elapsed: float) -> None:
     false = sum(r.left_submitting - r.left_with_job for r in s.runs)
     print(
         f"  rows left mid-submit with a job queued on fal (a resubmit pays twice): {kills} by"
-        f" SIGKILL, {twice} by a second SIGINT / SIGTERM; plus"
+        f" SIGKILL, {twice} by a second SIGINT / SIGTERM / SIGHUP; plus"
         f" {counters.faults_injected['connection_reset']} submit answers lost to a reset"
     )
     print(
