@@ -62,6 +62,7 @@ __all__ = [
     "submit_headers",
     "submit_never_queued",
     "submit_target",
+    "trusted_job_urls",
     "urls_from_receipt",
 ]
 
@@ -83,10 +84,14 @@ def origin(url: str) -> tuple[str, str]:
     """Scheme and host:port of a URL, lower-cased: what decides where the key may go.
 
     A URL that does not parse (a port of 99999, a broken IPv6 literal) has no origin, so it
-    matches none: it is never trusted with the key, and never raises.
+    matches none: it is never trusted with the key, and never raises. Nor has one whose
+    authority holds user info or a backslash (``http://evil@queue/``, ``http://evil\\@queue/``):
+    parsers disagree on where such a host starts, and aiohttp refuses to send the key to it.
     """
     try:
         parts = urlsplit(url)
+        if "@" in parts.netloc or "\\" in parts.netloc:
+            return "", ""
         port = parts.port
         if port is None:  # not ``or``: an explicit :0 is a port of its own, not the default
             port = {"http": 80, "https": 443}.get(parts.scheme, 0)
@@ -166,16 +171,30 @@ def urls_from_receipt(queue_url: str, endpoint: EndpointId, receipt: SubmitRecei
     The key is sent to those URLs, so a receipt that names another host is not trusted:
     the URLs are built locally instead, as @fal-ai/client always does.
     """
-    urls = (receipt.status_url, receipt.response_url, receipt.cancel_url)
+    urls = JobUrls(
+        request_id=receipt.request_id,
+        status_url=receipt.status_url,
+        response_url=receipt.response_url,
+        cancel_url=receipt.cancel_url,
+    )
+    return trusted_job_urls(queue_url, endpoint, urls)
+
+
+def trusted_job_urls(queue_url: str, endpoint: EndpointId, urls: JobUrls) -> JobUrls:
+    """``urls`` when each is a plain URL on the queue origin, else the ones built locally.
+
+    Also for URLs read back from a journal, which an older version may have trusted. Plain:
+    no fragment (``http://queue#@evil/`` would send the request to the queue's root), no
+    backslash, space or control character, where parsers part ways.
+    """
     queue = _origins_of(queue_url)  # one queue URL per client: parsed once, not per job
-    if all(u in queue for u in urls):
-        return JobUrls(
-            request_id=receipt.request_id,
-            status_url=receipt.status_url,
-            response_url=receipt.response_url,
-            cancel_url=receipt.cancel_url,
-        )
-    return job_urls(queue_url, endpoint, receipt.request_id)
+    given = (urls.status_url, urls.response_url, urls.cancel_url)
+    if all(u in queue and _UNPLAIN.search(u) is None for u in given):
+        return urls
+    return job_urls(queue_url, endpoint, urls.request_id)
+
+
+_UNPLAIN = re.compile(r"[#\\\x00-\x20\x7f]")
 
 
 def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:

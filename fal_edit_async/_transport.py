@@ -524,6 +524,8 @@ async def _mapped(url: str, step: Awaitable[T]) -> T:
         return await step
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
         error = _transport_error(url, exc)
+    except ValueError as exc:  # aiohttp refusing the request itself (a URL it cannot use)
+        error = TransportError(f"request refused: ValueError: {exc}", url=url, sent=True)
     raise error
 
 

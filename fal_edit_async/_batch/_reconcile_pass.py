@@ -27,7 +27,7 @@ from .._exceptions import FalEditError, ProtocolError, UnknownSubmitError
 from .._history import HistoryItem
 from .._job import attach
 from .._models import EditImageOutput, JobUrls
-from .._protocol import job_urls
+from .._protocol import job_urls, trusted_job_urls
 from .._reconcile_models import Reconciled, ReconcilePolicy, ReconcileReport, Resolution
 from .._webhook_models import WebhookEvent
 from ._ledger import JournalBackend, JournalEntry, JournalState
@@ -151,9 +151,9 @@ async def _record(
 
 
 def _urls(core: Core, entry: JournalEntry, request_id: str) -> JobUrls:
-    if entry.urls is not None and entry.urls.request_id == request_id:
-        return entry.urls
     endpoint = EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT)
+    if entry.urls is not None and entry.urls.request_id == request_id:
+        return trusted_job_urls(core.config.queue_url, endpoint, entry.urls)
     return job_urls(core.config.queue_url, endpoint, request_id)
 
 

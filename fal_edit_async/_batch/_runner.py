@@ -73,7 +73,7 @@ from .._models import (
 )
 from .._name_template import DEFAULT_NAMES, NameTemplate, claim_number
 from .._pricing import estimate_cost
-from .._protocol import check_image_count, job_retryable, submit_never_queued
+from .._protocol import check_image_count, job_retryable, submit_never_queued, trusted_job_urls
 from .._reconcile_models import ReconcilePolicy
 from .._slots import Slots
 from .._statistics import RetryKind
@@ -989,10 +989,12 @@ class Runner:
     def _handle_of(self, entry: JournalEntry) -> JobHandle:
         assert entry.urls is not None
         self.owned_ids.add(hash(entry.urls.request_id))
+        endpoint = EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT)
         return JobHandle(
             request_id=entry.urls.request_id,
-            endpoint=EndpointId.parse(entry.endpoint or DEFAULT_ENDPOINT),
-            urls=entry.urls,
+            endpoint=endpoint,
+            # Checked again: a journal may hold URLs an older version trusted.
+            urls=trusted_job_urls(self.core.config.queue_url, endpoint, entry.urls),
             core=self.core,
         )
 

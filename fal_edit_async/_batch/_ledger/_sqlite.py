@@ -315,6 +315,9 @@ class Journal(Recorder, WebhookRecords):
         One operation that fails must leave the others' writes. They run bare first (a
         savepoint around each cost three statements per write); should one raise, that
         transaction is rolled back whole, and run again with each under its own savepoint.
+        An error that ends the transaction itself (a full disk, an I/O error, a trigger's
+        ``RAISE(ROLLBACK)``) takes the savepoints with it: then each operation runs in a
+        transaction of its own, so only the ones that fail keep an error, each its own.
         """
         db = self._db
         if db is None:
@@ -324,8 +327,11 @@ class Journal(Recorder, WebhookRecords):
             if durable:
                 db.execute("PRAGMA synchronous=FULL")
             try:
-                if not _transaction(db, batch, savepoints=False):
-                    _transaction(db, batch, savepoints=True)
+                if not _transaction(db, batch, savepoints=False) and not _transaction(
+                    db, batch, savepoints=True
+                ):
+                    for op in batch:
+                        _alone(db, op)
             finally:
                 if durable:
                     db.execute("PRAGMA synchronous=NORMAL")
@@ -503,7 +509,8 @@ def _transaction(
 ) -> bool:
     """Run ``batch`` in one transaction and commit it. Without ``savepoints`` an operation
     that raises rolls everything back and this returns False (nothing landed, no operation
-    has an outcome); with them, that operation alone is undone and keeps its error."""
+    has an outcome); with them, that operation alone is undone and keeps its error, unless
+    its error ended the whole transaction: False again."""
     try:
         db.execute("BEGIN IMMEDIATE")
         for op in batch:
@@ -512,10 +519,11 @@ def _transaction(
             try:
                 op.result = op.fn(db)
             except Exception as exc:  # this operation's, raised to its caller
-                if not savepoints:
-                    db.execute("ROLLBACK")
+                if not savepoints or not db.in_transaction:
+                    if db.in_transaction:  # not after SQLite rolled it back itself
+                        db.execute("ROLLBACK")
                     for done in batch:
-                        done.result = None
+                        done.result, done.error = None, None
                     return False
                 db.execute("ROLLBACK TO op")
                 op.error = exc
@@ -552,3 +560,15 @@ def _upsert_sql(columns: tuple[str, ...]) -> str:
 def _update_sql(columns: tuple[str, ...]) -> str:
     sets = ", ".join(f"{c} = ?" for c in columns)
     return f"UPDATE items SET {sets} WHERE key = ?"
+
+
+def _alone(db: sqlite3.Connection, op: Operation[sqlite3.Connection]) -> None:
+    """``op`` in a transaction of its own: its result, or its own error."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        op.result = op.fn(db)
+        db.execute("COMMIT")
+    except Exception as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        op.result, op.error = None, exc
