@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,20 @@ def test_a_broken_uvloop_falls_back_under_auto(
     with pytest.raises(UsageError, match="uvloop cannot be imported"):
         _loop.use_uvloop({_loop.LOOP_ENVIRONMENT: "uvloop"})
     monkeypatch.delitem(sys.modules, "uvloop", raising=False)
+
+
+async def _young_threshold() -> int:
+    return gc.get_threshold()[0]
+
+
+def test_commands_collect_young_garbage_less_often_and_restore_the_threshold() -> None:
+    """A command runs with the raised threshold; the caller's is back once it returns."""
+    before = gc.get_threshold()
+    gc.set_threshold(700, *before[1:])
+    try:
+        assert _loop.GC_THRESHOLD == _loop.run(_young_threshold)
+        assert 700 == gc.get_threshold()[0]
+        gc.set_threshold(0, *before[1:])  # the collector off: it stays off
+        assert 0 == _loop.run(_young_threshold)
+    finally:
+        gc.set_threshold(*before)

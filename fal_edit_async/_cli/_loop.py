@@ -7,11 +7,19 @@ than asyncio's loop at 256 in flight, where the loop is the bottleneck (two runs
 much or more. ``FAL_EDIT_LOOP=asyncio`` turns it off (a bug to tell from ours, a platform
 where it misbehaves); ``FAL_EDIT_LOOP=uvloop`` insists on it.
 
+The commands also collect cyclic garbage less often (:data:`GC_THRESHOLD`): a batch of
+256 jobs in flight allocates so fast that Python's default (a young collection every 700
+allocations) runs several hundred collections a second, each walking every young object.
+Measured on the same pipeline, interleaved pairs (6-8 each): 13-19 % less wall time and
+14-22 % less CPU per job, on uvloop and on asyncio's loop alike. The library never touches
+the collector either: that too is the application's choice.
+
 The library never chooses a loop: an application runs on the loop it started.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar, TypeVarTuple
@@ -20,10 +28,14 @@ import anyio
 
 from ._inputs import UsageError
 
-__all__ = ["LOOP_ENVIRONMENT", "run", "use_uvloop"]
+__all__ = ["GC_THRESHOLD", "LOOP_ENVIRONMENT", "run", "use_uvloop"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+#: Allocations between two young-generation collections while a command runs (Python's
+#: default is 700). Cycles wait a little longer to be freed; a batch's memory barely moves.
+GC_THRESHOLD = 10_000
 
 #: The environment variable that chooses the loop: ``asyncio``, ``uvloop`` or ``auto``.
 LOOP_ENVIRONMENT = "FAL_EDIT_LOOP"
@@ -57,6 +69,14 @@ def use_uvloop(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def run(func: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-    """``anyio.run(func, *args)`` on the loop :func:`use_uvloop` chooses."""
+    """``anyio.run(func, *args)`` on the loop :func:`use_uvloop` chooses, collecting cyclic
+    garbage every :data:`GC_THRESHOLD` allocations instead of 700 (the older generations'
+    thresholds unchanged)."""
     options = {"use_uvloop": use_uvloop()}
-    return anyio.run(func, *args, backend="asyncio", backend_options=options)
+    young, middle, old = gc.get_threshold()
+    if young:  # 0: the collector was turned off, and stays so
+        gc.set_threshold(max(young, GC_THRESHOLD), middle, old)
+    try:
+        return anyio.run(func, *args, backend="asyncio", backend_options=options)
+    finally:
+        gc.set_threshold(young, middle, old)
