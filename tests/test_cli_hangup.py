@@ -21,6 +21,7 @@ import pytest
 from fal_edit_async.emulator import Emulator
 
 from .test_cli_support import write_images
+from .test_hostile_ledger import fal_env
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "login_tty"), reason="needs a POSIX pseudo-terminal"
@@ -46,14 +47,7 @@ def _start(
     slave_name = os.ttyname(slave)
     os.close(slave)
     write_images(tmp_path / "in", "a.png", "b.png")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-    env |= {
-        "FAL_KEY": emulator.api_key,
-        "FAL_QUEUE_URL": emulator.queue_url,
-        "FAL_REST_URL": emulator.rest_url,
-        "TERM": "xterm",
-        "COLUMNS": "100",
-    }
+    env = fal_env(emulator) | {"TERM": "xterm", "COLUMNS": "100"}
     command = [sys.executable, "-c", _ON_TERMINAL, slave_name, str(tmp_path / "results.jsonl")]
     command += ["1" if nohup else "0", "edit", "p", str(tmp_path / "in")]
     command += ["--out", str(tmp_path / "out"), "--journal", str(tmp_path / "j")]
