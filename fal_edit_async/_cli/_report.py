@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import stat
 import sys
 import traceback
 from collections.abc import Iterator
@@ -66,7 +67,9 @@ def detach_terminal() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             fd = stream.fileno()
-            if os.isatty(fd):
+            # Not isatty(): a terminal that hung up fails its tcgetattr (EIO). A character
+            # device there is a terminal, or /dev/null already.
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, fd)
                 os.close(devnull)

@@ -49,7 +49,7 @@ from ._html import write_report
 from ._inputs import Planned, UsageError
 from ._messages import cause, message, next_step
 from ._progress import Finished, Progress, plural
-from ._report import OutputClosed, Reporter, detach_terminal, printable
+from ._report import OutputClosed, Reporter, detach_terminal, printable, tolerating_hangup
 
 __all__ = [
     "EMULATOR_BANNER",
@@ -457,6 +457,10 @@ async def _watch_signals(
         async for signum in signals:
             if signum == _SIGHUP:
                 detach_terminal()
+                if run.interrupted:
+                    # Not a hurry: a closed window hangs up twice (an interactive shell
+                    # forwards its SIGHUP, then the kernel sends the job's group one more).
+                    continue
             if run.interrupted:
                 _exit_now(run)
             run.interrupted, run.stopped_by = True, signum
@@ -479,11 +483,12 @@ def _exit_now(run: _Run) -> None:
     ids = [printable(job.request_id) for job in run.progress.active.values()]
     with contextlib.suppress(OutputClosed):
         run.reporter.close(["Interrupted again: exiting now."])
-    if ids:
-        where = "the journal has them" if run.options.journal else "fal-edit cancel REQUEST_ID"
-        print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with tolerating_hangup(), contextlib.suppress(BrokenPipeError, ValueError):
+        if ids:
+            where = "the journal has them" if run.options.journal else "fal-edit cancel REQUEST_ID"
+            print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(_signal_status(run))
 
 
