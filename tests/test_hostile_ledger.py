@@ -28,6 +28,7 @@ from fal_edit_async import (
     AsyncClient,
     EditImageInput,
     EditItem,
+    ItemCompleted,
     ItemState,
     ItemSubmitted,
     Journal,
@@ -784,6 +785,79 @@ async def test_an_unknown_retry_is_not_listed_under_the_failed_job_before_it(
     assert ItemState.UNKNOWN is result.state
     (row,) = (await rows(journal)).values()
     assert failed_job != row.request_id
+
+
+def fill_the_disk_for_job_ids(journal: Path) -> None:
+    """Every write that gives a row its job's id fails, as on a full disk, until the table
+    ``freed`` gets a row (the disk frees)."""
+    with sqlite3.connect(journal) as db:
+        db.execute("CREATE TABLE freed (n INTEGER)")
+        db.execute(
+            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.request_id IS NOT NULL "
+            "AND OLD.request_id IS NULL AND NOT EXISTS (SELECT 1 FROM freed) "
+            "BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full'); END"
+        )
+
+
+async def test_an_output_whose_write_failed_is_written_again_with_its_files(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk18 F2: the 'submitted' and 'completed' writes fail (a full disk), the disk frees
+    while the files download: the row ends whole, with its job, and a rerun pays nothing,
+    reports the item done and writes no second copy (it used to read 'downloaded' without a
+    job: unknown for good, and --resubmit-unknown paid again)."""
+    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
+
+    def free_the_disk(event: Any) -> None:
+        if isinstance(event, ItemCompleted):
+            with sqlite3.connect(journal) as db:
+                db.execute("INSERT INTO freed VALUES (1)")
+
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        (first,) = await run(
+            client, items, journal=journal, download_to=out, on_event=free_the_disk
+        )
+        (row,) = (await rows(journal)).values()
+        (second,) = await run(client, items, journal=journal, download_to=out)
+
+        assert ItemState.COMPLETED is first.state
+        assert "downloaded" == row.state and first.request_id == row.request_id
+        assert ItemState.COMPLETED is second.state and second.resumed
+        assert 1 == len(emu.jobs)
+        assert [f.path.name for f in first.files] == sorted(p.name for p in out.iterdir())
+
+
+async def test_no_row_says_downloaded_without_the_job_it_stands_for(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """The disk stays full for every write that names the job: the item is delivered, and its
+    row is left as the lost submit it is, never a 'downloaded' row no rerun can use. Once the
+    disk frees, a rerun finds the job in fal's history: done and paid once. (Its claim never
+    landed either, so the rerun writes a second copy beside the first, as docs/guarantees.md
+    says of a journal that stopped taking writes; the first is never replaced.)"""
+    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
+
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        (first,) = await run(client, items, journal=journal, download_to=out)
+        (row,) = (await rows(journal)).values()
+        delivered = first.files[0].path.read_bytes()
+        with sqlite3.connect(journal) as db:
+            db.execute("INSERT INTO freed VALUES (1)")
+        (second,) = await run(client, items, journal=journal, download_to=out)
+
+        assert ItemState.COMPLETED is first.state and first.files
+        assert "submitting" == row.state and row.request_id is None
+        assert ItemState.COMPLETED is second.state
+        assert first.request_id == second.request_id
+        assert 1 == len(emu.jobs)
+        assert delivered == first.files[0].path.read_bytes()
+        assert delivered == second.files[0].path.read_bytes()
 
 
 async def test_a_cancel_requested_row_that_lost_its_request_id_is_not_paid_again(

@@ -68,6 +68,7 @@ from .._models import (
     EditImageOutput,
     InProgress,
     JobStatus,
+    JobUrls,
     Queued,
     SubmitOptions,
 )
@@ -211,6 +212,8 @@ class _Item:
     #: The output names claimed as the job completed (the stem, then each file's name
     #: without extension), journaled with the output; the download takes them.
     claim: tuple[str, list[str]] | None = None
+    #: The job and claimed name of an output whose ``completed`` write failed.
+    unsaved: tuple[JobUrls, tuple[str, str] | None] | None = None
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -513,12 +516,15 @@ class Runner:
             state = ItemState.FAILED
         return it.result(state, error=exc)
 
-    async def _write(self, write: Awaitable[None]) -> None:
-        """Await a journal write; a failure stops new submits, never this item's outcome."""
+    async def _write(self, write: Awaitable[None]) -> bool:
+        """Await a journal write; a failure stops new submits, never this item's outcome.
+        True when the write landed."""
         try:
             await write
         except JournalError as exc:
             self.ledger_error = self.ledger_error or exc
+            return False
+        return True
 
     # -- the pipeline --------------------------------------------------------------------
 
@@ -865,7 +871,8 @@ class Runner:
         if self.journal is not None:
             name = self._claim_with(it, output)
             write = self.journal.record_completed(it.ledger_key, handle.urls, output, name=name)
-            await self._write(write)
+            if not await self._write(write):
+                it.unsaved = (handle.urls, name)  # written again once the files are in
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
@@ -911,7 +918,18 @@ class Runner:
     async def _finish(self, it: _Item, output: EditImageOutput) -> ItemResult:
         check_image_count(it.input, output, it.request_id)
         files = await self._download(it, output)
-        if self.download_to is not None and self.journal is not None:
+        if self.journal is None:
+            return it.result(ItemState.COMPLETED, output=output, files=files)
+        if it.unsaved is not None:
+            # The output's write failed (a full disk, say): a second try, now that the files
+            # are in. Should it fail too, no ``downloaded`` row is written without the job and
+            # output it stands for: a rerun would take it for a lost submit, not a done item.
+            urls, name = it.unsaved
+            write = self.journal.record_completed(it.ledger_key, urls, output, name=name)
+            if not await self._write(write):
+                return it.result(ItemState.COMPLETED, output=output, files=files)
+            it.unsaved = None
+        if self.download_to is not None:
             await self._write(self.journal.record_downloaded(it.ledger_key, files))
         return it.result(ItemState.COMPLETED, output=output, files=files)
 
@@ -942,7 +960,7 @@ class Runner:
             it.request_id, it.accepted = entry.request_id, entry.attempts
         if state in (JournalState.CANCELLED, JournalState.UNSENT):
             return None
-        if state.has_job and entry.urls is None:
+        if state.has_job and entry.urls is None and entry.output is None:
             state = JournalState.UNKNOWN  # a job state that never got its job's id
         if state in (JournalState.UNKNOWN, JournalState.SUBMITTING):
             if entry.urls is not None and await self._still_on_fal(entry):
