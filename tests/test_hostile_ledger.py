@@ -830,6 +830,38 @@ async def test_an_output_whose_write_failed_is_written_again_with_its_files(
         assert [f.path.name for f in first.files] == sorted(p.name for p in out.iterdir())
 
 
+async def test_an_output_whose_write_failed_is_written_again_when_its_download_fails(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk19 F3: the output's write fails, then its download does too (the output folder's
+    disk is full): the output is written again all the same, so the rerun downloads it from
+    the journal's copy, without paying again (fal's copy of a result expires)."""
+    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
+
+    def free_the_disk(event: Any) -> None:
+        if isinstance(event, ItemCompleted):
+            with sqlite3.connect(journal) as db:
+                db.execute("INSERT INTO freed VALUES (1)")
+
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.schedule_fault("download", "server_error", times=1_000)
+        (first,) = await run(
+            client, items, journal=journal, download_to=out, on_event=free_the_disk
+        )
+        (row,) = (await rows(journal)).values()
+        emu.clear_faults()
+        (second,) = await run(client, items, journal=journal, download_to=out)
+
+        assert ItemState.FAILED is first.state
+        assert "completed" == row.state and first.request_id == row.request_id
+        assert row.output is not None
+        assert ItemState.COMPLETED is second.state and second.files
+        assert 1 == len(emu.jobs)
+
+
 async def test_no_row_says_downloaded_without_the_job_it_stands_for(
     png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -917,21 +917,31 @@ class Runner:
 
     async def _finish(self, it: _Item, output: EditImageOutput) -> ItemResult:
         check_image_count(it.input, output, it.request_id)
-        files = await self._download(it, output)
-        if self.journal is None:
-            return it.result(ItemState.COMPLETED, output=output, files=files)
-        if it.unsaved is not None:
-            # The output's write failed (a full disk, say): a second try, now that the files
-            # are in. Should it fail too, no ``downloaded`` row is written without the job and
-            # output it stands for: a rerun would take it for a lost submit, not a done item.
-            urls, name = it.unsaved
-            write = self.journal.record_completed(it.ledger_key, urls, output, name=name)
-            if not await self._write(write):
-                return it.result(ItemState.COMPLETED, output=output, files=files)
-            it.unsaved = None
-        if self.download_to is not None:
+        try:
+            files = await self._download(it, output)
+        except FalEditError:
+            await self._save_output(it, output)  # a rerun downloads it: fal's copy expires
+            raise
+        # Without the job and output it stands for, a ``downloaded`` row would read as a
+        # lost submit to a rerun, not as a done item: none is written then.
+        if await self._save_output(it, output) and self.download_to is not None:
+            assert self.journal is not None
             await self._write(self.journal.record_downloaded(it.ledger_key, files))
         return it.result(ItemState.COMPLETED, output=output, files=files)
+
+    async def _save_output(self, it: _Item, output: EditImageOutput) -> bool:
+        """Write again an output whose ``completed`` write failed (a full disk, say), now
+        that its download is over. True when the item's row holds its output."""
+        if self.journal is None:
+            return False
+        if it.unsaved is None:
+            return True
+        urls, name = it.unsaved
+        write = self.journal.record_completed(it.ledger_key, urls, output, name=name)
+        if not await self._write(write):
+            return False
+        it.unsaved = None
+        return True
 
     # -- resuming from the journal -------------------------------------------------------
 
