@@ -17,7 +17,9 @@ from hypothesis import given, strategies as st
 
 from fal_edit_async import (
     BudgetExceededError,
+    DownloadError,
     InputError,
+    ItemCompleted,
     ItemQueued,
     ItemReattached,
     ItemResult,
@@ -86,6 +88,21 @@ def test_cost_is_split_into_this_run_earlier_runs_and_in_flight() -> None:
     assert "~$0.27 spent by this run, ~$0.27 by earlier runs, ~$0.27 in flight" in text
     assert "this run would cost ~$0.27" in progress.cost_text(emulator=True)
     assert "spent" not in progress.cost_text(emulator=True)
+
+
+def test_a_job_that_completed_is_spent_when_its_download_failed() -> None:
+    """atk19 F2: fal bills a job once it completes; a download that fails after (a full
+    disk) does not make it free: spent by this run, not "by earlier runs" on the rerun."""
+    progress = Progress(2, {k: EST for k in "ab"}, clock=lambda: 0.0)
+    for key in "ab":
+        progress.on_event(ItemSubmitted(key=key, request_id=f"r{key}"))
+    progress.on_event(ItemCompleted(key="a", request_id="ra"))
+    full = DownloadError("No space left on device")
+    progress.on_result(_result("a", ItemState.FAILED, cost=EST, error=full))
+    failed = JobFailedError(request_id="rb", error="model error")
+    progress.on_result(_result("b", ItemState.FAILED, cost=EST, error=failed))
+
+    assert "~$0.27 spent by this run (estimated)" in progress.cost_text()
 
 
 def test_a_journaled_rerun_says_it_spent_nothing(

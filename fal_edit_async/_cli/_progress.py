@@ -190,8 +190,9 @@ class Progress:
         return done
 
     def _billed_unfinished(self, key: str, state: str) -> bool:
-        """An item cut short after its job completed on fal (while downloading): billed."""
-        return state == "interrupted" and key in self._completed
+        """An item cut short, or failed, after its job completed on fal (its download was
+        stopped or failed): billed all the same."""
+        return state in ("interrupted", "failed") and key in self._completed
 
     @property
     def finished(self) -> int:
