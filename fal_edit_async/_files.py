@@ -379,12 +379,13 @@ def _temp_suffix() -> str:
 def check_writable(folder: Path) -> None:
     """Create ``folder`` and prove a file can be written there; OSError says why not.
 
-    Run before anything is paid, so an unwritable output folder costs nothing.
+    Run before anything is paid, so an unwritable output folder costs nothing. A byte is
+    written: a full disk still creates an empty file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     probe = TempFile(folder, "fal-edit-probe", fsync=False, checksum=False)
     try:
-        probe.write([])
+        probe.write([b"\0"])
     finally:
         probe.discard()
 

@@ -413,6 +413,30 @@ def test_an_unwritable_folder_is_found_before_anything_is_paid(tmp_path: Path) -
         check_writable(tmp_path / "blocker" / "out")
 
 
+def test_a_full_disk_is_found_before_anything_is_paid(tmp_path: Path) -> None:
+    """atk19 F2: a disk with no byte free still creates an empty file, so the probe writes
+    one. (No file may grow past 0 bytes in the child: as on a full disk, a write fails.)"""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from fal_edit_async._files import check_writable\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+        "try:\n"
+        "    check_writable(Path(sys.argv[1]))\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert str(errno.EFBIG) == done.stdout.strip()
+    assert [] == list((tmp_path / "out").iterdir())
+
+
 @pytest.mark.parametrize("hard_links", [True, False], ids=["link", "no-hard-links"])
 def test_a_new_name_is_never_published_over_an_existing_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
