@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from decimal import Decimal
@@ -122,6 +123,32 @@ def test_a_journaled_rerun_says_it_spent_nothing(
         "2 done (2 from the journal) of 2 · ~$0.00 spent by this run, ~$0.54 by earlier runs"
         in again
     )
+
+
+def test_a_journal_that_failed_a_write_is_never_a_quiet_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """atk19 F1: the journal's disk fills once the jobs are on fal: every item is delivered,
+    but the run says the journal failed, how to find the jobs again, and exits 1 (it said
+    "2 done of 2", exit 0, and the rerun called them lost submits)."""
+    write_images(tmp_path / "in", "a.png")
+    journal = tmp_path / "run.db"
+    argv = ["edit", PROMPT, str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    argv += ["--journal", str(journal)]
+    with emulator_thread(monkeypatch):
+        assert 0 == main(argv)
+        capsys.readouterr()
+        with sqlite3.connect(journal) as db:
+            db.execute(
+                "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        write_images(tmp_path / "in", "b.png")
+        assert 1 == main(argv)
+    err = plain(capsys.readouterr().err)
+    assert "2 done (1 from the journal) of 2" in err
+    assert "Journal: a write failed (" in err and "database or disk is full" in err
+    assert "`fal-edit reconcile JOURNAL` finds them" in err
 
 
 # -- 3. re-attached jobs are in flight ---------------------------------------------------

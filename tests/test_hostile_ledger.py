@@ -799,6 +799,31 @@ def fill_the_disk_for_job_ids(journal: Path) -> None:
         )
 
 
+async def test_a_batch_tells_of_the_journal_write_it_lost(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk19 F1: a journal write that failed mid-batch is in the batch's summary (it reached
+    no caller: the items are delivered, and a rerun may take them for lost submits)."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        async with client.edit_many(items, journal=journal) as batch:
+            _ = [r async for r in batch]
+        assert batch.summary().journal_error is None
+        with sqlite3.connect(journal) as db:
+            db.execute(
+                "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        more = [("b", edit(png_data_uri, prompt="another"))]
+        async with client.edit_many(more, journal=journal) as batch:
+            (result,) = [r async for r in batch]
+
+    assert ItemState.COMPLETED is result.state
+    summary = batch.summary()
+    assert isinstance(summary.journal_error, JournalError)
+    assert "the journal failed: " in str(summary)
+
+
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(
     png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ import attrs
 from .._config import Limits
 from .._converter import input_from_dict, to_wire
 from .._endpoint import DEFAULT_ENDPOINT, EndpointId
-from .._exceptions import FalEditError, InputError
+from .._exceptions import FalEditError, InputError, JournalError
 from .._models import DownloadedFile, EditImageInput, EditImageOutput, SubmitOptions
 from .._name_template import DEFAULT_NAME_TEMPLATE, DEFAULT_NAMES, NameTemplate
 from .._pricing import estimate_cost
@@ -126,6 +126,12 @@ class BatchSummary:
     ``cancelled_on_exit`` counts the cancels fal accepted (a job that had already finished,
     or whose cancel went unanswered, stays re-attachable through the journal). ``cancelled``
     counts those plus the items whose job fal reported cancelled.
+
+    ``journal_error`` is the first write the journal refused (a full disk, say), or None.
+    Items already on fal when it failed are followed and delivered all the same, and no new
+    submit is sent; but their rows may not name their jobs, so a rerun can report them as
+    lost submits (a reconcile finds them in fal's history, by the request ids this run
+    yielded).
     """
 
     total: int
@@ -143,14 +149,16 @@ class BatchSummary:
     concurrency: int
     lowest_concurrency: int
     elapsed: float
+    journal_error: JournalError | None = None
 
     def __str__(self) -> str:
         unknown = f"{self.unknown} unknown, " if self.unknown else ""
+        journal = f"; the journal failed: {self.journal_error}" if self.journal_error else ""
         return (
             f"{self.completed} completed, {self.failed} failed, {self.cancelled} cancelled, "
             f"{unknown}{self.not_submitted} not submitted of {self.total}; "
             f"{self.bytes_downloaded / 1e6:.1f} MB; ~${self.estimated_cost}; "
-            f"{self.elapsed:.1f} s; concurrency settled at {self.concurrency}"
+            f"{self.elapsed:.1f} s; concurrency settled at {self.concurrency}{journal}"
         )
 
 

@@ -10,9 +10,9 @@ This module builds the parser; what each command does is in ``_commands``, loade
 a command runs, so help and completion never load aiohttp, anyio or the emulator's server
 (``tests/test_cli_startup.py``).
 
-Exit statuses: 0 all done, 1 some items failed, 2 usage or credential errors (and a journal
-another run is using), 129 hung up (SIGHUP: the terminal closed), 130 interrupted, 141 stdout
-closed, 143 terminated (SIGTERM).
+Exit statuses: 0 all done, 1 some items failed (or the journal failed a write), 2 usage or
+credential errors (and a journal another run is using), 129 hung up (SIGHUP: the terminal
+closed), 130 interrupted, 141 stdout closed, 143 terminated (SIGTERM).
 Errors are one line; ``--debug`` adds the traceback. The API key is never printed.
 """
 
@@ -211,7 +211,8 @@ def _run_options() -> Parser:
 _EPILOG = (
     "Credentials: FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); FAL_QUEUE_URL and FAL_REST_URL "
     "to point at another queue (`fal-edit emulator` prints them).\n"
-    "Exit status: 0 all done, 1 some items failed, 2 usage or credential error, "
+    "Exit status: 0 all done, 1 some items failed or the journal failed, 2 usage or "
+    "credential error, "
     "129 hung up, 130 interrupted, 141 stdout closed, 143 terminated.\n\n"
 )
 

@@ -30,7 +30,7 @@ _MEANING = {
     JournalState.CANCELLED: "cancelled on fal (a rerun submits again)",
     JournalState.UNSENT: "never reached fal (a rerun submits again)",
     JournalState.FAILED: "failed (--retry-failed submits again)",
-    JournalState.UNKNOWN: "submit answer lost; fal may have run it (--resubmit-unknown)",
+    JournalState.UNKNOWN: "submit answer lost; fal may have run it (`fal-edit reconcile`)",
     JournalState.SUBMITTING: "being submitted by a live run",
     JournalState.PENDING: "claimed by a worker, not submitted yet",
     JournalState.AMBIGUOUS: "several jobs carry its input; never submitted again",

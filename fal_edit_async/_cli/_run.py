@@ -42,6 +42,7 @@ from .. import (
     ItemResult,
     ItemState,
     JobCancelledError,
+    JournalError,
     estimate_batch,
     estimate_cost,
 )
@@ -255,6 +256,7 @@ def closing_lines(run: _Run) -> list[str]:
     if extra:
         lines.append("Retries: " + "; ".join(extra))
     lines += _failure_lines(run)
+    lines += _journal_lines(run)
     if run.interrupted and options.journal is None and p.done < p.total:
         lines.append(
             "No --journal: running this again submits (and pays for) every item again, and "
@@ -304,6 +306,25 @@ def _failure_lines(run: _Run) -> list[str]:
     return lines
 
 
+def _journal_error(run: _Run) -> JournalError | None:
+    return run.batch.summary().journal_error if run.batch is not None else None
+
+
+def _journal_lines(run: _Run) -> list[str]:
+    """A journal that refused a write: what it may have lost, and how to get it back."""
+    error = _journal_error(run)
+    if error is None:
+        return []
+    # Not the address itself: a postgresql:// one may carry a password.
+    return [
+        f"Journal: a write failed ({message(error)}). No submit was sent after it, and the "
+        "jobs already on fal were followed and delivered; but the journal may not name "
+        "them, so a rerun can report them as lost submits. Free space for it, then "
+        "`fal-edit reconcile JOURNAL` finds them in fal's history (the request ids are "
+        "above); --resubmit-unknown would pay for them again."
+    ]
+
+
 def _status(run: _Run, timed_out: bool) -> int:
     if run.auth_error is not None:
         print(f"fal-edit: error: {auth_message(run.auth_error)}", file=sys.stderr)
@@ -313,7 +334,9 @@ def _status(run: _Run, timed_out: bool) -> int:
     if run.interrupted:
         return _signal_status(run)
     p = run.progress
-    return OK if p.done == p.total and not timed_out else FAILED
+    # A journal that failed a write broke the rerun's promise: never a quiet success.
+    whole = p.done == p.total and not timed_out and _journal_error(run) is None
+    return OK if whole else FAILED
 
 
 async def _run_valid(run: _Run, items: list[EditItem]) -> bool:

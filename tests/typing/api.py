@@ -164,6 +164,7 @@ async def client_api() -> None:
                 assert_type(result.state, fal.ItemState)
                 assert_type(result.error, fal.FalEditError | None)
         assert_type(batch.summary(), fal.BatchSummary)
+        assert_type(batch.summary().journal_error, fal.JournalError | None)
     assert_type(fal.estimate_batch(items), fal.BatchEstimate)
     assert_type(fal.estimate_cost(inp), fal.CostEstimate)
 
