@@ -887,6 +887,36 @@ async def test_an_output_whose_write_failed_is_written_again_when_its_download_f
         assert 1 == len(emu.jobs)
 
 
+async def test_an_output_whose_write_failed_is_written_again_when_the_batch_is_left(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """The output's write fails, and the batch is left while the files download (Ctrl-C):
+    the output is written on the way out all the same, for the rerun to download."""
+    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
+
+    def free_the_disk(event: Any) -> None:
+        if isinstance(event, ItemCompleted):
+            with sqlite3.connect(journal) as db:
+                db.execute("INSERT INTO freed VALUES (1)")
+
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.hold_downloads()
+        async with client.edit_many(
+            items, journal=journal, download_to=out, on_event=free_the_disk
+        ):
+            await emu.wait_downloads_held(1)  # the download is on its way
+        (row,) = (await rows(journal)).values()
+        emu.release_downloads()
+        (second,) = await run(client, items, journal=journal, download_to=out)
+
+        assert "completed" == row.state and row.output is not None
+        assert ItemState.COMPLETED is second.state and second.files
+        assert 1 == len(emu.jobs)
+
+
 async def test_no_row_says_downloaded_without_the_job_it_stands_for(
     png_data_uri: str, tmp_path: Path
 ) -> None:

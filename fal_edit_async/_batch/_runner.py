@@ -919,8 +919,10 @@ class Runner:
         check_image_count(it.input, output, it.request_id)
         try:
             files = await self._download(it, output)
-        except FalEditError:
-            await self._save_output(it, output)  # a rerun downloads it: fal's copy expires
+        except (FalEditError, anyio.get_cancelled_exc_class()):
+            # Failed or cut short: a rerun downloads it, from the journal (fal's copy expires).
+            with anyio.CancelScope(shield=True):
+                await self._save_output(it, output)
             raise
         # Without the job and output it stands for, a ``downloaded`` row would read as a
         # lost submit to a rerun, not as a done item: none is written then.
