@@ -552,6 +552,10 @@ def test_an_ambiguous_row_is_not_told_that_resubmit_unknown_submits_it() -> None
     lost = step(UnknownSubmitError("answer lost"))
     assert "--resubmit-unknown submits it again" in lost and "REQUEST_ID" not in lost
     assert "`fal-edit status r1`" in step(UnknownSubmitError("answer lost"), "r1")
+    # atk20 N4: the journal's way to find the job comes before the flag that pays again.
+    assert lost.index("`fal-edit reconcile JOURNAL`") < lost.index("--resubmit-unknown")
+    alone = ItemResult(key="k", index=0, state=ItemState.UNKNOWN, error=UnknownSubmitError("x"))
+    assert "reconcile" not in next_step(alone, "unknown", journal=False, line=None)
 
 
 def test_items_that_finish_as_the_run_stops_are_reported_done(

@@ -138,9 +138,10 @@ def test_a_journal_that_failed_a_write_is_never_a_quiet_success(
     with emulator_thread(monkeypatch):
         assert 0 == main(argv)
         capsys.readouterr()
-        with sqlite3.connect(journal) as db:
+        with sqlite3.connect(journal) as db:  # every write that names a job fails
             db.execute(
-                "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
+                "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.request_id IS NOT NULL "
+                "AND OLD.request_id IS NULL "
                 "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
             )
         write_images(tmp_path / "in", "b.png")
@@ -148,7 +149,7 @@ def test_a_journal_that_failed_a_write_is_never_a_quiet_success(
     err = plain(capsys.readouterr().err)
     assert "2 done (1 from the journal) of 2" in err
     assert "Journal: a write failed (" in err and "database or disk is full" in err
-    assert "`fal-edit reconcile JOURNAL` finds them" in err
+    assert "`fal-edit reconcile JOURNAL` finds lost submits" in err
 
 
 # -- 3. re-attached jobs are in flight ---------------------------------------------------

@@ -802,26 +802,70 @@ def fill_the_disk_for_job_ids(journal: Path) -> None:
 async def test_a_batch_tells_of_the_journal_write_it_lost(
     png_data_uri: str, tmp_path: Path
 ) -> None:
-    """atk19 F1: a journal write that failed mid-batch is in the batch's summary (it reached
-    no caller: the items are delivered, and a rerun may take them for lost submits)."""
+    """atk19 F1: a journal write that failed mid-batch, and that no later write made good, is
+    in the batch's summary (it reached no caller: the items are delivered, and a rerun may
+    take them for lost submits)."""
     journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         async with client.edit_many(items, journal=journal) as batch:
-            _ = [r async for r in batch]
-        assert batch.summary().journal_error is None
-        with sqlite3.connect(journal) as db:
-            db.execute(
-                "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
-                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-            )
-        more = [("b", edit(png_data_uri, prompt="another"))]
-        async with client.edit_many(more, journal=journal) as batch:
             (result,) = [r async for r in batch]
 
     assert ItemState.COMPLETED is result.state
     summary = batch.summary()
     assert isinstance(summary.journal_error, JournalError)
     assert "the journal failed: " in str(summary)
+
+
+async def test_a_journal_write_made_good_later_is_no_alarm(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk20 N2: the 'submitted' write fails, the output's write (which names the job again)
+    lands: the row is whole, so the summary reports no journal error, and a rerun pays
+    nothing."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    with sqlite3.connect(journal) as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        async with client.edit_many(items, journal=journal) as batch:
+            (first,) = [r async for r in batch]
+        (second,) = await run(client, items, journal=journal)
+
+        assert ItemState.COMPLETED is first.state
+        assert batch.summary().journal_error is None
+        assert second.resumed and 1 == len(emu.jobs)
+
+
+async def test_a_lost_verdict_of_a_refused_submit_is_an_alarm(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """fal refused the submit (422: no job), but the journal could not say so: its row still
+    reads as a submit in flight, which a rerun takes for a lost answer. The batch says the
+    journal failed."""
+    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    with sqlite3.connect(journal) as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'unsent' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.schedule_fault("submit", "server_error", status=422)
+        async with client.edit_many(items, journal=journal) as batch:
+            (result,) = [r async for r in batch]
+
+    assert ItemState.FAILED is result.state
+    (row,) = (await rows(journal)).values()
+    assert "submitting" == row.state
+    assert isinstance(batch.summary().journal_error, JournalError)
 
 
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(

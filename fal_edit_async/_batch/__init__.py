@@ -165,7 +165,7 @@ class Batch:
             concurrency=self._jobs.level,
             lowest_concurrency=self._jobs.lowest,
             elapsed=end - self._started,
-            journal_error=runner.ledger_error,
+            journal_error=runner.journal_damage,
         )
 
 

@@ -127,11 +127,12 @@ class BatchSummary:
     or whose cancel went unanswered, stays re-attachable through the journal). ``cancelled``
     counts those plus the items whose job fal reported cancelled.
 
-    ``journal_error`` is the first write the journal refused (a full disk, say), or None.
-    Items already on fal when it failed are followed and delivered all the same, and no new
-    submit is sent; but their rows may not name their jobs, so a rerun can report them as
-    lost submits (a reconcile finds them in fal's history, by the request ids this run
-    yielded).
+    ``journal_error`` is the first write the journal refused (a full disk, say) that no later
+    write made good, or None. Once a write fails no new submit is sent, and the items already
+    on fal are followed and delivered all the same; but a row left short may not name its
+    job, so a rerun can report it as a lost submit (a reconcile finds it in fal's history,
+    by the request id this run yielded). A row that a later write made whole again (the
+    job's output with its id, written after a failed ``submitted``) is not counted.
     """
 
     total: int

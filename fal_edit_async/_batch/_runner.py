@@ -274,6 +274,10 @@ class Runner:
     cancels_accepted: int = 0
     #: Set once the journal could not be written: nothing more is submitted.
     ledger_error: JournalError | None = None
+    #: Rows a refused write left short of what this run knows, by ledger key, with the
+    #: write's error; a later write that makes the row whole again (its job and output, or
+    #: its files) takes the key out.
+    damaged: dict[str, JournalError] = attrs.field(factory=dict)
     #: Jobs in flight at most across every worker of a shared ledger.
     max_in_flight: int | None = None
     #: Items another worker of a shared ledger held when their turn came, by ledger key.
@@ -516,15 +520,35 @@ class Runner:
             state = ItemState.FAILED
         return it.result(state, error=exc)
 
-    async def _write(self, write: Awaitable[None]) -> bool:
+    async def _write(
+        self,
+        write: Awaitable[None],
+        *,
+        short: _Item | None = None,
+        whole: _Item | None = None,
+    ) -> bool:
         """Await a journal write; a failure stops new submits, never this item's outcome.
-        True when the write landed."""
+        True when the write landed.
+
+        ``short``: the item whose row a failure of this write leaves misleading to a rerun
+        (no job id, a lost submit's fate, a claim or files unrecorded); ``whole``: the item
+        whose row this write makes whole again (its job and output, or its files).
+        """
         try:
             await write
         except JournalError as exc:
             self.ledger_error = self.ledger_error or exc
+            if short is not None:
+                self.damaged.setdefault(short.ledger_key, exc)
             return False
+        if whole is not None:
+            self.damaged.pop(whole.ledger_key, None)
         return True
+
+    @property
+    def journal_damage(self) -> JournalError | None:
+        """The first refused write no later write made good, if any."""
+        return next(iter(self.damaged.values()), None)
 
     # -- the pipeline --------------------------------------------------------------------
 
@@ -712,7 +736,7 @@ class Runner:
             if it.live is None and not self.core.config.retry.retry_ambiguous_submit:
                 if self.journal is not None:
                     with anyio.CancelScope(shield=True):
-                        await self._write(self.journal.record_unsent(it.ledger_key))
+                        await self._write(self.journal.record_unsent(it.ledger_key), short=it)
             raise
         except anyio.get_cancelled_exc_class():
             # Each POST is shielded, so a cancellation lands between them: with no answer taken
@@ -721,7 +745,7 @@ class Runner:
             if it.live is None and not self.core.config.retry.retry_ambiguous_submit:
                 if self.journal is not None:
                     with anyio.CancelScope(shield=True):
-                        await self._write(self.journal.record_unsent(it.ledger_key))
+                        await self._write(self.journal.record_unsent(it.ledger_key), short=it)
             raise
         self.jobs.succeeded()
         if self.on_event is not None:  # nobody listens: no event to build
@@ -741,7 +765,7 @@ class Runner:
                 request_id=handle.request_id,
             )
             if self.journal is not None:
-                await self._write(self.journal.record_unknown(it.ledger_key, error))
+                await self._write(self.journal.record_unknown(it.ledger_key, error), short=it)
             raise error
         self.owned_ids.add(hash(handle.request_id))
         if self.journal is not None:
@@ -755,6 +779,7 @@ class Runner:
                 # this run still follows the job and delivers its output (and writes its id
                 # again with the output, should the disk have room by then).
                 self.ledger_error = self.ledger_error or exc
+                self.damaged.setdefault(it.ledger_key, exc)
 
     async def _owned_elsewhere(self, it: _Item, request_id: str) -> bool:
         """True when another item of this batch, or another row, holds ``request_id``.
@@ -780,7 +805,7 @@ class Runner:
         if submit_never_queued(exc):
             it.attempts -= 1
             if journal is not None:
-                await self._write(journal.record_unsent(it.ledger_key, exc))
+                await self._write(journal.record_unsent(it.ledger_key, exc), short=it)
             raise exc
         request_id = exc.request_id if isinstance(exc, APIError) else None
         it.unknown = True
@@ -791,7 +816,7 @@ class Runner:
                 named = attach(self.core, request_id, self.endpoint)
         if journal is not None:  # first: should this run end while fal is asked about it
             urls = named.urls if named is not None else None
-            await self._write(journal.record_unknown(it.ledger_key, exc, urls=urls))
+            await self._write(journal.record_unknown(it.ledger_key, exc, urls=urls), short=it)
         if named is None and self.tracked:
             named = await self._tagged_job(it)
         if named is not None:
@@ -871,7 +896,7 @@ class Runner:
         if self.journal is not None:
             name = self._claim_with(it, output)
             write = self.journal.record_completed(it.ledger_key, handle.urls, output, name=name)
-            if not await self._write(write):
+            if not await self._write(write, short=it, whole=it):
                 it.unsaved = (handle.urls, name)  # written again once the files are in
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
@@ -928,7 +953,7 @@ class Runner:
         # lost submit to a rerun, not as a done item: none is written then.
         if await self._save_output(it, output) and self.download_to is not None:
             assert self.journal is not None
-            await self._write(self.journal.record_downloaded(it.ledger_key, files))
+            await self._write(self.journal.record_downloaded(it.ledger_key, files), whole=it)
         return it.result(ItemState.COMPLETED, output=output, files=files)
 
     async def _save_output(self, it: _Item, output: EditImageOutput) -> bool:
@@ -940,7 +965,7 @@ class Runner:
             return True
         urls, name = it.unsaved
         write = self.journal.record_completed(it.ledger_key, urls, output, name=name)
-        if not await self._write(write):
+        if not await self._write(write, short=it, whole=it):
             return False
         it.unsaved = None
         return True
@@ -1089,7 +1114,9 @@ class Runner:
                 stem, names = self.claim_name(it, len(output.images), it.request_id or "")
                 if self.journal is not None and stem != it.owned_stem:
                     folder = str(self.download_to.absolute())
-                    await self._write(self.journal.record_name(it.ledger_key, folder, stem))
+                    await self._write(
+                        self.journal.record_name(it.ledger_key, folder, stem), short=it
+                    )
             # The files this attempt publishes: the only ones a clash may delete again.
             published: list[FileIdentity] = []
             ours = it.owned_files
@@ -1128,7 +1155,7 @@ class Runner:
                 # The item fails; its files that did arrive stay, journaled so that a rerun
                 # knows them for its own and finishes the set under the same name.
                 if files and self.journal is not None:
-                    await self._write(self.journal.record_files(it.ledger_key, files))
+                    await self._write(self.journal.record_files(it.ledger_key, files), short=it)
                 raise outcome
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))

@@ -140,10 +140,11 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
                 "(not even with --resubmit-unknown): `fal-edit reconcile JOURNAL --json` "
                 "names them"
             )
-        look = f": `fal-edit status {rid}`" if result.request_id else ""
+        look = f" (`fal-edit status {rid}`)" if result.request_id else ""
+        find = "; `fal-edit reconcile JOURNAL` looks for it in fal's history" if journal else ""
         return (
             "not retried, since fal may have queued (and will bill) it and a second submit "
-            f"would pay twice{look}; --resubmit-unknown submits it again"
+            f"would pay twice{look}{find}; --resubmit-unknown submits it again"
         )
     if state == "interrupted":
         if journal:

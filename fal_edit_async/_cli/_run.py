@@ -317,11 +317,11 @@ def _journal_lines(run: _Run) -> list[str]:
         return []
     # Not the address itself: a postgresql:// one may carry a password.
     return [
-        f"Journal: a write failed ({message(error)}). No submit was sent after it, and the "
-        "jobs already on fal were followed and delivered; but the journal may not name "
-        "them, so a rerun can report them as lost submits. Free space for it, then "
-        "`fal-edit reconcile JOURNAL` finds them in fal's history (the request ids are "
-        "above); --resubmit-unknown would pay for them again."
+        f"Journal: a write failed ({message(error)}). No submit was sent after it, but the "
+        "journal may not hold all this run did: a rerun can take some items for lost "
+        "submits, or write their outputs again under new names. Free space for it, then "
+        "`fal-edit reconcile JOURNAL` finds lost submits in fal's history; "
+        "--resubmit-unknown would pay for them again."
     ]
 
 
@@ -508,7 +508,12 @@ def _exit_now(run: _Run) -> None:
         run.reporter.close(["Interrupted again: exiting now."])
     with tolerating_hangup(), contextlib.suppress(BrokenPipeError, ValueError):
         if ids:
-            where = "the journal has them" if run.options.journal else "fal-edit cancel REQUEST_ID"
+            if run.options.journal is None:
+                where = "fal-edit cancel REQUEST_ID"
+            elif _journal_error(run) is not None:
+                where = "the journal failed a write and may not have them: keep these ids"
+            else:
+                where = "the journal has them"
             print(f"jobs that may still run on fal ({where}): {' '.join(ids)}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

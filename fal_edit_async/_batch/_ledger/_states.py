@@ -57,8 +57,8 @@ __all__ = [
 ]
 
 LOST_ANSWER = (
-    "a run stopped after sending this submit and before fal's answer was recorded: fal may "
-    "have queued (and billed) that job"
+    "this submit was sent, but fal's answer was never recorded (the run stopped first, or "
+    "the journal could not write it): fal may have queued (and billed) that job"
 )
 
 
