@@ -29,6 +29,7 @@ from fal_edit_async import (
     EditImageInput,
     EditItem,
     ItemCompleted,
+    ItemFailed,
     ItemState,
     ItemSubmitted,
     Journal,
@@ -929,6 +930,38 @@ async def test_an_output_whose_write_failed_is_written_again_when_its_download_f
         assert row.output is not None
         assert ItemState.COMPLETED is second.state and second.files
         assert 1 == len(emu.jobs)
+
+
+async def test_an_output_whose_two_writes_failed_gets_a_last_try_as_the_batch_closes(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk20 R1: the output's write fails, its download fails, the second try fails (the
+    disk is still full); the disk frees before the batch ends: the last try, as the batch
+    closes, keeps the output for the rerun, and the journal is whole again."""
+    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
+
+    def free_the_disk(event: Any) -> None:
+        if isinstance(event, ItemFailed):  # after the second try
+            with sqlite3.connect(journal) as db:
+                db.execute("INSERT INTO freed VALUES (1)")
+
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.schedule_fault("download", "server_error", times=1_000)
+        async with client.edit_many(
+            items, journal=journal, download_to=out, on_event=free_the_disk
+        ) as batch:
+            (first,) = [r async for r in batch]
+        (row,) = (await rows(journal)).values()
+        emu.clear_faults()
+        (second,) = await run(client, items, journal=journal, download_to=out)
+
+        assert ItemState.FAILED is first.state
+        assert "completed" == row.state and row.output is not None
+        assert batch.summary().journal_error is None
+        assert ItemState.COMPLETED is second.state and 1 == len(emu.jobs)
 
 
 async def test_an_output_whose_write_failed_is_written_again_when_the_batch_is_left(

@@ -221,6 +221,7 @@ async def edit_many(
         reconciled = ReconcileReport()
         if runner.journal is not None:
             await runner.journal.open()
+            stack.push_async_callback(runner.save_unsaved)  # before the journal closes
             # Lost submits first: a job found is followed, not paid for again.
             reconciled = await reconcile_journal(core, runner.journal, settings.reconcile)
             if settings.submit_options.get("webhook_url") is not None:

@@ -278,6 +278,9 @@ class Runner:
     #: write's error; a later write that makes the row whole again (its job and output, or
     #: its files) takes the key out.
     damaged: dict[str, JournalError] = attrs.field(factory=dict)
+    #: Outputs whose ``completed`` write failed twice, by ledger key: tried once more as
+    #: the batch closes.
+    unsaved: dict[str, tuple[_Item, EditImageOutput]] = attrs.field(factory=dict)
     #: Jobs in flight at most across every worker of a shared ledger.
     max_in_flight: int | None = None
     #: Items another worker of a shared ledger held when their turn came, by ledger key.
@@ -966,9 +969,19 @@ class Runner:
         urls, name = it.unsaved
         write = self.journal.record_completed(it.ledger_key, urls, output, name=name)
         if not await self._write(write, short=it, whole=it):
+            self.unsaved[it.ledger_key] = (it, output)  # a last try as the batch closes
             return False
         it.unsaved = None
+        self.unsaved.pop(it.ledger_key, None)
         return True
+
+    async def save_unsaved(self) -> None:
+        """As the batch closes: a last try at the outputs whose writes failed twice (the
+        disk may have room by now), so that a rerun downloads them from the journal rather
+        than find fal's copy expired."""
+        with anyio.CancelScope(shield=True):
+            for it, output in list(self.unsaved.values()):
+                await self._save_output(it, output)
 
     # -- resuming from the journal -------------------------------------------------------
 
