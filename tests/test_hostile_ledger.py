@@ -800,16 +800,46 @@ def fill_the_disk_for_job_ids(journal: Path) -> None:
         )
 
 
+async def journal_refusing(tmp_path: Path, state: str) -> Path:
+    """A new journal that refuses every write moving a row to ``state``, as a full disk."""
+    journal = tmp_path / "j"
+    async with Journal(journal):
+        pass
+    with sqlite3.connect(journal) as db:
+        db.execute(
+            f"CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = '{state}' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    return journal
+
+
+async def journal_full_until(
+    tmp_path: Path, event_type: type[Any] | None = None
+) -> tuple[Path, Path, Callable[[Any], None]]:
+    """A new journal whose writes that name a job fail (:func:`fill_the_disk_for_job_ids`)
+    until the batch emits an ``event_type`` event: its path, an output folder, and the
+    ``on_event`` listener that frees the disk."""
+    journal = tmp_path / "j"
+    async with Journal(journal):
+        pass
+    fill_the_disk_for_job_ids(journal)
+
+    def free_the_disk(event: Any) -> None:
+        if event_type is not None and isinstance(event, event_type):
+            with sqlite3.connect(journal) as db:
+                db.execute("INSERT INTO freed VALUES (1)")
+
+    return journal, tmp_path / "out", free_the_disk
+
+
 async def test_a_batch_tells_of_the_journal_write_it_lost(
     png_data_uri: str, tmp_path: Path
 ) -> None:
     """atk19 F1: a journal write that failed mid-batch, and that no later write made good, is
     in the batch's summary (it reached no caller: the items are delivered, and a rerun may
     take them for lost submits)."""
-    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    fill_the_disk_for_job_ids(journal)
+    items = [("a", edit(png_data_uri))]
+    journal, _, _ = await journal_full_until(tmp_path)
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         async with client.edit_many(items, journal=journal) as batch:
             (result,) = [r async for r in batch]
@@ -826,14 +856,7 @@ async def test_a_journal_write_made_good_later_is_no_alarm(
     """atk20 N2: the 'submitted' write fails, the output's write (which names the job again)
     lands: the row is whole, so the summary reports no journal error, and a rerun pays
     nothing."""
-    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    with sqlite3.connect(journal) as db:
-        db.execute(
-            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    journal, items = await journal_refusing(tmp_path, "submitted"), [("a", edit(png_data_uri))]
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         async with client.edit_many(items, journal=journal) as batch:
             (first,) = [r async for r in batch]
@@ -850,14 +873,7 @@ async def test_a_lost_verdict_of_a_refused_submit_is_an_alarm(
     """fal refused the submit (422: no job), but the journal could not say so: its row still
     reads as a submit in flight, which a rerun takes for a lost answer. The batch says the
     journal failed."""
-    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    with sqlite3.connect(journal) as db:
-        db.execute(
-            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'unsent' "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    journal, items = await journal_refusing(tmp_path, "unsent"), [("a", edit(png_data_uri))]
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         emu.schedule_fault("submit", "server_error", status=422)
         async with client.edit_many(items, journal=journal) as batch:
@@ -876,15 +892,8 @@ async def test_an_output_whose_write_failed_is_written_again_with_its_files(
     while the files download: the row ends whole, with its job, and a rerun pays nothing,
     reports the item done and writes no second copy (it used to read 'downloaded' without a
     job: unknown for good, and --resubmit-unknown paid again)."""
-    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    fill_the_disk_for_job_ids(journal)
-
-    def free_the_disk(event: Any) -> None:
-        if isinstance(event, ItemCompleted):
-            with sqlite3.connect(journal) as db:
-                db.execute("INSERT INTO freed VALUES (1)")
+    items = [("a", edit(png_data_uri))]
+    journal, out, free_the_disk = await journal_full_until(tmp_path, ItemCompleted)
 
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         (first,) = await run(
@@ -906,15 +915,8 @@ async def test_an_output_whose_write_failed_is_written_again_when_its_download_f
     """atk19 F3: the output's write fails, then its download does too (the output folder's
     disk is full): the output is written again all the same, so the rerun downloads it from
     the journal's copy, without paying again (fal's copy of a result expires)."""
-    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    fill_the_disk_for_job_ids(journal)
-
-    def free_the_disk(event: Any) -> None:
-        if isinstance(event, ItemCompleted):
-            with sqlite3.connect(journal) as db:
-                db.execute("INSERT INTO freed VALUES (1)")
+    items = [("a", edit(png_data_uri))]
+    journal, out, free_the_disk = await journal_full_until(tmp_path, ItemCompleted)
 
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         emu.schedule_fault("download", "server_error", times=1_000)
@@ -938,15 +940,9 @@ async def test_an_output_whose_two_writes_failed_gets_a_last_try_as_the_batch_cl
     """atk20 R1: the output's write fails, its download fails, the second try fails (the
     disk is still full); the disk frees before the batch ends: the last try, as the batch
     closes, keeps the output for the rerun, and the journal is whole again."""
-    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    fill_the_disk_for_job_ids(journal)
-
-    def free_the_disk(event: Any) -> None:
-        if isinstance(event, ItemFailed):  # after the second try
-            with sqlite3.connect(journal) as db:
-                db.execute("INSERT INTO freed VALUES (1)")
+    items = [("a", edit(png_data_uri))]
+    # ItemFailed comes after the second try.
+    journal, out, free_the_disk = await journal_full_until(tmp_path, ItemFailed)
 
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         emu.schedule_fault("download", "server_error", times=1_000)
@@ -969,15 +965,8 @@ async def test_an_output_whose_write_failed_is_written_again_when_the_batch_is_l
 ) -> None:
     """The output's write fails, and the batch is left while the files download (Ctrl-C):
     the output is written on the way out all the same, for the rerun to download."""
-    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    fill_the_disk_for_job_ids(journal)
-
-    def free_the_disk(event: Any) -> None:
-        if isinstance(event, ItemCompleted):
-            with sqlite3.connect(journal) as db:
-                db.execute("INSERT INTO freed VALUES (1)")
+    items = [("a", edit(png_data_uri))]
+    journal, out, free_the_disk = await journal_full_until(tmp_path, ItemCompleted)
 
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         emu.hold_downloads()
@@ -1002,10 +991,8 @@ async def test_no_row_says_downloaded_without_the_job_it_stands_for(
     disk frees, a rerun finds the job in fal's history: done and paid once. (Its claim never
     landed either, so the rerun writes a second copy beside the first, as docs/guarantees.md
     says of a journal that stopped taking writes; the first is never replaced.)"""
-    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    fill_the_disk_for_job_ids(journal)
+    items = [("a", edit(png_data_uri))]
+    journal, out, _ = await journal_full_until(tmp_path)
 
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         (first,) = await run(client, items, journal=journal, download_to=out)
@@ -1029,14 +1016,7 @@ async def test_a_cancel_requested_row_that_lost_its_request_id_is_not_paid_again
 ) -> None:
     """The 'submitted' write fails once (a disk that fills and frees), the batch is left and fal
     takes the cancel (best effort: the job runs on and bills): the next run pays nothing."""
-    journal, items = tmp_path / "j", [("a", edit(png_data_uri))]
-    async with Journal(journal):
-        pass
-    with sqlite3.connect(journal) as db:
-        db.execute(
-            "CREATE TRIGGER full BEFORE UPDATE ON items WHEN NEW.state = 'submitted' "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    journal, items = await journal_refusing(tmp_path, "submitted"), [("a", edit(png_data_uri))]
     async with Emulator(fast_images=True, cancel_running="ignore") as emu:
         emu.hold_jobs()
         async with client_for(emu) as client:
