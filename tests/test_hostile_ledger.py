@@ -885,6 +885,71 @@ async def test_a_lost_verdict_of_a_refused_submit_is_an_alarm(
     assert isinstance(batch.summary().journal_error, JournalError)
 
 
+async def test_a_refused_downloaded_write_gets_a_last_try_as_the_batch_closes(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk21 F1: the 'downloaded' write is refused, and the disk frees before the batch
+    ends: the last try lands, so the row knows its files (a rerun that finds fal's copy
+    expired would otherwise fail the item), and nothing is reported."""
+    journal, out = await journal_refusing(tmp_path, "downloaded"), tmp_path / "out"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        async with client.edit_many(
+            [("a", edit(png_data_uri))], journal=journal, download_to=out
+        ) as batch:
+            results = []
+            async for result in batch:
+                results.append(result)
+                with sqlite3.connect(journal) as db:  # the disk frees
+                    db.execute("DROP TRIGGER full")
+
+    (row,), (result,) = (await rows(journal)).values(), results
+    assert ItemState.COMPLETED is result.state
+    assert "downloaded" == row.state and [f.path for f in row.files] == [
+        f.path for f in result.files
+    ]
+    assert batch.summary().journal_error is None
+
+
+@pytest.mark.parametrize("state", ["downloaded", "failed"])
+async def test_a_refused_last_word_of_an_item_is_an_alarm(
+    png_data_uri: str, tmp_path: Path, state: str
+) -> None:
+    """atk21 F1, F3: a row left short of its files ('downloaded' refused for good), or of
+    fal's verdict ('failed' refused: a rerun finding the job expired would advise paying
+    again for a prompt the model refused), is reported: never a quiet success."""
+    journal, out = await journal_refusing(tmp_path, state), tmp_path / "out"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        if state == "failed":
+            emu.schedule_fault("job", "model_failure", error_type="validation")
+        async with client.edit_many(
+            [("a", edit(png_data_uri))], journal=journal, download_to=out
+        ) as batch:
+            (result,) = [r async for r in batch]
+
+    expected = ItemState.COMPLETED if state == "downloaded" else ItemState.FAILED
+    assert expected is result.state
+    assert isinstance(batch.summary().journal_error, JournalError)
+
+
+async def test_a_refused_cancel_requested_write_is_an_alarm(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk21 F2: the batch is left and fal takes the cancel, but the journal refuses to say
+    so: the row still reads 'submitted', and a rerun reports the item cancelled instead of
+    submitting it again. The batch says the journal failed."""
+    journal = await journal_refusing(tmp_path, "cancel_requested")
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.hold_jobs()
+        async with client.edit_many([("a", edit(png_data_uri))], journal=journal) as batch:
+            await emu.wait_jobs_held(1)
+            await emu.wait_until(lambda: emu.counters.streams_opened >= 1)
+        emu.release_jobs()
+
+    (row,) = (await rows(journal)).values()
+    assert "submitted" == row.state and 1 == emu.counters.cancels
+    assert isinstance(batch.summary().journal_error, JournalError)
+
+
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(
     png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -281,6 +281,8 @@ class Runner:
     #: Outputs whose ``completed`` write failed twice, by ledger key: tried once more as
     #: the batch closes.
     unsaved: dict[str, tuple[_Item, EditImageOutput]] = attrs.field(factory=dict)
+    #: Items whose ``downloaded`` write failed, with their files: tried again likewise.
+    unfiled: dict[str, tuple[_Item, Sequence[DownloadedFile]]] = attrs.field(factory=dict)
     #: Jobs in flight at most across every worker of a shared ledger.
     max_in_flight: int | None = None
     #: Items another worker of a shared ledger held when their turn came, by ledger key.
@@ -507,12 +509,12 @@ class Runner:
         journal = self.journal
         if isinstance(exc, JobCancelledError):
             if journal is not None:  # fal confirmed it: a new run submits the item again
-                await self._write(journal.record_cancelled(it.ledger_key))
+                await self._write(journal.record_cancelled(it.ledger_key), short=it)
             return it.result(ItemState.CANCELLED, error=exc)
         # Only fal's verdict on the job is final. After a failed download, a garbled status or
         # a refused job retry the row keeps its job, so a re-run re-attaches for free.
         if isinstance(exc, JobFailedError) and it.request_id is not None and journal is not None:
-            await self._write(journal.record_failed(it.ledger_key, _typed(exc)))
+            await self._write(journal.record_failed(it.ledger_key, _typed(exc)), short=it)
         if it.unknown:
             state = ItemState.UNKNOWN
         elif isinstance(exc, JournalError) and it.accepted == 0:
@@ -669,7 +671,7 @@ class Runner:
                 if resumed_from is None or resumed_from.state is not JournalState.CANCEL_REQUESTED:
                     raise
                 if self.journal is not None:
-                    await self._write(self.journal.record_cancelled(it.ledger_key))
+                    await self._write(self.journal.record_cancelled(it.ledger_key), short=it)
             # A second job is a second payment: the budget must cover it too. A refusal here
             # leaves the failed job's row as it is, so a re-run with more budget retries it.
             if self.ledger_error is not None:
@@ -936,7 +938,7 @@ class Runner:
         if taken and self.journal is not None and it.recorded:
             # Best effort on fal: a running job may still finish; a resume polls it. (A row
             # that never got the job's id stays as it is: unknown to a resume, not cancelled.)
-            await self._write(self.journal.record_cancel_requested(it.ledger_key))
+            await self._write(self.journal.record_cancel_requested(it.ledger_key), short=it)
         # Already completed, not found, or no answer: the row keeps its job to re-attach.
         if leaving:
             interrupted = ItemInterrupted(key=it.key, request_id=handle.request_id, cancel=outcome)
@@ -956,7 +958,7 @@ class Runner:
         # lost submit to a rerun, not as a done item: none is written then.
         if await self._save_output(it, output) and self.download_to is not None:
             assert self.journal is not None
-            await self._write(self.journal.record_downloaded(it.ledger_key, files), whole=it)
+            await self._save_files(it, files)
         return it.result(ItemState.COMPLETED, output=output, files=files)
 
     async def _save_output(self, it: _Item, output: EditImageOutput) -> bool:
@@ -975,13 +977,32 @@ class Runner:
         self.unsaved.pop(it.ledger_key, None)
         return True
 
+    async def _save_files(self, it: _Item, files: Sequence[DownloadedFile]) -> None:
+        """Journal the item's files (its row holds its output already). Refused, the row
+        stays ``completed`` without them (a rerun that finds fal's copy expired cannot
+        fetch them again, nor know them for its own): tried once more as the batch closes."""
+        assert self.journal is not None
+        write = self.journal.record_downloaded(it.ledger_key, files)
+        if await self._write(write, short=it, whole=it):
+            self.unfiled.pop(it.ledger_key, None)
+        else:
+            self.unfiled[it.ledger_key] = (it, files)
+
     async def save_unsaved(self) -> None:
-        """As the batch closes: a last try at the outputs whose writes failed twice (the
-        disk may have room by now), so that a rerun downloads them from the journal rather
-        than find fal's copy expired."""
+        """As the batch closes: a last try at the outputs, and then the files, whose writes
+        the journal refused (the disk may have room by now), so that a rerun finds them in
+        the journal rather than fal's copy expired. Nothing else is written for those items
+        after those writes, so a late one never goes over a newer one. (On a shared ledger
+        the item's lease is released by now, and another worker may have moved its row on:
+        nothing is written late there, and the damage stays reported.)"""
+        if self.journal is None or self.journal.shared:
+            return
         with anyio.CancelScope(shield=True):
             for it, output in list(self.unsaved.values()):
                 await self._save_output(it, output)
+            for it, files in list(self.unfiled.values()):
+                if it.ledger_key not in self.unsaved:
+                    await self._save_files(it, files)
 
     # -- resuming from the journal -------------------------------------------------------
 
@@ -1168,7 +1189,8 @@ class Runner:
                 # The item fails; its files that did arrive stay, journaled so that a rerun
                 # knows them for its own and finishes the set under the same name.
                 if files and self.journal is not None:
-                    await self._write(self.journal.record_files(it.ledger_key, files), short=it)
+                    # Not a damage when refused: the claim the row holds covers these files.
+                    await self._write(self.journal.record_files(it.ledger_key, files))
                 raise outcome
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemDownloaded(key=it.key, request_id=it.request_id or "", files=files))
