@@ -212,8 +212,10 @@ class _Item:
     #: The output names claimed as the job completed (the stem, then each file's name
     #: without extension), journaled with the output; the download takes them.
     claim: tuple[str, list[str]] | None = None
-    #: The job and claimed name of an output whose ``completed`` write failed.
-    unsaved: tuple[JobUrls, tuple[str, str] | None] | None = None
+    #: What a refused ``completed`` write held (the job, its output, the name claimed for
+    #: it), and the files a refused ``downloaded`` write held: written again later.
+    unsaved: tuple[JobUrls, EditImageOutput, tuple[str, str] | None] | None = None
+    unfiled: Sequence[DownloadedFile] | None = None
 
     def result(self, state: ItemState, **values: Any) -> ItemResult:
         return ItemResult(
@@ -278,11 +280,9 @@ class Runner:
     #: write's error; a later write that makes the row whole again (its job and output, or
     #: its files) takes the key out.
     damaged: dict[str, JournalError] = attrs.field(factory=dict)
-    #: Outputs whose ``completed`` write failed twice, by ledger key: tried once more as
-    #: the batch closes.
-    unsaved: dict[str, tuple[_Item, EditImageOutput]] = attrs.field(factory=dict)
-    #: Items whose ``downloaded`` write failed, with their files: tried again likewise.
-    unfiled: dict[str, tuple[_Item, Sequence[DownloadedFile]]] = attrs.field(factory=dict)
+    #: Items with a refused ``completed`` or ``downloaded`` write, by ledger key: tried once
+    #: more as the batch closes (:meth:`save_unsaved`).
+    unsaved: dict[str, _Item] = attrs.field(factory=dict)
     #: Jobs in flight at most across every worker of a shared ledger.
     max_in_flight: int | None = None
     #: Items another worker of a shared ledger held when their turn came, by ledger key.
@@ -536,8 +536,8 @@ class Runner:
         True when the write landed.
 
         ``short``: the item whose row a failure of this write leaves misleading to a rerun
-        (no job id, a lost submit's fate, a claim or files unrecorded); ``whole``: the item
-        whose row this write makes whole again (its job and output, or its files).
+        (no job id or output, a lost submit's fate, a claim, fal's verdict); ``whole``: the
+        item whose row this write makes whole again (its job and output, or its files).
         """
         try:
             await write
@@ -774,17 +774,11 @@ class Runner:
             raise error
         self.owned_ids.add(hash(handle.request_id))
         if self.journal is not None:
-            try:
-                await self.journal.record_submitted(
-                    it.ledger_key, handle.urls, attempts=it.attempts
-                )
-                it.recorded = True
-            except JournalError as exc:
-                # The row stays "submitting", so a re-run reports it instead of paying again;
-                # this run still follows the job and delivers its output (and writes its id
-                # again with the output, should the disk have room by then).
-                self.ledger_error = self.ledger_error or exc
-                self.damaged.setdefault(it.ledger_key, exc)
+            # Refused, the row stays "submitting", so a re-run reports it instead of paying
+            # again; this run still follows the job and delivers its output (and writes its
+            # id again with the output, should the disk have room by then).
+            write = self.journal.record_submitted(it.ledger_key, handle.urls, attempts=it.attempts)
+            it.recorded = await self._write(write, short=it)
 
     async def _owned_elsewhere(self, it: _Item, request_id: str) -> bool:
         """True when another item of this batch, or another row, holds ``request_id``.
@@ -902,7 +896,8 @@ class Runner:
             name = self._claim_with(it, output)
             write = self.journal.record_completed(it.ledger_key, handle.urls, output, name=name)
             if not await self._write(write, short=it, whole=it):
-                it.unsaved = (handle.urls, name)  # written again once the files are in
+                it.unsaved = (handle.urls, output, name)  # again once the files are in
+                self.unsaved[it.ledger_key] = it
         if self.on_event is not None:  # nobody listens: no event to build
             await self.emit(ItemCompleted(key=it.key, request_id=handle.request_id))
         return output
@@ -952,29 +947,26 @@ class Runner:
         except (FalEditError, anyio.get_cancelled_exc_class()):
             # Failed or cut short: a rerun downloads it, from the journal (fal's copy expires).
             with anyio.CancelScope(shield=True):
-                await self._save_output(it, output)
+                await self._save_output(it)
             raise
         # Without the job and output it stands for, a ``downloaded`` row would read as a
         # lost submit to a rerun, not as a done item: none is written then.
-        if await self._save_output(it, output) and self.download_to is not None:
-            assert self.journal is not None
+        if await self._save_output(it) and self.download_to is not None:
             await self._save_files(it, files)
         return it.result(ItemState.COMPLETED, output=output, files=files)
 
-    async def _save_output(self, it: _Item, output: EditImageOutput) -> bool:
-        """Write again an output whose ``completed`` write failed (a full disk, say), now
-        that its download is over. True when the item's row holds its output."""
+    async def _save_output(self, it: _Item) -> bool:
+        """Write again an output whose ``completed`` write was refused (a full disk, say),
+        now that its download is over. True when the item's row holds its output."""
         if self.journal is None:
             return False
         if it.unsaved is None:
             return True
-        urls, name = it.unsaved
+        urls, output, name = it.unsaved
         write = self.journal.record_completed(it.ledger_key, urls, output, name=name)
         if not await self._write(write, short=it, whole=it):
-            self.unsaved[it.ledger_key] = (it, output)  # a last try as the batch closes
             return False
         it.unsaved = None
-        self.unsaved.pop(it.ledger_key, None)
         return True
 
     async def _save_files(self, it: _Item, files: Sequence[DownloadedFile]) -> None:
@@ -984,9 +976,10 @@ class Runner:
         assert self.journal is not None
         write = self.journal.record_downloaded(it.ledger_key, files)
         if await self._write(write, short=it, whole=it):
-            self.unfiled.pop(it.ledger_key, None)
+            it.unfiled = None
         else:
-            self.unfiled[it.ledger_key] = (it, files)
+            it.unfiled = files
+            self.unsaved[it.ledger_key] = it
 
     async def save_unsaved(self) -> None:
         """As the batch closes: a last try at the outputs, and then the files, whose writes
@@ -998,11 +991,9 @@ class Runner:
         if self.journal is None or self.journal.shared:
             return
         with anyio.CancelScope(shield=True):
-            for it, output in list(self.unsaved.values()):
-                await self._save_output(it, output)
-            for it, files in list(self.unfiled.values()):
-                if it.ledger_key not in self.unsaved:
-                    await self._save_files(it, files)
+            for it in list(self.unsaved.values()):
+                if await self._save_output(it) and it.unfiled is not None:
+                    await self._save_files(it, it.unfiled)
 
     # -- resuming from the journal -------------------------------------------------------
 
