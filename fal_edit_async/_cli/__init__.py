@@ -212,8 +212,7 @@ _EPILOG = (
     "Credentials: FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); FAL_QUEUE_URL and FAL_REST_URL "
     "to point at another queue (`fal-edit emulator` prints them).\n"
     "Exit status: 0 all done, 1 some items failed or the journal failed, 2 usage or "
-    "credential error, "
-    "129 hung up, 130 interrupted, 141 stdout closed, 143 terminated.\n\n"
+    "credential error, 129 hung up, 130 interrupted, 141 stdout closed, 143 terminated.\n\n"
 )
 
 
