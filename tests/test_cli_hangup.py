@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -118,23 +120,34 @@ async def test_a_hangup_cancels_the_jobs_on_fal_and_exits_129(
     assert [] == list((tmp_path / "out").glob(".*.part"))
 
 
-async def test_a_second_hangup_is_no_hurry(emulator: Emulator, tmp_path: Path) -> None:
-    """A window closed under an interactive shell hangs the run up twice (the shell forwards its
-    SIGHUP, the kernel sends another): the second must not quit at once while the cancels are
-    on their way, or the jobs would run on and bill."""
+@asynccontextmanager
+async def _hung_up_with_cancels_held(
+    emulator: Emulator, tmp_path: Path
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """A run with two jobs in flight whose terminal closed (the first SIGHUP), both cancels
+    sent and their answers held: the process, for a second signal."""
     emulator.hold_jobs()
     emulator.schedule_fault("cancel", "slow_response", times=2, delay=60)
     process, master = _start(emulator, tmp_path, nohup=False)
     try:
         await _in_flight(emulator, master)
         os.close(master)  # the first SIGHUP
-        await emulator.wait_slow_held(2)  # both cancels sent, their answers held
-        process.send_signal(signal.SIGHUP)  # the second
-        emulator.release_slow()
-        status = await anyio.to_thread.run_sync(process.wait)
+        await emulator.wait_slow_held(2)
+        yield process
     finally:
         if process.poll() is None:
             process.kill()
+        emulator.release_slow()
+
+
+async def test_a_second_hangup_is_no_hurry(emulator: Emulator, tmp_path: Path) -> None:
+    """A window closed under an interactive shell hangs the run up twice (the shell forwards its
+    SIGHUP, the kernel sends another): the second must not quit at once while the cancels are
+    on their way, or the jobs would run on and bill."""
+    async with _hung_up_with_cancels_held(emulator, tmp_path) as process:
+        process.send_signal(signal.SIGHUP)  # the second
+        emulator.release_slow()
+        status = await anyio.to_thread.run_sync(process.wait)
 
     assert 129 == status
     assert 2 == emulator.counters.cancels
@@ -147,19 +160,9 @@ async def test_sigterm_after_a_hangup_still_exits_at_once(
     """A second signal that is not a hangup (``kill`` from another shell) quits at once, as
     after Ctrl-C, though the terminal it would write its last words to is gone (writes to it
     fail with EIO, and it no longer even says it is a terminal)."""
-    emulator.hold_jobs()
-    emulator.schedule_fault("cancel", "slow_response", times=2, delay=60)
-    process, master = _start(emulator, tmp_path, nohup=False)
-    try:
-        await _in_flight(emulator, master)
-        os.close(master)
-        await emulator.wait_slow_held(2)
+    async with _hung_up_with_cancels_held(emulator, tmp_path) as process:
         process.send_signal(signal.SIGTERM)
-        status = await anyio.to_thread.run_sync(process.wait)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        emulator.release_slow()
+        status = await anyio.to_thread.run_sync(process.wait)  # the cancels still held
 
     assert 129 == status  # the signal that stopped the run: the hangup
     assert [] == _results(tmp_path)  # gone at once, as promised: nothing more printed

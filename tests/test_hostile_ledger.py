@@ -832,6 +832,23 @@ async def journal_full_until(
     return journal, tmp_path / "out", free_the_disk
 
 
+async def test_a_row_with_its_output_but_no_job_urls_is_done(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """A row holding the job's output and files but not the job's URLs (an older version's
+    row, a journal edited by hand) is the done item it says, not a lost submit."""
+    journal, out, items = tmp_path / "j", tmp_path / "out", [("a", edit(png_data_uri))]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        (first,) = await run(client, items, journal=journal, download_to=out)
+        with sqlite3.connect(journal) as db:
+            db.execute("UPDATE items SET status_url = NULL, response_url = NULL")
+        (second,) = await run(client, items, journal=journal, download_to=out)
+
+        assert ItemState.COMPLETED is second.state and second.resumed
+        assert first.files == second.files
+        assert 1 == len(emu.jobs)
+
+
 async def test_a_batch_tells_of_the_journal_write_it_lost(
     png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from fal_edit_async import (
     ItemInterrupted,
     ItemState,
     Journal,
+    JournalError,
     JournalLockedError,
     JournalState,
     MockTransport,
@@ -643,3 +644,58 @@ async def test_a_bug_in_a_callback_is_its_items_internal_error(
     assert isinstance(results["bad"].error, InternalError)
     assert isinstance(results["bad"].error.__cause__, KeyError)
     assert results["good"].ok
+
+
+# -- a refused write tried again as the batch closes: never on a shared ledger --------------
+
+
+def refuse_state(journal: Path | str, state: str) -> None:
+    """Every write moving a row to ``state`` fails, as on a full disk (see ``allow_state``)."""
+    if isinstance(journal, str):
+        execute(
+            journal,
+            "CREATE FUNCTION refused() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$",
+        )
+        execute(
+            journal,
+            "CREATE TRIGGER refused BEFORE UPDATE ON {items} FOR EACH ROW "
+            f"WHEN (NEW.state = '{state}') EXECUTE FUNCTION refused()",
+        )
+        return
+    execute(
+        journal,
+        f"CREATE TRIGGER refused BEFORE UPDATE ON {{items}} WHEN NEW.state = '{state}' "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+
+
+def allow_state(journal: Path | str) -> None:
+    """The disk frees: :func:`refuse_state` undone."""
+    execute(journal, "DROP TRIGGER refused" + (" ON {items}" if isinstance(journal, str) else ""))
+
+
+async def test_a_refused_write_is_tried_again_late_only_on_a_private_ledger(
+    png_data_uri: str, tmp_path: Path, ledger: Any
+) -> None:
+    """The 'downloaded' write is refused, then the disk frees before the batch ends. A
+    private journal takes the write as the batch closes. A shared one does not (the item's
+    lease is gone by then, and another worker may have moved its row on): its row stays
+    'completed', and the batch reports the journal error."""
+    async with open_journal(ledger):
+        pass
+    refuse_state(ledger, "downloaded")
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        async with client.edit_many(
+            [("a", edit(png_data_uri))], journal=ledger, download_to=tmp_path / "out"
+        ) as batch:
+            results = []
+            async for result in batch:
+                results.append(result)
+                allow_state(ledger)
+
+    shared = isinstance(ledger, str)
+    assert [ItemState.COMPLETED] == [r.state for r in results]
+    expected = JournalState.COMPLETED if shared else JournalState.DOWNLOADED
+    assert [expected] == list((await states(ledger)).values())
+    assert shared == isinstance(batch.summary().journal_error, JournalError)
