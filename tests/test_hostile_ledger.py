@@ -948,12 +948,14 @@ async def test_a_refused_last_word_of_an_item_is_an_alarm(
     assert isinstance(batch.summary().journal_error, JournalError)
 
 
-async def test_a_refused_cancel_requested_write_is_an_alarm(
+async def test_a_refused_cancel_requested_write_misleads_no_rerun(
     png_data_uri: str, tmp_path: Path
 ) -> None:
-    """atk21 F2: the batch is left and fal takes the cancel, but the journal refuses to say
-    so: the row still reads 'submitted', and a rerun reports the item cancelled instead of
-    submitting it again. The batch says the journal failed."""
+    """The batch is left and fal takes the cancel, but the journal refuses to say so: the
+    row still reads 'submitted'. The rerun polls that job as it would a 'cancel_requested'
+    row's, finds it cancelled and submits the item again at once (atk19 F4: it used to report
+    it cancelled, and only a third run submitted it; atk21 F2 made that an alarm), so the
+    refused write is no alarm."""
     journal = await journal_refusing(tmp_path, "cancel_requested")
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         emu.hold_jobs()
@@ -962,9 +964,15 @@ async def test_a_refused_cancel_requested_write_is_an_alarm(
             await emu.wait_until(lambda: emu.counters.streams_opened >= 1)
         emu.release_jobs()
 
-    (row,) = (await rows(journal)).values()
+        (row,) = (await rows(journal)).values()
+        with sqlite3.connect(journal) as db:
+            db.execute("DROP TRIGGER full")  # the disk has room again
+        (again,) = await run(client, [("a", edit(png_data_uri))], journal=journal)
+
     assert "submitted" == row.state and 1 == emu.counters.cancels
-    assert isinstance(batch.summary().journal_error, JournalError)
+    assert batch.summary().journal_error is None
+    assert again.ok and again.resumed and 2 == again.attempts
+    assert 2 == emu.counters.submits and 1 == most_billed(emu)
 
 
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(

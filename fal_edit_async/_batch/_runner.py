@@ -666,9 +666,11 @@ class Runner:
                 if it.attempts - it.retry_base > self.job_retries or not _worth_retrying(exc):
                     raise
             except JobCancelledError:
-                # fal confirmed the cancel this batch asked for in an earlier run: the item
-                # was never finished, so it is submitted again now.
-                if resumed_from is None or resumed_from.state is not JournalState.CANCEL_REQUESTED:
+                # A job of an earlier run that fal confirmed cancelled (this batch asked, and
+                # its row may not say so: the write was refused; or the dashboard did): the
+                # item was never finished, so it is submitted again now, as a 'cancelled'
+                # row is. A job of this run cancelled from elsewhere is reported cancelled.
+                if resumed_from is None:
                     raise
                 if self.journal is not None:
                     await self._write(self.journal.record_cancelled(it.ledger_key), short=it)
@@ -933,7 +935,9 @@ class Runner:
         if taken and self.journal is not None and it.recorded:
             # Best effort on fal: a running job may still finish; a resume polls it. (A row
             # that never got the job's id stays as it is: unknown to a resume, not cancelled.)
-            await self._write(self.journal.record_cancel_requested(it.ledger_key), short=it)
+            # Refused, it misleads no rerun: a 'submitted' row's job is polled alike, and
+            # submitted again once fal confirms it cancelled.
+            await self._write(self.journal.record_cancel_requested(it.ledger_key))
         # Already completed, not found, or no answer: the row keeps its job to re-attach.
         if leaving:
             interrupted = ItemInterrupted(key=it.key, request_id=handle.request_id, cancel=outcome)
