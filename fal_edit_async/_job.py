@@ -262,7 +262,7 @@ class JobHandle:
                     request_id=self.request_id,
                 )
             failed = completed is not None and completed.failed
-            if error.error_type == "client_cancelled" or resp.status == 499:
+            if _cancelled(completed, resp.status, error):
                 raise JobCancelledError(self.request_id)
             if _not_the_jobs_answer(completed, resp.status, error):
                 raise error  # retried like any failed GET, or left for a re-attach
@@ -282,6 +282,8 @@ class JobHandle:
         def classify(exc: Exception) -> RetryKind | None:
             if isinstance(exc, APIError) and result_not_ready(exc.status, exc.body):
                 return "not_ready"  # fal's result store lags its status: ask again
+            if isinstance(exc, APIError) and exc.status == 499 and completed is not None:
+                return "server_error"  # a proxy's "client closed request": not the job's
             return retry_kind(exc, submit=False, policy=core.config.retry)
 
         return await with_retries(
@@ -360,6 +362,23 @@ class _Seen:
         if len(self._keys) > self._size:
             self._keys.popitem(last=False)
         return True
+
+
+def _cancelled(completed: Completed | None, status: int, error: APIError) -> bool:
+    """True when a failed result GET is fal's word that the job was cancelled.
+
+    That is ``client_cancelled``: on the status, or on a 499 answer (a status that said
+    nothing of it may be how fal reports a cancel, which the protocol leaves unconfirmed).
+    A bare 499, or ``client_disconnected``, is what a proxy answers when a connection
+    closed early: it says nothing about the job, and taking it for a cancel would report a
+    paid job cancelled, or have a rerun pay for the item again.
+    """
+    if completed is not None and completed.error_type == "client_cancelled":
+        return not _not_the_jobs_answer(completed, status, error)
+    if error.error_type == "client_cancelled":
+        return status == 499 or completed is None
+    # Nothing known of the job (a bare fetch_result()): a bare 499 is the only word there is.
+    return status == 499 and completed is None and error.error_type is None
 
 
 def _not_the_jobs_answer(completed: Completed | None, status: int, error: APIError) -> bool:

@@ -975,6 +975,33 @@ async def test_a_refused_cancel_requested_write_misleads_no_rerun(
     assert 2 == emu.counters.submits and 1 == most_billed(emu)
 
 
+async def test_a_proxys_499_for_a_resumed_job_submits_nothing_again(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk22 F1: the rerun re-attaches a job that finished and billed, and its result GET is
+    answered a bare 499 (a proxy's "client closed request"). That is no word from fal that
+    the job was cancelled: it used to be taken for one, and the item was paid for again."""
+    items = [("a", edit(png_data_uri))]
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.hold_jobs()
+        # The cancel sent as the batch is left fails: the job lives on, as after a SIGKILL.
+        emu.schedule_fault("cancel", "server_error", times=100)
+        async with client.edit_many(items, journal=journal):
+            await emu.wait_jobs_held(1)
+        emu.clear_faults()
+        emu.release_jobs()
+        await emu.wait_until(lambda: emu.counters.billed >= 1)
+        emu.schedule_fault("result", "request_error", times=100)
+        (second,) = await run(client, items, journal=journal)
+        emu.clear_faults()
+        (third,) = await run(client, items, journal=journal)
+
+    assert ItemState.FAILED is second.state and second.resumed
+    assert third.ok and third.resumed and second.request_id == third.request_id
+    assert 1 == emu.counters.submits and 1 == most_billed(emu)
+
+
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(
     png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ from fal_edit_async import (
     EditImageInput,
     ItemResult,
     ItemState,
+    JobCancelledError,
     JobStatus,
     ProtocolError,
     UnknownStatus,
@@ -426,6 +427,56 @@ async def test_gateway_error_page_on_cancel_is_retried(
     assert 2 == client.statistics().retries.server_error
     job = await emulator.wait_for_state(handle.request_id, "COMPLETED")
     assert "client_cancelled" == job.error_type
+
+
+@pytest.mark.parametrize("error_type", [None, "client_disconnected"])
+async def test_a_proxys_499_is_no_cancel_of_a_job_that_succeeded(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, error_type: str | None
+) -> None:
+    """atk22 F1: a result GET answered 499 with nothing in it, or ``client_disconnected``
+    (a proxy's "client closed request"), for a job whose status said it succeeded, is a
+    failed GET, retried; it used to end the edit cancelled, its paid output never fetched."""
+    given = {} if error_type is None else {"error_type": error_type}
+    emulator.schedule_fault("result", "request_error", times=2, **given)
+
+    output = await client.edit(edit_input)
+
+    assert edit_input.num_images == len(output.images)
+    assert 2 == client.statistics().retries.server_error
+    assert 1 == emulator.counters.submits
+
+
+async def test_a_batch_item_given_only_499s_fails_and_is_not_cancelled(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """Every result GET answered a bare 499: the item fails with that answer and its row
+    keeps the job, so the rerun fetches the paid output and nothing is submitted again."""
+    emulator.schedule_fault("result", "request_error", times=100)
+    (first,) = await batch_of(client, [("a", edit_input)], journal=tmp_path / "j")
+    emulator.clear_faults()
+    (again,) = await batch_of(client, [("a", edit_input)], journal=tmp_path / "j")
+
+    assert ItemState.FAILED is first.state
+    assert isinstance(first.error, APIError) and 499 == first.error.status
+    assert again.ok and again.resumed and first.request_id == again.request_id
+    assert 1 == emulator.counters.submits
+
+
+async def test_a_499_that_says_client_cancelled_is_a_cancel(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
+) -> None:
+    """fal's own ``client_cancelled`` on the result is its word, even after a status that
+    named no error (how fal reports a cancelled run is unconfirmed); so is a bare 499 when
+    nothing else is known of the job."""
+    emulator.schedule_fault("result", "request_error", error_type="client_cancelled")
+    with pytest.raises(JobCancelledError):
+        await client.edit(edit_input)
+
+    handle = await client.submit(edit_input)
+    await emulator.wait_for_state(handle.request_id, "COMPLETED")
+    emulator.schedule_fault("result", "request_error")
+    with pytest.raises(JobCancelledError):
+        await client.handle(handle.request_id).fetch_result()
 
 
 async def test_echoed_key_is_scrubbed_from_errors(

@@ -518,7 +518,9 @@ class Emulator:
                 ``connection_reset`` with ``after_enqueue=True``); ``result_in_progress`` on
                 ``result`` (a completed job's result answers 400 ``Request is still in
                 progress``; taken only by GETs of completed jobs). A hostile server, only
-                ever scheduled: ``redirect`` (302 to ``location``) on submit, status, stream,
+                ever scheduled: ``request_error`` on the queue routes (fal's request error
+                for ``error_type``, or a bare ``status``, 499 by default, with an empty
+                body); ``redirect`` (302 to ``location``) on submit, status, stream,
                 result, cancel and download; ``echo_key`` (a 401 quoting the Authorization
                 header) on the queue routes and storage; ``foreign_urls`` (the submit
                 answer's URLs on ``location``) on submit; ``invalid_json`` on status, stream
@@ -537,7 +539,7 @@ class Emulator:
                 (A ``slow_response`` cancel is carried out when it is finally answered.)
             delay: the seconds a ``slow_response`` waits (unless :meth:`release_slow`).
             error_type: for ``model_failure``, ``validation`` or an error type such as
-                ``runner_disconnected``.
+                ``runner_disconnected``; for ``request_error``, an error type.
             location: the target URL of ``redirect`` and the origin of ``foreign_urls``.
         """
         given = {

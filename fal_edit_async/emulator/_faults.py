@@ -59,6 +59,11 @@ ROUTE_KINDS = {
 HOSTILE_KINDS: dict[str, frozenset[str]] = {
     # 302 to ``location`` (another origin, typically), instead of the answer.
     "redirect": frozenset({"submit", "status", "stream", "result", "cancel", "download"}),
+    # One of fal's request errors instead of the answer (``error_type``: its status, flat
+    # body and ``X-Fal-Error-Type``), or with no ``error_type`` a bare ``status`` (default
+    # 499, nginx's "client closed request") with an empty body: what a proxy in between
+    # answers, which says nothing about the job.
+    "request_error": QUEUE_ROUTES,
     # The account cannot pay: 402, or 403 "User is locked. Reason: Exhausted balance".
     "payment_required": QUEUE_ROUTES,
     "user_locked": QUEUE_ROUTES,

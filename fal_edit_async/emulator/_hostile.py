@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._faults import Fault
+from ._faults import ERROR_TYPES, Fault
 
 __all__ = [
     "HOSTILE_FILE_NAMES",
@@ -21,6 +21,7 @@ __all__ = [
     "SseFraming",
     "early_answer",
     "foreign_urls",
+    "request_error",
     "result_body",
     "send_oversized",
     "status_payload",
@@ -51,8 +52,10 @@ ACCOUNT_ANSWERS = {
 
 
 def early_answer(fault: Fault, request: web.Request) -> web.Response | None:
-    """The whole answer for ``redirect``, ``echo_key``, ``payment_required`` and
-    ``user_locked``; None for the other kinds."""
+    """The whole answer for ``redirect``, ``echo_key``, ``payment_required``, ``user_locked``
+    and ``request_error``; None for the other kinds."""
+    if fault.kind == "request_error":
+        return request_error(fault)
     if fault.kind == "redirect":
         assert fault.location is not None
         return web.Response(status=302, headers={"Location": fault.location}, text="Found")
@@ -65,6 +68,21 @@ def early_answer(fault: Fault, request: web.Request) -> web.Response | None:
         body = json.dumps({"detail": detail}).encode()
         return web.Response(status=401, body=body, content_type="application/json")
     return None
+
+
+def request_error(fault: Fault) -> web.Response:
+    """fal's request error for ``fault.error_type`` (its status unless ``fault.status``
+    says another), or a bare ``fault.status`` (499 by default) with nothing in it."""
+    if fault.error_type in ERROR_TYPES:
+        status, detail, _ = ERROR_TYPES[fault.error_type]
+        body = json.dumps({"detail": detail, "error_type": fault.error_type}).encode()
+        return web.Response(
+            status=fault.status or status,
+            body=body,
+            content_type="application/json",
+            headers={"X-Fal-Error-Type": fault.error_type},
+        )
+    return web.Response(status=fault.status or 499)
 
 
 def foreign_urls(answer: dict[str, Any], location: str) -> dict[str, Any]:
