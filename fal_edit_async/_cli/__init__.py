@@ -247,7 +247,11 @@ def _parser() -> Parser:
     )
     edit.add_argument("prompt", metavar="PROMPT", help="what to do to the images")
     edit.add_argument(
-        "inputs", nargs="*", metavar="INPUT", help="an image file, a folder, or an http(s) URL"
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="an image file, a folder (its images, leaving out names that start with a dot), "
+        "or an http(s) URL",
     )
     edit.add_argument(
         "--together", action="store_true", help="send every input in one request's image_urls"

@@ -244,7 +244,12 @@ def closing_lines(run: _Run) -> list[str]:
     lines = [p.summary(emulator=options.emulator)]
     extra = []
     if p.job_retries:
-        extra.append(f"{_jobs(p.job_retries)} submitted again after a transient failure")
+        # Each paid again: after a job that failed on fal's side, or one fal confirmed
+        # cancelled (an earlier run's, or from fal's dashboard).
+        extra.append(
+            f"{_jobs(p.job_retries)} submitted again (the earlier job failed on fal's side, "
+            "or fal confirmed it cancelled)"
+        )
     if run.batch is not None:
         retries = run.batch.summary().request_retries
         total = sum(retries.values())
