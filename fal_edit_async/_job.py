@@ -282,8 +282,6 @@ class JobHandle:
         def classify(exc: Exception) -> RetryKind | None:
             if isinstance(exc, APIError) and result_not_ready(exc.status, exc.body):
                 return "not_ready"  # fal's result store lags its status: ask again
-            if isinstance(exc, APIError) and exc.status == 499 and completed is not None:
-                return "server_error"  # a proxy's "client closed request": not the job's
             return retry_kind(exc, submit=False, policy=core.config.retry)
 
         return await with_retries(

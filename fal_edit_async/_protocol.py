@@ -312,9 +312,11 @@ def is_transient(status: int) -> bool:
     """True for an HTTP status that another try of the same request may cure.
 
     The one rule for every idempotent call (status, result, cancel, uploads, downloads):
-    408 (timeout), 429 (rate limited) and any 5xx. Submits are stricter (see ``_retry``).
+    408 (timeout), 429 (rate limited), 499 (a proxy's "client closed request", or fal's
+    ``client_disconnected``: about this request, not the job) and any 5xx. Submits are
+    stricter (see ``_retry``).
     """
-    return status in (408, 429) or status >= 500
+    return status in (408, 429, 499) or status >= 500
 
 
 _NOT_DONE = ("IN_QUEUE", "IN_PROGRESS")

@@ -38,7 +38,7 @@ def retry_kind(exc: BaseException, *, submit: bool, policy: RetryPolicy) -> Retr
     (no ``x-fal-request-id`` and nginx's page: the queue never saw it), or a connection that
     failed before the request was sent. Anything ambiguous (a reset or timeout after sending,
     a 5xx from fal itself) is retried only when the policy opts in, since a second POST may
-    be a second paid job. Other calls are idempotent and retry on 408, 429, 5xx and
+    be a second paid job. Other calls are idempotent and retry on 408, 429, 499, 5xx and
     transport errors, except a 504 that reports the caller's own start timeout.
     """
     if isinstance(exc, TransportError):

@@ -32,6 +32,7 @@ from fal_edit_async import (
     ItemFailed,
     ItemState,
     ItemSubmitted,
+    JobFailedError,
     Journal,
     JournalError,
     JournalLockedError,
@@ -998,6 +999,36 @@ async def test_a_proxys_499_for_a_resumed_job_submits_nothing_again(
         (third,) = await run(client, items, journal=journal)
 
     assert ItemState.FAILED is second.state and second.resumed
+    assert third.ok and third.resumed and second.request_id == third.request_id
+    assert 1 == emu.counters.submits and 1 == most_billed(emu)
+
+
+@pytest.mark.parametrize("routes", [("result",), ("stream", "status")])
+async def test_a_proxys_404_page_for_a_resumed_job_is_not_its_expiry(
+    png_data_uri: str, tmp_path: Path, routes: tuple[str, ...]
+) -> None:
+    """atk23 F1: the rerun re-attaches a paid job and a proxy answers a 404 that is no fal
+    answer (no JSON). That is not fal forgetting the job: the item fails this run, its row
+    keeps the job, and the next run fetches the output. It used to be failed for good as
+    expired, and --retry-failed paid for it again."""
+    items = [("a", edit(png_data_uri))]
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.hold_jobs()
+        emu.schedule_fault("cancel", "server_error", times=100)  # the job lives on
+        async with client.edit_many(items, journal=journal):
+            await emu.wait_jobs_held(1)
+        emu.clear_faults()
+        emu.release_jobs()
+        await emu.wait_until(lambda: emu.counters.billed >= 1)
+        for route in routes:
+            emu.schedule_fault(route, "request_error", status=404, times=100)
+        (second,) = await run(client, items, journal=journal)
+        emu.clear_faults()
+        (third,) = await run(client, items, journal=journal)
+
+    assert ItemState.FAILED is second.state and second.resumed
+    assert not isinstance(second.error, JobFailedError)
     assert third.ok and third.resumed and second.request_id == third.request_id
     assert 1 == emu.counters.submits and 1 == most_billed(emu)
 

@@ -446,6 +446,21 @@ async def test_a_proxys_499_is_no_cancel_of_a_job_that_succeeded(
     assert 1 == emulator.counters.submits
 
 
+@pytest.mark.parametrize("route", ["stream", "status"])
+async def test_a_proxys_499_on_the_status_route_is_retried(
+    emulator: Emulator, edit_input: EditImageInput, route: str
+) -> None:
+    """atk23 F2: a bare 499 on the status stream or a status poll is about that request: the
+    stream is opened again, the poll sent again; it used to fail the paid job."""
+    emulator.schedule_fault(route, "request_error")
+    polling = POLL_ONLY if route == "status" else FAST_POLLING
+    async with client_for(emulator, polling=polling) as client:
+        output = await client.edit(edit_input)
+
+    assert edit_input.num_images == len(output.images)
+    assert 1 == emulator.counters.submits and 1 == emulator.counters.billed
+
+
 async def test_a_batch_item_given_only_499s_fails_and_is_not_cancelled(
     emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
 ) -> None:

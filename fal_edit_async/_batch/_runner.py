@@ -882,7 +882,9 @@ class Runner:
                 it.live = None  # finished on fal: nothing to cancel any more
                 output = await handle.fetch_result(completed)
         except NotFoundError as exc:
-            if not resumed:
+            # A 404 that is no JSON answer (a proxy's or a gateway's page) is not fal saying
+            # it forgot the job: the row keeps its job for the next run, which pays nothing.
+            if not resumed or not isinstance(exc.body, Mapping):
                 raise
             # fal forgot the job (its result expired) before any run fetched it: a clear end,
             # not a retry loop. --retry-failed submits it again.
