@@ -1033,6 +1033,38 @@ async def test_a_proxys_404_page_for_a_resumed_job_is_not_its_expiry(
     assert 1 == emu.counters.submits and 1 == most_billed(emu)
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "said"),
+    [
+        ("state", "bogus", "'bogus' is not a valid JournalState"),
+        ("cost", "abc", "cost is 'abc', not an amount"),
+        ("output", "{not json", "Expecting property name"),
+        ("attempts", "x", "attempts is 'x', not a count"),
+        ("files", '[{"path": 1}]', "DownloadedFile"),
+    ],
+)
+async def test_a_row_damaged_by_hand_is_a_journal_error_naming_it(
+    png_data_uri: str, tmp_path: Path, column: str, value: str, said: str
+) -> None:
+    """atk23 F4: one row edited by hand stopped every run and `journal show` with an error
+    that was not ours (ValueError, InvalidOperation, JSONDecodeError, TypeError); it is a
+    JournalError now, naming the row and the way out, and nothing is submitted."""
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        await run(client, [("a", edit(png_data_uri))], journal=journal)
+        with sqlite3.connect(journal) as db:
+            (key,) = db.execute("SELECT key FROM items").fetchone()
+            db.execute(f"UPDATE items SET {column} = ?", (value,))
+        with pytest.raises(JournalError, match="is damaged") as caught:
+            await run(client, [("a", edit(png_data_uri))], journal=journal)
+        async with open_journal(journal, read_only=True) as j:
+            with pytest.raises(JournalError, match="is damaged"):
+                await j.entries()
+
+    assert repr(key) in str(caught.value) and said in str(caught.value)
+    assert 1 == emu.counters.submits
+
+
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(
     png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 
 from ..._converter import parse, to_wire
-from ..._exceptions import FalEditError
+from ..._exceptions import FalEditError, JournalError
 from ..._models import DownloadedFile, EditImageOutput, JobUrls
 
 __all__ = [
@@ -151,7 +151,28 @@ class JournalSummary:
 
 
 def entry_of(row: Mapping[str, Any]) -> JournalEntry:
-    """A row (column name to value, as either backend reads it) as an entry."""
+    """A row (column name to value, as either backend reads it) as an entry.
+
+    Raises:
+        JournalError: the row is damaged (edited by hand, say): it names the row.
+    """
+    try:
+        return _entry_of(row)
+    except (ValueError, TypeError, ArithmeticError, FalEditError) as exc:
+        raise JournalError(
+            f"journal row {row.get('key')!r} is damaged ({exc}); restore the journal from a "
+            "copy, or delete that row (its item is then new: a rerun pays for it again)"
+        ) from exc
+
+
+def _entry_of(row: Mapping[str, Any]) -> JournalEntry:
+    attempts = row["attempts"]
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise ValueError(f"attempts is {attempts!r}, not a count")
+    try:
+        cost = Decimal(row["cost"])
+    except ArithmeticError:
+        raise ValueError(f"cost is {row['cost']!r}, not an amount") from None
     urls = None
     if row["request_id"] and row["status_url"]:
         urls = JobUrls(
@@ -172,8 +193,8 @@ def entry_of(row: Mapping[str, Any]) -> JournalEntry:
         files=files,
         error=row["error"],
         error_type=row["error_type"],
-        attempts=row["attempts"],
-        cost=Decimal(row["cost"]),
+        attempts=attempts,
+        cost=cost,
         updated_at=row["updated_at"],
         sent_at=row.get("sent_at"),  # schema 1 lacks these
         folder=row.get("folder"),
