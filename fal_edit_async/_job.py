@@ -24,6 +24,7 @@ from ._exceptions import (
     JobTimeoutError,
     NotFoundError,
     ProtocolError,
+    TransportError,
 )
 from ._models import (
     CancelOutcome,
@@ -467,20 +468,34 @@ async def submit(
         # before its first request (load certificates: a hung mount blocks) is done here
         # too, where a deadline or Ctrl-C can still end the wait.
         await core.prepare()
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a prepare that ignored a cancel
+        # The caller's deadline (edit(timeout=), a batch's) still bounds the wait for the
+        # answer, Timeouts.cancel after it: the answer is worth waiting for (it names a job
+        # that may be paid for), but not for as long as Timeouts.submit.
+        bound = anyio.current_effective_deadline() + core.config.timeouts.cancel
         with anyio.CancelScope(shield=True):
             posting = True
             try:
-                resp = await core.request(
-                    "POST",
-                    url,
-                    json=body,
-                    params=params,
-                    headers=extra,
-                    read_timeout=core.config.timeouts.submit,
-                )
+                with anyio.CancelScope(deadline=bound) as waited:
+                    resp = await core.request(
+                        "POST",
+                        url,
+                        json=body,
+                        params=params,
+                        headers=extra,
+                        read_timeout=core.config.timeouts.submit,
+                    )
             except BaseException:
                 posting = False
                 raise
+        if waited.cancelled_caught:
+            posting = False
+            raise TransportError(
+                "no answer to the submit by the deadline: fal may have queued the job, and "
+                "its request id is not known (fal's request history lists it)",
+                url=url,
+                sent=True,
+            )
         resp.raise_for_status()
         return parse_receipt(resp.json("submit"), queue_url, ep)
 

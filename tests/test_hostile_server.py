@@ -43,6 +43,8 @@ from fal_edit_async import (
     JobCancelledError,
     JobStatus,
     ProtocolError,
+    Timeouts,
+    TransportError,
     UnknownStatus,
 )
 from fal_edit_async._sse import SSEDecoder
@@ -492,6 +494,21 @@ async def test_a_499_that_says_client_cancelled_is_a_cancel(
     emulator.schedule_fault("result", "request_error")
     with pytest.raises(JobCancelledError):
         await client.handle(handle.request_id).fetch_result()
+
+
+async def test_a_hung_submit_answer_is_bounded_by_the_callers_deadline(
+    emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """atk23 F3: the POST is sent and its answer never comes. ``edit(timeout=)`` waits for it
+    Timeouts.cancel past its deadline, not Timeouts.submit (120 s by default), and says the
+    job may be queued. (Waiting out Timeouts.submit instead ends in another TransportError,
+    a read timeout: the message tells them apart, not a clock.)"""
+    emulator.schedule_fault("submit", "slow_response", delay=3600)
+    timeouts = Timeouts(submit=20, cancel=0.2)
+    async with client_for(emulator, timeouts=timeouts) as client:
+        with pytest.raises(TransportError, match="no answer to the submit by the deadline"):
+            await client.edit(edit_input, timeout=0.2)
+    emulator.release_slow()
 
 
 async def test_echoed_key_is_scrubbed_from_errors(
