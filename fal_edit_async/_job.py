@@ -43,6 +43,7 @@ from ._models import (
 from ._protocol import (
     api_error,
     cancel_outcome,
+    from_fal,
     job_urls,
     parse_receipt,
     result_not_ready,
@@ -253,8 +254,10 @@ class JobHandle:
             if resp.ok:
                 return self._output(resp)
             error = api_error(resp.status, resp.headers, resp.body)
-            if resp.status == 404 and completed is not None and not completed.failed:
-                # fal answers COMPLETED for a request id it does not know, then 404 here.
+            succeeded = completed is not None and not completed.failed
+            if resp.status == 404 and succeeded and from_fal(error.body):
+                # fal answers COMPLETED for a request id it does not know, then 404 here (a
+                # proxy's 404 page is a failed GET, below).
                 raise NotFoundError(
                     "no result for this request id: fal does not know it, or its result "
                     "expired (fal keeps results for about an hour)",

@@ -47,6 +47,8 @@ __all__ = [
     "check_image_count",
     "check_submit_options",
     "decode_json",
+    "error_body",
+    "from_fal",
     "header_safe",
     "is_ingress_error",
     "is_transient",
@@ -415,12 +417,23 @@ def _locked(message: str) -> bool:
     return "locked" in text or "balance" in text
 
 
+def error_body(body: bytes) -> Any:
+    """A non-2xx answer's body: its JSON, else its text (a proxy's page), None when empty."""
+    try:
+        return _loads(body) if body else None
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
+
+
+def from_fal(body: Any) -> bool:
+    """True for an error body fal itself wrote (a JSON object); a proxy's or a gateway's
+    page, or nothing at all, says nothing of fal's jobs."""
+    return isinstance(body, Mapping)
+
+
 def api_error(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
     """The typed error for a non-2xx answer."""
-    try:
-        parsed: Any = _loads(body) if body else None
-    except ValueError:
-        parsed = body.decode("utf-8", errors="replace")
+    parsed = error_body(body)
     request_id = headers.get("x-fal-request-id") or None
     error_type = headers.get("x-fal-error-type")
     if isinstance(parsed, Mapping) and isinstance(parsed.get("error_type"), str):

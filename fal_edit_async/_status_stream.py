@@ -33,7 +33,7 @@ from ._core import Core
 from ._exceptions import APIError, AuthError, NotFoundError, TransportError
 from ._logging import logger
 from ._models import Completed, JobStatus, JobUrls, Queued
-from ._protocol import api_error, decode_json, is_transient
+from ._protocol import decode_json, error_body, is_transient
 from ._retry import retry_delay, wait_before_retry, with_retries
 from ._sse import EventTooLargeError, SSEDecoder
 from ._transport import AnswerTooLargeError
@@ -64,7 +64,7 @@ async def fetch_status(core: Core, urls: JobUrls, *, logs: bool) -> JobStatus:
             raise NotFoundError(
                 "unknown request id for this endpoint",
                 status=404,
-                body=api_error(404, resp.headers, resp.body).body,  # parsed, as every error's
+                body=error_body(resp.body),
                 request_id=urls.request_id,
             )
         resp.raise_for_status()

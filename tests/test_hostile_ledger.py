@@ -976,27 +976,40 @@ async def test_a_refused_cancel_requested_write_misleads_no_rerun(
     assert 2 == emu.counters.submits and 1 == most_billed(emu)
 
 
+async def rerun_a_paid_job_through(
+    png_data_uri: str, tmp_path: Path, faults: Callable[[Emulator], None]
+) -> tuple[Any, Any, Emulator]:
+    """A run left while its job runs, the cancel failing, so the job finishes and bills (as
+    after a SIGKILL); a rerun that re-attaches it under ``faults``; a clean third run. The
+    second and third runs' results, and the emulator."""
+    items = [("a", edit(png_data_uri))]
+    journal = tmp_path / "j"
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        emu.hold_jobs()
+        emu.schedule_fault("cancel", "server_error", times=100)  # the job lives on
+        async with client.edit_many(items, journal=journal):
+            await emu.wait_jobs_held(1)
+        emu.clear_faults()
+        emu.release_jobs()
+        await emu.wait_until(lambda: emu.counters.billed >= 1)
+        faults(emu)
+        (second,) = await run(client, items, journal=journal)
+        emu.clear_faults()
+        (third,) = await run(client, items, journal=journal)
+    return second, third, emu
+
+
 async def test_a_proxys_499_for_a_resumed_job_submits_nothing_again(
     png_data_uri: str, tmp_path: Path
 ) -> None:
     """atk22 F1: the rerun re-attaches a job that finished and billed, and its result GET is
     answered a bare 499 (a proxy's "client closed request"). That is no word from fal that
     the job was cancelled: it used to be taken for one, and the item was paid for again."""
-    items = [("a", edit(png_data_uri))]
-    journal = tmp_path / "j"
-    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
-        emu.hold_jobs()
-        # The cancel sent as the batch is left fails: the job lives on, as after a SIGKILL.
-        emu.schedule_fault("cancel", "server_error", times=100)
-        async with client.edit_many(items, journal=journal):
-            await emu.wait_jobs_held(1)
-        emu.clear_faults()
-        emu.release_jobs()
-        await emu.wait_until(lambda: emu.counters.billed >= 1)
+
+    def faults(emu: Emulator) -> None:
         emu.schedule_fault("result", "request_error", times=100)
-        (second,) = await run(client, items, journal=journal)
-        emu.clear_faults()
-        (third,) = await run(client, items, journal=journal)
+
+    second, third, emu = await rerun_a_paid_job_through(png_data_uri, tmp_path, faults)
 
     assert ItemState.FAILED is second.state and second.resumed
     assert third.ok and third.resumed and second.request_id == third.request_id
@@ -1011,24 +1024,16 @@ async def test_a_proxys_404_page_for_a_resumed_job_is_not_its_expiry(
     answer (no JSON). That is not fal forgetting the job: the item fails this run, its row
     keeps the job, and the next run fetches the output. It used to be failed for good as
     expired, and --retry-failed paid for it again."""
-    items = [("a", edit(png_data_uri))]
-    journal = tmp_path / "j"
-    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
-        emu.hold_jobs()
-        emu.schedule_fault("cancel", "server_error", times=100)  # the job lives on
-        async with client.edit_many(items, journal=journal):
-            await emu.wait_jobs_held(1)
-        emu.clear_faults()
-        emu.release_jobs()
-        await emu.wait_until(lambda: emu.counters.billed >= 1)
+
+    def faults(emu: Emulator) -> None:
         for route in routes:
             emu.schedule_fault(route, "request_error", status=404, times=100)
-        (second,) = await run(client, items, journal=journal)
-        emu.clear_faults()
-        (third,) = await run(client, items, journal=journal)
+
+    second, third, emu = await rerun_a_paid_job_through(png_data_uri, tmp_path, faults)
 
     assert ItemState.FAILED is second.state and second.resumed
     assert not isinstance(second.error, JobFailedError)
+    assert "fal does not know it" not in str(second.error)  # the proxy's word, not fal's
     assert third.ok and third.resumed and second.request_id == third.request_id
     assert 1 == emu.counters.submits and 1 == most_billed(emu)
 

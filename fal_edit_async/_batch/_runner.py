@@ -74,7 +74,13 @@ from .._models import (
 )
 from .._name_template import DEFAULT_NAMES, NameTemplate, claim_number
 from .._pricing import estimate_cost
-from .._protocol import check_image_count, job_retryable, submit_never_queued, trusted_job_urls
+from .._protocol import (
+    check_image_count,
+    from_fal,
+    job_retryable,
+    submit_never_queued,
+    trusted_job_urls,
+)
 from .._reconcile_models import ReconcilePolicy
 from .._slots import Slots
 from .._statistics import RetryKind
@@ -882,9 +888,9 @@ class Runner:
                 it.live = None  # finished on fal: nothing to cancel any more
                 output = await handle.fetch_result(completed)
         except NotFoundError as exc:
-            # A 404 that is no JSON answer (a proxy's or a gateway's page) is not fal saying
-            # it forgot the job: the row keeps its job for the next run, which pays nothing.
-            if not resumed or not isinstance(exc.body, Mapping):
+            # A proxy's or a gateway's 404 page is not fal saying it forgot the job: the row
+            # keeps its job for the next run, which pays nothing.
+            if not resumed or not from_fal(exc.body):
                 raise
             # fal forgot the job (its result expired) before any run fetched it: a clear end,
             # not a retry loop. --retry-failed submits it again.

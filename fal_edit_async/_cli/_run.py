@@ -244,8 +244,6 @@ def closing_lines(run: _Run) -> list[str]:
     lines = [p.summary(emulator=options.emulator)]
     extra = []
     if p.job_retries:
-        # Each paid again: after a job that failed on fal's side, or one fal confirmed
-        # cancelled (an earlier run's, or from fal's dashboard).
         extra.append(
             f"{_jobs(p.job_retries)} submitted again (the earlier job failed on fal's side, "
             "or fal confirmed it cancelled)"

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ._faults import ERROR_TYPES, Fault
+from ._http import json_response
 
 __all__ = [
     "HOSTILE_FILE_NAMES",
@@ -75,12 +76,9 @@ def request_error(fault: Fault) -> web.Response:
     says another), or a bare ``fault.status`` (499 by default) with nothing in it."""
     if fault.error_type in ERROR_TYPES:
         status, detail, _ = ERROR_TYPES[fault.error_type]
-        body = json.dumps({"detail": detail, "error_type": fault.error_type}).encode()
-        return web.Response(
-            status=fault.status or status,
-            body=body,
-            content_type="application/json",
-            headers={"X-Fal-Error-Type": fault.error_type},
+        body = {"detail": detail, "error_type": fault.error_type}
+        return json_response(
+            fault.status or status, body, None, {"X-Fal-Error-Type": fault.error_type}
         )
     return web.Response(status=fault.status or 499)
 

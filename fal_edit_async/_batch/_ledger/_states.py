@@ -167,7 +167,7 @@ def entry_of(row: Mapping[str, Any]) -> JournalEntry:
 
 def _entry_of(row: Mapping[str, Any]) -> JournalEntry:
     attempts = row["attempts"]
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+    if type(attempts) is not int or attempts < 0:
         raise ValueError(f"attempts is {attempts!r}, not a count")
     try:
         cost = Decimal(row["cost"])
