@@ -18,6 +18,7 @@ from fal_edit_async import (
     AsyncClient,
     EditImageInput,
     ItemState,
+    JobFailedError,
     JobUrls,
     Journal,
     JournalState,
@@ -328,6 +329,28 @@ async def test_a_tracked_lost_answer_is_found_by_its_tagged_webhook(
         assert result.ok, result.error
         assert 1 == emu.counters.submits
         assert 0 == emu.counters.streams_opened
+
+
+async def test_a_tracked_failure_with_a_lagging_status_is_no_cancel(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """The webhook says the job failed, the status GET does not yet say it ended, and a
+    proxy answers the result GET with bare 499s: the item is not reported cancelled (which
+    has the rerun pay for it again), since nothing said fal cancelled it."""
+    async with Emulator(workers=2, fast_images=True) as emu, client_for(emu) as client:
+        emu.schedule_fault("job", "model_failure", error_type="validation")
+        emu.schedule_fault("status", "unknown_status")
+        emu.schedule_fault("result", "request_error", times=100)
+        async with Journal(tmp_path / "j") as journal, _receiver(emu, journal) as (url, _):
+            items = [("a", _edit(png_data_uri))]
+            (first,), _ = await _run(client, items, journal=journal, webhook_url=url)
+            assert ItemState.CANCELLED is not first.state, first.error
+            assert ItemState.FAILED is first.state
+            emu.clear_faults()
+            (again,), _ = await _run(client, items, journal=journal, webhook_url=url)
+        assert (ItemState.FAILED, True) == (again.state, again.resumed)
+        assert isinstance(again.error, JobFailedError)  # fal's verdict, read from the result
+        assert 1 == emu.counters.submits
 
 
 async def test_a_forged_or_replayed_delivery_records_nothing(

@@ -72,4 +72,8 @@ async def _output(handle: JobHandle, event: WebhookEvent) -> EditImageOutput:
     # A failure (or an output that did not parse): one status GET and the result, so the
     # error is typed exactly as a followed job's would be.
     status = await handle.status()
-    return await handle.fetch_result(status if isinstance(status, Completed) else None)
+    if not isinstance(status, Completed):
+        # fal's status may lag its webhook: follow the job to its end, so the result is read
+        # knowing the status (on its own, a proxy's bare 499 there would read as a cancel).
+        status = await handle.wait(cancel_on_exit=False, logs=False)
+    return await handle.fetch_result(status)
