@@ -556,6 +556,12 @@ def test_an_ambiguous_row_is_not_told_that_resubmit_unknown_submits_it() -> None
     assert lost.index("`fal-edit reconcile JOURNAL`") < lost.index("--resubmit-unknown")
     alone = ItemResult(key="k", index=0, state=ItemState.UNKNOWN, error=UnknownSubmitError("x"))
     assert "reconcile" not in next_step(alone, "unknown", journal=False, line=None)
+    # atk23 F5: a row naming another row's job is the journal's to fix; no flag pays for it.
+    from fal_edit_async import JournalError
+
+    held = ItemResult(key="k", index=0, state=ItemState.UNKNOWN, error=JournalError("rows"))
+    fix = next_step(held, "unknown", journal=True, line=None)
+    assert "fix the journal rows" in fix and "--resubmit-unknown" not in fix
 
 
 def test_items_that_finish_as_the_run_stops_are_reported_done(

@@ -1070,6 +1070,59 @@ async def test_a_row_damaged_by_hand_is_a_journal_error_naming_it(
     assert 1 == emu.counters.submits
 
 
+async def test_a_journal_whose_items_table_was_dropped_is_refused(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk23 F5: a journal whose ``items`` table was dropped was made anew, and every item
+    paid for again. It is refused now; one whose creation stopped before its schema was
+    whole (no schema row yet: nothing was ever recorded in it) still opens as new."""
+    journal, fresh = tmp_path / "j", tmp_path / "fresh"
+    items = [("a", edit(png_data_uri))]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        await run(client, items, journal=journal)
+        with sqlite3.connect(journal) as db:
+            db.execute("DROP TABLE items")
+        with pytest.raises(JournalError, match="items table is gone"):
+            await run(client, items, journal=journal)
+        with pytest.raises(JournalError, match="items table is gone"):
+            async with open_journal(journal, read_only=True):  # as `journal show` opens it
+                pass
+        with sqlite3.connect(fresh) as db:
+            db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        (result,) = await run(client, items, journal=fresh)
+    assert result.ok and not result.resumed
+    assert 2 == emu.counters.submits  # the first run's, and the fresh journal's
+
+
+async def test_two_rows_holding_one_job_follow_it_for_neither(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk23 F5: a journal edited so that two rows name one job (neither with its output)
+    had both items follow it and take its output, the same bytes for two edits. Neither
+    follows it now, nor pays for a new job: both are unknown, with a JournalError naming
+    both rows; the third item, whose row is its own, is fetched."""
+    journal = tmp_path / "j"
+    items = [(k, edit(png_data_uri, f"prompt {k}")) for k in "abc"]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        await run(client, items, journal=journal)
+        with sqlite3.connect(journal) as db:
+            keys = dict(db.execute("SELECT substr(key, 1, 1), key FROM items").fetchall())
+            cols = "request_id, status_url, response_url, cancel_url"
+            (a_job,) = db.execute(f"SELECT {cols} FROM items WHERE key = ?", (keys["a"],))
+            db.execute(
+                f"UPDATE items SET ({cols}) = (?, ?, ?, ?) WHERE key = ?", (*a_job, keys["b"])
+            )
+            db.execute("UPDATE items SET state = 'submitted', output = NULL, files = NULL")
+        results = {r.key: r for r in await run(client, items, journal=journal)}
+    for k in "ab":
+        assert ItemState.UNKNOWN is results[k].state
+        assert isinstance(results[k].error, JournalError)
+        assert repr(keys["a"]) in str(results[k].error) and repr(keys["b"]) in str(results[k].error)
+    assert results["c"].ok and results["c"].resumed
+    assert 3 == emu.counters.submits  # the first run's only
+    assert 3 + 1 == emu.counters.result_fetches  # the rerun fetched c's alone
+
+
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(
     png_data_uri: str, tmp_path: Path
 ) -> None:

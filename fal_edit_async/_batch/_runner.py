@@ -270,6 +270,8 @@ class Runner:
     owned_ids: IntSet = attrs.field(factory=IntSet)  # by hash(): a clash only makes an unknown
     #: Each journaled request id's row, read once when the batch starts.
     journaled_ids: dict[str, str] = attrs.field(factory=dict)
+    #: The request ids two or more rows hold then (a journal edited by hand), and their keys.
+    twice_held: dict[str, list[str]] = attrs.field(factory=dict)
     #: The keys (by ``hash``) of the rows a ledger that only this process writes held when
     #: the batch started: an item not among them has no row, and no read is made for it.
     #: None: not read (a shared ledger, whose rows other workers write meanwhile).
@@ -1034,6 +1036,19 @@ class Runner:
             it.request_id, it.accepted = entry.request_id, entry.attempts
         if state in (JournalState.CANCELLED, JournalState.UNSENT):
             return None
+        holders = self.twice_held.get(entry.request_id or "")
+        if holders and entry.output is None and state is not JournalState.FAILED:
+            # One job is one item's, and which one is not known: neither follows it (both
+            # would take its output), and neither pays for a new one.
+            it.unknown = True
+            others = ", ".join(repr(k) for k in holders if k != entry.key)
+            held = JournalError(
+                f"journal rows {entry.key!r} and {others} all name job {entry.request_id}, "
+                "which is one item's: the journal was edited or its rows copied; clear the "
+                "job from the rows that did not submit it, or restore the journal from a copy"
+            )
+            await self.emit(ItemFailed(key=it.key, request_id=entry.request_id, error=held))
+            return it.result(ItemState.UNKNOWN, error=held)
         if state.has_job and entry.urls is None and entry.output is None:
             state = JournalState.UNKNOWN  # a job state that never got its job's id
         if state in (JournalState.UNKNOWN, JournalState.SUBMITTING):
@@ -1104,7 +1119,12 @@ class Runner:
         if self.journal is None:
             return
         entries = await self.journal.entries()
-        self.journaled_ids = {e.request_id: e.key for e in entries if e.request_id}
+        holders: dict[str, list[str]] = {}
+        for e in entries:
+            if e.request_id:
+                holders.setdefault(e.request_id, []).append(e.key)
+        self.journaled_ids = {request_id: keys[-1] for request_id, keys in holders.items()}
+        self.twice_held = {request_id: k for request_id, k in holders.items() if len(k) > 1}
         self.budget.committed += spent(entries)
         if not self.journal.shared:  # nobody else adds rows while this batch runs
             self.journaled_keys = IntSet()

@@ -140,6 +140,8 @@ def next_step(result: ItemResult, state: str, *, journal: bool, line: int | None
                 "(not even with --resubmit-unknown): `fal-edit reconcile JOURNAL --json` "
                 "names them"
             )
+        if isinstance(error, JournalError):  # its row names a job another row names too
+            return "fix the journal rows the error names, or restore the journal from a copy"
         look = f" (`fal-edit status {rid}`)" if result.request_id else ""
         find = "; `fal-edit reconcile JOURNAL` looks for it in fal's history" if journal else ""
         return (

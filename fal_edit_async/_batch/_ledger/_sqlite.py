@@ -196,6 +196,11 @@ class Journal(Recorder, WebhookRecords):
             # A folder we cannot write (no -shm): read the file as it is on disk.
             db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
         db.row_factory = sqlite3.Row
+        try:
+            self._check_items(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise JournalError(f"{self.path}: cannot read the journal: {exc}") from exc
         return db
 
     def _has_writer(self) -> bool:
@@ -214,12 +219,26 @@ class Journal(Recorder, WebhookRecords):
             os.close(fd)  # also drops the lock, if it was taken
         return False
 
+    @staticmethod
+    def _check_items(db: sqlite3.Connection, tables: set[str] | None = None) -> None:
+        """Raise when the journal's schema was written whole once (its schema row comes
+        last) and its items table is gone since: made anew, every item would be paid again."""
+        if tables is None:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables or "items" in tables:
+            return
+        if db.execute("SELECT 1 FROM meta WHERE name = 'schema'").fetchone() is not None:
+            raise sqlite3.DatabaseError(
+                "its items table is gone (dropped by hand?); restore the journal from a copy"
+            )
+
     def _migrate(self, db: sqlite3.Connection) -> None:
         tables = {
             r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if tables and "meta" not in tables:
             raise sqlite3.DatabaseError("not a fal-edit journal (another program's database)")
+        self._check_items(db, tables)
         db.executescript(_SCHEMA)
         found = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if found is None:
