@@ -103,6 +103,29 @@ async def test_ctrl_c_cancels_the_jobs_on_fal(emulator: Emulator, tmp_path: Path
     assert {"interrupted"} == {r["status"] for r in records}  # fal took the cancels: best effort
 
 
+async def test_ctrl_c_on_a_hung_result_says_the_job_had_finished(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """atk23: Ctrl-C while a finished job's result GET hangs sends no cancel, and said "fal
+    did not answer the cancel"; it says the job had finished on fal now."""
+    emulator.schedule_fault("result", "slow_response", delay=60)
+    write_images(tmp_path / "in", "p0.png")
+    command = [sys.executable, "-m", "fal_edit_async", "edit", PROMPT, str(tmp_path / "in")]
+    process = await anyio.open_process(
+        [*command, "--out", str(tmp_path / "out")], env=_fal_env(emulator)
+    )
+    async with process:
+        await emulator.wait_slow_held(1)
+        process.send_signal(signal.SIGINT)
+        out, err = await _output(process)
+        assert 130 == await process.wait()
+    (record,) = json_lines(out)
+    assert "interrupted" == record["status"]
+    assert "the job had finished on fal" in record["error"], record
+    assert "did not answer the cancel" not in out + err
+    assert 0 == emulator.counters.cancels
+
+
 @pytest.mark.timeout(30)
 async def test_second_ctrl_c_exits_at_once(emulator: Emulator, tmp_path: Path) -> None:
     """While the cancels hang, a second SIGINT exits 130 at once, naming the jobs left on fal."""

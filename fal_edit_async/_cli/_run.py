@@ -445,6 +445,9 @@ def _report_stopped(run: _Run) -> None:
             state, message = ItemState.INTERRUPTED, "interrupted while downloading"
         elif answer is CancelOutcome.ALREADY_COMPLETED:
             state, message = ItemState.INTERRUPTED, "interrupted: the job had finished on fal"
+        elif key not in answers:  # no cancel sent: its status had said it finished
+            message = "interrupted: the job had finished on fal, its result not yet fetched"
+            state = ItemState.INTERRUPTED
         else:
             state, message = ItemState.INTERRUPTED, "interrupted: fal did not answer the cancel"
         result = ItemResult(
