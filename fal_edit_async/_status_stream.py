@@ -33,7 +33,7 @@ from ._core import Core
 from ._exceptions import APIError, AuthError, NotFoundError, TransportError
 from ._logging import logger
 from ._models import Completed, JobStatus, JobUrls, Queued
-from ._protocol import decode_json, error_body, is_transient
+from ._protocol import decode_json, error_body, from_fal, is_transient
 from ._retry import retry_delay, wait_before_retry, with_retries
 from ._sse import EventTooLargeError, SSEDecoder
 from ._transport import AnswerTooLargeError
@@ -61,10 +61,13 @@ async def fetch_status(core: Core, urls: JobUrls, *, logs: bool) -> JobStatus:
     async def once() -> JobStatus:
         resp = await core.request("GET", urls.status_url, params=_logs_param(logs))
         if resp.status == 404:
+            body = error_body(resp.body)
             raise NotFoundError(
-                "unknown request id for this endpoint",
+                "unknown request id for this endpoint"
+                if from_fal(body)
+                else "404 from something between us and fal (a proxy's page), not fal's answer",
                 status=404,
-                body=error_body(resp.body),
+                body=body,
                 request_id=urls.request_id,
             )
         resp.raise_for_status()

@@ -42,6 +42,7 @@ from fal_edit_async import (
     ItemState,
     JobCancelledError,
     JobStatus,
+    NotFoundError,
     ProtocolError,
     Timeouts,
     TransportError,
@@ -461,6 +462,23 @@ async def test_a_proxys_499_on_the_status_route_is_retried(
 
     assert edit_input.num_images == len(output.images)
     assert 1 == emulator.counters.submits and 1 == emulator.counters.billed
+
+
+async def test_a_proxys_404_on_a_status_poll_is_not_called_fals(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
+) -> None:
+    """A 404 page that is no JSON, on a status GET, is not fal saying it does not know the
+    job: the error says where it came from; fal's own JSON 404 still reads as fal's."""
+    handle = await client.submit(edit_input)
+    emulator.schedule_fault("status", "request_error", status=404)
+    with pytest.raises(NotFoundError) as proxy:
+        await handle.status()
+    unknown = client.handle("00000000-0000-4000-8000-000000000000")
+    with pytest.raises(NotFoundError) as fal:
+        await unknown.status()
+
+    assert "unknown request id" not in str(proxy.value) and "proxy" in str(proxy.value)
+    assert "unknown request id for this endpoint" in str(fal.value)
 
 
 async def test_a_batch_item_given_only_499s_fails_and_is_not_cancelled(
