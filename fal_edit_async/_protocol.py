@@ -187,13 +187,31 @@ def trusted_job_urls(queue_url: str, endpoint: EndpointId, urls: JobUrls) -> Job
 
     Also for URLs read back from a journal, which an older version may have trusted. Plain:
     no fragment (``http://queue#@evil/`` would send the request to the queue's root), no
-    backslash, space or control character, where parsers part ways.
+    backslash, space or control character, where parsers part ways. And each must name the
+    job's request id (``.../requests/<id>``): another job's URLs would have this one follow
+    that job, and take its output.
     """
     queue = _origins_of(queue_url)  # one queue URL per client: parsed once, not per job
     given = (urls.status_url, urls.response_url, urls.cancel_url)
-    if all(u in queue and _UNPLAIN.search(u) is None for u in given):
+    if all(
+        u in queue and _UNPLAIN.search(u) is None and _names_job(u, urls.request_id) for u in given
+    ):
         return urls
     return job_urls(queue_url, endpoint, urls.request_id)
+
+
+def _names_job(url: str, request_id: str) -> bool:
+    """True when ``url``'s path holds the segments ``requests/<request_id>``."""
+    path = url.partition("?")[0]  # no fragment: _UNPLAIN refuses a '#'
+    for segment in {request_id, quote(request_id, safe="-._~")}:
+        marker = f"/requests/{segment}"
+        at = path.find(marker)
+        while at >= 0:
+            end = at + len(marker)
+            if end == len(path) or path[end] == "/":
+                return True
+            at = path.find(marker, at + 1)
+    return False
 
 
 _UNPLAIN = re.compile(r"[#\\\x00-\x20\x7f]")

@@ -1114,6 +1114,9 @@ async def test_two_rows_holding_one_job_follow_it_for_neither(
             )
             db.execute("UPDATE items SET state = 'submitted', output = NULL, files = NULL")
         results = {r.key: r for r in await run(client, items, journal=journal)}
+        async with open_journal(journal, read_only=True) as j:  # what `journal show` prints
+            named = (await j.summary()).jobs_named_twice
+    assert {a_job[0]: (keys["a"], keys["b"])} == {r: tuple(sorted(k)) for r, k in named.items()}
     for k in "ab":
         assert ItemState.UNKNOWN is results[k].state
         assert isinstance(results[k].error, JournalError)
@@ -1121,6 +1124,48 @@ async def test_two_rows_holding_one_job_follow_it_for_neither(
     assert results["c"].ok and results["c"].resumed
     assert 3 == emu.counters.submits  # the first run's only
     assert 3 + 1 == emu.counters.result_fetches  # the rerun fetched c's alone
+
+
+@pytest.mark.parametrize("copy", ["whole row", "urls only, another id"])
+async def test_a_row_copied_onto_another_gives_it_no_output(
+    png_data_uri: str, tmp_path: Path, copy: str
+) -> None:
+    """atk24 F1, F2: a's row copied whole onto b's (its job and output, downloaded) gave b
+    a's bytes without a look at fal; a's URLs under another id had b follow a's job. Now
+    the copy is two rows naming one job (both unknown), and URLs are followed only when
+    they name the row's id (b's made-up id is not on fal: no output of a's for b)."""
+    journal = tmp_path / "j"
+    items = [(k, edit(png_data_uri, f"prompt {k}")) for k in "ab"]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        await run(client, items, journal=journal, download_to=tmp_path / "one")
+        with sqlite3.connect(journal) as db:
+            keys = dict(db.execute("SELECT substr(key, 1, 1), key FROM items").fetchall())
+            cols = ["request_id", "status_url", "response_url", "cancel_url", "output"]
+            if copy != "whole row":
+                cols.remove("output")
+            (values,) = db.execute(
+                f"SELECT {', '.join(cols)} FROM items WHERE key = ?", (keys["a"],)
+            )
+            values = list(values)
+            if copy != "whole row":
+                values[0] = "00000000-0000-4000-8000-000000000000"
+                db.execute("UPDATE items SET state = 'submitted', output = NULL, files = NULL")
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            db.execute(f"UPDATE items SET {sets} WHERE key = ?", (*values, keys["b"]))
+        results = {
+            r.key: r
+            for r in await run(client, items, journal=journal, download_to=tmp_path / "two")
+        }
+        fetched = emu.counters.result_fetches
+
+    b = results["b"]
+    assert not b.ok and b.output is None and 2 == emu.counters.submits
+    assert not (tmp_path / "two" / "b_0.png").exists()
+    if copy == "whole row":
+        assert ItemState.UNKNOWN is results["a"].state is b.state
+        assert isinstance(b.error, JournalError) and 2 == fetched
+    else:
+        assert results["a"].ok and "result expired" in str(b.error)
 
 
 async def test_an_output_whose_write_failed_is_written_again_with_its_files(

@@ -378,6 +378,23 @@ async def test_foreign_job_urls_in_a_submit_answer_are_not_used(
     assert [] == recorder.requests
 
 
+async def test_a_submit_answer_naming_another_jobs_urls_is_not_followed(
+    emulator: Emulator, client: AsyncClient, png_data_uri: str
+) -> None:
+    """atk24 F2: a submit answered with the URLs of the job submitted before (on the queue
+    origin) had the second item follow the first one's job and take its output, while its
+    own job ran unfetched. URLs must name the answer's request id, or they are built."""
+    items = [("a", EditImageInput(prompt="a", image_urls=[png_data_uri]))]
+    items.append(("b", EditImageInput(prompt="b", image_urls=[png_data_uri])))
+    first = await batch_of(client, items[:1])
+    emulator.schedule_fault("submit", "other_job_urls")
+    (second,) = await batch_of(client, items[1:])
+
+    assert first[0].ok and second.ok and second.request_id is not None
+    assert emulator.jobs[second.request_id].result_fetched_at is not None
+    assert 2 == emulator.counters.result_fetches  # each job's once
+
+
 async def test_download_redirect_is_followed_without_the_key(
     emulator: Emulator, client: AsyncClient, recorder: Recorder, png_data_uri: str, tmp_path: Path
 ) -> None:

@@ -110,7 +110,7 @@ from ._items import (
     split_item,
 )
 from ._ledger import JournalBackend, JournalEntry, JournalState, LeaseLost
-from ._ledger._states import spent
+from ._ledger._states import jobs_named_twice, spent
 from ._tracking import await_tagged, await_webhook
 
 __all__ = ["Budget", "Runner"]
@@ -271,7 +271,7 @@ class Runner:
     #: Each journaled request id's row, read once when the batch starts.
     journaled_ids: dict[str, str] = attrs.field(factory=dict)
     #: The request ids two or more rows hold then (a journal edited by hand), and their keys.
-    twice_held: dict[str, list[str]] = attrs.field(factory=dict)
+    twice_held: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     #: The keys (by ``hash``) of the rows a ledger that only this process writes held when
     #: the batch started: an item not among them has no row, and no read is made for it.
     #: None: not read (a shared ledger, whose rows other workers write meanwhile).
@@ -1037,9 +1037,9 @@ class Runner:
         if state in (JournalState.CANCELLED, JournalState.UNSENT):
             return None
         holders = self.twice_held.get(entry.request_id or "")
-        if holders and entry.output is None and state is not JournalState.FAILED:
-            # One job is one item's, and which one is not known: neither follows it (both
-            # would take its output), and neither pays for a new one.
+        if holders and state is not JournalState.FAILED:
+            # One job is one item's, and which one is not known: neither follows it nor takes
+            # the output a row keeps of it (one edit's bytes for two), and neither pays again.
             it.unknown = True
             others = ", ".join(repr(k) for k in holders if k != entry.key)
             held = JournalError(
@@ -1119,12 +1119,8 @@ class Runner:
         if self.journal is None:
             return
         entries = await self.journal.entries()
-        holders: dict[str, list[str]] = {}
-        for e in entries:
-            if e.request_id:
-                holders.setdefault(e.request_id, []).append(e.key)
-        self.journaled_ids = {request_id: keys[-1] for request_id, keys in holders.items()}
-        self.twice_held = {request_id: k for request_id, k in holders.items() if len(k) > 1}
+        self.journaled_ids = {e.request_id: e.key for e in entries if e.request_id}
+        self.twice_held = jobs_named_twice(entries)
         self.budget.committed += spent(entries)
         if not self.journal.shared:  # nobody else adds rows while this batch runs
             self.journaled_keys = IntSet()

@@ -54,6 +54,10 @@ async def show(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{title}:", file=out)
             for entry in entries:
                 print(f"  {printable(_line(entry))}", file=out)
+    if summary.jobs_named_twice:
+        print("rows naming one job (edited by hand?); a rerun follows it for none:", file=out)
+        for request_id, keys in summary.jobs_named_twice.items():
+            print(f"  {printable(request_id)}: {printable(', '.join(keys))}", file=out)
     if summary.workers:
         print("live workers:", file=out)
         for worker, n in sorted(summary.workers.items()):
@@ -83,6 +87,7 @@ def _as_json(summary: JournalSummary) -> dict[str, object]:
         "unknown": [item(e) for e in summary.unknown],
         "failed": [item(e) for e in summary.failed],
         "workers": dict(summary.workers),
+        "jobs_named_twice": {r: list(k) for r, k in summary.jobs_named_twice.items()},
     }
 
 

@@ -214,6 +214,10 @@ class QueueApp(BaseApp):
             answer["gateway_request_id"] = job.request_id
         if hostile is not None and hostile.kind == "foreign_urls" and hostile.location:
             answer = _hostile.foreign_urls(answer, hostile.location)
+        if hostile is not None and hostile.kind == "other_job_urls":
+            earlier = [j for j in engine.jobs.values() if j is not job]
+            if earlier:
+                answer |= engine.urls(earlier[-1])
         return json_response(200, answer, job.request_id)
 
     async def _read_submit(self, request: web.Request) -> tuple[Any, float | None]:

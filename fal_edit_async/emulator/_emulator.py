@@ -523,8 +523,9 @@ class Emulator:
                 body); ``redirect`` (302 to ``location``) on submit, status, stream,
                 result, cancel and download; ``echo_key`` (a 401 quoting the Authorization
                 header) on the queue routes and storage; ``foreign_urls`` (the submit
-                answer's URLs on ``location``) on submit; ``invalid_json`` on status, stream
-                and result; ``unknown_status`` on status and stream; ``unknown_fields`` on
+                answer's URLs on ``location``) and ``other_job_urls`` (its URLs name the
+                job submitted before) on submit; ``invalid_json`` on status, stream and
+                result; ``unknown_status`` on status and stream; ``unknown_fields`` on
                 status, stream and result; ``sse_split``, ``sse_crlf``, ``sse_noise`` and
                 ``sse_hostile`` (all three) on stream; ``zero_images``, ``extra_images`` and
                 ``hostile_names`` on result; ``wrong_content_type`` and ``oversized`` on

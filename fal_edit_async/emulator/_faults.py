@@ -71,6 +71,8 @@ HOSTILE_KINDS: dict[str, frozenset[str]] = {
     "echo_key": QUEUE_ROUTES | {"storage"},
     # The submit answer's URLs all point at ``location`` instead of the queue origin.
     "foreign_urls": frozenset({"submit"}),
+    # The submit answer's URLs (on the queue origin) name the job submitted before this one.
+    "other_job_urls": frozenset({"submit"}),
     # A 2xx body (or the first event) that is not JSON.
     "invalid_json": frozenset({"status", "stream", "result"}),
     # A status value no client knows, once (the next answer or event is the real one).

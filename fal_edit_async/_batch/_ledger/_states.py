@@ -54,6 +54,7 @@ __all__ = [
     "spent",
     "submitting_columns",
     "summarise",
+    "jobs_named_twice",
 ]
 
 LOST_ANSWER = (
@@ -143,6 +144,9 @@ class JournalSummary:
     unknown: tuple[JournalEntry, ...]
     failed: tuple[JournalEntry, ...]
     workers: Mapping[str, int] = attrs.field(factory=dict)
+    #: Each job (by request id) two or more rows name, with their keys: a journal edited by
+    #: hand, or rows copied. A rerun follows it for none of them (they end ``unknown``).
+    jobs_named_twice: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     @property
     def total(self) -> int:
@@ -234,8 +238,18 @@ def summarise(path: Path | str, entries: Sequence[JournalEntry], **extra: Any) -
         estimated_cost=spent(entries),
         unknown=tuple(e for e in entries if e.state is JournalState.UNKNOWN),
         failed=tuple(e for e in entries if e.state is JournalState.FAILED),
+        jobs_named_twice=jobs_named_twice(entries),
         **extra,
     )
+
+
+def jobs_named_twice(entries: Sequence[JournalEntry]) -> dict[str, tuple[str, ...]]:
+    """Each request id two or more rows hold, with the keys of those rows."""
+    holders: dict[str, list[str]] = {}
+    for e in entries:
+        if e.request_id:
+            holders.setdefault(e.request_id, []).append(e.key)
+    return {request_id: tuple(k) for request_id, k in holders.items() if len(k) > 1}
 
 
 def _job_columns(urls: JobUrls) -> dict[str, Any]:
