@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from fal_edit_async import (
     AsyncClient,
     EditImageInput,
     ItemState,
+    ItemSubmitted,
     JobFailedError,
     JobUrls,
     Journal,
@@ -351,6 +353,43 @@ async def test_a_tracked_failure_with_a_lagging_status_is_no_cancel(
         assert (ItemState.FAILED, True) == (again.state, again.resumed)
         assert isinstance(again.error, JobFailedError)  # fal's verdict, read from the result
         assert 1 == emu.counters.submits
+
+
+async def test_closing_the_client_under_a_tracked_batch_cancels_its_jobs(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk24 F4: closed under a webhook-tracked batch, the client sent no cancel (the wait
+    reads the journal, not the client): the job ran on and billed. It is cancelled on fal
+    now, as a followed job is, and the item ends on the closed client."""
+    submitted = anyio.Event()
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, ItemSubmitted):
+            submitted.set()  # the item goes on to wait for its webhook, without a yield
+
+    async with Emulator(workers=2, fast_images=True) as emu:
+        emu.hold_jobs()
+        client = client_for(emu)
+        results: list[Any] = []
+        async with client, Journal(tmp_path / "j") as journal, _receiver(emu, journal) as (url, _):
+            with anyio.fail_after(30):  # a hang backstop, not a measurement
+                async with anyio.create_task_group() as tg:
+
+                    async def batch() -> None:
+                        items = [("a", _edit(png_data_uri))]
+                        ran, _ = await _run(
+                            client, items, journal=journal, webhook_url=url, on_event=on_event
+                        )
+                        results.extend(ran)
+
+                    tg.start_soon(batch)
+                    await submitted.wait()
+                    await client.aclose()
+        emu.release_jobs()
+        await emu.wait_until(lambda: emu.counters.in_flight == 0)
+    (result,) = results
+    assert 1 == emu.counters.cancels and 0 == emu.counters.billed
+    assert not result.ok and "closed" in str(result.error)
 
 
 async def test_a_forged_or_replayed_delivery_records_nothing(

@@ -873,9 +873,20 @@ class Runner:
         try:
             if self.tracked and bound is not None:
                 assert self.journal is not None
-                output = await await_webhook(
-                    self.journal, handle, bound=bound, poll=self.policy.ledger_poll
-                )
+                # The webhook comes through the journal, not the client: should the client
+                # be closed meanwhile, stop waiting and cancel the job, as below.
+                waiting = anyio.CancelScope()
+
+                async def on_close() -> None:
+                    waiting.cancel()
+                    await self._on_close(it, handle)
+
+                with self.core.on_close(on_close), waiting:
+                    output = await await_webhook(
+                        self.journal, handle, bound=bound, poll=self.policy.ledger_poll
+                    )
+                if waiting.cancelled_caught:  # closed under it: ClientClosedError, as below
+                    self.core.check_open()
                 it.live = None
             else:
                 # Should the client be closed meanwhile, the job is cancelled on fal first
