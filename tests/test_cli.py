@@ -515,7 +515,7 @@ def test_interrupted_jobs_are_summed_up_as_interrupted_not_cancelled(journal: Pa
 
     progress = Progress(5)
     for n in range(4):
-        error = JobCancelledError(f"r{n}", "interrupted: fal did not answer the cancel")
+        error = JobCancelledError(f"r{n}", "fal did not answer the cancel")
         progress.on_result(
             ItemResult(
                 key=f"k{n}", index=n, state=ItemState.INTERRUPTED, error=error, request_id=f"r{n}"
@@ -529,9 +529,7 @@ def test_interrupted_jobs_are_summed_up_as_interrupted_not_cancelled(journal: Pa
         assert ["Not done:", f"  4 items interrupted: {step}"] == lines
     else:  # each has its own request id to fetch by: listed one by one
         assert 5 == len(lines) and all("(cancelled)" not in line for line in lines)
-        assert (
-            lines[1] == f"  ✗ k0 interrupted: interrupted: fal did not answer the cancel → {step}"
-        )
+        assert lines[1] == f"  ✗ k0 interrupted: fal did not answer the cancel → {step}"
 
 
 def test_an_ambiguous_row_is_not_told_that_resubmit_unknown_submits_it() -> None:

@@ -123,6 +123,10 @@ async def test_ctrl_c_on_a_hung_result_says_the_job_had_finished(
     assert "interrupted" == record["status"]
     assert "the job had finished on fal" in record["error"], record
     assert "did not answer the cancel" not in out + err
+    assert "interrupted: interrupted" not in err
+    # atk24 F5: no cancel was sent, and the finished job is spent, not "may still run".
+    assert "Interrupted: no cancel was sent" in err and "may still run" not in err
+    assert "~$0.27 spent by this run" in err
     assert 0 == emulator.counters.cancels
 
 

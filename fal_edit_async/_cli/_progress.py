@@ -189,6 +189,10 @@ class Progress:
         self.finished_items[result.key] = done
         return done
 
+    def finished_on_fal(self, key: str) -> None:
+        """Note that ``key``'s job completed on fal (billed), though no event said so yet."""
+        self._completed.add(key)
+
     def _billed_unfinished(self, key: str, state: str) -> bool:
         """An item cut short, or failed, after its job completed on fal (its download was
         stopped or failed): billed all the same."""

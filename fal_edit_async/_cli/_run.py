@@ -374,6 +374,8 @@ async def _run_valid(run: _Run, items: list[EditItem]) -> bool:
 
 def _cancels(run: _Run) -> str:
     """What the cancels sent on the way out achieved, as fal answered them."""
+    if not run.left:
+        return "no cancel was sent: no job in flight was still running on fal."
     taken = sum(e.cancel in (CancelOutcome.REQUESTED, CancelOutcome.OK) for e in run.left)
     text = f"fal accepted the cancel of {_jobs(taken)}."
     rest = len(run.left) - taken
@@ -442,14 +444,14 @@ def _report_stopped(run: _Run) -> None:
         elif answer is CancelOutcome.REQUESTED:  # best effort: a running job may finish
             state, message = ItemState.INTERRUPTED, "fal took the cancel, but it may still run"
         elif stage == "downloading":  # paid for and done on fal: keep the way back to it
-            state, message = ItemState.INTERRUPTED, "interrupted while downloading"
+            state, message = ItemState.INTERRUPTED, "stopped while downloading"
         elif answer is CancelOutcome.ALREADY_COMPLETED:
-            state, message = ItemState.INTERRUPTED, "interrupted: the job had finished on fal"
+            state, message = ItemState.INTERRUPTED, "the job had finished on fal"
         elif key not in answers:  # no cancel sent: its status had said it finished
-            message = "interrupted: the job had finished on fal, its result not yet fetched"
-            state = ItemState.INTERRUPTED
+            progress.finished_on_fal(key)  # billed: spent, not "may still run"
+            state, message = ItemState.INTERRUPTED, "the job had finished on fal, not fetched yet"
         else:
-            state, message = ItemState.INTERRUPTED, "interrupted: fal did not answer the cancel"
+            state, message = ItemState.INTERRUPTED, "fal did not answer the cancel"
         result = ItemResult(
             key=key,
             index=run.places.get(key, (-1, None))[0],
@@ -494,7 +496,8 @@ async def _watch_signals(
                 _exit_now(run)
             run.interrupted, run.stopped_by = True, signum
             run.progress.stopping = "stopping"
-            n = len(run.progress.active)
+            # A job being downloaded has finished on fal: there is nothing to cancel.
+            n = sum(job.state != "downloading" for job in run.progress.active.values())
             name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
             # Only accepted jobs are counted; a submit still in flight is cancelled once fal
             # answers it, so "cancelling 0 jobs" would be wrong while one is.
