@@ -41,6 +41,7 @@ from fal_edit_async import (
     ItemResult,
     ItemState,
     JobCancelledError,
+    JobFailedError,
     JobStatus,
     NotFoundError,
     ProtocolError,
@@ -511,6 +512,27 @@ async def test_a_batch_item_given_only_499s_fails_and_is_not_cancelled(
     assert ItemState.FAILED is first.state
     assert isinstance(first.error, APIError) and 499 == first.error.status
     assert again.ok and again.resumed and first.request_id == again.request_id
+    assert 1 == emulator.counters.submits
+
+
+async def test_a_proxys_499_on_a_failed_jobs_result_is_not_its_failure(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput, tmp_path: Path
+) -> None:
+    """atk24 F8: a job fal failed (a model refusal, 422) whose result GETs a proxy answered
+    with 499 ``client_disconnected`` was journaled failed with the proxy's error type, and
+    every rerun replayed it. The 499 is the GET's failure: the row keeps the job, and the
+    rerun reads fal's own verdict."""
+    emulator.schedule_fault("job", "model_failure", error_type="validation")
+    emulator.schedule_fault("result", "request_error", error_type="client_disconnected", times=100)
+    (first,) = await batch_of(client, [("a", edit_input)], journal=tmp_path / "j")
+    emulator.clear_faults()
+    (again,) = await batch_of(client, [("a", edit_input)], journal=tmp_path / "j")
+
+    assert ItemState.FAILED is first.state
+    assert isinstance(first.error, APIError) and 499 == first.error.status
+    assert not isinstance(first.error, JobFailedError)
+    assert isinstance(again.error, JobFailedError) and again.resumed
+    assert (422, None) == (again.error.status, again.error.error_type)
     assert 1 == emulator.counters.submits
 
 
