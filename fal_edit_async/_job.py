@@ -389,9 +389,10 @@ def _not_the_jobs_answer(completed: Completed | None, status: int, error: APIErr
     A job whose status said it succeeded answers 200, so any other answer for it (a 429, a
     5xx, fal's 400 "Request is still in progress" while its result store catches up, a 404
     once the result expired) is about the GET, not the job. One that failed answers with its
-    status's error type (a 499 that does not carry it is a proxy's, never the job's). Taking the gateway's failure for the job's would record a paid job
-    as failed for good, or start a second one (or give a model's refusal the gateway's
-    reason, and a retry it must not get).
+    status's error type (a 499 that does not carry it is a proxy's, never the job's).
+    Taking the gateway's failure for the job's would record a paid job as failed for good,
+    or start a second one (or give a model's refusal the gateway's reason, and a retry it
+    must not get).
     """
     if completed is None:
         return False
