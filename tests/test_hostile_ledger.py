@@ -1094,6 +1094,32 @@ async def test_a_journal_whose_items_table_was_dropped_is_refused(
     assert 2 == emu.counters.submits  # the first run's, and the fresh journal's
 
 
+async def test_a_journal_parted_from_its_wal_file_is_refused(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk24 F3: after a kill -9 early in a run, every row was in the -wal file; the journal
+    file copied alone (cp, mv, scp) was taken as a new journal and every item paid again.
+    A file that is not empty yet holds no tables is refused now, for writing and reading."""
+    import shutil
+
+    journal, alone = tmp_path / "j", tmp_path / "moved" / "j"
+    alone.parent.mkdir()
+    items = [("a", edit(png_data_uri))]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        async with Journal(journal) as open_one:  # as a killed run leaves it: not checkpointed
+            await run(client, items, journal=open_one)
+            shutil.copy(journal, alone)
+        assert alone.stat().st_size > 0
+        with pytest.raises(JournalError, match="without the j-wal file beside it"):
+            await run(client, items, journal=alone)
+        with pytest.raises(JournalError, match="holds no journal tables"):
+            async with open_journal(alone, read_only=True):
+                pass
+        (again,) = await run(client, items, journal=journal)  # whole where it was
+    assert again.ok and again.resumed
+    assert 1 == emu.counters.submits
+
+
 async def test_two_rows_holding_one_job_follow_it_for_neither(
     png_data_uri: str, tmp_path: Path
 ) -> None:

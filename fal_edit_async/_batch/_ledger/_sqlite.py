@@ -169,6 +169,7 @@ class Journal(Recorder, WebhookRecords):
             # The real path: a symlink and its target are one journal with one WAL.
             db = sqlite3.connect(self.path.resolve(), check_same_thread=False, isolation_level=None)
             db.row_factory = sqlite3.Row
+            self._check_parted(db)  # before WAL mode, which writes a new file's first page
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._migrate(db)
@@ -197,7 +198,7 @@ class Journal(Recorder, WebhookRecords):
             db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
         db.row_factory = sqlite3.Row
         try:
-            self._check_items(db)
+            self._check_items(db, read_only=True)
         except sqlite3.Error as exc:
             db.close()
             raise JournalError(f"{self.path}: cannot read the journal: {exc}") from exc
@@ -220,17 +221,38 @@ class Journal(Recorder, WebhookRecords):
         return False
 
     @staticmethod
-    def _check_items(db: sqlite3.Connection, tables: set[str] | None = None) -> None:
+    def _check_items(
+        db: sqlite3.Connection, tables: set[str] | None = None, *, read_only: bool = False
+    ) -> None:
         """Raise when the journal's schema was written whole once (its schema row comes
         last) and its items table is gone since: made anew, every item would be paid again."""
         if tables is None:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and read_only:
+            raise sqlite3.DatabaseError(
+                "it holds no journal tables (copied or moved without its -wal file?)"
+            )
         if "meta" not in tables or "items" in tables:
             return
         if db.execute("SELECT 1 FROM meta WHERE name = 'schema'").fetchone() is not None:
             raise sqlite3.DatabaseError(
                 "its items table is gone (dropped by hand?); restore the journal from a copy"
             )
+
+    def _check_parted(self, db: sqlite3.Connection) -> None:
+        """Raise for a file that is not empty yet holds no tables.
+
+        Until SQLite first checkpoints, a journal's tables and rows are all in its -wal file:
+        such a file was parted from it (copied or moved alone after a killed run), or is no
+        journal. Made anew, every item would be paid again.
+        """
+        if _tables(db) or self.path.resolve().stat().st_size == 0:
+            return
+        raise sqlite3.DatabaseError(
+            "it holds no journal tables: if it was copied or moved without the "
+            f"{self.path.name}-wal file beside it, put that file next to it; if not "
+            "(a run killed as it created the journal, or another file), delete it"
+        )
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         tables = {
@@ -239,6 +261,11 @@ class Journal(Recorder, WebhookRecords):
         if tables and "meta" not in tables:
             raise sqlite3.DatabaseError("not a fal-edit journal (another program's database)")
         self._check_items(db, tables)
+        if not tables:  # one transaction: a new journal's schema is there whole, or not at all
+            db.executescript(
+                f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema', '{_SCHEMA_VERSION}'); COMMIT;"
+            )
+            return
         db.executescript(_SCHEMA)
         found = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if found is None:
