@@ -186,35 +186,38 @@ def trusted_job_urls(queue_url: str, endpoint: EndpointId, urls: JobUrls) -> Job
     """``urls`` when each is a plain URL on the queue origin, else the ones built locally.
 
     Also for URLs read back from a journal, which an older version may have trusted. Plain:
-    no fragment (``http://queue#@evil/`` would send the request to the queue's root), no
-    backslash, space or control character, where parsers part ways. And each must name the
-    job's request id (``.../requests/<id>``): another job's URLs would have this one follow
+    ASCII, no fragment (``http://queue#@evil/`` would send the request to the queue's root),
+    no query, backslash, space or control character, where parsers part ways. And each must
+    end as fal's do, in ``/requests/<id>`` and its own suffix, with no ``.`` or ``..``
+    segment (resolved away before sending): another job's URLs would have this one follow
     that job, and take its output.
     """
     queue = _origins_of(queue_url)  # one queue URL per client: parsed once, not per job
-    given = (urls.status_url, urls.response_url, urls.cancel_url)
-    if all(
-        u in queue and _UNPLAIN.search(u) is None and _names_job(u, urls.request_id) for u in given
+    request_id = urls.request_id
+    if (
+        _is_job_url(urls.status_url, queue, request_id, ("/status",))
+        and _is_job_url(urls.response_url, queue, request_id, ("", "/response"))
+        and _is_job_url(urls.cancel_url, queue, request_id, ("/cancel",))
     ):
         return urls
-    return job_urls(queue_url, endpoint, urls.request_id)
+    return job_urls(queue_url, endpoint, request_id)
 
 
-def _names_job(url: str, request_id: str) -> bool:
-    """True when ``url``'s path holds the segments ``requests/<request_id>``."""
-    path = url.partition("?")[0]  # no fragment: _UNPLAIN refuses a '#'
-    for segment in {request_id, quote(request_id, safe="-._~")}:
-        marker = f"/requests/{segment}"
-        at = path.find(marker)
-        while at >= 0:
-            end = at + len(marker)
-            if end == len(path) or path[end] == "/":
-                return True
-            at = path.find(marker, at + 1)
-    return False
+def _is_job_url(url: str, queue: Origins, request_id: str, suffixes: tuple[str, ...]) -> bool:
+    """True for a plain URL on the queue origin whose path ends in ``/requests/<id><suffix>``."""
+    if url not in queue or _UNPLAIN.search(url) is not None:
+        return False
+    path = urlsplit(url).path
+    if _DOT_SEGMENT.search(path) is not None:
+        return False
+    ends = {
+        f"/requests/{s}{x}" for s in (request_id, quote(request_id, safe="-._~")) for x in suffixes
+    }
+    return path.endswith(tuple(ends))
 
 
-_UNPLAIN = re.compile(r"[#\\\x00-\x20\x7f]")
+_UNPLAIN = re.compile(r"[^\x21-\x7e]|[#?\\]")
+_DOT_SEGMENT = re.compile(r"/(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 
 
 def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:

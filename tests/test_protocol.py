@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
+from hypothesis import assume, given, strategies as st
 from multidict import CIMultiDict
 
 from fal_edit_async import (
@@ -11,6 +14,7 @@ from fal_edit_async import (
     CancelOutcome,
     EndpointId,
     InputError,
+    JobUrls,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -24,6 +28,7 @@ from fal_edit_async._protocol import (
     origin,
     same_origin,
     submit_headers,
+    trusted_job_urls,
     urls_from_receipt,
 )
 
@@ -214,3 +219,68 @@ def test_cancel_other_errors_raise() -> None:
 def test_same_origin(url: str, expected: bool) -> None:
     """The key-scoping check: a fast prefix match, and a real origin comparison otherwise."""
     assert expected == same_origin(url, "https://queue.fal.run")
+
+
+# -- job URLs must name their job (atk24 F2) ------------------------------------------------
+
+_ID = "7f1c2a9e-3b4d-4e5f-8a6b-1c2d3e4f5a6b"
+_OTHER = "00000000-0000-4000-8000-000000000000"
+_BASE = "http://127.0.0.1:9/fal-ai/gpt-image-1/requests"
+
+
+def _urls(status: str, response: str, cancel: str, request_id: str = _ID) -> JobUrls:
+    return JobUrls(
+        request_id=request_id, status_url=status, response_url=response, cancel_url=cancel
+    )
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        f"{_BASE}/{_OTHER}/status",  # another job's
+        f"{_BASE}/{_ID}/../{_OTHER}/status",  # resolved away before sending
+        f"{_BASE}/{_ID}/%2E%2E/{_OTHER}/status",
+        f"{_BASE}/{_OTHER}/status?x=/requests/{_ID}/status",  # the id in the query only
+        f"{_BASE}/{_ID}x/status",  # an id that merely starts with this one
+        f"{_BASE}/{_ID}/status/",
+        f"{_BASE}/{_ID}/status\u00a0",  # non-ASCII whitespace, where parsers part ways
+        f"{_BASE}/{_ID}",  # the result's URL, not the status's
+    ],
+)
+def test_a_job_url_that_does_not_end_in_its_own_job_is_rebuilt(status: str) -> None:
+    given = _urls(status, f"{_BASE}/{_ID}", f"{_BASE}/{_ID}/cancel")
+    rebuilt = trusted_job_urls("http://127.0.0.1:9", EDIT, given)
+    assert f"{_BASE}/{_ID}/status" == rebuilt.status_url
+
+
+def test_fals_own_job_urls_are_kept_with_or_without_the_sub_path() -> None:
+    for base in (_BASE, "http://127.0.0.1:9/fal-ai/gpt-image-1/edit-image/requests"):
+        for response in (f"{base}/{_ID}", f"{base}/{_ID}/response"):
+            given = _urls(f"{base}/{_ID}/status", response, f"{base}/{_ID}/cancel")
+            assert given == trusted_job_urls("http://127.0.0.1:9", EDIT, given)
+
+
+@given(
+    st.text(min_size=1, max_size=40),
+    st.lists(st.text(max_size=30), min_size=3, max_size=3),
+)
+def test_job_urls_kept_or_built_always_end_in_their_job(request_id: str, paths: list[str]) -> None:
+    """Whatever a server or a journal says, the URLs followed end in ``/requests/<id>``
+    and the route's suffix, and hold nothing a parser could read apart."""
+    assume(_usable(request_id))
+    given = _urls(*(f"http://127.0.0.1:9/{p}" for p in paths), request_id=request_id)
+    urls = trusted_job_urls("http://127.0.0.1:9", EDIT, given)
+    segment = quote(request_id, safe="-._~")
+    assert urls.status_url.endswith(f"/requests/{segment}/status") or urls.status_url.endswith(
+        f"/requests/{request_id}/status"
+    )
+    for url in (urls.status_url, urls.response_url, urls.cancel_url):
+        assert url.isascii() and "#" not in url and "?" not in url and "/../" not in url
+
+
+def _usable(request_id: str) -> bool:
+    try:
+        job_urls("http://127.0.0.1:9", EDIT, request_id)
+    except InputError:
+        return False
+    return True
