@@ -1070,28 +1070,31 @@ async def test_a_row_damaged_by_hand_is_a_journal_error_naming_it(
     assert 1 == emu.counters.submits
 
 
+@pytest.mark.parametrize("schema_row", [True, False], ids=["schema row kept", "and removed"])
 async def test_a_journal_whose_items_table_was_dropped_is_refused(
-    png_data_uri: str, tmp_path: Path
+    png_data_uri: str, tmp_path: Path, schema_row: bool
 ) -> None:
-    """atk23 F5: a journal whose ``items`` table was dropped was made anew, and every item
-    paid for again. It is refused now; one whose creation stopped before its schema was
-    whole (no schema row yet: nothing was ever recorded in it) still opens as new."""
-    journal, fresh = tmp_path / "j", tmp_path / "fresh"
+    """atk23 F5, atk24 F7: a journal whose ``items`` table was dropped (and its schema row
+    deleted) was made anew, and every item paid for again. It is refused now: a journal is
+    made in one transaction, so only a hand leaves its meta table without its items. An
+    empty file (a run killed before it wrote anything) is still a new journal."""
+    journal, empty = tmp_path / "j", tmp_path / "empty"
     items = [("a", edit(png_data_uri))]
     async with Emulator(fast_images=True) as emu, client_for(emu) as client:
         await run(client, items, journal=journal)
         with sqlite3.connect(journal) as db:
             db.execute("DROP TABLE items")
+            if not schema_row:
+                db.execute("DELETE FROM meta")
         with pytest.raises(JournalError, match="items table is gone"):
             await run(client, items, journal=journal)
         with pytest.raises(JournalError, match="items table is gone"):
             async with open_journal(journal, read_only=True):  # as `journal show` opens it
                 pass
-        with sqlite3.connect(fresh) as db:
-            db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        (result,) = await run(client, items, journal=fresh)
+        empty.touch()
+        (result,) = await run(client, items, journal=empty)
     assert result.ok and not result.resumed
-    assert 2 == emu.counters.submits  # the first run's, and the fresh journal's
+    assert 2 == emu.counters.submits  # the first run's, and the empty journal's
 
 
 async def test_a_journal_parted_from_its_wal_file_is_refused(

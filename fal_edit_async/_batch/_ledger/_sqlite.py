@@ -224,17 +224,16 @@ class Journal(Recorder, WebhookRecords):
     def _check_items(
         db: sqlite3.Connection, tables: set[str] | None = None, *, read_only: bool = False
     ) -> None:
-        """Raise when the journal's schema was written whole once (its schema row comes
-        last) and its items table is gone since: made anew, every item would be paid again."""
+        """Raise when the journal's items table is gone (a journal is made whole, in one
+        transaction, so only a hand takes it away): made anew, every item would be paid
+        again."""
         if tables is None:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables and read_only:
             raise sqlite3.DatabaseError(
                 "it holds no journal tables (copied or moved without its -wal file?)"
             )
-        if "meta" not in tables or "items" in tables:
-            return
-        if db.execute("SELECT 1 FROM meta WHERE name = 'schema'").fetchone() is not None:
+        if "meta" in tables and "items" not in tables:
             raise sqlite3.DatabaseError(
                 "its items table is gone (dropped by hand?); restore the journal from a copy"
             )
