@@ -45,6 +45,7 @@ from fal_edit_async import (
 from fal_edit_async._batch._items import describe_input, fingerprint
 from fal_edit_async.emulator import Emulator
 
+from ._postgres import execute
 from .conftest import client_for, make_png
 from .test_cli_support import emulator_thread, write_images
 from .test_ledger import edit, most_billed, run
@@ -1095,6 +1096,19 @@ async def test_a_journal_whose_items_table_was_dropped_is_refused(
         (result,) = await run(client, items, journal=empty)
     assert result.ok and not result.resumed
     assert 2 == emu.counters.submits  # the first run's, and the empty journal's
+
+
+async def test_a_ledger_whose_items_table_was_dropped_is_refused_on_each_backend(
+    client: AsyncClient, emulator: Emulator, png_data_uri: str, ledger: Any
+) -> None:
+    """A shared PostgreSQL ledger whose items table was dropped was made anew too, and every
+    item paid again; both backends refuse it, before anything is sent."""
+    items = [("a", edit(png_data_uri))]
+    await run(client, items, journal=ledger)
+    execute(ledger, "DROP TABLE {items}")
+    with pytest.raises(JournalError, match="items table is gone"):
+        await run(client, items, journal=ledger)
+    assert 1 == emulator.counters.submits
 
 
 async def test_a_journal_parted_from_its_wal_file_is_refused(

@@ -309,6 +309,18 @@ class PostgresJournal(Recorder, WebhookRecords):
             async with conn.transaction():
                 # Two workers starting at once must not both create the tables.
                 await conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+                cur = await conn.execute(
+                    "SELECT to_regclass('fal_edit_meta') AS meta, "
+                    "to_regclass('fal_edit_items') AS items"
+                )
+                found = await cur.fetchone()
+                if found is not None and found["meta"] is not None and found["items"] is None:
+                    # Made in one transaction: only a hand leaves the meta without the items,
+                    # and made anew, every item would be paid again.
+                    raise JournalError(
+                        f"{self.where}: its fal_edit_items table is gone (dropped by hand?); "
+                        "restore the ledger from a backup"
+                    )
                 for statement in _SCHEMA:
                     await conn.execute(statement)
                 await conn.execute(
