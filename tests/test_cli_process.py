@@ -130,6 +130,25 @@ async def test_ctrl_c_on_a_hung_result_says_the_job_had_finished(
     assert 0 == emulator.counters.cancels
 
 
+async def test_ctrl_c_on_a_re_attached_jobs_hung_result_counts_it_for_the_earlier_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rerun re-attaches a job the first run paid for, and is stopped while its result
+    hangs: the job is the first run's spending, not this one's."""
+    write_images(tmp_path / "in", "p0.png")
+    command = [sys.executable, "-m", "fal_edit_async", "edit", PROMPT, str(tmp_path / "in")]
+    command += ["--out", str(tmp_path / "out"), "--journal", str(tmp_path / "j")]
+    for run in range(2):
+        emulator.schedule_fault("result", "slow_response", delay=60)
+        async with await anyio.open_process(command, env=_fal_env(emulator)) as process:
+            await emulator.wait_slow_held(run + 1)
+            process.send_signal(signal.SIGINT)
+            _, err = await _output(process)
+            assert 130 == await process.wait()
+    assert "~$0.00 spent by this run, ~$0.27 by earlier runs" in err, err
+    assert 1 == emulator.counters.submits
+
+
 @pytest.mark.timeout(30)
 async def test_second_ctrl_c_exits_at_once(emulator: Emulator, tmp_path: Path) -> None:
     """While the cancels hang, a second SIGINT exits 130 at once, naming the jobs left on fal."""

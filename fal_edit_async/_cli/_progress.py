@@ -189,6 +189,10 @@ class Progress:
         self.finished_items[result.key] = done
         return done
 
+    def re_attached(self, key: str) -> bool:
+        """True when this run followed ``key``'s job from an earlier run's journal."""
+        return key in self._reattached and key not in self._fresh
+
     def finished_on_fal(self, key: str) -> None:
         """Note that ``key``'s job completed on fal (billed), though no event said so yet."""
         self._completed.add(key)

@@ -461,6 +461,7 @@ def _report_stopped(run: _Run) -> None:
             error=JobCancelledError(request_id, message),
             attempts=1,
             cost=progress.estimates.get(key, Decimal(0)),
+            resumed=progress.re_attached(key),  # an earlier run's job: spent by that run
         )
         run.report(result)
 
