@@ -238,6 +238,8 @@ class Core:
         self._authorization = creds.header_value if creds is not None else None
         self._closed = False
         self._on_close: dict[object, _Hook] = {}
+        #: Set once :meth:`aclose` ran its hooks (None before it began).
+        self._hooks_ran: anyio.Event | None = None
         # The loop this core's connections belong to: set by the first check_loop() (weak, so
         # a finished asyncio.run() does not keep its loop alive).
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
@@ -305,12 +307,21 @@ class Core:
         still cancels its jobs and releases its sockets."""
         self._closed = True
         hooks, self._on_close = list(self._on_close.values()), {}
+        ran = self._hooks_ran = self._hooks_ran or anyio.Event()
         with anyio.CancelScope(shield=True):
             try:
                 if hooks:
                     await self._run_on_close(hooks)
             finally:
+                ran.set()
                 await self.transport.aclose()
+
+    async def hooks_ran(self) -> None:
+        """Once a close began, wait until its on-close hooks ended (bounded as they are by
+        ``Timeouts.cancel``): what they write (a batch's journal) must still be open."""
+        if self._hooks_ran is not None:
+            with anyio.CancelScope(shield=True):
+                await self._hooks_ran.wait()
 
     async def _run_on_close(self, hooks: list[_Hook]) -> None:
         marker = _CLOSING.set(self)  # copied into the hooks' tasks: their requests may leave
@@ -318,7 +329,7 @@ class Core:
             with anyio.move_on_after(self.config.timeouts.cancel):
                 async with anyio.create_task_group() as tg:
                     for hook in hooks:
-                        tg.start_soon(hook)
+                        tg.start_soon(_quietly, hook)
         finally:
             _CLOSING.reset(marker)
 
@@ -479,3 +490,12 @@ class Core:
         # endless) error page cannot hold the memory max_response_bytes bounds elsewhere.
         limit = min(_ERROR_BODY_BYTES, self.config.limits.max_response_bytes)
         return api_error(resp.status, resp.headers, self.scrub(await resp.read(limit)))
+
+
+async def _quietly(hook: _Hook) -> None:
+    """One on-close hook: its failure is logged, never raised out of ``aclose`` (nor does it
+    stop the other hooks' cancels)."""
+    try:
+        await hook()
+    except Exception:
+        logger.warning("an on-close hook failed", exc_info=True)

@@ -355,41 +355,52 @@ async def test_a_tracked_failure_with_a_lagging_status_is_no_cancel(
         assert 1 == emu.counters.submits
 
 
+@pytest.mark.parametrize("given", ["object", "path"])
 async def test_closing_the_client_under_a_tracked_batch_cancels_its_jobs(
-    png_data_uri: str, tmp_path: Path
+    png_data_uri: str, tmp_path: Path, given: str
 ) -> None:
     """atk24 F4: closed under a webhook-tracked batch, the client sent no cancel (the wait
     reads the journal, not the client): the job ran on and billed. It is cancelled on fal
-    now, as a followed job is, and the item ends on the closed client."""
+    now, as a followed job is, and the item ends on the closed client. atk25 F2: with a
+    journal the batch opened from a path, the batch then closed it under the close hook
+    that records fal's answer: aclose() raised ExceptionGroup[RuntimeError], the row stayed
+    'submitted'. The batch waits for the hooks before it closes its journal."""
     submitted = anyio.Event()
 
     def on_event(event: Any) -> None:
         if isinstance(event, ItemSubmitted):
             submitted.set()  # the item goes on to wait for its webhook, without a yield
 
+    path = tmp_path / "j"
     async with Emulator(workers=2, fast_images=True) as emu:
         emu.hold_jobs()
         client = client_for(emu)
         results: list[Any] = []
         async with client, Journal(tmp_path / "j") as journal, _receiver(emu, journal) as (url, _):
+            ledger = journal if given == "object" else tmp_path / "own"
             with anyio.fail_after(30):  # a hang backstop, not a measurement
                 async with anyio.create_task_group() as tg:
 
                     async def batch() -> None:
                         items = [("a", _edit(png_data_uri))]
                         ran, _ = await _run(
-                            client, items, journal=journal, webhook_url=url, on_event=on_event
+                            client, items, journal=ledger, webhook_url=url, on_event=on_event
                         )
                         results.extend(ran)
 
                     tg.start_soon(batch)
-                    await submitted.wait()
+                    if given == "object":
+                        await submitted.wait()
+                    else:  # closed as the submit's answer comes back: its own close hook
+                        await emu.wait_in_flight(1)
                     await client.aclose()
         emu.release_jobs()
         await emu.wait_until(lambda: emu.counters.in_flight == 0)
     (result,) = results
     assert 1 == emu.counters.cancels and 0 == emu.counters.billed
     assert not result.ok and "closed" in str(result.error)
+    with sqlite3.connect(path if given == "object" else tmp_path / "own") as db:
+        assert [("cancel_requested",)] == db.execute("SELECT state FROM items").fetchall()
 
 
 async def test_a_forged_or_replayed_delivery_records_nothing(

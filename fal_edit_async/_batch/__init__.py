@@ -218,6 +218,10 @@ async def edit_many(
         elif journal is not None:
             runner.journal = open_journal(journal)
             stack.push_async_callback(runner.journal.aclose)
+        if runner.journal is not None:
+            # A client closed under the batch cancels its jobs in hooks that then write what
+            # fal answered: the journal stays open for them (before it closes, LIFO).
+            stack.push_async_callback(core.hooks_ran)
         reconciled = ReconcileReport()
         if runner.journal is not None:
             await runner.journal.open()
