@@ -1169,6 +1169,32 @@ async def test_two_rows_holding_one_job_follow_it_for_neither(
     assert 3 + 1 == emu.counters.result_fetches  # the rerun fetched c's alone
 
 
+async def test_a_failed_row_naming_another_rows_job_leaves_that_row_alone(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk25 F3: a failed row given another row's job only replays its verdict, so it named
+    that job "twice" with the other row, which then ended unknown, its files undelivered.
+    Only rows a rerun would follow a job for count now."""
+    journal = tmp_path / "j"
+    items = [(k, edit(png_data_uri, f"prompt {k}")) for k in "ab"]
+    async with Emulator(fast_images=True) as emu, client_for(emu) as client:
+        await run(client, items, journal=journal, download_to=tmp_path / "one")
+        with sqlite3.connect(journal) as db:
+            keys = dict(db.execute("SELECT substr(key, 1, 1), key FROM items").fetchall())
+            (a_id,) = db.execute("SELECT request_id FROM items WHERE key = ?", (keys["a"],))
+            db.execute(
+                "UPDATE items SET state = 'failed', request_id = ?, error = 'x' WHERE key = ?",
+                (*a_id, keys["b"]),
+            )
+        results = {
+            r.key: r
+            for r in await run(client, items, journal=journal, download_to=tmp_path / "two")
+        }
+    assert results["a"].ok and (tmp_path / "two" / "a_0.png").exists()
+    assert ItemState.FAILED is results["b"].state
+    assert 2 == emu.counters.submits
+
+
 @pytest.mark.parametrize("copy", ["whole row", "urls only, another id"])
 async def test_a_row_copied_onto_another_gives_it_no_output(
     png_data_uri: str, tmp_path: Path, copy: str

@@ -244,10 +244,13 @@ def summarise(path: Path | str, entries: Sequence[JournalEntry], **extra: Any) -
 
 
 def jobs_named_twice(entries: Sequence[JournalEntry]) -> dict[str, tuple[str, ...]]:
-    """Each request id two or more rows hold, with the keys of those rows."""
+    """Each request id two or more rows hold, with the keys of those rows.
+
+    Only rows a rerun would follow the job for, or take its output from: a failed row only
+    replays its verdict, and a cancelled or unsent one is submitted again (a new job)."""
     holders: dict[str, list[str]] = {}
     for e in entries:
-        if e.request_id:
+        if e.request_id and e.state not in _NAMES_NO_JOB:
             holders.setdefault(e.request_id, []).append(e.key)
     return {request_id: tuple(k) for request_id, k in holders.items() if len(k) > 1}
 
@@ -499,3 +502,7 @@ def submitting_columns(
         "error": None,
         "error_type": None,
     }
+
+
+#: The states whose row's request id no rerun follows (see :func:`jobs_named_twice`).
+_NAMES_NO_JOB = frozenset({JournalState.FAILED, JournalState.CANCELLED, JournalState.UNSENT})
