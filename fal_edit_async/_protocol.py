@@ -183,41 +183,45 @@ def urls_from_receipt(queue_url: str, endpoint: EndpointId, receipt: SubmitRecei
 
 
 def trusted_job_urls(queue_url: str, endpoint: EndpointId, urls: JobUrls) -> JobUrls:
-    """``urls`` when each is a plain URL on the queue origin, else the ones built locally.
+    """``urls`` when each is a plain URL of this job on the queue, else the ones built locally.
 
     Also for URLs read back from a journal, which an older version may have trusted. Plain:
     ASCII, no fragment (``http://queue#@evil/`` would send the request to the queue's root),
-    no query, backslash, space or control character, where parsers part ways. And each must
-    end as fal's do, in ``/requests/<id>`` and its own suffix, with no ``.`` or ``..``
-    segment (resolved away before sending): another job's URLs would have this one follow
-    that job, and take its output.
+    no query, backslash, space or control character, where parsers part ways. Of this job:
+    the path is the queue's, then the endpoint's app (with or without its sub-path), then
+    ``/requests/<id>`` and the route's suffix. Another job's URLs would have this one follow
+    that job and take its output; another app's answer fal's 404 for an id it does not
+    know there, which reads as an expired result.
     """
     queue = _origins_of(queue_url)  # one queue URL per client: parsed once, not per job
     request_id = urls.request_id
+    jobs = _job_paths(urlsplit(queue_url).path.rstrip("/"), endpoint, request_id)
     if (
-        _is_job_url(urls.status_url, queue, request_id, ("/status",))
-        and _is_job_url(urls.response_url, queue, request_id, ("", "/response"))
-        and _is_job_url(urls.cancel_url, queue, request_id, ("/cancel",))
+        _is_job_url(urls.status_url, queue, jobs, "/status")
+        and _is_job_url(urls.response_url, queue, jobs, "", "/response")
+        and _is_job_url(urls.cancel_url, queue, jobs, "/cancel")
     ):
         return urls
     return job_urls(queue_url, endpoint, request_id)
 
 
-def _is_job_url(url: str, queue: Origins, request_id: str, suffixes: tuple[str, ...]) -> bool:
-    """True for a plain URL on the queue origin whose path ends in ``/requests/<id><suffix>``."""
+def _job_paths(base: str, endpoint: EndpointId, request_id: str) -> tuple[str, ...]:
+    """The paths fal may give a job's URLs, before the route's suffix."""
+    # Quoted only: a raw '%2e%2e' would be decoded and resolved away before sending.
+    segment = quote(request_id, safe="-._~")
+    roots = {endpoint.app_root, endpoint.submit_path}
+    return tuple(f"{base}/{root}/requests/{segment}" for root in roots)
+
+
+def _is_job_url(url: str, queue: Origins, jobs: tuple[str, ...], *suffixes: str) -> bool:
+    """True for a plain URL on the queue origin whose path is one of ``jobs`` + a suffix."""
     if url not in queue or _UNPLAIN.search(url) is not None:
         return False
     path = urlsplit(url).path
-    if _DOT_SEGMENT.search(path) is not None:
-        return False
-    ends = {
-        f"/requests/{s}{x}" for s in (request_id, quote(request_id, safe="-._~")) for x in suffixes
-    }
-    return path.endswith(tuple(ends))
+    return any(path == job + suffix for job in jobs for suffix in suffixes)
 
 
 _UNPLAIN = re.compile(r"[^\x21-\x7e]|[#?\\]")
-_DOT_SEGMENT = re.compile(r"/(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 
 
 def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:

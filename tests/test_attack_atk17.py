@@ -48,9 +48,9 @@ def test_a_url_that_parsers_read_apart_is_not_trusted(base: str) -> None:
     )
     plain = JobUrls(
         request_id="r1",
-        status_url=f"{QUEUE}/any/requests/r1/status",
-        response_url=f"{QUEUE}/any/requests/r1",
-        cancel_url=f"{QUEUE}/any/requests/r1/cancel",
+        status_url=f"{QUEUE}/fal-ai/gpt-image-1/requests/r1/status",
+        response_url=f"{QUEUE}/fal-ai/gpt-image-1/requests/r1",
+        cancel_url=f"{QUEUE}/fal-ai/gpt-image-1/requests/r1/cancel",
     )
 
     rebuilt = trusted_job_urls(QUEUE, EDIT, tricked)

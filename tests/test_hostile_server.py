@@ -379,6 +379,20 @@ async def test_foreign_job_urls_in_a_submit_answer_are_not_used(
     assert [] == recorder.requests
 
 
+async def test_a_submit_answer_with_another_apps_urls_is_not_followed(
+    emulator: Emulator, client: AsyncClient, edit_input: EditImageInput
+) -> None:
+    """atk26 F1: URLs on the queue's host naming this job's id under another app's path were
+    kept; fal answers a JSON 404 there, so edit() failed ("unknown request id") and a
+    journaled rerun took the job for expired (and --retry-failed paid again). The URLs are
+    built for this endpoint's app instead."""
+    emulator.schedule_fault("submit", "foreign_urls", location=f"{emulator.queue_url}/o/app")
+    output = await client.edit(edit_input)
+
+    assert edit_input.num_images == len(output.images)
+    assert 1 == emulator.counters.submits and 1 == emulator.counters.result_fetches
+
+
 async def test_a_submit_answer_naming_another_jobs_urls_is_not_followed(
     emulator: Emulator, client: AsyncClient, png_data_uri: str
 ) -> None:

@@ -73,16 +73,26 @@ def test_bad_request_ids_are_input_errors(request_id: str) -> None:
         job_urls("https://queue.fal.run", EDIT, request_id)
 
 
-def test_receipt_urls_used_when_on_the_queue_origin() -> None:
-    """The server's URLs are used verbatim when they point at the configured queue host."""
+def test_receipt_urls_used_when_they_are_this_jobs_on_the_queue() -> None:
+    """The server's URLs are used verbatim when they are this job's on the queue host (the
+    endpoint's app, with or without its sub-path); under another app's path they are not
+    (atk26 F1: fal answers a JSON 404 there, read as an expired result)."""
+    base = "http://127.0.0.1:9/fal-ai/gpt-image-1/edit-image/requests/r1"
     receipt = SubmitReceipt(
         request_id="r1",
-        response_url="http://127.0.0.1:9/x/requests/r1",
-        status_url="http://127.0.0.1:9/x/requests/r1/status",
-        cancel_url="http://127.0.0.1:9/x/requests/r1/cancel",
+        response_url=base,
+        status_url=f"{base}/status",
+        cancel_url=f"{base}/cancel",
     )
-    urls = urls_from_receipt("http://127.0.0.1:9", EDIT, receipt)
-    assert receipt.status_url == urls.status_url
+    assert receipt.status_url == urls_from_receipt("http://127.0.0.1:9", EDIT, receipt).status_url
+    other = SubmitReceipt(
+        request_id="r1",
+        response_url="http://127.0.0.1:9/x/y/requests/r1",
+        status_url="http://127.0.0.1:9/x/y/requests/r1/status",
+        cancel_url="http://127.0.0.1:9/x/y/requests/r1/cancel",
+    )
+    built = urls_from_receipt("http://127.0.0.1:9", EDIT, other)
+    assert "http://127.0.0.1:9/fal-ai/gpt-image-1/requests/r1/status" == built.status_url
 
 
 def test_receipt_urls_on_another_origin_are_not_trusted() -> None:
@@ -245,6 +255,8 @@ def _urls(status: str, response: str, cancel: str, request_id: str = _ID) -> Job
         f"{_BASE}/{_ID}/status/",
         f"{_BASE}/{_ID}/status\u00a0",  # non-ASCII whitespace, where parsers part ways
         f"{_BASE}/{_ID}",  # the result's URL, not the status's
+        f"http://127.0.0.1:9/other/app/requests/{_ID}/status",  # another app's: fal's 404
+        f"http://127.0.0.1:9/x{_BASE[len('http://127.0.0.1:9') :]}/{_ID}/status",  # a prefix
     ],
 )
 def test_a_job_url_that_does_not_end_in_its_own_job_is_rebuilt(status: str) -> None:
