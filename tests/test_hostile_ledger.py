@@ -1098,16 +1098,48 @@ async def test_a_journal_whose_items_table_was_dropped_is_refused(
     assert 2 == emu.counters.submits  # the first run's, and the empty journal's
 
 
+@pytest.mark.parametrize("meta_too", [False, True], ids=["items", "items and meta"])
 async def test_a_ledger_whose_items_table_was_dropped_is_refused_on_each_backend(
-    client: AsyncClient, emulator: Emulator, png_data_uri: str, ledger: Any
+    client: AsyncClient, emulator: Emulator, png_data_uri: str, ledger: Any, meta_too: bool
 ) -> None:
     """A shared PostgreSQL ledger whose items table was dropped was made anew too, and every
-    item paid again; both backends refuse it, before anything is sent."""
+    item paid again; so was one whose meta went with it (its webhooks table left: atk26
+    F2). Both backends refuse them, before anything is sent."""
     items = [("a", edit(png_data_uri))]
     await run(client, items, journal=ledger)
     execute(ledger, "DROP TABLE {items}")
-    with pytest.raises(JournalError, match="items table is gone"):
+    if meta_too:
+        meta = "fal_edit_meta" if isinstance(ledger, str) else "meta"
+        execute(ledger, f"DROP TABLE {meta}")
+    with pytest.raises(JournalError, match="table is gone"):
         await run(client, items, journal=ledger)
+    assert 1 == emulator.counters.submits
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("DROP TABLE meta", "its meta table is gone"),
+        ("DELETE FROM meta WHERE name = 'schema'", "its schema row is gone"),
+    ],
+)
+async def test_a_journal_missing_its_meta_says_so(
+    client: AsyncClient,
+    emulator: Emulator,
+    png_data_uri: str,
+    tmp_path: Path,
+    damage: str,
+    said: str,
+) -> None:
+    """atk26 F3: a journal whose meta table was dropped was called "another program's
+    database", with no way back; one whose schema row was deleted was taken as it stood
+    (which schema its rows follow is not known then). Both are refused, saying what is gone."""
+    journal = tmp_path / "j"
+    items = [("a", edit(png_data_uri))]
+    await run(client, items, journal=journal)
+    execute(journal, damage)
+    with pytest.raises(JournalError, match=said):
+        await run(client, items, journal=journal)
     assert 1 == emulator.counters.submits
 
 

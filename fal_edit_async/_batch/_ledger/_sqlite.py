@@ -233,7 +233,7 @@ class Journal(Recorder, WebhookRecords):
             raise sqlite3.DatabaseError(
                 "it holds no journal tables (copied or moved without its -wal file?)"
             )
-        if "meta" in tables and "items" not in tables:
+        if tables & {"meta", "webhooks"} and "items" not in tables:
             raise sqlite3.DatabaseError(
                 "its items table is gone (dropped by hand?); restore the journal from a copy"
             )
@@ -258,6 +258,10 @@ class Journal(Recorder, WebhookRecords):
             r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if tables and "meta" not in tables:
+            if tables & {"items", "webhooks"}:
+                raise sqlite3.DatabaseError(
+                    "its meta table is gone (dropped by hand?); restore the journal from a copy"
+                )
             raise sqlite3.DatabaseError("not a fal-edit journal (another program's database)")
         self._check_items(db, tables)
         if not tables:  # one transaction: a new journal's schema is there whole, or not at all
@@ -268,6 +272,12 @@ class Journal(Recorder, WebhookRecords):
         db.executescript(_SCHEMA)
         found = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if found is None:
+            # Written with the tables since, and before any row: a journal with rows and no
+            # schema row had it removed, and which schema its rows follow is not known.
+            if db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None:
+                raise sqlite3.DatabaseError(
+                    "its schema row is gone (edited by hand?); restore the journal from a copy"
+                )
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
             return
         have = {r["name"] for r in db.execute("PRAGMA table_info(items)")}
