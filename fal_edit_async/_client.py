@@ -148,14 +148,13 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the transport and its connections; a second call does nothing.
+        """Close the transport and its connections; a second call does nothing more.
 
         A job another task still waits on (``wait``, ``result``, ``edit``) is cancelled on
         fal first, all together and bounded by ``Timeouts.cancel``; that task then gets
-        ``RuntimeError``, as every call on a closed client does.
+        ``RuntimeError``, as every call on a closed client does. A call made while another
+        task's close is under way returns once that close ended (its cancels sent).
         """
-        if self._state is ClientState.CLOSED:
-            return
         self._state = ClientState.CLOSED
         await self._core.aclose()
 

@@ -238,8 +238,9 @@ class Core:
         self._authorization = creds.header_value if creds is not None else None
         self._closed = False
         self._on_close: dict[object, _Hook] = {}
-        #: Set once :meth:`aclose` ran its hooks (None before it began).
+        #: Set once :meth:`aclose` ran its hooks, and once it ended (None before it began).
         self._hooks_ran: anyio.Event | None = None
+        self._closed_down: anyio.Event | None = None
         # The loop this core's connections belong to: set by the first check_loop() (weak, so
         # a finished asyncio.run() does not keep its loop alive).
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
@@ -304,17 +305,26 @@ class Core:
     async def aclose(self) -> None:
         """Refuse new requests, run the on-close hooks (together, bounded by
         ``Timeouts.cancel``), then close the transport; all shielded, so a cancelled caller
-        still cancels its jobs and releases its sockets."""
+        still cancels its jobs and releases its sockets. A second call waits for the first
+        to end: whoever closes the client may then leave, the cancels sent."""
+        if self._closed_down is not None:  # a close is under way, or done: wait for it
+            with anyio.CancelScope(shield=True):
+                await self._closed_down.wait()
+            return
         self._closed = True
+        done = self._closed_down = anyio.Event()
         hooks, self._on_close = list(self._on_close.values()), {}
-        ran = self._hooks_ran = self._hooks_ran or anyio.Event()
+        ran = self._hooks_ran = anyio.Event()
         with anyio.CancelScope(shield=True):
             try:
                 if hooks:
                     await self._run_on_close(hooks)
             finally:
                 ran.set()
-                await self.transport.aclose()
+                try:
+                    await self.transport.aclose()
+                finally:
+                    done.set()
 
     async def hooks_ran(self) -> None:
         """Once a close began, wait until its on-close hooks ended (bounded as they are by

@@ -571,6 +571,40 @@ async def test_closing_the_client_under_a_waiter_cancels_its_job(
     assert 1 == emulator.counters.cancels
 
 
+async def test_a_second_aclose_returns_once_the_first_sent_its_cancels(
+    emulator: Emulator, edit_input: EditImageInput
+) -> None:
+    """atk26 F4: another task's aclose() while the first close still sent its cancels
+    returned at once, so a program leaving then lost the cancels, and the jobs billed. It
+    returns once the first close ended."""
+    from anyio import wait_all_tasks_blocked
+
+    emulator.hold_jobs()
+    client = client_for(emulator)
+    handle = await client.submit(edit_input)
+    seen: list[int] = []
+
+    async def waiter() -> None:
+        with contextlib.suppress(RuntimeError):
+            await handle.wait()
+
+    async def second() -> None:
+        await client.aclose()
+        seen.append(emulator.counters.cancels)  # what fal had answered by then
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await emulator.wait_status_stream_open(handle.request_id)
+        emulator.schedule_fault("cancel", "slow_response", delay=60)
+        tg.start_soon(client.aclose)
+        await emulator.wait_slow_held(1)  # the first close's cancel, held
+        tg.start_soon(second)
+        await wait_all_tasks_blocked()
+        emulator.release_slow()
+
+    assert [1] == seen
+
+
 async def test_a_batch_iterated_after_its_block_raises_runtime_error(
     client: AsyncClient, edit_input: EditImageInput
 ) -> None:
