@@ -403,6 +403,39 @@ async def test_closing_the_client_under_a_tracked_batch_cancels_its_jobs(
         assert [("cancel_requested",)] == db.execute("SELECT state FROM items").fetchall()
 
 
+async def test_a_tracked_rerun_asks_fal_once_about_an_earlier_runs_job(
+    png_data_uri: str, tmp_path: Path
+) -> None:
+    """atk26 F5: a tracked run stopped with its job in flight, whose webhook then went
+    nowhere (that run's receiver was gone), left the rerun waiting for it until the
+    start-timeout bound (over 5 minutes) though the job had long finished. A job an earlier
+    run submitted is asked about once first."""
+    items = [("a", _edit(png_data_uri))]
+    async with Emulator(workers=2, fast_images=True) as emu, client_for(emu) as client:
+        async with Journal(tmp_path / "j") as journal:
+            emu.hold_jobs()
+            with anyio.fail_after(30):  # a hang backstop, not a measurement
+                async with anyio.create_task_group() as tg:
+
+                    async def first() -> None:
+                        await _run(
+                            client, items, journal=journal, webhook_url="http://127.0.0.1:9/"
+                        )
+
+                    tg.start_soon(first)
+                    await emu.wait_in_flight(1)
+                    emu.schedule_fault("cancel", "request_error", status=503, times=100)
+                    tg.cancel_scope.cancel()  # the run stops; its cancel is not answered
+            emu.clear_faults()
+            emu.release_jobs()
+            await emu.wait_completed(1)
+            async with _receiver(emu, journal) as (url, _):
+                with anyio.fail_after(30):
+                    (again,), _ = await _run(client, items, journal=journal, webhook_url=url)
+    assert again.ok and again.resumed, again.error
+    assert 1 == emu.counters.submits and 1 == emu.counters.status_polls
+
+
 async def test_a_forged_or_replayed_delivery_records_nothing(
     png_data_uri: str, tmp_path: Path
 ) -> None:

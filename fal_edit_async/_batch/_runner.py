@@ -883,7 +883,11 @@ class Runner:
 
                 with self.core.on_close(on_close), waiting:
                     output = await await_webhook(
-                        self.journal, handle, bound=bound, poll=self.policy.ledger_poll
+                        self.journal,
+                        handle,
+                        bound=bound,
+                        poll=self.policy.ledger_poll,
+                        ask=resumed,
                     )
                 if waiting.cancelled_caught:  # closed under it: ClientClosedError, as below
                     self.core.check_open()

@@ -26,13 +26,20 @@ __all__ = ["await_tagged", "await_webhook"]
 
 
 async def await_webhook(
-    journal: JournalBackend, handle: JobHandle, *, bound: float, poll: float
+    journal: JournalBackend, handle: JobHandle, *, bound: float, poll: float, ask: bool = False
 ) -> EditImageOutput:
     """The job's output (or its typed failure, raised), from its webhook record.
+
+    ``ask``: one status GET first, for a job an earlier run submitted: its webhook may have
+    gone to that run's receiver, gone since, and the job ended long ago.
 
     Raises what :meth:`JobHandle.fetch_result` raises for a failed or cancelled job.
     """
     request_id = handle.request_id
+    if ask and await journal.webhook(request_id) is None:
+        status = await handle.status()
+        if isinstance(status, Completed):
+            return await handle.fetch_result(status)
     while True:
         waiter = journal.webhook_waiter(request_id)  # before the read: nothing slips between
         event = await journal.webhook(request_id)
