@@ -308,6 +308,8 @@ class Core:
         still cancels its jobs and releases its sockets. A second call waits for the first
         to end: whoever closes the client may then leave, the cancels sent."""
         if self._closed_down is not None:  # a close is under way, or done: wait for it
+            if _CLOSING.get() is self:  # from its own hooks (a callback they ran): it waits
+                return  # on them, so waiting on it here would never end
             with anyio.CancelScope(shield=True):
                 await self._closed_down.wait()
             return

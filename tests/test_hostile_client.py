@@ -29,6 +29,7 @@ from fal_edit_async import (
     ImageFile,
     InputError,
     InternalError,
+    ItemInterrupted,
     ItemSubmitted,
     Limits,
     MockTransport,
@@ -603,6 +604,40 @@ async def test_a_second_aclose_returns_once_the_first_sent_its_cancels(
         emulator.release_slow()
 
     assert [1] == seen
+
+
+async def test_aclose_from_a_callback_the_close_runs_does_not_deadlock(
+    emulator: Emulator, png_data_uri: str
+) -> None:
+    """atk27 F1: a batch's on_event that closes the client when told a job was interrupted
+    runs inside the close's own hook; its aclose() waited for that close to end, which
+    waited for the hook: a hang for good. It returns at once there."""
+    emulator.hold_jobs()
+    client = client_for(emulator)
+    interrupted: list[Any] = []
+    submitted = anyio.Event()
+
+    async def on_event(event: Any) -> None:
+        if isinstance(event, ItemSubmitted):
+            submitted.set()
+        if isinstance(event, ItemInterrupted):
+            interrupted.append(event)
+            await client.aclose()
+
+    items = [EditImageInput(prompt=f"p{n}", image_urls=[png_data_uri]) for n in range(2)]
+    with anyio.fail_after(30):  # a hang backstop, not a measurement
+        async with anyio.create_task_group() as tg:
+
+            async def batch() -> None:
+                async with client.edit_many(items, on_event=on_event) as running:
+                    [r async for r in running]
+
+            tg.start_soon(batch)
+            await submitted.wait()
+            await emulator.wait_until(lambda: emulator.counters.streams_opened >= 2)
+            await client.aclose()
+
+    assert 2 == len(interrupted) and 2 == emulator.counters.cancels
 
 
 async def test_a_batch_iterated_after_its_block_raises_runtime_error(
