@@ -403,13 +403,15 @@ async def test_closing_the_client_under_a_tracked_batch_cancels_its_jobs(
         assert [("cancel_requested",)] == db.execute("SELECT state FROM items").fetchall()
 
 
-async def test_a_tracked_rerun_asks_fal_once_about_an_earlier_runs_job(
-    png_data_uri: str, tmp_path: Path
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "still running"])
+async def test_a_tracked_rerun_follows_an_earlier_runs_job_itself(
+    png_data_uri: str, tmp_path: Path, finished: bool
 ) -> None:
-    """atk26 F5: a tracked run stopped with its job in flight, whose webhook then went
-    nowhere (that run's receiver was gone), left the rerun waiting for it until the
-    start-timeout bound (over 5 minutes) though the job had long finished. A job an earlier
-    run submitted is asked about once first."""
+    """atk26 F5, atk27 F2: a tracked run stopped with its job in flight, whose webhook then
+    went nowhere (that run's receiver was gone), left the rerun waiting for it until the
+    start-timeout bound (over 5 minutes) though the job had finished, or finished later. A
+    job an earlier run submitted, with no webhook recorded, is followed as an untracked
+    one is: a status GET, and the status stream while it runs."""
     items = [("a", _edit(png_data_uri))]
     async with Emulator(workers=2, fast_images=True) as emu, client_for(emu) as client:
         async with Journal(tmp_path / "j") as journal:
@@ -427,13 +429,27 @@ async def test_a_tracked_rerun_asks_fal_once_about_an_earlier_runs_job(
                     emu.schedule_fault("cancel", "request_error", status=503, times=100)
                     tg.cancel_scope.cancel()  # the run stops; its cancel is not answered
             emu.clear_faults()
-            emu.release_jobs()
-            await emu.wait_completed(1)
+            if finished:
+                emu.release_jobs()
+                await emu.wait_completed(1)
+            results: list[Any] = []
             async with _receiver(emu, journal) as (url, _):
                 with anyio.fail_after(30):
-                    (again,), _ = await _run(client, items, journal=journal, webhook_url=url)
-    assert again.ok and again.resumed, again.error
+                    async with anyio.create_task_group() as tg:
+
+                        async def again() -> None:
+                            results.extend(
+                                (await _run(client, items, journal=journal, webhook_url=url))[0]
+                            )
+
+                        tg.start_soon(again)
+                        if not finished:
+                            await emu.wait_until(lambda: emu.counters.streams_opened >= 1)
+                            emu.release_jobs()
+    (result,) = results
+    assert result.ok and result.resumed, result.error
     assert 1 == emu.counters.submits and 1 == emu.counters.status_polls
+    assert (0 if finished else 1) == emu.counters.streams_opened
 
 
 async def test_a_forged_or_replayed_delivery_records_nothing(

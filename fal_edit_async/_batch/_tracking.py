@@ -30,16 +30,18 @@ async def await_webhook(
 ) -> EditImageOutput:
     """The job's output (or its typed failure, raised), from its webhook record.
 
-    ``ask``: one status GET first, for a job an earlier run submitted: its webhook may have
-    gone to that run's receiver, gone since, and the job ended long ago.
+    ``ask``: for a job an earlier run submitted and no webhook recorded, follow it as an
+    untracked job is (its status stream): its webhook goes to that run's URL, whose
+    receiver may be gone, and the job may have ended long ago.
 
     Raises what :meth:`JobHandle.fetch_result` raises for a failed or cancelled job.
     """
     request_id = handle.request_id
     if ask and await journal.webhook(request_id) is None:
         status = await handle.status()
-        if isinstance(status, Completed):
-            return await handle.fetch_result(status)
+        if not isinstance(status, Completed):
+            status = await handle.wait(cancel_on_exit=False, logs=False)
+        return await handle.fetch_result(status)
     while True:
         waiter = journal.webhook_waiter(request_id)  # before the read: nothing slips between
         event = await journal.webhook(request_id)
