@@ -433,7 +433,8 @@ def _message(body: Any, status: int) -> str:
             return str(body["status"])
     if isinstance(body, str) and body.strip():
         return body.strip()[:300]
-    return f"HTTP {status}"
+    # Nothing said (a proxy's bare 499 or 502): the status alone, already in the error's text.
+    return "no body" if status != 499 else "no body (a proxy's 'client closed request')"
 
 
 def _locked(message: str) -> bool:

@@ -296,3 +296,9 @@ def _usable(request_id: str) -> bool:
     except InputError:
         return False
     return True
+
+
+def test_an_empty_error_body_says_so_once() -> None:
+    """atk27: a proxy's bare 499 read "HTTP 499: HTTP 499"; the status is said once."""
+    assert "HTTP 499: no body (a proxy's 'client closed request')" == str(api_error(499, {}, b""))
+    assert "HTTP 502: no body" == str(api_error(502, {}, b""))
