@@ -51,6 +51,8 @@ _Hook: TypeAlias = Callable[[], Coroutine[Any, Any, object]]
 #: The core whose :meth:`Core.aclose` is running this task's on-close hooks: their cancels may
 #: still be sent, while every other request is already refused.
 _CLOSING: ContextVar[Core | None] = ContextVar("fal_edit_async_closing", default=None)
+#: The task running an on-close hook (an aclose() there would wait on itself).
+_HOOK_TASK: ContextVar[asyncio.Task[Any] | None] = ContextVar("fal_edit_async_hook", default=None)
 
 _NOT_ASYNCIO = (
     "fal_edit_async runs on asyncio only (aiohttp, its HTTP client, is asyncio-only): use "
@@ -308,9 +310,12 @@ class Core:
         still cancels its jobs and releases its sockets. A second call waits for the first
         to end: whoever closes the client may then leave, the cancels sent."""
         if self._closed_down is not None:  # a close is under way, or done: wait for it
-            if _CLOSING.get() is self:  # from its own hooks (a callback they ran): it waits
-                return  # on them, so waiting on it here would never end
-            with anyio.CancelScope(shield=True):
+            hook = _HOOK_TASK.get()
+            if hook is not None and hook is asyncio.current_task():
+                return  # from a hook (a callback it ran): the close waits on it
+            # Bounded too: a task the hook itself awaits would wait on it for ever.
+            with anyio.CancelScope(shield=True) as waiting:
+                waiting.deadline = anyio.current_time() + 2 * self.config.timeouts.cancel
                 await self._closed_down.wait()
             return
         self._closed = True
@@ -327,6 +332,16 @@ class Core:
                     await self.transport.aclose()
                 finally:
                     done.set()
+
+    @contextmanager
+    def user_code(self) -> Iterator[None]:
+        """Inside, a callback of the caller's runs: even within a close's hooks its requests
+        (and its tasks') are refused once the client is closed, as anywhere else."""
+        marker = _CLOSING.set(None)
+        try:
+            yield
+        finally:
+            _CLOSING.reset(marker)
 
     async def hooks_ran(self) -> None:
         """Once a close began, wait until its on-close hooks ended (bounded as they are by
@@ -507,6 +522,7 @@ class Core:
 async def _quietly(hook: _Hook) -> None:
     """One on-close hook: its failure is logged, never raised out of ``aclose`` (nor does it
     stop the other hooks' cancels)."""
+    _HOOK_TASK.set(asyncio.current_task())
     try:
         await hook()
     except Exception:

@@ -41,6 +41,7 @@ from fal_edit_async import (
     Timeouts,
     TransportError,
 )
+from fal_edit_async._core import ClientClosedError
 from fal_edit_async.emulator import Emulator
 
 from .conftest import client_for, make_png
@@ -615,6 +616,7 @@ async def test_aclose_from_a_callback_the_close_runs_does_not_deadlock(
     emulator.hold_jobs()
     client = client_for(emulator)
     interrupted: list[Any] = []
+    refused: list[ClientClosedError] = []
     submitted = anyio.Event()
 
     async def on_event(event: Any) -> None:
@@ -622,6 +624,10 @@ async def test_aclose_from_a_callback_the_close_runs_does_not_deadlock(
             submitted.set()
         if isinstance(event, ItemInterrupted):
             interrupted.append(event)
+            try:  # atk28 F1: run by the close's hook, it must not send (nor its tasks)
+                await client.submit(EditImageInput(prompt="late", image_urls=[png_data_uri]))
+            except ClientClosedError as exc:
+                refused.append(exc)
             await client.aclose()
 
     items = [EditImageInput(prompt=f"p{n}", image_urls=[png_data_uri]) for n in range(2)]
@@ -638,6 +644,7 @@ async def test_aclose_from_a_callback_the_close_runs_does_not_deadlock(
             await client.aclose()
 
     assert 2 == len(interrupted) and 2 == emulator.counters.cancels
+    assert 2 == len(refused) and 2 == emulator.counters.submits
 
 
 async def test_a_batch_iterated_after_its_block_raises_runtime_error(

@@ -345,7 +345,8 @@ class Runner:
 
     async def emit(self, event: BatchEvent) -> None:
         if self.on_event is not None:
-            await call_back(self.on_event, event)  # type: ignore[arg-type]
+            with self.core.user_code():  # from a close's hook too: no requests of its own
+                await call_back(self.on_event, event)  # type: ignore[arg-type]
 
     def claim_name(self, it: _Item, count: int, request_id: str = "") -> tuple[str, list[str]]:
         """The names this item's ``count`` files get (without extensions), and the claim the
