@@ -69,6 +69,10 @@ class _Loop:
         self.wind_down = cancel_timeout + _WIND_DOWN
         self.thread_id: int = portal.call(threading.get_ident)
 
+    def in_loop_thread(self) -> bool:
+        """True on the loop's own thread (a callback the client runs)."""
+        return threading.get_ident() == self.thread_id
+
     def run(
         self,
         fn: Callable[..., Awaitable[T]],
@@ -347,6 +351,13 @@ class Client:
         Jobs other threads still wait on are cancelled on fal first (see
         :meth:`AsyncClient.aclose`); those calls then raise ``RuntimeError``.
         """
+        if self._loop.in_loop_thread():
+            # A callback (on_event, on_update) runs on the client's own thread: closing from
+            # there could not wait for its own loop, and would leave the client half closed.
+            raise RuntimeError(
+                "close() was called from a callback the client runs; close it from the "
+                "thread that made it (stop the batch by raising from the callback instead)"
+            )
         with self._lock:
             if self._closed:
                 return

@@ -323,3 +323,27 @@ def test_a_batch_left_after_one_result_keeps_the_rest_in_undelivered(
     assert 3 == len(left) and first.key not in {r.key for r in left}
     assert 4 == len({r.key for r in left} | {first.key})
     assert all(r.ok for r in left)
+
+
+def test_close_from_a_callback_is_refused_and_leaves_the_client_whole(emu: Emu) -> None:
+    """atk28 F2: close() from on_event (the client's own thread) raised "cannot join current
+    thread" after it had marked the client closed: the batch ran on, and the owner's
+    close() then cancelled nothing. It is refused before anything changes, saying why."""
+    from fal_edit_async import ItemSubmitted
+
+    refused: list[RuntimeError] = []
+    with emu.client() as fal:
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, ItemSubmitted) and not refused:
+                try:
+                    fal.close()
+                except RuntimeError as exc:
+                    refused.append(exc)
+
+        with fal.edit_many([edit_input()], on_event=on_event) as batch:
+            results = list(batch)
+        status = fal.handle(results[0].request_id or "").status()
+
+    assert 1 == len(refused) and "from a callback" in str(refused[0])
+    assert results[0].ok and status is not None
