@@ -74,7 +74,11 @@ __all__ = [
 
 
 def _with_request_id(message: str, request_id: str | None) -> str:
-    return f"{message} (request_id={request_id})" if request_id else message
+    if not request_id:
+        return message
+    suffix = f" (request_id={request_id})"
+    # A message kept from an earlier error (a journal's row) may carry it already.
+    return message if message.endswith(suffix) else message + suffix
 
 
 class FalEditError(Exception):

@@ -236,3 +236,12 @@ def test_describe_detail_shortens_huge_bodies() -> None:
 
     assert len(text) <= 300
     assert text.endswith("...")
+
+
+def test_a_message_kept_with_its_request_id_is_not_given_it_twice() -> None:
+    """atk28 F3: a rerun's lost-submit error, made from the journal's message, read
+    "... (request_id=X) (request_id=X)"."""
+    from fal_edit_async import UnknownSubmitError
+
+    kept = UnknownSubmitError("HTTP 500: boom (request_id=r1)", request_id="r1")
+    assert str(kept).count("request_id=r1") == 1
