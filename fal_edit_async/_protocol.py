@@ -152,19 +152,24 @@ def _usable_request_id(request_id: str) -> bool:
 
 def job_urls(queue_url: str, endpoint: EndpointId, request_id: str) -> JobUrls:
     """The URLs for re-attaching by request id: app root only, sub-path dropped."""
-    if not isinstance(request_id, str) or not _usable_request_id(request_id):
-        raise InputError("request_id", request_id, "a fal request id")
-    # Percent-encoded, not refused: a submit answer's id names a job fal queued (and bills),
-    # so refusing it would lose that job; raw, a '#' or '?' would cut the path short and
-    # send the status poll and the cancel to another URL. fal's ids (UUIDs) are unchanged.
-    segment = quote(request_id, safe="-._~")
-    base = f"{queue_url.rstrip('/')}/{endpoint.app_root}/requests/{segment}"
+    base = _job_base(queue_url, endpoint.app_root, request_id)
     return JobUrls(
         request_id=request_id,
         status_url=f"{base}/status",
         response_url=base,
         cancel_url=f"{base}/cancel",
     )
+
+
+def _job_base(queue_url: str, root: str, request_id: str) -> str:
+    """``<queue>/<root>/requests/<id>``: the result URL, the others' stem."""
+    if not isinstance(request_id, str) or not _usable_request_id(request_id):
+        raise InputError("request_id", request_id, "a fal request id")
+    # Percent-encoded, not refused: a submit answer's id names a job fal queued (and bills),
+    # so refusing it would lose that job; raw, a '#' or '?' would cut the path short and
+    # send the status poll and the cancel to another URL. fal's ids (UUIDs) are unchanged.
+    segment = quote(request_id, safe="-._~")
+    return f"{queue_url.rstrip('/')}/{root}/requests/{segment}"
 
 
 def urls_from_receipt(queue_url: str, endpoint: EndpointId, receipt: SubmitReceipt) -> JobUrls:
@@ -183,45 +188,26 @@ def urls_from_receipt(queue_url: str, endpoint: EndpointId, receipt: SubmitRecei
 
 
 def trusted_job_urls(queue_url: str, endpoint: EndpointId, urls: JobUrls) -> JobUrls:
-    """``urls`` when each is a plain URL of this job on the queue, else the ones built locally.
+    """``urls`` when they are the ones fal gives this job on the configured queue, else the
+    ones built locally (the same requests, in fal's usual form).
 
-    Also for URLs read back from a journal, which an older version may have trusted. Plain:
-    ASCII, no fragment (``http://queue#@evil/`` would send the request to the queue's root),
-    no query, backslash, space or control character, where parsers part ways. Of this job:
-    the path is the queue's, then the endpoint's app (with or without its sub-path), then
-    ``/requests/<id>`` and the route's suffix. Another job's URLs would have this one follow
-    that job and take its output; another app's answer fal's 404 for an id it does not
-    know there, which reads as an expired result.
+    Also for URLs read back from a journal, which an older version may have trusted. Kept
+    are only the forms fal is known to answer with: the endpoint's app with or without its
+    sub-path, and a result URL with or without ``/response``. Anything else is rebuilt:
+    another job's URLs would have this one follow that job and take its output; another
+    app's path, fal's 404 for an id it does not know there (read as an expired result); a
+    foreign host would get the key; a ``..``, a fragment or a query parsers read apart.
     """
-    queue = _origins_of(queue_url)  # one queue URL per client: parsed once, not per job
     request_id = urls.request_id
-    jobs = _job_paths(urlsplit(queue_url).path.rstrip("/"), endpoint, request_id)
-    if (
-        _is_job_url(urls.status_url, queue, jobs, "/status")
-        and _is_job_url(urls.response_url, queue, jobs, "", "/response")
-        and _is_job_url(urls.cancel_url, queue, jobs, "/cancel")
-    ):
-        return urls
+    for root in {endpoint.app_root, endpoint.submit_path}:
+        base = _job_base(queue_url, root, request_id)
+        if (
+            urls.status_url == f"{base}/status"
+            and urls.cancel_url == f"{base}/cancel"
+            and urls.response_url in (base, f"{base}/response")
+        ):
+            return urls
     return job_urls(queue_url, endpoint, request_id)
-
-
-def _job_paths(base: str, endpoint: EndpointId, request_id: str) -> tuple[str, ...]:
-    """The paths fal may give a job's URLs, before the route's suffix."""
-    # Quoted only: a raw '%2e%2e' would be decoded and resolved away before sending.
-    segment = quote(request_id, safe="-._~")
-    roots = {endpoint.app_root, endpoint.submit_path}
-    return tuple(f"{base}/{root}/requests/{segment}" for root in roots)
-
-
-def _is_job_url(url: str, queue: Origins, jobs: tuple[str, ...], *suffixes: str) -> bool:
-    """True for a plain URL on the queue origin whose path is one of ``jobs`` + a suffix."""
-    if url not in queue or _UNPLAIN.search(url) is not None:
-        return False
-    path = urlsplit(url).path
-    return any(path == job + suffix for job in jobs for suffix in suffixes)
-
-
-_UNPLAIN = re.compile(r"[^\x21-\x7e]|[#?\\]")
 
 
 def parse_receipt(payload: Any, queue_url: str, endpoint: EndpointId) -> SubmitReceipt:
