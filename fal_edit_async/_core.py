@@ -310,13 +310,7 @@ class Core:
         still cancels its jobs and releases its sockets. A second call waits for the first
         to end: whoever closes the client may then leave, the cancels sent."""
         if self._closed_down is not None:  # a close is under way, or done: wait for it
-            hook = _HOOK_TASK.get()
-            if hook is not None and hook is asyncio.current_task():
-                return  # from a hook (a callback it ran): the close waits on it
-            # Bounded too: a task the hook itself awaits would wait on it for ever.
-            with anyio.CancelScope(shield=True) as waiting:
-                waiting.deadline = anyio.current_time() + 2 * self.config.timeouts.cancel
-                await self._closed_down.wait()
+            await self._wait_for(self._closed_down)
             return
         self._closed = True
         done = self._closed_down = anyio.Event()
@@ -347,8 +341,18 @@ class Core:
         """Once a close began, wait until its on-close hooks ended (bounded as they are by
         ``Timeouts.cancel``): what they write (a batch's journal) must still be open."""
         if self._hooks_ran is not None:
-            with anyio.CancelScope(shield=True):
-                await self._hooks_ran.wait()
+            await self._wait_for(self._hooks_ran)
+
+    async def _wait_for(self, step: anyio.Event) -> None:
+        """Wait, shielded, for a step of a close under way; never from one of its hooks (a
+        callback it ran), which it waits on, and bounded: a task a hook itself awaits
+        would wait on it for ever."""
+        hook = _HOOK_TASK.get()
+        if hook is not None and hook is asyncio.current_task():
+            return
+        with anyio.CancelScope(shield=True) as waiting:
+            waiting.deadline = anyio.current_time() + 2 * self.config.timeouts.cancel
+            await step.wait()
 
     async def _run_on_close(self, hooks: list[_Hook]) -> None:
         marker = _CLOSING.set(self)  # copied into the hooks' tasks: their requests may leave

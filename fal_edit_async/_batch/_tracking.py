@@ -38,10 +38,7 @@ async def await_webhook(
     """
     request_id = handle.request_id
     if ask and await journal.webhook(request_id) is None:
-        status = await handle.status()
-        if not isinstance(status, Completed):
-            status = await handle.wait(cancel_on_exit=False, logs=False)
-        return await handle.fetch_result(status)
+        return await _followed(handle)
     while True:
         waiter = journal.webhook_waiter(request_id)  # before the read: nothing slips between
         event = await journal.webhook(request_id)
@@ -78,11 +75,16 @@ async def _output(handle: JobHandle, event: WebhookEvent) -> EditImageOutput:
             return parse(event.payload, EditImageOutput)
         except ProtocolError:
             pass  # the signed payload is not an output: ask the queue, as without webhooks
-    # A failure (or an output that did not parse): one status GET and the result, so the
+    # A failure (or an output that did not parse): the job's status and result, so the
     # error is typed exactly as a followed job's would be.
+    return await _followed(handle)
+
+
+async def _followed(handle: JobHandle) -> EditImageOutput:
+    """The job's output, asked of fal as an untracked job's is: one status GET, then its
+    status stream while it runs (fal's status may lag its webhook), and the result read
+    knowing the status (on its own, a proxy's bare 499 there would read as a cancel)."""
     status = await handle.status()
     if not isinstance(status, Completed):
-        # fal's status may lag its webhook: follow the job to its end, so the result is read
-        # knowing the status (on its own, a proxy's bare 499 there would read as a cancel).
         status = await handle.wait(cancel_on_exit=False, logs=False)
     return await handle.fetch_result(status)

@@ -228,7 +228,7 @@ class Journal(Recorder, WebhookRecords):
         transaction, so only a hand takes it away): made anew, every item would be paid
         again."""
         if tables is None:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = _tables(db)
         if not tables and read_only:
             raise sqlite3.DatabaseError(
                 "it holds no journal tables (copied or moved without its -wal file?)"
@@ -254,9 +254,7 @@ class Journal(Recorder, WebhookRecords):
         )
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        tables = {
-            r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
+        tables = _tables(db)
         if tables and "meta" not in tables:
             if tables & {"items", "webhooks"}:
                 raise sqlite3.DatabaseError(
