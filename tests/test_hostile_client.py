@@ -614,7 +614,9 @@ async def test_aclose_from_a_callback_the_close_runs_does_not_deadlock(
     runs inside the close's own hook; its aclose() waited for that close to end, which
     waited for the hook: a hang for good. It returns at once there."""
     emulator.hold_jobs()
-    client = client_for(emulator)
+    # A long cancel bound: were the callback's aclose() to wait on its own close, only the
+    # bound (2x Timeouts.cancel) would end it, past the test's timeout.
+    client = client_for(emulator, timeouts=Timeouts(cancel=60.0))
     interrupted: list[Any] = []
     refused: list[ClientClosedError] = []
     submitted = anyio.Event()

@@ -73,37 +73,30 @@ def test_bad_request_ids_are_input_errors(request_id: str) -> None:
         job_urls("https://queue.fal.run", EDIT, request_id)
 
 
+def _receipt(base: str) -> SubmitReceipt:
+    """A receipt for job r1 whose URLs all stem from ``base`` (its result URL)."""
+    return SubmitReceipt(
+        request_id="r1", response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel"
+    )
+
+
 def test_receipt_urls_used_when_they_are_this_jobs_on_the_queue() -> None:
     """The server's URLs are used verbatim when they are this job's on the queue host (the
     endpoint's app, with or without its sub-path); under another app's path they are not
     (atk26 F1: fal answers a JSON 404 there, read as an expired result)."""
-    base = "http://127.0.0.1:9/fal-ai/gpt-image-1/edit-image/requests/r1"
-    receipt = SubmitReceipt(
-        request_id="r1",
-        response_url=base,
-        status_url=f"{base}/status",
-        cancel_url=f"{base}/cancel",
-    )
+    receipt = _receipt("http://127.0.0.1:9/fal-ai/gpt-image-1/edit-image/requests/r1")
     assert receipt.status_url == urls_from_receipt("http://127.0.0.1:9", EDIT, receipt).status_url
-    other = SubmitReceipt(
-        request_id="r1",
-        response_url="http://127.0.0.1:9/x/y/requests/r1",
-        status_url="http://127.0.0.1:9/x/y/requests/r1/status",
-        cancel_url="http://127.0.0.1:9/x/y/requests/r1/cancel",
+    built = urls_from_receipt(
+        "http://127.0.0.1:9", EDIT, _receipt("http://127.0.0.1:9/x/y/requests/r1")
     )
-    built = urls_from_receipt("http://127.0.0.1:9", EDIT, other)
     assert "http://127.0.0.1:9/fal-ai/gpt-image-1/requests/r1/status" == built.status_url
 
 
 def test_receipt_urls_on_another_origin_are_not_trusted() -> None:
     """A receipt naming another host is replaced by locally built URLs, so the key stays."""
-    receipt = SubmitReceipt(
-        request_id="r1",
-        response_url="https://evil.example/requests/r1",
-        status_url="https://evil.example/requests/r1/status",
-        cancel_url="https://evil.example/requests/r1/cancel",
+    urls = urls_from_receipt(
+        "https://queue.fal.run", EDIT, _receipt("https://evil.example/requests/r1")
     )
-    urls = urls_from_receipt("https://queue.fal.run", EDIT, receipt)
     assert urls.status_url.startswith("https://queue.fal.run/fal-ai/gpt-image-1/")
 
 
