@@ -502,22 +502,33 @@ async def test_12_a_5xx_naming_the_queued_job_is_followed(
 # -- 13: the paid submit is on disk, fsynced --------------------------------------------------
 
 
-async def test_13_the_submit_rows_are_written_with_a_full_sync(
-    client: AsyncClient, png_data_uri: str, tmp_path: Path
+async def test_13_the_submit_rows_are_fsynced_before_the_run_goes_on(
+    client: AsyncClient, png_data_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both rows of a paid submit commit under synchronous=FULL; the rest under NORMAL."""
-    journal = Journal(tmp_path / "j")
-    await journal.open()
+    """Both rows of a paid submit are followed by an fsync of the journal's WAL before the
+    next write (what synchronous=FULL does); the rest commit under NORMAL, with none."""
+    path = tmp_path / "j"
+    wal = str(path.resolve()) + "-wal"
     seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        if os.readlink(f"/proc/self/fd/{fd}") == wal:
+            seen.append("FSYNC")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    journal = Journal(path)
+    await journal.open()
     assert journal._db is not None
     journal._db.set_trace_callback(seen.append)
     try:
         await run(client, [("a", edit(png_data_uri))], journal=journal)
     finally:
         await journal.aclose()
-    writes = [s for s in seen if s.startswith(("INSERT", "PRAGMA synchronous"))]
-    inserts = [i for i, s in enumerate(writes) if s.startswith("INSERT")]
-    synced = [writes[i - 1] == "PRAGMA synchronous=FULL" for i in inserts]
+    steps = [s for s in seen if s.startswith(("INSERT", "FSYNC"))]
+    inserts = [i for i, s in enumerate(steps) if s.startswith("INSERT")]
+    synced = [i + 1 < len(steps) and steps[i + 1] == "FSYNC" for i in inserts]
 
     assert [True, True, False] == synced[:3]  # submitting, submitted; then completed
 

@@ -1,27 +1,44 @@
-"""Group commit: the ledger operations asked for while one transaction is on its way to the
-disk go together into the next one, so a batch of 256 jobs in flight pays one fsync (and one
-thread hop) for many writes instead of one each.
+"""Group commit: the ledger writes asked for in one turn of the event loop go into one
+transaction, and the durable ones that committed while an fsync was on its way share the
+next one, so 256 jobs in flight pay one fsync for many writes instead of one each.
 
-No timer and no background task: the first caller *leads*, running every operation queued
-so far in one transaction in a worker thread; whatever arrives meanwhile waits, and the
-leader hands the next batch to the first of those waiters when its own is done. An idle
-ledger commits at once; a busy one batches by itself. Each operation returns (or raises)
-only once the transaction that holds it has committed, with the durability it asked for.
+The transaction itself runs on the event loop (the statements take microseconds, and a
+SQLite connection shared with a worker thread made the loop wait for the GIL, and each write
+wait a loop turn or two for its thread's answer: 20 ms a write at 256 in flight, four writes
+a job). Only what may block on the disk, the fsync that makes a batch durable, runs in a
+worker thread, one at a time. Each operation returns (or raises) only once the transaction
+that holds it has committed, and a durable one once that transaction reached the disk.
+
+Every so often a tidy-up (SQLite checkpointing its WAL) runs with the fsync, with no commit
+beside it. An fsync that returns at once (a file system in memory, a disk that acknowledges from its
+cache) is not worth a thread's two hand-offs, a loop turn each way: each is timed, and they
+stay on the loop until ``_SLOW_SYNCS`` of them took longer than ``_SLOW_SYNC``, as the
+downloads' writes do (``_downloads._InlineDisk``).
+
+No background task: a commit is a callback of the loop, an fsync a call in its executor.
+asyncio only, like the client (aiohttp is asyncio-only).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import anyio
-import anyio.to_thread
 import attrs
+
+from ..._exceptions import EventLoopError
 
 __all__ = ["GroupCommit", "Operation"]
 
 T = TypeVar("T")
 C = TypeVar("C")
+
+#: An fsync slower than this is waiting for a disk; after this many, they all go to threads.
+_SLOW_SYNC = 0.0005
+_SLOW_SYNCS = 2
 
 
 @attrs.define(eq=False)
@@ -30,57 +47,146 @@ class Operation(Generic[C]):
 
     fn: Callable[[C], Any]
     durable: bool
+    done: asyncio.Future[None]
     result: Any = None
     error: BaseException | None = None
-    finished: bool = False
-    woken: anyio.Event = attrs.field(factory=anyio.Event)
 
 
 class GroupCommit(Generic[C]):
-    """Runs operations in batches through ``commit`` (blocking: it runs in a worker thread,
-    runs each operation's ``fn``, setting its ``result`` or ``error``, and commits, fsyncing
-    when any operation of the batch is durable)."""
+    """Runs operations in batches through ``commit`` (on the loop: it runs each operation's
+    ``fn``, setting its ``result`` or ``error``, and commits without waiting for the disk),
+    then, for a batch with durable operations, ``sync(durable=True, tidy=False)``, which
+    makes every commit so far durable or raises.
 
-    def __init__(self, commit: Callable[[Sequence[Operation[C]]], None]) -> None:
+    Every ``tidy_every`` commits, ``sync(..., tidy=True)`` (SQLite checkpoints its WAL there)
+    runs with no commit beside it: operations asked for meanwhile wait for it. A checkpoint
+    that ran beside commits could never catch up with a busy batch, and the WAL would grow
+    for as long as the batch runs.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[Sequence[Operation[C]]], None],
+        sync: Callable[[bool, bool], None],
+        *,
+        tidy_every: int = 100,
+    ) -> None:
         self._commit = commit
+        self._sync = sync
+        self._tidy_every = tidy_every
         self._queue: list[Operation[C]] = []
-        self._leading = False
-        #: Transactions committed, and of those, the ones that had to reach the disk.
+        self._flushing = False  # a flush is scheduled
+        self._unsynced: list[Operation[C]] = []  # committed, waiting for the next fsync
+        self._syncing = False  # a sync is on its way in a thread
+        self._tidying = False  # ... and it tidies: no commit until it is done
+        self._since_tidy = 0
+        self._slow_syncs = 0
+        self._idle: list[asyncio.Future[None]] = []
+        #: Transactions committed, and fsyncs that made some durable.
         self.commits = 0
         self.durable_commits = 0
 
     async def run(self, fn: Callable[[C], T], *, durable: bool) -> T:
         """``fn(connection)`` in the next transaction; its result once that committed."""
-        op: Operation[C] = Operation(fn, durable)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise EventLoopError("the ledger runs on asyncio only") from None
+        op: Operation[C] = Operation(fn, durable, loop.create_future())
         self._queue.append(op)
-        # Shielded: an operation that was asked for must land, or the ledger would lie after
-        # Ctrl-C; and a leader must hand over, or the waiters behind it would wait forever.
+        if not (self._flushing or self._tidying):
+            self._flushing = True
+            loop.call_soon(self._flush, loop)
+        # Shielded: an operation that was asked for lands, and its caller learns how, even
+        # after Ctrl-C, or the ledger and the batch would tell different stories.
         with anyio.CancelScope(shield=True):
-            if self._leading:
-                await op.woken.wait()  # done, or handed the lead
-            if not op.finished:
-                await self._lead(op)
+            await op.done
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
 
-    async def _lead(self, mine: Operation[C]) -> None:
-        self._leading = True
+    async def aclose(self) -> None:
+        """Wait for every operation asked for, and for the fsync on its way."""
+        with anyio.CancelScope(shield=True):
+            while self._queue or self._syncing:
+                waiter = asyncio.get_running_loop().create_future()
+                self._idle.append(waiter)
+                await waiter
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flushing = False
+        batch, self._queue = self._queue, []
         try:
-            while not mine.finished:
-                batch, self._queue = self._queue, []
-                try:
-                    await anyio.to_thread.run_sync(self._commit, batch)
-                except BaseException as exc:  # the commit itself broke: every op fails with it
-                    for op in batch:
-                        op.error = op.error or exc
-                self.commits += 1
-                self.durable_commits += any(op.durable for op in batch)
-                for op in batch:
-                    op.finished = True
-                    op.woken.set()
-        finally:
-            if self._queue:
-                self._queue[0].woken.set()  # the next leader: _leading stays True for it
+            self._commit(batch)
+        except BaseException as exc:  # the commit itself broke: every op fails with it
+            for op in batch:
+                op.error = op.error or exc
+        self.commits += 1
+        self._since_tidy += 1
+        waiting = [op for op in batch if op.durable and op.error is None]
+        _resolve(op for op in batch if not (op.durable and op.error is None))
+        self._unsynced += waiting
+        if not self._syncing and (self._unsynced or self._since_tidy >= self._tidy_every):
+            self._start_sync(loop)
+        self._maybe_idle()
+
+    def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        ops, self._unsynced = self._unsynced, []
+        tidy = self._since_tidy >= self._tidy_every
+        if tidy:
+            self._since_tidy = 0
+        if self._slow_syncs < _SLOW_SYNCS:
+            started = time.perf_counter()
+            try:
+                self._sync(bool(ops), tidy)
+            except Exception as exc:
+                self._synced(loop, ops, exc)
             else:
-                self._leading = False
+                self._synced(loop, ops, None)
+            if time.perf_counter() - started > _SLOW_SYNC:
+                self._slow_syncs += 1
+            return
+        self._syncing, self._tidying = True, tidy
+        future = loop.run_in_executor(None, self._sync, bool(ops), tidy)
+        future.add_done_callback(lambda done: self._synced(loop, ops, _error_of(done)))
+
+    def _synced(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ops: Sequence[Operation[C]],
+        error: BaseException | None,
+    ) -> None:
+        self._syncing = self._tidying = False
+        if error is not None:  # not known to be on the disk: each of these fails
+            for op in ops:
+                op.error = error
+        elif ops:
+            self.durable_commits += 1
+        _resolve(ops)
+        if self._queue and not self._flushing:  # what waited for a tidy-up
+            self._flushing = True
+            loop.call_soon(self._flush, loop)
+        if self._unsynced or self._since_tidy >= self._tidy_every:
+            self._start_sync(loop)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not (self._queue or self._syncing):
+            waiters, self._idle = self._idle, []
+            _resolve_all(waiters)
+
+
+def _error_of(done: asyncio.Future[None]) -> BaseException | None:
+    return asyncio.CancelledError() if done.cancelled() else done.exception()
+
+
+def _resolve(ops: Any) -> None:
+    for op in ops:
+        if not op.done.done():  # not cancelled by plain asyncio from outside the shield
+            op.done.set_result(None)
+
+
+def _resolve_all(futures: Sequence[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

@@ -2,8 +2,10 @@
 
 WAL mode, with an exclusive ``flock`` on the file (released by the kernel however the process
 ends). Rows and transitions are ``_states``'; this module only stores them. ``submitting`` and
-``submitted`` (and ``unknown``) commit under ``synchronous=FULL`` (an fsync before the paid
-POST and after fal's answer); other writes use ``synchronous=NORMAL``, which survives a crash
+``submitted`` (and ``unknown``) are fsynced before they count (before the paid POST and
+after fal's answer): what ``synchronous=FULL`` does, an fsync of the WAL after the commit, done
+in a worker thread so the loop never waits for the disk (``_group_commit``). Other writes are
+``synchronous=NORMAL``, which survives a crash
 of this process but maybe not a power cut. Since only this process writes, a row still
 ``submitting`` when the journal is opened belongs to a run that died mid-submit: it becomes
 ``unknown`` at once.
@@ -51,6 +53,8 @@ __all__ = ["Journal"]
 T = TypeVar("T")
 
 _SCHEMA_VERSION = "2"
+#: Commits between two checkpoints of the WAL (SQLite's own default is about 1,000 pages).
+_CHECKPOINT_EVERY = 100
 #: What ``<journal>.lock`` holds: a pid; any other content is someone else's file.
 _HOLDER_NOTE = re.compile(rb"pid \d+\n?")
 _SCHEMA = """
@@ -124,9 +128,14 @@ class Journal(Recorder, WebhookRecords):
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
-        # One connection, used from worker threads one transaction at a time.
+        # One connection, used on the loop one transaction at a time (opened and closed in a
+        # worker thread); the WAL's fsyncs and checkpoints take their own, in a worker thread.
         self._lock = threading.Lock()
-        self._group: GroupCommit[sqlite3.Connection] = GroupCommit(self._commit)
+        self._group: GroupCommit[sqlite3.Connection] = GroupCommit(
+            self._commit, self._sync, tidy_every=_CHECKPOINT_EVERY
+        )
+        self._wal: int | None = None
+        self._checkpointer: sqlite3.Connection | None = None
         self._closed = False
         self._writer_alive = False
         #: Written by schema 1, so rows may be keyed as its command line keyed them.
@@ -172,6 +181,8 @@ class Journal(Recorder, WebhookRecords):
             self._check_parted(db)  # before WAL mode, which writes a new file's first page
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints (two fsyncs each) run in the thread that fsyncs, not in a commit.
+            db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate(db)
             # Only this process writes: a row left mid-submit is a dead run's.
             db.execute(
@@ -346,12 +357,23 @@ class Journal(Recorder, WebhookRecords):
 
     async def aclose(self) -> None:
         """Close the file and release the lock; harmless to call twice."""
-        db, self._db = self._db, None
         self._closed = True
         with anyio.CancelScope(shield=True):
+            await self._group.aclose()  # what callers asked for lands before the file shuts
+            db, self._db = self._db, None
             if db is not None:
-                await anyio.to_thread.run_sync(db.close)
+                await anyio.to_thread.run_sync(self._close, db)
             self._release_lock()
+
+    def _close(self, db: sqlite3.Connection) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        with contextlib.suppress(sqlite3.Error):
+            if checkpointer is not None:
+                checkpointer.close()
+        db.close()  # the last connection: SQLite checkpoints and removes the WAL
+        wal, self._wal = self._wal, None
+        if wal is not None:
+            os.close(wal)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         if self._db is None:
@@ -362,8 +384,8 @@ class Journal(Recorder, WebhookRecords):
             raise JournalError(f"{self.path}: {exc}") from exc
 
     def _commit(self, batch: Sequence[Operation[sqlite3.Connection]]) -> None:
-        """One transaction for every queued operation (in a worker thread); the two paid
-        writes (before the POST, after fal's answer) make it a FULL, fsynced commit.
+        """One transaction for every queued operation (on the loop, not waiting for the
+        disk: :meth:`_sync` makes the paid writes durable).
 
         One operation that fails must leave the others' writes. They run bare first (a
         savepoint around each cost three statements per write); should one raise, that
@@ -375,19 +397,39 @@ class Journal(Recorder, WebhookRecords):
         db = self._db
         if db is None:
             raise JournalError(f"{self.path}: the journal is closed")
-        durable = any(op.durable for op in batch)
         with self._lock:
-            if durable:
-                db.execute("PRAGMA synchronous=FULL")
-            try:
-                if not _transaction(db, batch, savepoints=False) and not _transaction(
-                    db, batch, savepoints=True
-                ):
-                    for op in batch:
-                        _alone(db, op)
-            finally:
-                if durable:
-                    db.execute("PRAGMA synchronous=NORMAL")
+            if not _transaction(db, batch, savepoints=False) and not _transaction(
+                db, batch, savepoints=True
+            ):
+                for op in batch:
+                    _alone(db, op)
+
+    def _sync(self, durable: bool, tidy: bool) -> None:
+        """Maybe in a worker thread: fsync the WAL (what ``synchronous=FULL`` adds to a
+        commit), so every commit so far survives a power cut; with ``tidy``, no commit runs
+        meanwhile, and the WAL is checkpointed (whole, so SQLite starts it over)."""
+        if self.read_only:
+            return
+        if durable:
+            if self._wal is None:
+                wal = self.path.resolve().with_name(self.path.resolve().name + "-wal")
+                try:
+                    self._wal = os.open(wal, os.O_RDONLY)
+                except FileNotFoundError:
+                    return  # nothing was ever written to it
+                # A new file's name must reach the disk too (as SQLite syncs it, once).
+                _fsync_folder(wal.parent)
+            os.fsync(self._wal)
+        if tidy:
+            # Its own connection, as the loop's may be reading meanwhile; PASSIVE never waits
+            # for a reader. A failure is only a longer WAL: the next one (or the close)
+            # catches up.
+            with contextlib.suppress(sqlite3.Error):
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(
+                        self.path.resolve(), check_same_thread=False, isolation_level=None
+                    )
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for ``key``, if any."""
@@ -555,6 +597,14 @@ class Journal(Recorder, WebhookRecords):
             return str(row["key"]) if row else None
 
         return await self._run(read)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _transaction(
