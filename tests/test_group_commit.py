@@ -3,6 +3,7 @@ submit committed before its POST leaves."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
@@ -199,6 +200,21 @@ async def test_a_cancelled_caller_waits_for_its_write_to_reach_the_disk(threaded
 
     assert ["first", "second"] == landed
     assert [("first", True), ("second", True)] == returned
+
+
+async def test_a_write_after_the_loops_executor_shut_down_is_synced_on_the_loop(
+    threaded: None,
+) -> None:
+    """Threads refused (the loop's executor shut down, as at the end of ``asyncio.run``): the
+    durable write is fsynced on the loop instead of never returning."""
+    gate = Gate()
+    gate.release.set()
+    group: GroupCommit[str] = GroupCommit(gate.commit, gate.sync)
+    await asyncio.get_running_loop().shutdown_default_executor()
+
+    with anyio.fail_after(5):
+        assert "done" == await group.run(lambda c: "done", durable=True)
+    assert [(True, threading.current_thread().name)] == gate.syncs
 
 
 async def test_close_waits_for_the_fsync_on_its_way(threaded: None) -> None:

@@ -135,7 +135,13 @@ class GroupCommit(Generic[C]):
         tidy = self._since_tidy >= self._tidy_every
         if tidy:
             self._since_tidy = 0
-        if self._slow_syncs < _SLOW_SYNCS:
+        future = None
+        if self._slow_syncs >= _SLOW_SYNCS:
+            try:
+                future = loop.run_in_executor(None, self._sync, bool(ops), tidy)
+            except RuntimeError:  # the loop's executor is shut down: on the loop, then
+                future = None
+        if future is None:
             started = time.perf_counter()
             try:
                 self._sync(bool(ops), tidy)
@@ -147,7 +153,6 @@ class GroupCommit(Generic[C]):
                 self._slow_syncs += 1
             return
         self._syncing, self._tidying = True, tidy
-        future = loop.run_in_executor(None, self._sync, bool(ops), tidy)
         future.add_done_callback(lambda done: self._synced(loop, ops, _error_of(done)))
 
     def _synced(
