@@ -378,3 +378,30 @@ async def test_the_wal_is_checkpointed_whatever_the_writes(
             await journal.record_cancel_requested("k")
         wal = Path(str(path.resolve()) + "-wal").stat().st_size
     assert wal < 300 * 4096
+
+
+def test_a_journal_goes_on_in_a_second_event_loop(tmp_path: Path) -> None:
+    """A journal kept open across two event loops, the first closed with a write's commit
+    still scheduled on it: the second loop's writes still commit (nothing of the first
+    waits on it)."""
+    journal = Journal(tmp_path / "j")
+
+    async def first() -> None:
+        await journal.open()
+        await journal.record_submitting(
+            "a", endpoint="e", input={"prompt": "p"}, attempts=1, cost=Decimal(0)
+        )
+        # Asked for as the loop stops: its commit is scheduled after the stop, never run.
+        asyncio.get_running_loop().create_task(journal.record_cancel_requested("a"))
+
+    async def second() -> str | None:
+        with anyio.fail_after(5):
+            await journal.record_cancel_requested("a")
+            entry = await journal.get("a")
+            await journal.aclose()
+        return None if entry is None else entry.state.value
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(first())
+    loop.close()  # the scheduled commit never runs there
+    assert "cancel_requested" == anyio.run(second)

@@ -82,6 +82,7 @@ class GroupCommit(Generic[C]):
         self._since_tidy = 0
         self._slow_syncs = 0
         self._idle: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Transactions committed, and fsyncs that made some durable.
         self.commits = 0
         self.durable_commits = 0
@@ -92,6 +93,8 @@ class GroupCommit(Generic[C]):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise EventLoopError("the ledger runs on asyncio only") from None
+        if loop is not self._loop:
+            self._adopt(loop)
         op: Operation[C] = Operation(fn, durable, loop.create_future())
         self._queue.append(op)
         if not (self._flushing or self._tidying):
@@ -104,6 +107,15 @@ class GroupCommit(Generic[C]):
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Used from a new loop (``anyio.run`` twice): whatever the last one left scheduled
+        (it ended with a write or an fsync on its way) will never run there. Its writes
+        still go into this loop's next commit (asked for, they land); nobody waits for them."""
+        if self._loop is not None and not self._loop.is_closed() and self._loop.is_running():
+            raise EventLoopError("the ledger is in use on another event loop")
+        self._loop = loop
+        self._flushing = self._syncing = self._tidying = False
 
     async def aclose(self) -> None:
         """Wait for every operation asked for, and for the fsync on its way."""
@@ -188,10 +200,16 @@ def _error_of(done: asyncio.Future[None]) -> BaseException | None:
 def _resolve(ops: Any) -> None:
     for op in ops:
         if not op.done.done():  # not cancelled by plain asyncio from outside the shield
-            op.done.set_result(None)
+            try:
+                op.done.set_result(None)
+            except RuntimeError:  # asked for on a loop since closed: landed, nobody waits
+                pass
 
 
 def _resolve_all(futures: Sequence[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():
-            future.set_result(None)
+            try:
+                future.set_result(None)
+            except RuntimeError:  # its loop is closed
+                pass
