@@ -50,12 +50,13 @@ class Gate:
             except Exception as exc:
                 op.error = exc
 
-    def sync(self, durable: bool, tidy: bool) -> None:
+    def sync(self, durable: bool, tidy: bool) -> bool:
         self.syncs.append((durable, threading.current_thread().name))
         if len(self.syncs) == 1:
             self.release.wait(10)
         if self.fail is not None:
             raise self.fail
+        return False
 
 
 @pytest.fixture
@@ -405,3 +406,20 @@ def test_a_journal_goes_on_in_a_second_event_loop(tmp_path: Path) -> None:
     loop.run_until_complete(first())
     loop.close()  # the scheduled commit never runs there
     assert "cancel_requested" == anyio.run(second)
+
+
+@pytest.mark.parametrize(("behind", "tidies"), [(False, 2), (True, 3)])
+async def test_a_tidy_up_a_reader_held_back_comes_again_soon(behind: bool, tidies: int) -> None:
+    """Every ``tidy_every`` commits a tidy-up (a checkpoint); one that says the WAL is still
+    long (a reader kept SQLite from starting it over) is tried again 4 commits later."""
+    calls: list[bool] = []
+
+    def sync(durable: bool, tidy: bool) -> bool:
+        calls.append(tidy)
+        return behind
+
+    group: GroupCommit[str] = GroupCommit(lambda batch: None, sync, tidy_every=10)
+    for _ in range(20):  # one commit each
+        await group.run(lambda c: None, durable=False)
+
+    assert tidies == sum(calls)

@@ -39,6 +39,8 @@ C = TypeVar("C")
 #: An fsync slower than this is waiting for a disk; after this many, they all go to threads.
 _SLOW_SYNC = 0.0005
 _SLOW_SYNCS = 2
+#: Commits before the next tidy-up when the last one asked for another soon.
+_TIDY_AGAIN = 4
 
 
 @attrs.define(eq=False)
@@ -56,7 +58,9 @@ class GroupCommit(Generic[C]):
     """Runs operations in batches through ``commit`` (on the loop: it runs each operation's
     ``fn``, setting its ``result`` or ``error``, and commits without waiting for the disk),
     then, for a batch with durable operations, ``sync(durable=True, tidy=False)``, which
-    makes every commit so far durable or raises.
+    makes every commit so far durable or raises (its result: True to be called with
+    ``tidy`` again soon, after ``_TIDY_AGAIN`` commits, as when a reader kept it from
+    finishing).
 
     Every ``tidy_every`` commits, ``sync(..., tidy=True)`` (SQLite checkpoints its WAL there)
     runs with no commit beside it: operations asked for meanwhile wait for it. A checkpoint
@@ -67,7 +71,7 @@ class GroupCommit(Generic[C]):
     def __init__(
         self,
         commit: Callable[[Sequence[Operation[C]]], None],
-        sync: Callable[[bool, bool], None],
+        sync: Callable[[bool, bool], bool],
         *,
         tidy_every: int = 100,
     ) -> None:
@@ -156,16 +160,32 @@ class GroupCommit(Generic[C]):
         if future is None:
             started = time.perf_counter()
             try:
-                self._sync(bool(ops), tidy)
+                again = self._sync(bool(ops), tidy)
             except Exception as exc:
                 self._synced(loop, ops, exc)
             else:
+                self._tidy_soon(tidy and again)
                 self._synced(loop, ops, None)
             if time.perf_counter() - started > _SLOW_SYNC:
                 self._slow_syncs += 1
             return
         self._syncing, self._tidying = True, tidy
-        future.add_done_callback(lambda done: self._synced(loop, ops, _error_of(done)))
+        future.add_done_callback(lambda done: self._thread_synced(loop, ops, tidy, done))
+
+    def _thread_synced(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ops: Sequence[Operation[C]],
+        tidy: bool,
+        done: asyncio.Future[bool],
+    ) -> None:
+        error = _error_of(done)
+        self._tidy_soon(tidy and error is None and done.result())
+        self._synced(loop, ops, error)
+
+    def _tidy_soon(self, again: bool) -> None:
+        if again:
+            self._since_tidy = max(self._since_tidy, self._tidy_every - _TIDY_AGAIN)
 
     def _synced(
         self,
@@ -193,7 +213,7 @@ class GroupCommit(Generic[C]):
             _resolve_all(waiters)
 
 
-def _error_of(done: asyncio.Future[None]) -> BaseException | None:
+def _error_of(done: asyncio.Future[Any]) -> BaseException | None:
     return asyncio.CancelledError() if done.cancelled() else done.exception()
 
 

@@ -55,6 +55,8 @@ T = TypeVar("T")
 _SCHEMA_VERSION = "2"
 #: Commits between two checkpoints of the WAL (SQLite's own default is about 1,000 pages).
 _CHECKPOINT_EVERY = 100
+#: A WAL of this many frames (pages) or more after a checkpoint is checkpointed again soon.
+_LONG_WAL = 1000
 #: What ``<journal>.lock`` holds: a pid; any other content is someone else's file.
 _HOLDER_NOTE = re.compile(rb"pid \d+\n?")
 _SCHEMA = """
@@ -404,32 +406,44 @@ class Journal(Recorder, WebhookRecords):
                 for op in batch:
                     _alone(db, op)
 
-    def _sync(self, durable: bool, tidy: bool) -> None:
+    def _sync(self, durable: bool, tidy: bool) -> bool:
         """Maybe in a worker thread: fsync the WAL (what ``synchronous=FULL`` adds to a
         commit), so every commit so far survives a power cut; with ``tidy``, no commit runs
-        meanwhile, and the WAL is checkpointed (whole, so SQLite starts it over)."""
+        meanwhile, and the WAL is checkpointed (whole, so SQLite starts it over).
+
+        True when the WAL is still long after that: a reader (``fal-edit journal show``)
+        kept SQLite from starting it over, so the next checkpoint should come soon, as
+        SQLite's own come after every commit once the WAL is that long."""
         if self.read_only:
-            return
-        if durable:
-            if self._wal is None:
-                wal = self.path.resolve().with_name(self.path.resolve().name + "-wal")
-                try:
-                    self._wal = os.open(wal, os.O_RDONLY)
-                except FileNotFoundError:
-                    return  # nothing was ever written to it
-                # A new file's name must reach the disk too (as SQLite syncs it, once).
-                _fsync_folder(wal.parent)
-            os.fsync(self._wal)
-        if tidy:
-            # Its own connection, as the loop's may be reading meanwhile; PASSIVE never waits
-            # for a reader. A failure is only a longer WAL: the next one (or the close)
-            # catches up.
-            with contextlib.suppress(sqlite3.Error):
-                if self._checkpointer is None:
-                    self._checkpointer = sqlite3.connect(
-                        self.path.resolve(), check_same_thread=False, isolation_level=None
-                    )
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return False
+        wal = self._wal_fd() if durable else None
+        if wal is not None:
+            os.fsync(wal)
+        if not tidy:
+            return False
+        # Its own connection, as the loop's may be reading meanwhile; PASSIVE never waits
+        # for a reader. A failure is only a longer WAL: the next one (or the close) catches up.
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self.path.resolve(), check_same_thread=False, isolation_level=None
+                )
+            row = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return True
+        return row is not None and int(row[1]) >= _LONG_WAL
+
+    def _wal_fd(self) -> int | None:
+        """A descriptor of the WAL, opened once (None before SQLite made the file)."""
+        if self._wal is None:
+            wal = self.path.resolve().with_name(self.path.resolve().name + "-wal")
+            try:
+                self._wal = os.open(wal, os.O_RDONLY)
+            except FileNotFoundError:
+                return None  # nothing was ever written to it
+            # A new file's name must reach the disk too (as SQLite syncs it, once).
+            _fsync_folder(wal.parent)
+        return self._wal
 
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for ``key``, if any."""
